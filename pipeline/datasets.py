@@ -1,0 +1,353 @@
+"""Image datasets as two labelled splits, and the one-vs-all protocol.
+
+Every loader returns an ``ImageDataset``: class names plus a train and a test
+``ImageSplit`` whose items are uint8 tensors (C, H, W). Torchvision does the downloading
+and parsing; this module only gives all datasets one shape and one identity record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from pipeline.errors import PipelineError, choice_error
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class ArrayImages(Sequence):
+    """Images held in one uint8 array, (N, H, W) or (N, H, W, C) or (N, C, H, W)."""
+
+    def __init__(self, array: np.ndarray, channels_first: bool = False) -> None:
+        self.array = np.ascontiguousarray(array)
+        self.channels_first = channels_first
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = torch.from_numpy(self.array[index])
+        if image.ndim == 2:
+            return image.unsqueeze(0)
+        return image if self.channels_first else image.permute(2, 0, 1)
+
+
+class FileImages(Sequence):
+    """Images read from files on demand (decoded by torchvision.io, not PIL)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_image
+
+        return decode_image(self.paths[index], mode=ImageReadMode.RGB)
+
+
+@dataclass
+class ImageSplit:
+    images: Sequence
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if len(self.images) != len(self.labels):
+            raise ValueError("images and labels differ in length")
+
+
+@dataclass
+class ImageDataset:
+    name: str
+    classes: list[str]
+    train: ImageSplit
+    test: ImageSplit
+    identity: dict = field(default_factory=dict)
+
+    def split(self, name: str) -> ImageSplit:
+        return {"train": self.train, "test": self.test}[name]
+
+    def describe(self) -> dict:
+        """What a feature cache records about its dataset."""
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "n_train": len(self.train.labels),
+            "n_test": len(self.test.labels),
+            **self.identity,
+        }
+
+
+def _array_digest(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+# --- loaders ---------------------------------------------------------------------------
+
+
+def load_digits_dataset(data_dir: Path, download: bool) -> ImageDataset:
+    """scikit-learn's bundled 8x8 digits, split 50/50 per class with a fixed seed."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    # Pixel values are 0..16; spread them over 0..255.
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(images)), test_size=0.5, stratify=bunch.target, random_state=0
+    )
+    return ImageDataset(
+        name="digits",
+        classes=[str(c) for c in range(10)],
+        train=ImageSplit(ArrayImages(images[train_idx]), bunch.target[train_idx]),
+        test=ImageSplit(ArrayImages(images[test_idx]), bunch.target[test_idx]),
+        identity={"source": "sklearn.datasets.load_digits", "split": "stratified 50/50, random_state=0",
+                  "sha256": _array_digest(images, bunch.target)},
+    )
+
+
+def _torchvision_failure(title: str, data_dir: Path, download: bool, error: Exception) -> PipelineError:
+    if download:
+        what = f"could not download {title} into {data_dir} ({type(error).__name__}: {error})."
+    else:
+        what = f"{title} was not found in {data_dir} and downloading is off."
+    return PipelineError(
+        f"{what} Either run with network access and --download, or put the dataset files "
+        f"torchvision expects under --data-dir (for example copied from a machine that has "
+        f"downloaded them), or lay the images out as train/<class>/* and test/<class>/* and use "
+        f"--dataset imagefolder --data-dir <that folder>."
+    )
+
+
+def _torchvision_call(title: str, data_dir: Path, download: bool, make: Callable):
+    try:
+        return make()
+    except PipelineError:
+        raise
+    except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
+        raise _torchvision_failure(title, data_dir, download, error) from error
+
+
+def load_cifar10(data_dir: Path, download: bool) -> ImageDataset:
+    from torchvision.datasets import CIFAR10
+
+    def make(train: bool):
+        return CIFAR10(str(data_dir), train=train, download=download)
+
+    train = _torchvision_call("CIFAR-10", data_dir, download, lambda: make(True))
+    test = _torchvision_call("CIFAR-10", data_dir, download, lambda: make(False))
+    return ImageDataset(
+        name="cifar10",
+        classes=list(train.classes),
+        train=ImageSplit(ArrayImages(train.data), train.targets),
+        test=ImageSplit(ArrayImages(test.data), test.targets),
+        identity={"source": "torchvision.datasets.CIFAR10", "sha256": _array_digest(train.data, test.data)},
+    )
+
+
+def load_cifar100_superclasses(data_dir: Path, download: bool) -> ImageDataset:
+    """CIFAR-100 with its 20 superclasses as labels, the one-class protocol of the papers."""
+    from torchvision.datasets import CIFAR100
+
+    def make(train: bool):
+        return CIFAR100(str(data_dir), train=train, download=download)
+
+    train = _torchvision_call("CIFAR-100", data_dir, download, lambda: make(True))
+    test = _torchvision_call("CIFAR-100", data_dir, download, lambda: make(False))
+    # torchvision exposes only the fine labels; the coarse ones are in the same pickles.
+    folder = Path(data_dir) / CIFAR100.base_folder
+
+    def coarse(filename: str) -> np.ndarray:
+        with open(folder / filename, "rb") as handle:
+            return np.asarray(pickle.load(handle, encoding="latin1")["coarse_labels"])
+
+    with open(folder / CIFAR100.meta["filename"], "rb") as handle:
+        names = pickle.load(handle, encoding="latin1")["coarse_label_names"]
+    return ImageDataset(
+        name="cifar100",
+        classes=list(names),
+        train=ImageSplit(ArrayImages(train.data), coarse(CIFAR100.train_list[0][0])),
+        test=ImageSplit(ArrayImages(test.data), coarse(CIFAR100.test_list[0][0])),
+        identity={"source": "torchvision.datasets.CIFAR100", "labels": "20 superclasses",
+                  "sha256": _array_digest(train.data, test.data)},
+    )
+
+
+def _mnist_like(cls_name: str, title: str, key: str):
+    def load(data_dir: Path, download: bool) -> ImageDataset:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, cls_name)
+        train = _torchvision_call(title, data_dir, download, lambda: cls(str(data_dir), train=True, download=download))
+        test = _torchvision_call(title, data_dir, download, lambda: cls(str(data_dir), train=False, download=download))
+        return ImageDataset(
+            name=key,
+            classes=list(train.classes),
+            train=ImageSplit(ArrayImages(train.data.numpy()), train.targets.numpy()),
+            test=ImageSplit(ArrayImages(test.data.numpy()), test.targets.numpy()),
+            identity={"source": f"torchvision.datasets.{cls_name}",
+                      "sha256": _array_digest(train.data.numpy(), test.data.numpy())},
+        )
+
+    return load
+
+
+def load_svhn(data_dir: Path, download: bool) -> ImageDataset:
+    from torchvision.datasets import SVHN
+
+    train = _torchvision_call("SVHN", data_dir, download, lambda: SVHN(str(data_dir), split="train", download=download))
+    test = _torchvision_call("SVHN", data_dir, download, lambda: SVHN(str(data_dir), split="test", download=download))
+    return ImageDataset(
+        name="svhn",
+        classes=[str(c) for c in range(10)],
+        train=ImageSplit(ArrayImages(train.data, channels_first=True), train.labels),
+        test=ImageSplit(ArrayImages(test.data, channels_first=True), test.labels),
+        identity={"source": "torchvision.datasets.SVHN", "sha256": _array_digest(train.data, test.data)},
+    )
+
+
+def load_imagefolder(data_dir: Path, download: bool) -> ImageDataset:
+    """A user's images laid out as ``train/<class>/*`` and ``test/<class>/*``."""
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    root = Path(data_dir)
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise PipelineError(
+                f"image folder {root} has no {split}/ subfolder. The imagefolder dataset expects "
+                f"{root}/train/<class>/<image> and {root}/test/<class>/<image>, with the same class "
+                f"folder names in both."
+            )
+    classes, class_to_idx = find_classes(str(root / "train"))
+    test_classes, _ = find_classes(str(root / "test"))
+    if sorted(test_classes) != sorted(classes):
+        raise PipelineError(
+            f"train/ and test/ of {root} have different class folders: only in train: "
+            f"{sorted(set(classes) - set(test_classes))}, only in test: {sorted(set(test_classes) - set(classes))}."
+        )
+    splits = {}
+    digest = hashlib.sha256()
+    for split in ("train", "test"):
+        try:
+            samples = make_dataset(str(root / split), class_to_idx, extensions=IMAGE_EXTENSIONS)
+        except FileNotFoundError as error:  # torchvision's message names the empty class folder
+            raise PipelineError(f"{error} Every class folder needs at least one image.") from error
+        paths = [path for path, _ in samples]
+        for path in paths:
+            digest.update(os.path.relpath(path, root).encode())
+            digest.update(str(os.path.getsize(path)).encode())
+        splits[split] = ImageSplit(FileImages(paths), [label for _, label in samples])
+    return ImageDataset(
+        name="imagefolder",
+        classes=classes,
+        train=splits["train"],
+        test=splits["test"],
+        identity={"source": "image folder", "root": str(root.resolve()),
+                  "files_sha256": digest.hexdigest()},
+    )
+
+
+def load_synthetic(data_dir: Path, download: bool, n_classes: int = 3, n_train: int = 24,
+                   n_test: int = 12, size: int = 16, seed: int = 0) -> ImageDataset:
+    """Small coloured-pattern images for tests: each class has its own colour and stripes."""
+    rng = np.random.default_rng(seed)
+
+    def make(n_per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = [], []
+        for c in range(n_classes):
+            colour = np.array([(37 * c) % 256, (91 * c + 60) % 256, (151 * c + 120) % 256], dtype=float)
+            stripes = ((np.arange(size) // (c + 1)) % 2).astype(float)[None, :, None] * 60
+            for _ in range(n_per_class):
+                noise = rng.normal(0, 20, size=(size, size, 3))
+                images.append(np.clip(colour + stripes + noise, 0, 255).astype(np.uint8))
+                labels.append(c)
+        return np.stack(images), np.array(labels)
+
+    train_images, train_labels = make(n_train)
+    test_images, test_labels = make(n_test)
+    return ImageDataset(
+        name="synthetic",
+        classes=[f"class{c}" for c in range(n_classes)],
+        train=ImageSplit(ArrayImages(train_images), train_labels),
+        test=ImageSplit(ArrayImages(test_images), test_labels),
+        identity={"source": "synthetic", "seed": seed, "sha256": _array_digest(train_images, test_images)},
+    )
+
+
+DATASETS: dict[str, Callable[[Path, bool], ImageDataset]] = {
+    "digits": load_digits_dataset,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100_superclasses,
+    "mnist": _mnist_like("MNIST", "MNIST", "mnist"),
+    "fashion_mnist": _mnist_like("FashionMNIST", "Fashion-MNIST", "fashion_mnist"),
+    "svhn": load_svhn,
+    "imagefolder": load_imagefolder,
+    "synthetic": load_synthetic,
+}
+
+
+def load_dataset(name: str, data_dir: str | Path = "data", download: bool = False) -> ImageDataset:
+    if name not in DATASETS:
+        raise choice_error("dataset", name, list(DATASETS))
+    return DATASETS[name](Path(data_dir), download)
+
+
+# --- protocol --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OneVsAll:
+    """One normal class against all others.
+
+    ``train_index`` selects the normal class's training samples; ``test_is_anomaly`` is 1
+    for every test sample of another class (the whole test set is scored).
+    """
+
+    normal_class: int
+    train_index: np.ndarray
+    test_is_anomaly: np.ndarray
+
+
+def one_vs_all(train_labels: np.ndarray, test_labels: np.ndarray, normal_class: int) -> OneVsAll:
+    train_labels = np.asarray(train_labels)
+    test_labels = np.asarray(test_labels)
+    train_index = np.flatnonzero(train_labels == normal_class)
+    if len(train_index) == 0:
+        raise PipelineError(f"class {normal_class} has no training samples.")
+    is_anomaly = (test_labels != normal_class).astype(np.int64)
+    if is_anomaly.all() or not is_anomaly.any():
+        raise PipelineError(
+            f"class {normal_class}: the test set needs both normal and anomalous samples "
+            f"to compute AUROC (normal: {int((1 - is_anomaly).sum())}, anomalous: {int(is_anomaly.sum())})."
+        )
+    return OneVsAll(normal_class, train_index, is_anomaly)
+
+
+def resolve_classes(selection: str | Sequence[str], classes: list[str]) -> list[int]:
+    """'all', or comma-separated class names or indices -> class indices."""
+    if isinstance(selection, str):
+        if selection.strip().lower() == "all":
+            return list(range(len(classes)))
+        selection = [s.strip() for s in selection.split(",") if s.strip()]
+    chosen = []
+    for item in selection:
+        item = str(item)
+        if item in classes:
+            chosen.append(classes.index(item))
+        elif item.isdigit() and int(item) < len(classes):
+            chosen.append(int(item))
+        else:
+            raise choice_error("class", item, classes)
+    return chosen

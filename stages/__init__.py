@@ -1,0 +1,1 @@
+"""One thin command per head; the work is done by ``pipeline``."""

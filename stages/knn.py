@@ -1,0 +1,44 @@
+"""DN2 kNN head over a feature cache, one-vs-all for each class.
+
+    python -m stages.knn --cache cache/digits_efficientnet_lite0_224.zarr --k 2
+"""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.cache import FeatureCache
+from pipeline.cli import parse_expectations, resolve_device
+from pipeline.datasets import resolve_classes
+from pipeline.evaluate import evaluate_one_vs_all, format_summary, write_results
+from pipeline.heads import KNNHead
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--cache", "cache_path", required=True, type=click.Path(file_okay=False),
+              help="Feature cache made by python -m pipeline.extract (or imported from HDF5).")
+@click.option("--k", default=2, show_default=True, type=click.IntRange(1, 10_000),
+              help="Number of nearest normal training features whose squared distances are summed.")
+@click.option("--classes", default="all", show_default=True,
+              help="Normal classes to evaluate: all, or comma-separated names or indices.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:<i>.")
+@click.option("--expect", multiple=True, metavar="KEY=VALUE",
+              help="Refuse a cache whose metadata differs, e.g. backbone.name=resnet50 "
+                   "or preprocessing.image_size=224 (repeatable).")
+@click.option("--metrics", "metrics_path", default="metrics/knn.json", show_default=True,
+              help="Where to write the metrics JSON (per class and mean AUROC, AUPR, FPR@95%TPR).")
+@click.option("--plots", "plots_dir", default=None, help="Folder for per-class ROC curves (DVC plots).")
+def main(cache_path, k, classes, device, expect, metrics_path, plots_dir):
+    """Score every test image by the sum of squared L2 distances to its K nearest normal
+    training features (DN2), for each normal class in turn."""
+    cache = FeatureCache.open(cache_path)
+    cache.check_matches(parse_expectations(expect))
+    device_ = str(resolve_device(device))
+    chosen = resolve_classes(classes, cache.classes)
+    results = evaluate_one_vs_all(cache, lambda: KNNHead(k=k, device=device_), chosen, desc=f"kNN k={k}")
+    payload = write_results(results, cache.metadata, {"head": "knn", "k": k}, metrics_path, plots_dir)
+    click.echo(format_summary(payload))
+
+
+if __name__ == "__main__":
+    main()
