@@ -178,9 +178,18 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
     into a Zarr feature cache. An interrupted run resumes where it stopped when run again."""
     preprocessing = Preprocessing(image_size, resize, interpolation, normalisation)
     out_path = Path(out) if out else default_cache_path(dataset, backbone, image_size)
-    # Load the backbone before the dataset so missing weights are reported before any download.
-    load_backbone(backbone, image_size, weights_tag, weights_file)
-    data = load_dataset(dataset, data_dir, download)
+    # Check weights and data up front and report every missing piece in one message.
+    problems, data = [], None
+    try:
+        load_backbone(backbone, image_size, weights_tag, weights_file)
+    except PipelineError as error:
+        problems.append(error.message)
+    try:
+        data = load_dataset(dataset, data_dir, download)
+    except PipelineError as error:
+        problems.append(error.message)
+    if problems:
+        raise PipelineError(" Also, ".join(problems))
     extract(data, backbone, preprocessing, out_path, weights_tag=weights_tag, weights_file=weights_file,
             maps=maps, map_grid=map_grid, feature_dtype=feature_dtype, batch_size=batch_size, workers=workers,
             device=device, chunk_rows=chunk_rows, overwrite=overwrite)

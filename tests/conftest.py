@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+os.environ.setdefault("PIPELINE_PROGRESS", "0")
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory):
+    """A small real extraction: synthetic images through EfficientNet-Lite0 at 32x32."""
+    from pipeline.datasets import load_dataset
+    from pipeline.extract import extract
+    from pipeline.preprocess import Preprocessing
+
+    out = tmp_path_factory.mktemp("caches") / "synthetic.zarr"
+    return extract(load_dataset("synthetic"), "efficientnet_lite0", Preprocessing(image_size=32), out,
+                   maps=("intermediate",), chunk_rows=16, batch_size=8, workers=0)

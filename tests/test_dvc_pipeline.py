@@ -1,0 +1,72 @@
+"""End to end: the real dvc.yaml and params.yaml, on the synthetic dataset at 32 px."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sh(cwd, *args):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(cwd)}
+    result = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def set_params(path, **changes):
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    path.write_text(yaml.safe_dump(params))
+
+
+@pytest.fixture
+def project(tmp_path):
+    for item in ("pipeline", "stages", "dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".gitignore"):
+        source, target = REPO / item, tmp_path / item
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, target)
+    set_params(tmp_path / "params.yaml", **{"dataset.name": "synthetic", "preprocess.image_size": 32,
+                                             "extract.workers": 0})
+    sh(tmp_path, "git", "init", "-q")
+    sh(tmp_path, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init")
+    return tmp_path
+
+
+def dvc(cwd, *args):
+    return sh(cwd, sys.executable, "-m", "dvc", *args)
+
+
+def test_repro_is_incremental_and_metrics_diff_shows_changes(project):
+    out = dvc(project, "repro")
+    assert "Running stage 'extract@efficientnet_lite0'" in out and "Running stage 'knn@efficientnet_lite0'" in out
+    assert (project / "cache" / "synthetic_efficientnet_lite0_32.zarr" / "zarr.json").exists()
+    shown = dvc(project, "metrics", "show")
+    assert "mean.auroc" in shown and "metrics/knn_efficientnet_lite0.json" in shown
+
+    assert "Running stage" not in dvc(project, "repro")
+
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "k=2")
+    set_params(project / "params.yaml", **{"knn.k": 5})
+    out = dvc(project, "repro")
+    assert "Running stage 'knn@efficientnet_lite0'" in out
+    assert "Running stage 'extract" not in out
+    diff = dvc(project, "metrics", "diff")
+    assert "about.k" in diff and "5" in diff
+
+    set_params(project / "params.yaml", **{"preprocess.image_size": 48})
+    out = dvc(project, "repro")
+    assert "Running stage 'extract@efficientnet_lite0'" in out
+    assert (project / "cache" / "synthetic_efficientnet_lite0_48.zarr").exists()
+
+    plots = dvc(project, "plots", "show", "-o", str(project / "plots_html"))
+    assert (project / "plots_html" / "index.html").exists(), plots

@@ -1,0 +1,124 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.backbones import load_backbone
+from pipeline.cache import FeatureCache
+from pipeline.datasets import load_dataset
+from pipeline.errors import PipelineError
+from pipeline.extract import extract
+from pipeline.preprocess import Preprocessing
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_cache_holds_the_backbone_features_of_every_image(synthetic_cache):
+    data = load_dataset("synthetic")
+    cache = FeatureCache.open(synthetic_cache.path)
+    meta = cache.metadata
+    assert meta["backbone"]["name"] == "efficientnet_lite0"
+    assert meta["preprocessing"] == Preprocessing(image_size=32).to_dict()
+    assert meta["dataset"]["n_train"] == len(data.train.labels) and meta["dataset"]["sha256"]
+    assert "torch" in meta["versions"]
+    np.testing.assert_array_equal(cache.labels("train"), data.train.labels)
+    np.testing.assert_array_equal(cache.labels("test"), data.test.labels)
+    # Recompute a few test features directly, outside the extraction loop.
+    model, _ = load_backbone("efficientnet_lite0", 32)
+    rows = [0, 17, len(data.test.labels) - 1]
+    with torch.inference_mode():
+        direct = model(Preprocessing(image_size=32)([data.test.images[i] for i in rows]))["pooled"].numpy()
+    np.testing.assert_allclose(cache.features("test", np.array(rows)), direct, rtol=1e-4, atol=1e-4)
+    maps = cache.array("train", "maps/stride16")
+    assert maps.shape == (len(data.train.labels), 112, 4, 4) and maps.dtype == np.float16
+
+
+def test_interrupted_extraction_resumes_and_only_redoes_missing_chunks(synthetic_cache, tmp_path):
+    path = tmp_path / "resume.zarr"
+    shutil.copytree(synthetic_cache.path, path)
+    original = FeatureCache.open(path).features("train")
+    cache = FeatureCache.open(path)
+    # Pretend the run died after chunk 0: chunk 1 was never recorded and holds garbage.
+    cache.group.attrs["complete"] = False
+    cache.group.attrs["progress"] = {"train": [0, 2, 3, 4], "test": [0, 1, 2]}
+    rows = cache.chunk_slices("train")[1]
+    cache.write_rows("train", rows, {"features": np.full((rows.stop - rows.start, 1280), 7, np.float32)})
+    rows0 = cache.chunk_slices("train")[0]
+    cache.write_rows("train", rows0, {"features": np.full((rows0.stop - rows0.start, 1280), 5, np.float32)})
+    with pytest.raises(PipelineError, match="incomplete"):
+        FeatureCache.open(path)
+    extract(load_dataset("synthetic"), "efficientnet_lite0", Preprocessing(image_size=32), path,
+            maps=("intermediate",), chunk_rows=16, batch_size=8, workers=0)
+    resumed = FeatureCache.open(path).features("train")
+    np.testing.assert_allclose(resumed[rows], original[rows], rtol=1e-5, atol=1e-5)
+    # Chunk 0 was recorded as done, so it was not recomputed (our marker survives).
+    assert (resumed[rows0] == 5).all()
+
+
+def test_existing_cache_made_differently_needs_overwrite(synthetic_cache, tmp_path):
+    path = tmp_path / "other.zarr"
+    shutil.copytree(synthetic_cache.path, path)
+    data = load_dataset("synthetic")
+    with pytest.raises(PipelineError, match="preprocessing.normalisation.*--overwrite"):
+        extract(data, "efficientnet_lite0", Preprocessing(image_size=32, normalisation="inception"), path,
+                maps=("intermediate",), chunk_rows=16, workers=0)
+    cache = extract(data, "efficientnet_lite0", Preprocessing(image_size=32, normalisation="inception"), path,
+                    chunk_rows=16, workers=0, overwrite=True)
+    assert cache.metadata["preprocessing"]["normalisation"] == "inception"
+    assert FeatureCache.open(path).map_names() == []
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_offline_paper_configuration_stops_with_one_paragraph(tmp_path):
+    # A proxy on a closed local port makes every download fail at once, network or not.
+    env = {"TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
+           "http_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    result = run_cli("pipeline.extract", "--backbone", "resnet50", "--dataset", "cifar10",
+                     "--data-dir", str(tmp_path / "data"), env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1
+    for hint in ("TORCH_HOME", "--weights", "efficientnet_lite0", "--data-dir", "CIFAR-10", "imagefolder"):
+        assert hint in error[0]
+
+
+def test_unknown_names_list_the_valid_ones():
+    result = run_cli("pipeline.extract", "--dataset", "imagenet22k")
+    assert result.returncode == 2 and "digits" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("pipeline.extract", "--backbone", "resnet49")
+    assert result.returncode == 2 and "efficientnet_lite0" in result.stderr
+
+
+def test_knn_stage_writes_metrics_and_plots_and_refuses_a_mismatched_cache(synthetic_cache, tmp_path):
+    from pipeline.evaluate import load_metrics
+    from stages.knn import main
+
+    runner = CliRunner()
+    metrics = tmp_path / "m.json"
+    result = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--k", "2", "--metrics", str(metrics),
+                                  "--plots", str(tmp_path / "plots"), "--expect", "backbone.name=efficientnet_lite0",
+                                  "--expect", "preprocessing.image_size=32"])
+    assert result.exit_code == 0, result.output
+    payload = load_metrics(metrics)
+    assert set(payload["per_class"]) == {"class0", "class1", "class2"}
+    assert payload["about"]["backbone"] == "efficientnet_lite0" and payload["about"]["image_size"] == 32
+    # The synthetic classes differ in colour and stripes: pretrained features separate them.
+    assert payload["mean"]["auroc"] > 0.9
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [f"roc_class{c}.json" for c in range(3)]
+    result = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--metrics", str(metrics),
+                                  "--expect", "preprocessing.image_size=224"])
+    assert result.exit_code == 1 and "image_size is 32 in the cache but 224" in result.output
+    result = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--classes", "class9"])
+    assert result.exit_code == 1 and "class0, class1, class2" in result.output
+    result = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--k", "100", "--metrics", str(metrics)])
+    assert result.exit_code == 1 and "fewer than k = 100" in result.output
