@@ -64,8 +64,12 @@ def parse_expectations(items: tuple[str, ...] | list[str]) -> dict:
 def cache_label(metadata: dict) -> dict:
     """The labels every reported figure carries: dataset, backbone, image size, preprocessing."""
     prep = metadata.get("preprocessing", {})
+    dataset = metadata.get("dataset", {})
+    name = dataset.get("name")
+    if name == "imagefolder" and dataset.get("folder"):
+        name = f"imagefolder:{dataset['folder']}"
     return {
-        "dataset": metadata.get("dataset", {}).get("name"),
+        "dataset": name,
         "backbone": metadata.get("backbone", {}).get("name"),
         "image_size": prep.get("image_size"),
         "preprocessing": f"{prep.get('resize')}/{prep.get('interpolation')}/{prep.get('normalisation')}",

@@ -20,6 +20,7 @@ import torch
 from pipeline.errors import PipelineError, choice_error
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+TORCHVISION_DECODES = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 
 
 class ArrayImages(Sequence):
@@ -50,8 +51,21 @@ class FileImages(Sequence):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_image
+        from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype
 
-        return decode_image(self.paths[index], mode=ImageReadMode.RGB)
+        path = self.paths[index]
+        if path.lower().endswith(TORCHVISION_DECODES):
+            image = decode_image(path, mode=ImageReadMode.RGB)
+        else:  # formats torchvision.io cannot decode (BMP, TIFF): PIL
+            from PIL import Image
+
+            with Image.open(path) as pil:
+                image = pil_to_tensor(pil.convert("RGB"))
+        if image.ndim == 4:  # an animated GIF: its first frame
+            image = image[0]
+        if image.dtype != torch.uint8:  # 16-bit PNG
+            image = to_dtype(image, torch.uint8, scale=True)
+        return image
 
 
 @dataclass
@@ -153,7 +167,7 @@ def load_cifar10(data_dir: Path, download: bool) -> ImageDataset:
         classes=list(train.classes),
         train=ImageSplit(ArrayImages(train.data), train.targets),
         test=ImageSplit(ArrayImages(test.data), test.targets),
-        identity={"source": "torchvision.datasets.CIFAR10", "sha256": _array_digest(train.data, test.data)},
+        identity={"source": "torchvision.datasets.CIFAR10", "sha256": _array_digest(train.data, test.data, np.asarray(train.targets), np.asarray(test.targets))},
     )
 
 
@@ -175,13 +189,14 @@ def load_cifar100_superclasses(data_dir: Path, download: bool) -> ImageDataset:
 
     with open(folder / CIFAR100.meta["filename"], "rb") as handle:
         names = pickle.load(handle, encoding="latin1")["coarse_label_names"]
+    train_labels, test_labels = coarse(CIFAR100.train_list[0][0]), coarse(CIFAR100.test_list[0][0])
     return ImageDataset(
         name="cifar100",
         classes=list(names),
-        train=ImageSplit(ArrayImages(train.data), coarse(CIFAR100.train_list[0][0])),
-        test=ImageSplit(ArrayImages(test.data), coarse(CIFAR100.test_list[0][0])),
+        train=ImageSplit(ArrayImages(train.data), train_labels),
+        test=ImageSplit(ArrayImages(test.data), test_labels),
         identity={"source": "torchvision.datasets.CIFAR100", "labels": "20 superclasses",
-                  "sha256": _array_digest(train.data, test.data)},
+                  "sha256": _array_digest(train.data, test.data, train_labels, test_labels)},
     )
 
 
@@ -198,7 +213,8 @@ def _mnist_like(cls_name: str, title: str, key: str):
             train=ImageSplit(ArrayImages(train.data.numpy()), train.targets.numpy()),
             test=ImageSplit(ArrayImages(test.data.numpy()), test.targets.numpy()),
             identity={"source": f"torchvision.datasets.{cls_name}",
-                      "sha256": _array_digest(train.data.numpy(), test.data.numpy())},
+                      "sha256": _array_digest(train.data.numpy(), test.data.numpy(),
+                                              train.targets.numpy(), test.targets.numpy())},
         )
 
     return load
@@ -214,7 +230,8 @@ def load_svhn(data_dir: Path, download: bool) -> ImageDataset:
         classes=[str(c) for c in range(10)],
         train=ImageSplit(ArrayImages(train.data, channels_first=True), train.labels),
         test=ImageSplit(ArrayImages(test.data, channels_first=True), test.labels),
-        identity={"source": "torchvision.datasets.SVHN", "sha256": _array_digest(train.data, test.data)},
+        identity={"source": "torchvision.datasets.SVHN",
+                  "sha256": _array_digest(train.data, test.data, train.labels, test.labels)},
     )
 
 
@@ -230,8 +247,11 @@ def load_imagefolder(data_dir: Path, download: bool) -> ImageDataset:
                 f"{root}/train/<class>/<image> and {root}/test/<class>/<image>, with the same class "
                 f"folder names in both."
             )
-    classes, class_to_idx = find_classes(str(root / "train"))
-    test_classes, _ = find_classes(str(root / "test"))
+    try:
+        classes, class_to_idx = find_classes(str(root / "train"))
+        test_classes, _ = find_classes(str(root / "test"))
+    except FileNotFoundError as error:
+        raise PipelineError(f"{error}. Put each class's images in its own subfolder of train/ and test/.") from error
     if sorted(test_classes) != sorted(classes):
         raise PipelineError(
             f"train/ and test/ of {root} have different class folders: only in train: "
@@ -246,15 +266,15 @@ def load_imagefolder(data_dir: Path, download: bool) -> ImageDataset:
             raise PipelineError(f"{error} Every class folder needs at least one image.") from error
         paths = [path for path, _ in samples]
         for path in paths:
-            digest.update(os.path.relpath(path, root).encode())
-            digest.update(str(os.path.getsize(path)).encode())
+            digest.update(f"{os.path.relpath(path, root)}\0{os.path.getsize(path)}\n".encode())
         splits[split] = ImageSplit(FileImages(paths), [label for _, label in samples])
     return ImageDataset(
         name="imagefolder",
         classes=classes,
         train=splits["train"],
         test=splits["test"],
-        identity={"source": "image folder", "root": str(root.resolve()),
+        # The folder's name, not its absolute path, so a cache can be resumed on another machine.
+        identity={"source": "image folder", "folder": root.resolve().name,
                   "files_sha256": digest.hexdigest()},
     )
 
@@ -350,4 +370,4 @@ def resolve_classes(selection: str | Sequence[str], classes: list[str]) -> list[
             chosen.append(int(item))
         else:
             raise choice_error("class", item, classes)
-    return chosen
+    return list(dict.fromkeys(chosen))  # each class once, in the order given

@@ -398,9 +398,6 @@ def test_imagefolder_missing_test_folder(tmp_path):
     assert "train/<class>/<image>" in message
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="BUG: find_classes() is outside the try block; a train/ without class "
-                          "folders raises a raw FileNotFoundError instead of PipelineError")
 def test_imagefolder_train_without_class_folders(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "test").mkdir()
@@ -411,9 +408,6 @@ def test_imagefolder_train_without_class_folders(tmp_path):
 
 
 @pytest.mark.parametrize("ext", [".bmp", ".tif"])
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="BUG: IMAGE_EXTENSIONS accepts .bmp/.tif/.tiff but torchvision.io.decode_image "
-                          "only decodes jpeg, png, webp and gif")
 def test_imagefolder_every_accepted_extension_decodes(tmp_path, ext):
     rng = np.random.default_rng(8)
     array = _rgb(rng, 5, 6)
@@ -427,9 +421,6 @@ def test_imagefolder_every_accepted_extension_decodes(tmp_path, ext):
     np.testing.assert_array_equal(image.numpy(), array.transpose(2, 0, 1))
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="BUG: decode_image keeps 16-bit PNGs as uint16 (values up to 65535), "
-                          "breaking the uint8 contract that preprocessing's /255 relies on")
 def test_imagefolder_16bit_png_comes_back_uint8(tmp_path):
     from PIL import Image
 
@@ -442,8 +433,6 @@ def test_imagefolder_16bit_png_comes_back_uint8(tmp_path):
     assert int(image.max()) == 255
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="BUG: decode_image returns all frames (N, C, H, W) for an animated GIF")
 def test_imagefolder_animated_gif_is_one_image(tmp_path):
     from PIL import Image
 
