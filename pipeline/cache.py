@@ -3,7 +3,8 @@
 Layout of a store::
 
     <name>.zarr/
-      zarr.json                 attrs: metadata (how it was made), progress, complete
+      zarr.json                 attrs: metadata (how it was made), chunks (finished chunks and
+                                their SHA-256 per array), complete
       train/features            (N, D)         pooled features, float32 or float16
       train/labels              (N,)           int64 class indices
       train/maps/<layer>        (N, C, g, g)   optional intermediate maps, float16 by default
@@ -12,13 +13,20 @@ Layout of a store::
 Every array is chunked along the sample axis with the same number of rows, so that
 extraction can write, and record as done, one chunk of samples at a time. ``complete`` is
 set only after the last chunk: an interrupted run never leaves a store that looks finished,
-and a new run with the same metadata resumes from the chunks recorded in ``progress``.
+and a new run with the same metadata resumes from the chunks recorded in ``chunks``. The
+checksums let every read, and ``python -m pipeline.cache verify``, detect damaged chunks.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
 import shutil
+import socket
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -72,6 +80,39 @@ def differences(expected: dict, actual: dict, prefix: str = "") -> list[str]:
     return found
 
 
+def _digest(data: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+
+
+@contextmanager
+def writer_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` while writing a cache.
+
+    flock locks are released by the kernel when the holder dies, even by SIGKILL, so a
+    killed run never leaves a stale lock behind.
+    """
+    lock_path = Path(str(path) + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise PipelineError(f"{path} is being written by {holder}. Two extractions must not write "
+                                f"one cache; wait for that one to finish (or stop it) and run again.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class FeatureCache:
     """Read and write access to one feature store."""
 
@@ -84,12 +125,16 @@ class FeatureCache:
     @classmethod
     def create(cls, path: str | Path, metadata: dict, arrays: dict[str, list[ArraySpec]],
                split_sizes: dict[str, int], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> "FeatureCache":
-        """A new, empty, incomplete store (an existing one at ``path`` is removed)."""
+        """A new, empty, incomplete store (an existing one at ``path`` is replaced).
+
+        The store is built beside ``path`` and renamed into place, so a run killed while
+        creating it leaves either the old store or a complete empty one, never half of one.
+        """
         path = Path(path)
-        if path.exists():
-            shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(str(path), mode="w")
+        partial = path.with_name(path.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        group = zarr.open_group(str(partial), mode="w")
         for split, specs in arrays.items():
             n = split_sizes[split]
             for spec in specs:
@@ -99,8 +144,11 @@ class FeatureCache:
                     compressors=COMPRESSOR if spec.name != "labels" else "auto",
                 )
         group.attrs.update({"format_version": FORMAT_VERSION, "metadata": metadata,
-                            "chunk_rows": chunk_rows, "progress": {s: [] for s in arrays}, "complete": False})
-        return cls(path, group)
+                            "chunk_rows": chunk_rows, "chunks": {s: {} for s in arrays}, "complete": False})
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(partial, path)
+        return cls(path, zarr.open_group(str(path), mode="r+"))
 
     @classmethod
     def open(cls, path: str | Path, require_complete: bool = True) -> "FeatureCache":
@@ -119,9 +167,10 @@ class FeatureCache:
                                 f"Re-run the extraction.")
         cache = cls(path, group)
         if require_complete and not cache.is_complete:
-            raise PipelineError(f"the feature cache {path} is incomplete (its extraction was interrupted or "
-                                f"is still running). Run the same python -m pipeline.extract command again "
-                                f"(or dvc repro) to finish it; finished chunks are kept.")
+            raise PipelineError(f"the feature cache {path} is incomplete (its extraction was interrupted, "
+                                f"is still running, or damaged chunks were set aside by verify --repair). Run the "
+                                f"same python -m pipeline.extract command again (or dvc repro) to finish it; "
+                                f"finished chunks are kept.")
         return cache
 
     # --- metadata ---------------------------------------------------------------------
@@ -148,7 +197,7 @@ class FeatureCache:
                 f"python -m pipeline.extract) or point the head at the cache that matches them."
             )
 
-    # --- progress ---------------------------------------------------------------------
+    # --- chunks and their checksums -----------------------------------------------------
 
     @property
     def chunk_rows(self) -> int:
@@ -158,13 +207,33 @@ class FeatureCache:
         n = self.size(split)
         return [slice(start, min(start + self.chunk_rows, n)) for start in range(0, n, self.chunk_rows)]
 
-    def done_chunks(self, split: str) -> set[int]:
-        return set(self.group.attrs["progress"].get(split, []))
+    def _checksums(self, split: str) -> dict[str, dict[str, str]]:
+        return dict(self.group.attrs["chunks"].get(split, {}))
 
-    def mark_chunk_done(self, split: str, chunk: int) -> None:
-        progress = dict(self.group.attrs["progress"])
-        progress[split] = sorted(set(progress.get(split, [])) | {chunk})
-        self.group.attrs["progress"] = progress  # zarr writes zarr.json atomically
+    def done_chunks(self, split: str) -> set[int]:
+        return {int(chunk) for chunk in self._checksums(split)}
+
+    def write_chunk(self, split: str, chunk: int, values: dict[str, np.ndarray]) -> None:
+        """Write every array's rows of one chunk, then record the chunk and its checksums.
+
+        Recording comes last (zarr writes each file atomically), so a chunk that is
+        recorded is always fully written.
+        """
+        rows = self.chunk_slices(split)[chunk]
+        checksums = {}
+        for name, data in values.items():
+            array = self.array(split, name)
+            data = np.ascontiguousarray(data, dtype=array.dtype)
+            if data.shape[0] != rows.stop - rows.start:
+                raise ValueError(f"chunk {chunk} of {split}/{name} needs {rows.stop - rows.start} rows")
+            array[rows] = data
+            checksums[name] = _digest(data)
+        missing = set(self.array_names(split)) - set(checksums)
+        if missing:
+            raise ValueError(f"chunk {chunk} of {split} lacks arrays {sorted(missing)}")
+        chunks = dict(self.group.attrs["chunks"])
+        chunks[split] = {**chunks.get(split, {}), str(chunk): checksums}
+        self.group.attrs["chunks"] = chunks
 
     def mark_complete(self) -> None:
         for split in self.splits:
@@ -172,6 +241,36 @@ class FeatureCache:
             if missing:
                 raise PipelineError(f"cannot mark {self.path} complete: {split} chunks {sorted(missing)} are missing.")
         self.group.attrs["complete"] = True
+
+    def verify(self) -> list[str]:
+        """Every problem found: missing or damaged chunks, arrays that disagree with the metadata."""
+        problems = []
+        dataset = self.metadata.get("dataset", {})
+        for split in self.splits:
+            expected = dataset.get(f"n_{split}")
+            if expected is not None and expected != self.size(split):
+                problems.append(f"{split} has {self.size(split)} samples but the metadata says {expected}")
+            for name in self.array_names(split):
+                if self.array(split, name).shape[0] != self.size(split):
+                    problems.append(f"{split}/{name} has {self.array(split, name).shape[0]} rows, "
+                                    f"labels have {self.size(split)}")
+            checksums = self._checksums(split)
+            for chunk in range(len(self.chunk_slices(split))):
+                if str(chunk) not in checksums:
+                    problems.append(f"{split} chunk {chunk}: missing (never finished)")
+                    continue
+                for name in self.array_names(split):
+                    try:
+                        self.read_chunk(split, name, chunk)
+                    except PipelineError as error:
+                        problems.append(f"{split} chunk {chunk}: {error.message}")
+        return problems
+
+    def set_aside(self, split: str, chunks: set[int]) -> None:
+        """Forget chunks (so the extraction recomputes them) and mark the cache incomplete."""
+        recorded = dict(self.group.attrs["chunks"])
+        recorded[split] = {c: sums for c, sums in recorded.get(split, {}).items() if int(c) not in chunks}
+        self.group.attrs.update({"chunks": recorded, "complete": False})
 
     # --- data -------------------------------------------------------------------------
 
@@ -191,19 +290,47 @@ class FeatureCache:
     def map_names(self, split: str = "train") -> list[str]:
         return sorted(self.group[f"{split}/maps"].array_keys()) if f"{split}/maps" in self.group else []
 
+    def array_names(self, split: str) -> list[str]:
+        return ["features", "labels"] + [f"maps/{m}" for m in self.map_names(split)]
+
+    def read_chunk(self, split: str, name: str, chunk: int) -> np.ndarray:
+        """One chunk's rows of an array, checked against the checksum recorded when it was written."""
+        rows = self.chunk_slices(split)[chunk]
+        repair = (f"Run python -m pipeline.cache verify --repair {self.path}, then the extraction command "
+                  f"again, to recompute the damaged chunks.")
+        try:
+            data = np.asarray(self.array(split, name)[rows])
+        except Exception as error:
+            raise PipelineError(f"{split}/{name} rows {rows.start}-{rows.stop - 1} of {self.path} cannot be read "
+                                f"({type(error).__name__}: {error}). {repair}") from error
+        recorded = self._checksums(split).get(str(chunk), {}).get(name)
+        if recorded is not None and recorded != _digest(data):
+            raise PipelineError(f"{split}/{name} rows {rows.start}-{rows.stop - 1} of {self.path} do not match the "
+                                f"checksum recorded when they were written (the file was changed or damaged). {repair}")
+        return data
+
+    def read(self, split: str, name: str = "features", rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """Rows of an array (all, a slice, or an index array), every chunk read checked."""
+        slices = self.chunk_slices(split)
+        if rows is None:
+            rows = slice(0, self.size(split))
+        index = np.arange(self.size(split))[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+        if len(index) == 0:
+            return np.asarray(self.array(split, name)[0:0])
+        chunk_of = index // self.chunk_rows
+        parts = []
+        for chunk in np.unique(chunk_of):
+            data = self.read_chunk(split, name, int(chunk))
+            parts.append(data[index[chunk_of == chunk] - slices[chunk].start])
+        order = np.argsort(np.argsort(chunk_of, kind="stable"), kind="stable")
+        return np.concatenate(parts)[order]
+
     def features(self, split: str, rows: np.ndarray | slice | None = None, dtype: Any = np.float32) -> np.ndarray:
         """Pooled features of a split as NumPy (all rows, a slice, or an index array)."""
-        array = self.array(split, "features")
-        if rows is None:
-            data = array[:]
-        elif isinstance(rows, slice):
-            data = array[rows]
-        else:
-            data = array.get_orthogonal_selection((np.asarray(rows),))
-        return np.asarray(data, dtype=dtype)
+        return np.asarray(self.read(split, "features", rows), dtype=dtype)
 
     def labels(self, split: str) -> np.ndarray:
-        return np.asarray(self.array(split, "labels")[:])
+        return self.read(split, "labels")
 
     def dask(self, split: str, name: str = "features"):
         """A Dask array over the Zarr chunks, for out-of-core work."""
@@ -211,14 +338,9 @@ class FeatureCache:
 
         return da.from_zarr(self.array(split, name))
 
-    def write_rows(self, split: str, rows: slice, values: dict[str, np.ndarray]) -> None:
-        for name, data in values.items():
-            self.array(split, name)[rows] = data
-
     def iter_chunks(self, split: str, name: str = "features") -> Iterator[tuple[slice, np.ndarray]]:
-        array = self.array(split, name)
-        for rows in self.chunk_slices(split):
-            yield rows, np.asarray(array[rows])
+        for chunk, rows in enumerate(self.chunk_slices(split)):
+            yield rows, self.read_chunk(split, name, chunk)
 
 
 # --- command line: python -m pipeline.cache ... ---------------------------------------
@@ -245,6 +367,35 @@ def info(cache_path: str) -> None:
         done = len(cache.done_chunks(split))
         click.echo(f"{split}: {'; '.join(arrays)}; {done}/{len(cache.chunk_slices(split))} chunks written")
     click.echo("complete" if cache.is_complete else "INCOMPLETE: re-run the extraction command to finish it")
+
+
+@main.command()
+@click.argument("cache_path", type=click.Path(file_okay=False))
+@click.option("--repair", is_flag=True,
+              help="Set damaged chunks aside and mark the cache incomplete, so that running the "
+                   "extraction command again recomputes just those chunks.")
+def verify(cache_path: str, repair: bool) -> None:
+    """Check every chunk of CACHE_PATH against its recorded checksum, and the arrays against
+    the metadata. Exits with status 1 if anything is missing or damaged."""
+    cache = FeatureCache.open(cache_path, require_complete=False)
+    problems = cache.verify()
+    for problem in problems:
+        click.echo(f"  {problem}")
+    if not problems:
+        click.echo(f"{cache_path}: all {sum(len(cache.chunk_slices(s)) for s in cache.splits)} chunks present and "
+                   f"intact{'' if cache.is_complete else ', but not marked complete'}.")
+        return
+    if repair:
+        for split in cache.splits:
+            bad = {int(p.split()[2].rstrip(":")) for p in problems if p.startswith(f"{split} chunk ")}
+            cache.set_aside(split, bad)
+        click.echo(f"{len(problems)} problems; damaged chunks set aside. Run the extraction command again "
+                   f"(or dvc repro) to recompute them.")
+    if repair:
+        raise SystemExit(1)
+    raise PipelineError(
+        f"{cache_path} has {len(problems)} problems (listed above). Run python -m pipeline.cache verify --repair "
+        f"{cache_path} and then the extraction command again to recompute the damaged chunks.")
 
 
 @main.command("export-hdf5")

@@ -86,6 +86,7 @@ class ImageDataset:
     train: ImageSplit
     test: ImageSplit
     identity: dict = field(default_factory=dict)
+    root: Path | None = None  # where an image folder lives; not recorded, it differs between machines
 
     def split(self, name: str) -> ImageSplit:
         return {"train": self.train, "test": self.test}[name]
@@ -276,6 +277,7 @@ def load_imagefolder(data_dir: Path, download: bool) -> ImageDataset:
         # The folder's name, not its absolute path, so a cache can be resumed on another machine.
         identity={"source": "image folder", "folder": root.resolve().name,
                   "files_sha256": digest.hexdigest()},
+        root=root,
     )
 
 
@@ -371,3 +373,59 @@ def resolve_classes(selection: str | Sequence[str], classes: list[str]) -> list[
         else:
             raise choice_error("class", item, classes)
     return list(dict.fromkeys(chosen))  # each class once, in the order given
+
+
+# --- unreadable files ------------------------------------------------------------------
+
+
+class _ReadCheck(torch.utils.data.Dataset):
+    def __init__(self, images: "FileImages", batches: list[range]) -> None:
+        self.images, self.batches = images, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> list[tuple[int, str]]:
+        failures = []
+        for i in self.batches[index]:
+            try:
+                self.images[i]
+            except Exception as error:  # any decoder error means the file is unusable
+                failures.append((i, f"{type(error).__name__}: {error}".splitlines()[0][:120]))
+        return failures
+
+
+def unreadable_images(images: Sequence, workers: int = 0) -> list[tuple[int, str]]:
+    """(index, reason) of every image file that cannot be decoded (a full decode, which
+    catches truncated files that a header check would pass)."""
+    if not isinstance(images, FileImages):
+        return []
+    from torch.utils.data import DataLoader
+
+    batches = [range(start, min(start + 256, len(images))) for start in range(0, len(images), 256)]
+    loader = DataLoader(_ReadCheck(images, batches), batch_size=None, num_workers=workers)
+    return [failure for failures in loader for failure in failures]
+
+
+def drop_unreadable(dataset: ImageDataset, skip_bad: bool, workers: int = 0) -> ImageDataset:
+    """Refuse a dataset with unreadable files (listing them) or, with ``skip_bad``, leave them
+    out and record their paths in the dataset identity (and so in the cache metadata)."""
+    bad = {split: unreadable_images(dataset.split(split).images, workers) for split in ("train", "test")}
+    if not any(bad.values()):
+        return dataset
+    root = dataset.root or Path(".")
+    listed = [(split, os.path.relpath(dataset.split(split).images.paths[i], root), reason)
+              for split, failures in bad.items() for i, reason in failures]
+    if not skip_bad:
+        shown = "; ".join(f"{path} ({reason})" for _, path, reason in listed[:10])
+        more = f" and {len(listed) - 10} more" if len(listed) > 10 else ""
+        raise PipelineError(f"{len(listed)} image files cannot be read: {shown}{more}. Replace or remove them, "
+                            f"or pass --skip-bad to leave them out (they are then listed in the cache metadata).")
+    splits = {}
+    for split in ("train", "test"):
+        drop = {i for i, _ in bad[split]}
+        source = dataset.split(split)
+        keep = [i for i in range(len(source.labels)) if i not in drop]
+        splits[split] = ImageSplit(FileImages([source.images.paths[i] for i in keep]), source.labels[keep])
+    identity = {**dataset.identity, "skipped_files": [f"{split}: {path} ({reason})" for split, path, reason in listed]}
+    return ImageDataset(dataset.name, dataset.classes, splits["train"], splits["test"], identity, dataset.root)

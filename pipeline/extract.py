@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from pathlib import Path
 
@@ -16,9 +17,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from pipeline.backbones import BACKBONES, load_backbone
-from pipeline.cache import DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, differences, library_versions
+from pipeline.cache import DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, differences, library_versions, writer_lock
 from pipeline.cli import progress, resolve_device
-from pipeline.datasets import DATASETS, ImageDataset, load_dataset
+from pipeline.datasets import DATASETS, ImageDataset, drop_unreadable, load_dataset
 from pipeline.errors import PipelineError
 from pipeline.preprocess import INTERPOLATIONS, NORMALISATIONS, RESIZE_MODES, Preprocessing
 
@@ -74,8 +75,28 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
             weights_tag: str | None = None, weights_file: str | None = None, maps: tuple[str, ...] = (),
             map_grid: int = 4, feature_dtype: str = "float32", map_dtype: str = "float16",
             batch_size: int = 64, workers: int = 1, device: str = "auto",
-            chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False) -> FeatureCache:
+            chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False, skip_bad: bool = False) -> FeatureCache:
     """Run the backbone over both splits, writing chunk by chunk; resumable."""
+    out = Path(out)
+    with writer_lock(out):
+        try:
+            return _extract_locked(dataset, backbone, preprocessing, out, weights_tag, weights_file, maps, map_grid,
+                                   feature_dtype, map_dtype, batch_size, workers, device, chunk_rows, overwrite,
+                                   skip_bad)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise PipelineError(f"the disk holding {out} is full ({error}). The chunks finished so far are kept "
+                                f"and the cache is not marked complete: free some space and run the same "
+                                f"command again to resume.") from error
+        except KeyboardInterrupt:
+            raise PipelineError(f"interrupted. The chunks finished so far are kept in {out}; run the same command "
+                                f"again to resume.") from None
+
+
+def _extract_locked(dataset, backbone, preprocessing, out, weights_tag, weights_file, maps, map_grid,
+                    feature_dtype, map_dtype, batch_size, workers, device, chunk_rows, overwrite,
+                    skip_bad) -> FeatureCache:
     device_ = resolve_device(device)
     model, weights = load_backbone(backbone, preprocessing.image_size, weights_tag, weights_file)
     model = model.to(device_, memory_format=torch.channels_last)
@@ -83,6 +104,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
     for name in maps:
         if name not in model.stage_names:
             raise PipelineError(f"{backbone} has no map {name!r}; its maps are {', '.join(model.stage_names)}.")
+    dataset = drop_unreadable(dataset, skip_bad, workers)
 
     with torch.inference_mode():
         probe = model(torch.zeros(1, 3, preprocessing.image_size, preprocessing.image_size, device=device_), maps)
@@ -97,8 +119,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         click.echo(f"{out} is already complete; nothing to do.")
         return cache
 
-    todo = {split: [i for i in range(len(cache.chunk_slices(split))) if i not in cache.done_chunks(split)]
-            for split in sizes}
+    todo = {split: sorted(set(range(len(cache.chunk_slices(split)))) - cache.done_chunks(split)) for split in sizes}
     total = sum(cache.chunk_slices(s)[i].stop - cache.chunk_slices(s)[i].start for s in todo for i in todo[s])
     started = time.perf_counter()
     with progress(total=total, desc=f"extract {backbone}", unit="img") as bar:
@@ -110,22 +131,21 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
                     for b in range(0, s.stop - s.start, batch_size)]
             loader = DataLoader(_Batches(images, [rows for _, rows in plan], preprocessing), batch_size=None,
                                 num_workers=workers, pin_memory=device_.type == "cuda",
-                                persistent_workers=False, prefetch_factor=4 if workers else None)
+                                prefetch_factor=4 if workers else None)
             buffers: dict[str, list[np.ndarray]] = {}
             for (chunk, rows), batch in zip(plan, loader):
                 with torch.inference_mode():
                     out_ = model(batch.to(device_, non_blocking=True).contiguous(memory_format=torch.channels_last), maps)
-                buffers.setdefault("features", []).append(out_["pooled"].float().cpu().numpy().astype(feature_dtype))
+                buffers.setdefault("features", []).append(out_["pooled"].float().cpu().numpy())
                 for name in maps:
                     pooled = F.adaptive_avg_pool2d(out_[name].float(), map_grid)
-                    buffers.setdefault(f"maps/{name}", []).append(pooled.cpu().numpy().astype(map_dtype))
+                    buffers.setdefault(f"maps/{name}", []).append(pooled.cpu().numpy())
                 bar.update(len(rows))
                 chunk_slice = cache.chunk_slices(split)[chunk]
                 if rows[-1] == chunk_slice.stop - 1:
                     values = {name: np.concatenate(parts) for name, parts in buffers.items()}
                     values["labels"] = labels[chunk_slice]
-                    cache.write_rows(split, chunk_slice, values)
-                    cache.mark_chunk_done(split, chunk)
+                    cache.write_chunk(split, chunk, values)
                     buffers = {}
     cache.mark_complete()
     elapsed = time.perf_counter() - started
@@ -172,8 +192,12 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Cache path (default: cache/<dataset>_<backbone>_<image-size>.zarr).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache that was made differently.")
+@click.option("--skip-bad", is_flag=True,
+              help="Leave out image files that cannot be decoded (listed in the cache metadata) "
+                   "instead of stopping with the list of them.")
 def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image_size, resize, interpolation,
-         normalisation, maps, map_grid, feature_dtype, batch_size, workers, device, chunk_rows, out, overwrite):
+         normalisation, maps, map_grid, feature_dtype, batch_size, workers, device, chunk_rows, out, overwrite,
+         skip_bad):
     """Extract pooled (and optionally intermediate) features of DATASET with a frozen BACKBONE
     into a Zarr feature cache. An interrupted run resumes where it stopped when run again."""
     preprocessing = Preprocessing(image_size, resize, interpolation, normalisation)
@@ -192,7 +216,7 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
         raise PipelineError(" Also, ".join(problems))
     extract(data, backbone, preprocessing, out_path, weights_tag=weights_tag, weights_file=weights_file,
             maps=maps, map_grid=map_grid, feature_dtype=feature_dtype, batch_size=batch_size, workers=workers,
-            device=device, chunk_rows=chunk_rows, overwrite=overwrite)
+            device=device, chunk_rows=chunk_rows, overwrite=overwrite, skip_bad=skip_bad)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,6 @@ def import_hdf5(path: str | Path, out: str | Path, chunk_rows: int = DEFAULT_CHU
                     bad = rows.start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
                     raise PipelineError(f"/{split}/features in {path} contains NaN or Inf (first at row {bad}); "
                                         f"the import was not completed. Clean the features and import again.")
-                cache.write_rows(split, rows, {"features": block, "labels": labels[rows]})
-                cache.mark_chunk_done(split, chunk)
+                cache.write_chunk(split, chunk, {"features": block, "labels": labels[rows]})
         cache.mark_complete()
     return cache

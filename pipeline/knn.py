@@ -37,7 +37,6 @@ def knn_distances(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], que
         blocks: Iterable = (gallery[i:i + gallery_block] for i in range(0, len(gallery), gallery_block))
     else:
         blocks = gallery
-    query_norms = (queries_t * queries_t).sum(1, keepdim=True)
     best = torch.full((len(queries_t), k), float("inf"), device=device)
     seen = 0
     for block in blocks:
@@ -46,14 +45,17 @@ def knn_distances(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], que
             raise PipelineError(f"gallery features have shape {tuple(block_t.shape)} but queries have "
                                 f"dimension {queries_t.shape[1]}.")
         seen += len(block_t)
-        block_norms = (block_t * block_t).sum(1)
+        block_norms = (block_t * block_t).sum(1).unsqueeze(0)
+        kk = min(k, len(block_t))
         for start in range(0, len(queries_t), query_block):
-            q = queries_t[start:start + query_block]
-            # addmm computes |g|^2 - 2 q.g in one fused call; |q|^2 is added after top-k.
-            partial = torch.addmm(block_norms.unsqueeze(0), q, block_t.T, beta=1.0, alpha=-2.0)
-            partial += query_norms[start:start + query_block]
-            merged = torch.cat([best[start:start + query_block], partial], dim=1)
-            best[start:start + query_block] = torch.topk(merged, min(k, merged.shape[1]), dim=1, largest=False).values
+            stop = start + query_block
+            # |g|^2 - 2 q.g in one fused call. |q|^2 is the same for a whole row, so it does
+            # not change which neighbours are nearest and is added once at the end.
+            partial = torch.addmm(block_norms, queries_t[start:stop], block_t.T, beta=1.0, alpha=-2.0)
+            nearest = torch.topk(partial, kk, dim=1, largest=False, sorted=False).values
+            merged = torch.cat([best[start:stop], nearest], dim=1)
+            best[start:stop] = torch.topk(merged, k, dim=1, largest=False).values
+    best += (queries_t * queries_t).sum(1, keepdim=True)
     if seen < k:
         raise PipelineError(f"kNN with k={k} needs at least {k} gallery features, got {seen}.")
     # Rounding can make a distance of 0 slightly negative.

@@ -24,8 +24,7 @@ def make_cache(path, n_train=10, n_test=6, dim=4, complete=True):
         data[split] = (features, labels)
         if complete:
             for chunk, rows in enumerate(cache.chunk_slices(split)):
-                cache.write_rows(split, rows, {"features": features[rows], "labels": labels[rows]})
-                cache.mark_chunk_done(split, chunk)
+                cache.write_chunk(split, chunk, {"features": features[rows], "labels": labels[rows]})
     if complete:
         cache.mark_complete()
     return cache, data
@@ -53,7 +52,7 @@ def test_incomplete_cache_is_refused_with_the_repair_command(tmp_path):
 
 def test_cannot_mark_complete_with_missing_chunks(tmp_path):
     cache, _ = make_cache(tmp_path / "c.zarr", complete=False)
-    cache.mark_chunk_done("train", 0)
+    cache.write_chunk("train", 0, {"features": np.zeros((4, 4)), "labels": np.zeros(4)})
     with pytest.raises(PipelineError, match="missing"):
         cache.mark_complete()
     assert not cache.is_complete

@@ -1,0 +1,137 @@
+"""Interrupted, concurrent, damaged and bad-input runs: nothing lost, nothing half-written."""
+
+import errno
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.cache import FeatureCache, writer_lock
+from pipeline.cache import main as cache_cli
+from pipeline.datasets import load_dataset
+from pipeline.errors import PipelineError
+from pipeline.extract import extract
+from pipeline.preprocess import Preprocessing
+
+SMALL = dict(chunk_rows=16, batch_size=8, workers=0)
+
+
+def run(path, **kwargs):
+    return extract(load_dataset("synthetic"), "efficientnet_lite0", Preprocessing(image_size=32), path,
+                   **{**SMALL, **kwargs})
+
+
+def test_extraction_is_deterministic(synthetic_cache, tmp_path):
+    again = run(tmp_path / "again.zarr", maps=("intermediate",))
+    for split in ("train", "test"):
+        for name in synthetic_cache.array_names(split):
+            np.testing.assert_array_equal(again.read(split, name), synthetic_cache.read(split, name))
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
+    path = tmp_path / "locked.zarr"
+    with writer_lock(path):
+        with pytest.raises(PipelineError, match="is being written by process"):
+            run(path)
+    assert run(path).is_complete  # the lock is released afterwards
+
+
+def damage_first_chunk(cache, split="train", name="features"):
+    chunk_file = cache.path / split / name / "c" / "0" / "0"
+    data = bytearray(chunk_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk_file.write_bytes(bytes(data))
+
+
+def test_damaged_chunks_are_found_refused_and_repaired(synthetic_cache, tmp_path):
+    path = tmp_path / "damaged.zarr"
+    shutil.copytree(synthetic_cache.path, path)
+    cache = FeatureCache.open(path)
+    damage_first_chunk(cache)
+    # A chunk rewritten with valid but different numbers is caught by its checksum.
+    rows = cache.chunk_slices("test")[1]
+    cache.array("test", "features")[rows] = cache.array("test", "features")[rows] * 1.001
+    problems = cache.verify()
+    assert any(p.startswith("train chunk 0") for p in problems)
+    assert any(p.startswith("test chunk 1") and "checksum" in p for p in problems)
+    with pytest.raises(PipelineError, match="verify --repair"):
+        cache.features("test")
+
+    runner = CliRunner()
+    result = runner.invoke(cache_cli, ["verify", str(path)])
+    assert result.exit_code == 1 and "train chunk 0" in result.output
+    result = runner.invoke(cache_cli, ["verify", "--repair", str(path)])
+    assert result.exit_code == 1 and "set aside" in result.output
+    with pytest.raises(PipelineError, match="incomplete"):
+        FeatureCache.open(path)
+
+    repaired = run(path, maps=("intermediate",))
+    assert repaired.verify() == []
+    np.testing.assert_array_equal(repaired.features("train"), synthetic_cache.features("train"))
+    np.testing.assert_array_equal(repaired.features("test"), synthetic_cache.features("test"))
+    assert runner.invoke(cache_cli, ["verify", str(path)]).exit_code == 0
+
+
+def test_a_full_disk_leaves_an_incomplete_cache_that_resumes(tmp_path, monkeypatch):
+    path = tmp_path / "full.zarr"
+    original_write = FeatureCache.write_chunk
+    calls = {"n": 0}
+
+    def write_until_full(self, split, chunk, values):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original_write(self, split, chunk, values)
+
+    monkeypatch.setattr(FeatureCache, "write_chunk", write_until_full)
+    with pytest.raises(PipelineError, match="disk holding .* is full"):
+        run(path)
+    assert not FeatureCache.open(path, require_complete=False).is_complete
+    assert len(FeatureCache.open(path, require_complete=False).done_chunks("train")) == 2
+    monkeypatch.setattr(FeatureCache, "write_chunk", original_write)
+    assert run(path).verify() == []
+
+
+def image_folder(root, broken):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / split / c / f"{i}.jpg")
+    for relative in broken:
+        data = (root / relative).read_bytes()
+        (root / relative).write_bytes(data[: len(data) // 3])  # truncated JPEG
+    (root / "train" / "a" / "empty.png").write_bytes(b"")
+    return root
+
+
+def test_unreadable_images_are_listed_or_skipped_and_recorded(tmp_path):
+    root = image_folder(tmp_path / "images", ["train/b/1.jpg"])
+    data = load_dataset("imagefolder", root)
+    with pytest.raises(PipelineError) as info:
+        extract(data, "efficientnet_lite0", Preprocessing(image_size=32), tmp_path / "c.zarr", **SMALL)
+    message = str(info.value)
+    assert "2 image files cannot be read" in message
+    assert "train/a/empty.png" in message and "train/b/1.jpg" in message and "--skip-bad" in message
+    assert not (tmp_path / "c.zarr").exists()
+
+    cache = extract(data, "efficientnet_lite0", Preprocessing(image_size=32), tmp_path / "c.zarr",
+                    skip_bad=True, **SMALL)
+    assert cache.size("train") == 8 - 1 and cache.size("test") == 8
+    skipped = cache.metadata["dataset"]["skipped_files"]
+    assert len(skipped) == 2 and any("train/b/1.jpg" in s for s in skipped)
+    assert list(cache.labels("train")) == [0, 0, 0, 0, 1, 1, 1]
+
+
+def test_knn_metrics_are_identical_across_runs(synthetic_cache, tmp_path):
+    from stages.knn import main
+
+    outputs = []
+    for i in range(2):
+        path = tmp_path / f"m{i}.json"
+        assert CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--metrics", str(path)]).exit_code == 0
+        outputs.append(path.read_text())
+    assert outputs[0] == outputs[1]
