@@ -88,15 +88,16 @@ def _digest(data: np.ndarray) -> str:
 def writer_lock(path: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on ``<path>.lock`` while writing a cache.
 
-    flock locks are released by the kernel when the holder dies, even by SIGKILL, so a
-    killed run never leaves a stale lock behind.
+    POSIX record locks (lockf) are released by the kernel when the holder dies, even by
+    SIGKILL, and, unlike flock locks, are not inherited by forked DataLoader workers, which
+    could otherwise keep a killed run's lock alive for a few seconds.
     """
     lock_path = Path(str(path) + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # EAGAIN or EACCES: held by another process
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise PipelineError(f"{path} is being written by {holder}. Two extractions must not write "
@@ -110,7 +111,7 @@ def writer_lock(path: str | Path) -> Iterator[None]:
         finally:
             handle.seek(0)
             handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 class FeatureCache:

@@ -2,6 +2,8 @@
 
 import errno
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -32,10 +34,18 @@ def test_extraction_is_deterministic(synthetic_cache, tmp_path):
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
     path = tmp_path / "locked.zarr"
-    with writer_lock(path):
-        with pytest.raises(PipelineError, match="is being written by process"):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom pipeline.cache import writer_lock\n"
+        f"with writer_lock({str(path)!r}):\n    print('locked', flush=True)\n    time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(PipelineError, match=f"is being written by process {holder.pid}"):
             run(path)
-    assert run(path).is_complete  # the lock is released afterwards
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run(path).is_complete  # a killed holder leaves no stale lock
 
 
 def damage_first_chunk(cache, split="train", name="features"):
