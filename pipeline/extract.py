@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import click
@@ -28,6 +29,40 @@ def default_cache_path(dataset: str, backbone: str, image_size: int) -> Path:
     return Path("cache") / f"{dataset}_{backbone}_{image_size}.zarr"
 
 
+class ChunkWriter:
+    """Writes chunks in a background thread, one at a time, while the next batches compute.
+
+    Compression and file writes release the GIL, so they overlap with the forward pass. At
+    most one chunk waits, which bounds memory; an error in a write is raised in the caller.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer")
+        self._pending: Future | None = None
+
+    def submit(self, fn, *args) -> None:
+        self.wait()
+        self._pending = self._pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __enter__(self) -> "ChunkWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self.wait()
+            elif self._pending is not None:
+                # Let an in-flight write finish: it is recorded only when complete.
+                self._pending.exception()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 class _Batches(torch.utils.data.Dataset):
     """Yields whole preprocessed batches, so workers do the decoding and resizing."""
 
@@ -41,14 +76,18 @@ class _Batches(torch.utils.data.Dataset):
         return self.preprocessing([self.images[i] for i in self.batches[index]])
 
 
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def cache_metadata(dataset: ImageDataset, backbone: str, weights, preprocessing: Preprocessing,
-                   feature_dtype: str, maps: dict[str, dict]) -> dict:
+                   feature_dtype: str, maps: dict[str, dict], precision: str = "float32") -> dict:
     """Everything that decides the numbers in a cache; compared on resume and by the heads."""
     return {
         "dataset": dataset.describe(),
         "backbone": {"name": backbone, "weights": weights.tag, "weights_sha256": weights.sha256},
         "preprocessing": preprocessing.to_dict(),
-        "features": {"pooled": "global average of the last feature map", "dtype": feature_dtype, "maps": maps},
+        "features": {"pooled": "global average of the last feature map", "dtype": feature_dtype, "maps": maps,
+                     "compute_precision": precision},
     }
 
 
@@ -75,14 +114,15 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
             weights_tag: str | None = None, weights_file: str | None = None, maps: tuple[str, ...] = (),
             map_grid: int = 4, feature_dtype: str = "float32", map_dtype: str = "float16",
             batch_size: int = 64, workers: int = 1, device: str = "auto",
-            chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False, skip_bad: bool = False) -> FeatureCache:
+            chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False, skip_bad: bool = False,
+            precision: str = "float32") -> FeatureCache:
     """Run the backbone over both splits, writing chunk by chunk; resumable."""
     out = Path(out)
     with writer_lock(out):
         try:
             return _extract_locked(dataset, backbone, preprocessing, out, weights_tag, weights_file, maps, map_grid,
                                    feature_dtype, map_dtype, batch_size, workers, device, chunk_rows, overwrite,
-                                   skip_bad)
+                                   skip_bad, precision)
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -96,8 +136,13 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
 
 def _extract_locked(dataset, backbone, preprocessing, out, weights_tag, weights_file, maps, map_grid,
                     feature_dtype, map_dtype, batch_size, workers, device, chunk_rows, overwrite,
-                    skip_bad) -> FeatureCache:
+                    skip_bad, precision) -> FeatureCache:
     device_ = resolve_device(device)
+    if precision not in PRECISIONS:
+        raise PipelineError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    # Mixed precision runs the convolutions in 16 bits (fast on GPUs); features are stored as
+    # --dtype says. The precision is recorded, since it changes the numbers slightly.
+    autocast = torch.autocast(device_.type, dtype=PRECISIONS[precision], enabled=precision != "float32")
     model, weights = load_backbone(backbone, preprocessing.image_size, weights_tag, weights_file)
     model = model.to(device_, memory_format=torch.channels_last)
     maps = tuple(model.spec.intermediate if m == "intermediate" else m for m in maps)
@@ -109,7 +154,7 @@ def _extract_locked(dataset, backbone, preprocessing, out, weights_tag, weights_
     with torch.inference_mode():
         probe = model(torch.zeros(1, 3, preprocessing.image_size, preprocessing.image_size, device=device_), maps)
     map_info = {name: {"grid": map_grid, "dtype": map_dtype, "channels": int(probe[name].shape[1])} for name in maps}
-    metadata = cache_metadata(dataset, backbone, weights, preprocessing, feature_dtype, map_info)
+    metadata = cache_metadata(dataset, backbone, weights, preprocessing, feature_dtype, map_info, precision)
     feature_dim = int(probe["pooled"].shape[1])
     specs = [ArraySpec("features", (feature_dim,), feature_dtype), ArraySpec("labels", (), "int64")]
     specs += [ArraySpec(f"maps/{name}", (info["channels"], map_grid, map_grid), map_dtype) for name, info in map_info.items()]
@@ -122,7 +167,7 @@ def _extract_locked(dataset, backbone, preprocessing, out, weights_tag, weights_
     todo = {split: sorted(set(range(len(cache.chunk_slices(split)))) - cache.done_chunks(split)) for split in sizes}
     total = sum(cache.chunk_slices(s)[i].stop - cache.chunk_slices(s)[i].start for s in todo for i in todo[s])
     started = time.perf_counter()
-    with progress(total=total, desc=f"extract {backbone}", unit="img") as bar:
+    with progress(total=total, desc=f"extract {backbone}", unit="img") as bar, ChunkWriter() as writer:
         for split, chunks in todo.items():
             images, labels = dataset.split(split).images, dataset.split(split).labels
             # Batches never straddle a chunk, so each chunk is written as soon as it is full.
@@ -134,7 +179,7 @@ def _extract_locked(dataset, backbone, preprocessing, out, weights_tag, weights_
                                 prefetch_factor=4 if workers else None)
             buffers: dict[str, list[np.ndarray]] = {}
             for (chunk, rows), batch in zip(plan, loader):
-                with torch.inference_mode():
+                with torch.inference_mode(), autocast:
                     out_ = model(batch.to(device_, non_blocking=True).contiguous(memory_format=torch.channels_last), maps)
                 buffers.setdefault("features", []).append(out_["pooled"].float().cpu().numpy())
                 for name in maps:
@@ -145,8 +190,9 @@ def _extract_locked(dataset, backbone, preprocessing, out, weights_tag, weights_
                 if rows[-1] == chunk_slice.stop - 1:
                     values = {name: np.concatenate(parts) for name, parts in buffers.items()}
                     values["labels"] = labels[chunk_slice]
-                    cache.write_chunk(split, chunk, values)
+                    writer.submit(cache.write_chunk, split, chunk, values)
                     buffers = {}
+    writer.wait()
     cache.mark_complete()
     elapsed = time.perf_counter() - started
     click.echo(f"wrote {out}: train {sizes['train']} x {feature_dim}, test {sizes['test']} x {feature_dim} "
@@ -183,6 +229,9 @@ def _extract_locked(dataset, backbone, preprocessing, out, weights_tag, weights_
               help="Side of the grid intermediate maps are average-pooled to.")
 @click.option("--dtype", "feature_dtype", default="float32", show_default=True,
               type=click.Choice(["float32", "float16"]), help="Storage type of the pooled features.")
+@click.option("--precision", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="Compute precision of the forward pass; bfloat16/float16 use autocast (mixed precision, "
+                   "for GPUs). Recorded in the cache.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(0, 64),
               help="Processes that decode and resize images while the backbone runs.")
@@ -196,8 +245,8 @@ def _extract_locked(dataset, backbone, preprocessing, out, weights_tag, weights_
               help="Leave out image files that cannot be decoded (listed in the cache metadata) "
                    "instead of stopping with the list of them.")
 def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image_size, resize, interpolation,
-         normalisation, maps, map_grid, feature_dtype, batch_size, workers, device, chunk_rows, out, overwrite,
-         skip_bad):
+         normalisation, maps, map_grid, feature_dtype, precision, batch_size, workers, device, chunk_rows, out,
+         overwrite, skip_bad):
     """Extract pooled (and optionally intermediate) features of DATASET with a frozen BACKBONE
     into a Zarr feature cache. An interrupted run resumes where it stopped when run again."""
     preprocessing = Preprocessing(image_size, resize, interpolation, normalisation)
@@ -216,7 +265,7 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
         raise PipelineError(" Also, ".join(problems))
     extract(data, backbone, preprocessing, out_path, weights_tag=weights_tag, weights_file=weights_file,
             maps=maps, map_grid=map_grid, feature_dtype=feature_dtype, batch_size=batch_size, workers=workers,
-            device=device, chunk_rows=chunk_rows, overwrite=overwrite, skip_bad=skip_bad)
+            device=device, chunk_rows=chunk_rows, overwrite=overwrite, skip_bad=skip_bad, precision=precision)
 
 
 if __name__ == "__main__":

@@ -121,3 +121,21 @@ def test_knn_stage_writes_metrics_and_plots_and_refuses_a_mismatched_cache(synth
     assert result.exit_code == 1 and "class0, class1, class2" in result.output
     result = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--k", "100", "--metrics", str(metrics)])
     assert result.exit_code == 1 and "fewer than k = 100" in result.output
+
+
+def test_mixed_precision_is_recorded_and_barely_moves_auroc(tmp_path):
+    from pipeline.datasets import load_synthetic
+    from pipeline.evaluate import evaluate_one_vs_all
+    from pipeline.heads import KNNHead
+
+    # bfloat16 is slow on CPUs without native support: keep the dataset tiny.
+    data = load_synthetic(tmp_path, False, n_train=8, n_test=6)
+    caches = [extract(data, "efficientnet_lite0", Preprocessing(image_size=32), tmp_path / f"{p}.zarr",
+                      chunk_rows=16, batch_size=8, workers=0, precision=p) for p in ("float32", "bfloat16")]
+    assert caches[1].metadata["features"]["compute_precision"] == "bfloat16"
+    full, half = caches[0].features("test"), caches[1].features("test")
+    assert not np.array_equal(full, half)  # it really ran in bfloat16
+    assert np.linalg.norm(half - full) / np.linalg.norm(full) < 0.05
+    aurocs = [np.mean([r["metrics"]["auroc"] for r in evaluate_one_vs_all(c, lambda: KNNHead(k=2), [0, 1, 2]).values()])
+              for c in caches]
+    assert abs(aurocs[0] - aurocs[1]) < 0.02, aurocs
