@@ -27,13 +27,14 @@ def evaluate_one_vs_all(cache: FeatureCache, make_head: Callable[[], Head], clas
     Returns, per class name, its metrics, its ROC points and its scores.
     """
     train_labels, test_labels = cache.labels("train"), cache.labels("test")
-    test_features = cache.features("test")
+    # Read (and checksum) each split once; every class takes its rows from memory.
+    train_features, test_features = cache.features("train"), cache.features("test")
     names = cache.classes
     results = {}
     with progress(total=len(classes), desc=desc, unit="class") as bar:
         for c in classes:
             protocol = one_vs_all(train_labels, test_labels, c)
-            head = make_head().fit(cache.features("train", protocol.train_index))
+            head = make_head().fit(train_features[protocol.train_index])
             scores = head.score(test_features)
             results[names[c]] = {
                 "metrics": detection_metrics(protocol.test_is_anomaly, scores),
