@@ -128,15 +128,15 @@ def main() -> None:
     rng = np.random.default_rng(0)
     nan = rng.normal(size=(8, 3)).astype(np.float32)
     nan[3, 1] = np.nan
-    case("HDF5 import with NaN", ["pipeline.cache", "import-hdf5", str(h5(work / "nan.h5", nan)), str(work / "h.zarr")])
+    case("HDF5 import with NaN", ["pipeline.cache", "import-hdf5", str(h5(work / "nan.h5", nan)), str(work / "h1.zarr")])
     case("HDF5 import with 3-D features", ["pipeline.cache", "import-hdf5",
                                            str(h5(work / "shape.h5", np.ones((8, 3, 2), np.float32))),
-                                           str(work / "h.zarr")])
+                                           str(work / "h2.zarr")])
     case("HDF5 import with integer features", ["pipeline.cache", "import-hdf5",
                                                str(h5(work / "int.h5", np.ones((8, 3), np.int32))),
-                                               str(work / "h.zarr")])
+                                               str(work / "h3.zarr")])
     (work / "not.h5").write_text("hello")
-    case("HDF5 import of a non-HDF5 file", ["pipeline.cache", "import-hdf5", str(work / "not.h5"), str(work / "h.zarr")])
+    case("HDF5 import of a non-HDF5 file", ["pipeline.cache", "import-hdf5", str(work / "not.h5"), str(work / "h4.zarr")])
 
     tiny = work / "tiny"
     tiny.mkdir()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -391,7 +392,9 @@ class _ReadCheck(torch.utils.data.Dataset):
             try:
                 self.images[i]
             except Exception as error:  # any decoder error means the file is unusable
-                failures.append((i, f"{type(error).__name__}: {error}".splitlines()[0][:120]))
+                # torchvision's messages start with its C++ source location; keep the reason.
+                reason = re.split(r"\.cpp:\d+, ", str(error).splitlines()[0] if str(error) else "")[-1]
+                failures.append((i, f"{type(error).__name__}: {reason}"[:200]))
         return failures
 
 

@@ -20,4 +20,4 @@ class PipelineError(click.ClickException):
 
 def choice_error(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> PipelineError:
     """The error for an unknown name, listing the valid ones."""
-    return PipelineError(f"unknown {kind} {name!r}; valid {kind}s are: {', '.join(valid)}.")
+    return PipelineError(f"unknown {kind} {name!r}; choose one of: {', '.join(valid)}.")

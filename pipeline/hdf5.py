@@ -11,6 +11,8 @@ The HDF5 layout, which other tools can write with a few lines of h5py::
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import h5py
@@ -65,8 +67,25 @@ def _check_split(f: h5py.File, split: str, path: Path) -> tuple[h5py.Dataset, np
 
 
 def import_hdf5(path: str | Path, out: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> FeatureCache:
-    """Validate an HDF5 feature file and write it as a complete feature cache at ``out``."""
-    path = Path(path)
+    """Validate an HDF5 feature file and write it as a complete feature cache at ``out``.
+
+    The cache is built beside ``out`` and moved into place only when complete, so a
+    rejected file leaves nothing behind (and an existing cache at ``out`` untouched).
+    """
+    out = Path(out)
+    building = out.with_name(out.name + ".importing")
+    try:
+        _import_hdf5(Path(path), building, chunk_rows)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(building, out)
+    return FeatureCache.open(out)
+
+
+def _import_hdf5(path: Path, out: Path, chunk_rows: int) -> FeatureCache:
     if not path.is_file():
         raise PipelineError(f"no HDF5 file at {path}.")
     try:
