@@ -10,7 +10,6 @@ small tmpfs and needs root; it is skipped otherwise.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -20,15 +20,6 @@ import numpy as np
 import torch
 
 
-def subset(source: Path, target: Path, train: int, test: int) -> Path:
-    for split, count in (("train", train), ("test", test)):
-        for class_dir in sorted((source / split).iterdir()):
-            (target / split / class_dir.name).mkdir(parents=True)
-            for image in sorted(class_dir.iterdir())[:count]:
-                (target / split / class_dir.name / image.name).symlink_to(image.resolve())
-    return target
-
-
 @click.command()
 @click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--train-per-class", default=100, show_default=True)
@@ -41,7 +32,7 @@ def main(data_dir: str, train_per_class: int, test_per_class: int, image_size: i
     from torchvision.datasets import ImageFolder
 
     from pipeline.backbones import load_backbone
-    from pipeline.datasets import load_dataset
+    from pipeline.datasets import image_folder_subset, load_dataset
     from pipeline.evaluate import evaluate_one_vs_all
     from pipeline.extract import extract
     from pipeline.heads import KNNHead
@@ -50,7 +41,7 @@ def main(data_dir: str, train_per_class: int, test_per_class: int, image_size: i
     from pipeline.preprocess import Preprocessing
 
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    folder = subset(Path(data_dir), work / "images", train_per_class, test_per_class)
+    folder = image_folder_subset(data_dir, work / "images", train_per_class, test_per_class)
 
     start = time.perf_counter()
     cache = extract(load_dataset("imagefolder", folder), "efficientnet_lite0", Preprocessing(image_size=image_size),

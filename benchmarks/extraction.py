@@ -21,18 +21,6 @@ import numpy as np
 import torch
 
 
-def subset(source: Path, target: Path, images: int) -> Path:
-    """The first images of every class, as an image folder of symlinks (half train, half test)."""
-    classes = sorted(p.name for p in (source / "train").iterdir())
-    per_class = max(1, images // (2 * len(classes)))
-    for split in ("train", "test"):
-        for name in classes:
-            (target / split / name).mkdir(parents=True)
-            for image in sorted((source / split / name).iterdir())[:per_class]:
-                (target / split / name / image.name).symlink_to(image.resolve())
-    return target
-
-
 @click.command()
 @click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--images", default=512, show_default=True)
@@ -45,12 +33,13 @@ def main(data_dir: str, images: int, image_size: int, batch_size: int, workers: 
     from torchvision.datasets import ImageFolder
 
     from pipeline.backbones import load_backbone
-    from pipeline.datasets import load_dataset
+    from pipeline.datasets import image_folder_subset, load_dataset
     from pipeline.extract import extract
     from pipeline.preprocess import Preprocessing
 
     work = Path(tempfile.mkdtemp(prefix="bench-extract-"))
-    folder = subset(Path(data_dir), work / "images", images)
+    per_class = max(1, images // (2 * len([p for p in (Path(data_dir) / "train").iterdir() if p.is_dir()])))
+    folder = image_folder_subset(data_dir, work / "images", per_class, per_class)
     n = sum(1 for _ in folder.rglob("*.jpg"))
     print(f"{n} images, EfficientNet-Lite0, {image_size}x{image_size}, batch {batch_size}, "
           f"{workers} loader workers, torch threads {torch.get_num_threads()}")

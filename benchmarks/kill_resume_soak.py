@@ -26,15 +26,6 @@ import click
 import numpy as np
 
 
-def subset(source: Path, target: Path, per_class: int) -> Path:
-    for split, count in (("train", per_class), ("test", max(1, per_class // 3))):
-        for class_dir in sorted((source / split).iterdir()):
-            (target / split / class_dir.name).mkdir(parents=True)
-            for image in sorted(class_dir.iterdir())[:count]:
-                (target / split / class_dir.name / image.name).symlink_to(image.resolve())
-    return target
-
-
 @click.command()
 @click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="An image folder (train/<class>/*, test/<class>/*), e.g. the CIFAR-10 JPEG copy.")
@@ -45,10 +36,11 @@ def subset(source: Path, target: Path, per_class: int) -> Path:
 @click.option("--seed", default=0, show_default=True)
 def main(data_dir: str, per_class: int, kills: int, image_size: int, chunk_rows: int, seed: int) -> None:
     from pipeline.cache import FeatureCache
+    from pipeline.datasets import image_folder_subset
 
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="soak-"))
-    folder = subset(Path(data_dir), work / "images", per_class)
+    folder = image_folder_subset(data_dir, work / "images", per_class, max(1, per_class // 3))
     env = {**os.environ, "PIPELINE_PROGRESS": "0"}
 
     def command(out: Path) -> list[str]:

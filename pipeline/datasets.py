@@ -432,3 +432,15 @@ def drop_unreadable(dataset: ImageDataset, skip_bad: bool, workers: int = 0) -> 
         splits[split] = ImageSplit(FileImages([source.images.paths[i] for i in keep]), source.labels[keep])
     identity = {**dataset.identity, "skipped_files": [f"{split}: {path} ({reason})" for split, path, reason in listed]}
     return ImageDataset(dataset.name, dataset.classes, splits["train"], splits["test"], identity, dataset.root)
+
+
+def image_folder_subset(source: str | Path, target: str | Path, train_per_class: int, test_per_class: int) -> Path:
+    """An image folder of symlinks to the first images of each class of ``source``
+    (for benchmarks and quick trials on part of a large folder)."""
+    source, target = Path(source), Path(target)
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for class_dir in sorted(p for p in (source / split).iterdir() if p.is_dir()):
+            (target / split / class_dir.name).mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[:count]:
+                (target / split / class_dir.name / image.name).symlink_to(image.resolve())
+    return target

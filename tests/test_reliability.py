@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cache import FeatureCache, writer_lock
+from pipeline.cache import FeatureCache
 from pipeline.cache import main as cache_cli
 from pipeline.datasets import load_dataset
 from pipeline.errors import PipelineError
