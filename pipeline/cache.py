@@ -310,21 +310,28 @@ class FeatureCache:
                                 f"checksum recorded when they were written (the file was changed or damaged). {repair}")
         return data
 
+    def iter_rows(self, split: str, name: str = "features",
+                  rows: np.ndarray | slice | None = None) -> Iterator[np.ndarray]:
+        """The selected rows, chunk by chunk in row order (one chunk in memory at a time)."""
+        if rows is None:
+            rows = slice(0, self.size(split))
+        index = np.arange(self.size(split))[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+        chunk_of = index // self.chunk_rows
+        for chunk in np.unique(chunk_of):
+            data = self.read_chunk(split, name, int(chunk))
+            yield data[index[chunk_of == chunk] - int(chunk) * self.chunk_rows]
+
     def read(self, split: str, name: str = "features", rows: np.ndarray | slice | None = None) -> np.ndarray:
         """Rows of an array (all, a slice, or an index array), every chunk read checked."""
-        slices = self.chunk_slices(split)
         if rows is None:
             rows = slice(0, self.size(split))
         index = np.arange(self.size(split))[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
         if len(index) == 0:
             return np.asarray(self.array(split, name)[0:0])
-        chunk_of = index // self.chunk_rows
-        parts = []
-        for chunk in np.unique(chunk_of):
-            data = self.read_chunk(split, name, int(chunk))
-            parts.append(data[index[chunk_of == chunk] - slices[chunk].start])
-        order = np.argsort(np.argsort(chunk_of, kind="stable"), kind="stable")
-        return np.concatenate(parts)[order]
+        parts = np.concatenate(list(self.iter_rows(split, name, index)))
+        # iter_rows yields in chunk order; put the rows back in the order asked for.
+        order = np.argsort(np.argsort(index // self.chunk_rows, kind="stable"), kind="stable")
+        return parts[order]
 
     def features(self, split: str, rows: np.ndarray | slice | None = None, dtype: Any = np.float32) -> np.ndarray:
         """Pooled features of a split as NumPy (all rows, a slice, or an index array)."""

@@ -21,20 +21,26 @@ class Head(Protocol):
 
 
 def evaluate_one_vs_all(cache: FeatureCache, make_head: Callable[[], Head], classes: list[int],
-                        desc: str = "classes") -> dict[str, dict]:
+                        desc: str = "classes", stream_train: bool = False) -> dict[str, dict]:
     """Fit a fresh head on each normal class and score the whole test set.
 
-    Returns, per class name, its metrics, its ROC points and its scores.
+    Returns, per class name, its metrics and its ROC points. With ``stream_train`` the
+    head gets its training features as a stream of cache chunks (for heads that accept
+    one, such as kNN) instead of an array, so the training split never sits in memory.
     """
     train_labels, test_labels = cache.labels("train"), cache.labels("test")
     # Read (and checksum) each split once; every class takes its rows from memory.
-    train_features, test_features = cache.features("train"), cache.features("test")
+    train_features = None if stream_train else cache.features("train")
+    test_features = cache.features("test")
     names = cache.classes
     results = {}
     with progress(total=len(classes), desc=desc, unit="class") as bar:
         for c in classes:
             protocol = one_vs_all(train_labels, test_labels, c)
-            head = make_head().fit(train_features[protocol.train_index])
+            if stream_train:
+                head = make_head().fit(lambda rows=protocol.train_index: cache.iter_rows("train", "features", rows))
+            else:
+                head = make_head().fit(train_features[protocol.train_index])
             scores = head.score(test_features)
             results[names[c]] = {
                 "metrics": detection_metrics(protocol.test_is_anomaly, scores),

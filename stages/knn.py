@@ -22,20 +22,24 @@ from pipeline.heads import KNNHead
 @click.option("--classes", default="all", show_default=True,
               help="Normal classes to evaluate: all, or comma-separated names or indices.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:<i>.")
+@click.option("--stream", is_flag=True,
+              help="Read each class's gallery chunk by chunk from the cache instead of loading the "
+                   "training split, for galleries larger than memory.")
 @click.option("--expect", multiple=True, metavar="KEY=VALUE",
               help="Refuse a cache whose metadata differs, e.g. backbone.name=resnet50 "
                    "or preprocessing.image_size=224 (repeatable).")
 @click.option("--metrics", "metrics_path", default="metrics/knn.json", show_default=True,
               help="Where to write the metrics JSON (per class and mean AUROC, AUPR, FPR@95%TPR).")
 @click.option("--plots", "plots_dir", default=None, help="Folder for per-class ROC curves (DVC plots).")
-def main(cache_path, k, classes, device, expect, metrics_path, plots_dir):
+def main(cache_path, k, classes, device, stream, expect, metrics_path, plots_dir):
     """Score every test image by the sum of squared L2 distances to its K nearest normal
     training features (DN2), for each normal class in turn."""
     cache = FeatureCache.open(cache_path)
     cache.check_matches(parse_expectations(expect))
     device_ = str(resolve_device(device))
     chosen = resolve_classes(classes, cache.classes)
-    results = evaluate_one_vs_all(cache, lambda: KNNHead(k=k, device=device_), chosen, desc=f"kNN k={k}")
+    results = evaluate_one_vs_all(cache, lambda: KNNHead(k=k, device=device_), chosen, desc=f"kNN k={k}",
+                                  stream_train=stream)
     payload = write_results(results, cache.metadata, {"head": "knn", "k": k}, metrics_path, plots_dir)
     click.echo(format_summary(payload))
 

@@ -96,3 +96,22 @@ def test_roc_points_are_a_thinned_roc_curve():
 
 def test_summarise_means_each_metric():
     assert summarise({"a": {"auroc": 0.5, "aupr": 1.0}, "b": {"auroc": 1.0, "aupr": 0.0}}) == {"auroc": 0.75, "aupr": 0.5}
+
+
+def test_streamed_gallery_from_the_cache_gives_the_same_metrics(synthetic_cache):
+    from pipeline.evaluate import evaluate_one_vs_all
+
+    in_memory = evaluate_one_vs_all(synthetic_cache, lambda: KNNHead(k=2), [0, 1, 2])
+    streamed = evaluate_one_vs_all(synthetic_cache, lambda: KNNHead(k=2), [0, 1, 2], stream_train=True)
+    for name in in_memory:
+        for metric, value in in_memory[name]["metrics"].items():
+            assert streamed[name]["metrics"][metric] == pytest.approx(value, abs=1e-9)
+
+
+def test_cache_rows_in_any_order_chunk_by_chunk(synthetic_cache):
+    everything = synthetic_cache.features("train")
+    rows = np.array([40, 3, 17, 16, 71, 0])  # across chunks of 16 rows, unordered
+    np.testing.assert_array_equal(synthetic_cache.features("train", rows), everything[rows])
+    blocks = list(synthetic_cache.iter_rows("train", "features", rows))
+    assert len(blocks) == 4  # chunks 0, 1, 2 and 4
+    np.testing.assert_array_equal(np.concatenate(blocks), everything[[3, 0, 17, 16, 40, 71]])  # chunk order
