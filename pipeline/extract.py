@@ -1,7 +1,7 @@
 """Extract frozen backbone features of a dataset into a Zarr feature cache.
 
     python -m pipeline.extract --dataset digits --backbone efficientnet_lite0
-    python -m pipeline.extract --dataset cifar10 --backbone resnet50 --download
+    python -m pipeline.extract --dataset cifar10 --backbone resnet50 --download true
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from __future__ import annotations
 import errno
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import click
 import numpy as np
@@ -110,94 +112,95 @@ def open_or_create(out: Path, metadata: dict, arrays: dict[str, list[ArraySpec]]
     return FeatureCache.create(out, {**metadata, "versions": library_versions()}, arrays, sizes, chunk_rows)
 
 
+@contextmanager
+def _user_facing_errors(out: Path) -> Iterator[None]:
+    """A full disk or Ctrl-C ends the run with what to do next, not a traceback."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise PipelineError(f"the disk holding {out} is full ({error}). The chunks finished so far are kept "
+                            f"and the cache is not marked complete: free some space and run the same "
+                            f"command again to resume.") from error
+    except KeyboardInterrupt:
+        raise PipelineError(f"interrupted. The chunks finished so far are kept in {out}; run the same command "
+                            f"again to resume.") from None
+
+
 def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, out: Path, *,
             weights_tag: str | None = None, weights_file: str | None = None, maps: tuple[str, ...] = (),
             map_grid: int = 4, feature_dtype: str = "float32", map_dtype: str = "float16",
             batch_size: int = 64, workers: int = 1, device: str = "auto",
             chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False, skip_bad: bool = False,
-            precision: str = "float32") -> FeatureCache:
-    """Run the backbone over both splits, writing chunk by chunk; resumable."""
+            precision: str = "float32", loaded: tuple | None = None) -> FeatureCache:
+    """Run the backbone over both splits, writing chunk by chunk; resumable.
+
+    ``loaded`` is what ``load_backbone`` returned, when the caller has loaded it already.
+    """
     out = Path(out)
-    with writer_lock(out):
-        try:
-            return _extract_locked(dataset, backbone, preprocessing, out, weights_tag, weights_file, maps, map_grid,
-                                   feature_dtype, map_dtype, batch_size, workers, device, chunk_rows, overwrite,
-                                   skip_bad, precision)
-        except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise PipelineError(f"the disk holding {out} is full ({error}). The chunks finished so far are kept "
-                                f"and the cache is not marked complete: free some space and run the same "
-                                f"command again to resume.") from error
-        except KeyboardInterrupt:
-            raise PipelineError(f"interrupted. The chunks finished so far are kept in {out}; run the same command "
-                                f"again to resume.") from None
+    with writer_lock(out), _user_facing_errors(out):
+        device_ = resolve_device(device)
+        if precision not in PRECISIONS:
+            raise PipelineError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+        # Mixed precision runs the convolutions in 16 bits (fast on GPUs); features are stored as
+        # --dtype says. The precision is recorded, since it changes the numbers slightly.
+        autocast = torch.autocast(device_.type, dtype=PRECISIONS[precision], enabled=precision != "float32")
+        model, weights = loaded or load_backbone(backbone, preprocessing.image_size, weights_tag, weights_file)
+        model = model.to(device_, memory_format=torch.channels_last)
+        maps = tuple(model.spec.intermediate if m == "intermediate" else m for m in maps)
+        for name in maps:
+            if name not in model.stage_names:
+                raise PipelineError(f"{backbone} has no map {name!r}; its maps are {', '.join(model.stage_names)}.")
+        dataset = drop_unreadable(dataset, skip_bad, workers)
 
+        with torch.inference_mode():
+            probe = model(torch.zeros(1, 3, preprocessing.image_size, preprocessing.image_size, device=device_), maps)
+        map_info = {name: {"grid": map_grid, "dtype": map_dtype, "channels": int(probe[name].shape[1])} for name in maps}
+        metadata = cache_metadata(dataset, backbone, weights, preprocessing, feature_dtype, map_info, precision)
+        feature_dim = int(probe["pooled"].shape[1])
+        specs = [ArraySpec("features", (feature_dim,), feature_dtype), ArraySpec("labels", (), "int64")]
+        specs += [ArraySpec(f"maps/{name}", (info["channels"], map_grid, map_grid), map_dtype) for name, info in map_info.items()]
+        sizes = {split: len(dataset.split(split).labels) for split in ("train", "test")}
+        cache = open_or_create(out, metadata, {s: specs for s in sizes}, sizes, chunk_rows, overwrite)
+        if cache.is_complete:
+            click.echo(f"{out} is already complete; nothing to do.")
+            return cache
 
-def _extract_locked(dataset, backbone, preprocessing, out, weights_tag, weights_file, maps, map_grid,
-                    feature_dtype, map_dtype, batch_size, workers, device, chunk_rows, overwrite,
-                    skip_bad, precision) -> FeatureCache:
-    device_ = resolve_device(device)
-    if precision not in PRECISIONS:
-        raise PipelineError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
-    # Mixed precision runs the convolutions in 16 bits (fast on GPUs); features are stored as
-    # --dtype says. The precision is recorded, since it changes the numbers slightly.
-    autocast = torch.autocast(device_.type, dtype=PRECISIONS[precision], enabled=precision != "float32")
-    model, weights = load_backbone(backbone, preprocessing.image_size, weights_tag, weights_file)
-    model = model.to(device_, memory_format=torch.channels_last)
-    maps = tuple(model.spec.intermediate if m == "intermediate" else m for m in maps)
-    for name in maps:
-        if name not in model.stage_names:
-            raise PipelineError(f"{backbone} has no map {name!r}; its maps are {', '.join(model.stage_names)}.")
-    dataset = drop_unreadable(dataset, skip_bad, workers)
-
-    with torch.inference_mode():
-        probe = model(torch.zeros(1, 3, preprocessing.image_size, preprocessing.image_size, device=device_), maps)
-    map_info = {name: {"grid": map_grid, "dtype": map_dtype, "channels": int(probe[name].shape[1])} for name in maps}
-    metadata = cache_metadata(dataset, backbone, weights, preprocessing, feature_dtype, map_info, precision)
-    feature_dim = int(probe["pooled"].shape[1])
-    specs = [ArraySpec("features", (feature_dim,), feature_dtype), ArraySpec("labels", (), "int64")]
-    specs += [ArraySpec(f"maps/{name}", (info["channels"], map_grid, map_grid), map_dtype) for name, info in map_info.items()]
-    sizes = {split: len(dataset.split(split).labels) for split in ("train", "test")}
-    cache = open_or_create(out, metadata, {s: specs for s in sizes}, sizes, chunk_rows, overwrite)
-    if cache.is_complete:
-        click.echo(f"{out} is already complete; nothing to do.")
+        todo = {split: sorted(set(range(len(cache.chunk_slices(split)))) - cache.done_chunks(split)) for split in sizes}
+        total = sum(cache.chunk_slices(s)[i].stop - cache.chunk_slices(s)[i].start for s in todo for i in todo[s])
+        started = time.perf_counter()
+        with progress(total=total, desc=f"extract {backbone}", unit="img") as bar, ChunkWriter() as writer:
+            for split, chunks in todo.items():
+                images, labels = dataset.split(split).images, dataset.split(split).labels
+                # Batches never straddle a chunk, so each chunk is written as soon as it is full.
+                plan = [(chunk, list(range(s.start, s.stop))[b:b + batch_size])
+                        for chunk in chunks for s in [cache.chunk_slices(split)[chunk]]
+                        for b in range(0, s.stop - s.start, batch_size)]
+                loader = DataLoader(_Batches(images, [rows for _, rows in plan], preprocessing), batch_size=None,
+                                    num_workers=workers, pin_memory=device_.type == "cuda",
+                                    prefetch_factor=4 if workers else None)
+                buffers: dict[str, list[np.ndarray]] = {}
+                for (chunk, rows), batch in zip(plan, loader):
+                    with torch.inference_mode(), autocast:
+                        out_ = model(batch.to(device_, non_blocking=True).contiguous(memory_format=torch.channels_last), maps)
+                    buffers.setdefault("features", []).append(out_["pooled"].float().cpu().numpy())
+                    for name in maps:
+                        pooled = F.adaptive_avg_pool2d(out_[name].float(), map_grid)
+                        buffers.setdefault(f"maps/{name}", []).append(pooled.cpu().numpy())
+                    bar.update(len(rows))
+                    chunk_slice = cache.chunk_slices(split)[chunk]
+                    if rows[-1] == chunk_slice.stop - 1:
+                        values = {name: np.concatenate(parts) for name, parts in buffers.items()}
+                        values["labels"] = labels[chunk_slice]
+                        writer.submit(cache.write_chunk, split, chunk, values)
+                        buffers = {}
+        writer.wait()
+        cache.mark_complete()
+        elapsed = time.perf_counter() - started
+        click.echo(f"wrote {out}: train {sizes['train']} x {feature_dim}, test {sizes['test']} x {feature_dim} "
+                   f"({total} images extracted in {elapsed:.1f} s, {total / max(elapsed, 1e-9):.1f} images/s).")
         return cache
-
-    todo = {split: sorted(set(range(len(cache.chunk_slices(split)))) - cache.done_chunks(split)) for split in sizes}
-    total = sum(cache.chunk_slices(s)[i].stop - cache.chunk_slices(s)[i].start for s in todo for i in todo[s])
-    started = time.perf_counter()
-    with progress(total=total, desc=f"extract {backbone}", unit="img") as bar, ChunkWriter() as writer:
-        for split, chunks in todo.items():
-            images, labels = dataset.split(split).images, dataset.split(split).labels
-            # Batches never straddle a chunk, so each chunk is written as soon as it is full.
-            plan = [(chunk, list(range(s.start, s.stop))[b:b + batch_size])
-                    for chunk in chunks for s in [cache.chunk_slices(split)[chunk]]
-                    for b in range(0, s.stop - s.start, batch_size)]
-            loader = DataLoader(_Batches(images, [rows for _, rows in plan], preprocessing), batch_size=None,
-                                num_workers=workers, pin_memory=device_.type == "cuda",
-                                prefetch_factor=4 if workers else None)
-            buffers: dict[str, list[np.ndarray]] = {}
-            for (chunk, rows), batch in zip(plan, loader):
-                with torch.inference_mode(), autocast:
-                    out_ = model(batch.to(device_, non_blocking=True).contiguous(memory_format=torch.channels_last), maps)
-                buffers.setdefault("features", []).append(out_["pooled"].float().cpu().numpy())
-                for name in maps:
-                    pooled = F.adaptive_avg_pool2d(out_[name].float(), map_grid)
-                    buffers.setdefault(f"maps/{name}", []).append(pooled.cpu().numpy())
-                bar.update(len(rows))
-                chunk_slice = cache.chunk_slices(split)[chunk]
-                if rows[-1] == chunk_slice.stop - 1:
-                    values = {name: np.concatenate(parts) for name, parts in buffers.items()}
-                    values["labels"] = labels[chunk_slice]
-                    writer.submit(cache.write_chunk, split, chunk, values)
-                    buffers = {}
-    writer.wait()
-    cache.mark_complete()
-    elapsed = time.perf_counter() - started
-    click.echo(f"wrote {out}: train {sizes['train']} x {feature_dim}, test {sizes['test']} x {feature_dim} "
-               f"({total} images extracted in {elapsed:.1f} s, {total / max(elapsed, 1e-9):.1f} images/s).")
-    return cache
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -232,7 +235,8 @@ def _extract_locked(dataset, backbone, preprocessing, out, weights_tag, weights_
 @click.option("--precision", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]),
               help="Compute precision of the forward pass; bfloat16/float16 use autocast (mixed precision, "
                    "for GPUs). Recorded in the cache.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096),
+              help="Images per forward pass.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(0, 64),
               help="Processes that decode and resize images while the backbone runs.")
 @click.option("--device", default="auto", show_default=True, help="auto (GPU if there is one), cpu, cuda, cuda:1, ...")
@@ -252,9 +256,9 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
     preprocessing = Preprocessing(image_size, resize, interpolation, normalisation)
     out_path = Path(out) if out else default_cache_path(dataset, backbone, image_size)
     # Check weights and data up front and report every missing piece in one message.
-    problems, data = [], None
+    problems, data, loaded = [], None, None
     try:
-        load_backbone(backbone, image_size, weights_tag, weights_file)
+        loaded = load_backbone(backbone, image_size, weights_tag, weights_file)
     except PipelineError as error:
         problems.append(error.message)
     try:
@@ -265,7 +269,8 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
         raise PipelineError(" Also, ".join(problems))
     extract(data, backbone, preprocessing, out_path, weights_tag=weights_tag, weights_file=weights_file,
             maps=maps, map_grid=map_grid, feature_dtype=feature_dtype, batch_size=batch_size, workers=workers,
-            device=device, chunk_rows=chunk_rows, overwrite=overwrite, skip_bad=skip_bad, precision=precision)
+            device=device, chunk_rows=chunk_rows, overwrite=overwrite, skip_bad=skip_bad, precision=precision,
+            loaded=loaded)
 
 
 if __name__ == "__main__":
