@@ -53,7 +53,7 @@ def knn_distances(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], que
     else:
         blocks = gallery
     best = torch.full((len(queries_t), k), float("inf"), device=device)
-    seen = 0
+    seen, buffer = 0, None
     for block in blocks:
         block_t = _augmented(block, "norms", device)
         if block_t.shape[1] != queries_t.shape[1]:
@@ -61,9 +61,12 @@ def knn_distances(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], que
                                 f"dimension {queries_t.shape[1] - 1}.")
         seen += len(block_t)
         kk = min(k, len(block_t))
+        if buffer is None or buffer.shape[1] < len(block_t):
+            buffer = torch.empty((min(query_block, len(queries_t)), len(block_t)), device=device)
         for start in range(0, len(queries_t), query_block):
-            stop = start + query_block
-            partial = queries_t[start:stop] @ block_t.T
+            stop = min(start + query_block, len(queries_t))
+            # Reusing one output buffer avoids page-faulting a fresh block of memory each time.
+            partial = torch.mm(queries_t[start:stop], block_t.T, out=buffer[: stop - start, : len(block_t)])
             nearest = torch.topk(partial, kk, dim=1, largest=False, sorted=False).values
             merged = torch.cat([best[start:stop], nearest], dim=1)
             best[start:stop] = torch.topk(merged, k, dim=1, largest=False).values
