@@ -1,6 +1,6 @@
 """Kill-and-resume soak test of extraction.
 
-    python benchmarks/kill_resume_soak.py --data-dir data/cifar10-jpg --per-class 300 --kills 20
+    python benchmarks/kill_resume_soak.py --data-dir data/cifar10-jpg --per-class 400 --image-size 128 --kills 20
 
 Builds an image folder of the first PER_CLASS training and PER_CLASS/3 test images of each
 class (symlinks), extracts it once without interruption (the reference), then starts the
@@ -33,8 +33,11 @@ import numpy as np
 @click.option("--kills", default=20, show_default=True)
 @click.option("--image-size", default=32, show_default=True)
 @click.option("--chunk-rows", default=128, show_default=True)
+@click.option("--min-delay", default=2.0, show_default=True, help="Shortest time before a kill, seconds.")
+@click.option("--max-delay", default=12.0, show_default=True, help="Longest time before a kill, seconds.")
 @click.option("--seed", default=0, show_default=True)
-def main(data_dir: str, per_class: int, kills: int, image_size: int, chunk_rows: int, seed: int) -> None:
+def main(data_dir: str, per_class: int, kills: int, image_size: int, chunk_rows: int, min_delay: float,
+         max_delay: float, seed: int) -> None:
     from pipeline.cache import FeatureCache
     from pipeline.datasets import image_folder_subset
 
@@ -59,7 +62,7 @@ def main(data_dir: str, per_class: int, kills: int, image_size: int, chunk_rows:
         start = time.perf_counter()
         process = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            process.wait(timeout=rng.uniform(0.5, reference_time))
+            process.wait(timeout=rng.uniform(min_delay, max_delay))
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()
