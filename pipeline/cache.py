@@ -245,26 +245,29 @@ class FeatureCache:
 
     def verify(self) -> list[str]:
         """Every problem found: missing or damaged chunks, arrays that disagree with the metadata."""
+        return [message for _, _, message in self._problems()]
+
+    def _problems(self) -> list[tuple[str, int | None, str]]:
         problems = []
         dataset = self.metadata.get("dataset", {})
         for split in self.splits:
             expected = dataset.get(f"n_{split}")
             if expected is not None and expected != self.size(split):
-                problems.append(f"{split} has {self.size(split)} samples but the metadata says {expected}")
+                problems.append((split, None, f"{split} has {self.size(split)} samples but the metadata says {expected}"))
             for name in self.array_names(split):
                 if self.array(split, name).shape[0] != self.size(split):
-                    problems.append(f"{split}/{name} has {self.array(split, name).shape[0]} rows, "
-                                    f"labels have {self.size(split)}")
+                    problems.append((split, None, f"{split}/{name} has {self.array(split, name).shape[0]} rows, "
+                                                  f"labels have {self.size(split)}"))
             checksums = self._checksums(split)
             for chunk in range(len(self.chunk_slices(split))):
                 if str(chunk) not in checksums:
-                    problems.append(f"{split} chunk {chunk}: missing (never finished)")
+                    problems.append((split, chunk, f"{split} chunk {chunk}: missing (never finished)"))
                     continue
                 for name in self.array_names(split):
                     try:
                         self.read_chunk(split, name, chunk)
                     except PipelineError as error:
-                        problems.append(f"{split} chunk {chunk}: {error.message}")
+                        problems.append((split, chunk, f"{split} chunk {chunk}: {error.message}"))
         return problems
 
     def set_aside(self, split: str, chunks: set[int]) -> None:
@@ -386,8 +389,8 @@ def verify(cache_path: str, repair: bool) -> None:
     """Check every chunk of CACHE_PATH against its recorded checksum, and the arrays against
     the metadata. Exits with status 1 if anything is missing or damaged."""
     cache = FeatureCache.open(cache_path, require_complete=False)
-    problems = cache.verify()
-    for problem in problems:
+    problems = cache._problems()
+    for _, _, problem in problems:
         click.echo(f"  {problem}")
     if not problems:
         click.echo(f"{cache_path}: all {sum(len(cache.chunk_slices(s)) for s in cache.splits)} chunks present and "
@@ -395,11 +398,9 @@ def verify(cache_path: str, repair: bool) -> None:
         return
     if repair:
         for split in cache.splits:
-            bad = {int(p.split()[2].rstrip(":")) for p in problems if p.startswith(f"{split} chunk ")}
-            cache.set_aside(split, bad)
+            cache.set_aside(split, {chunk for s, chunk, _ in problems if s == split and chunk is not None})
         click.echo(f"{len(problems)} problems; damaged chunks set aside. Run the extraction command again "
                    f"(or dvc repro) to recompute them.")
-    if repair:
         raise SystemExit(1)
     raise PipelineError(
         f"{cache_path} has {len(problems)} problems (listed above). Run python -m pipeline.cache verify --repair "
