@@ -16,25 +16,12 @@ import torch
 from pipeline.errors import PipelineError
 
 
-def _augmented(rows: np.ndarray | torch.Tensor, last: str, device: torch.device) -> torch.Tensor:
-    """float32 copy with one extra column, so that one matrix product gives a distance.
-
-    Queries become ``[q, 1]`` and gallery rows ``[-2 g, |g|^2]``: their product is
-    ``|g|^2 - 2 q.g``, the squared distance less ``|q|^2``, which is the same for a whole
-    query row, so it does not change which neighbours are nearest and is added at the end.
-    Folding the norms into the product saves a pass over the (queries x gallery) block.
-    """
+def _float32(rows: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A float32 tensor on ``device``; no copy when the rows already are one."""
     tensor = torch.as_tensor(rows)
     if tensor.ndim != 2:
         raise PipelineError(f"features must be a 2-D array (samples, dimensions), got shape {tuple(tensor.shape)}.")
-    out = torch.empty((tensor.shape[0], tensor.shape[1] + 1), dtype=torch.float32, device=device)
-    out[:, :-1] = tensor.to(device)
-    if last == "ones":
-        out[:, -1] = 1.0
-    else:
-        out[:, -1] = (out[:, :-1] * out[:, :-1]).sum(1)
-        out[:, :-1] *= -2.0
-    return out
+    return tensor.to(device=device, dtype=torch.float32)
 
 
 def knn_distances(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], queries: np.ndarray | torch.Tensor,
@@ -47,7 +34,7 @@ def knn_distances(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], que
     Memory: the queries, one gallery block and one (query_block x gallery_block) block.
     """
     device = torch.device(device)
-    queries_t = _augmented(queries, "ones", device)
+    queries_t = _float32(queries, device)
     if isinstance(gallery, (np.ndarray, torch.Tensor)):
         blocks: Iterable = (gallery[i:i + gallery_block] for i in range(0, len(gallery), gallery_block))
     else:
@@ -55,23 +42,26 @@ def knn_distances(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], que
     best = torch.full((len(queries_t), k), float("inf"), device=device)
     seen, buffer = 0, None
     for block in blocks:
-        block_t = _augmented(block, "norms", device)
+        block_t = _float32(block, device)
         if block_t.shape[1] != queries_t.shape[1]:
-            raise PipelineError(f"gallery features have dimension {block_t.shape[1] - 1} but queries have "
-                                f"dimension {queries_t.shape[1] - 1}.")
+            raise PipelineError(f"gallery features have dimension {block_t.shape[1]} but queries have "
+                                f"dimension {queries_t.shape[1]}.")
         seen += len(block_t)
         kk = min(k, len(block_t))
+        block_norms = (block_t * block_t).sum(1).unsqueeze(0)
         if buffer is None or buffer.shape[1] < len(block_t):
             buffer = torch.empty((min(query_block, len(queries_t)), len(block_t)), device=device)
         for start in range(0, len(queries_t), query_block):
             stop = min(start + query_block, len(queries_t))
-            # Reusing one output buffer avoids page-faulting a fresh block of memory each time.
-            partial = torch.mm(queries_t[start:stop], block_t.T, out=buffer[: stop - start, : len(block_t)])
+            # |g|^2 - 2 q.g in one fused call, into a reused buffer (a fresh block of memory
+            # each time would be page-faulted in). |q|^2 is the same for a whole row, so it
+            # does not change which neighbours are nearest and is added once at the end.
+            partial = torch.addmm(block_norms, queries_t[start:stop], block_t.T, beta=1.0, alpha=-2.0,
+                                  out=buffer[: stop - start, : len(block_t)])
             nearest = torch.topk(partial, kk, dim=1, largest=False, sorted=False).values
             merged = torch.cat([best[start:stop], nearest], dim=1)
             best[start:stop] = torch.topk(merged, k, dim=1, largest=False).values
-    queries_plain = queries_t[:, :-1]
-    best += (queries_plain * queries_plain).sum(1, keepdim=True)
+    best += (queries_t * queries_t).sum(1, keepdim=True)
     if seen < k:
         raise PipelineError(f"kNN with k={k} needs at least {k} gallery features, got {seen}.")
     # Rounding can make a distance of 0 slightly negative.
