@@ -313,12 +313,15 @@ class FeatureCache:
                                 f"checksum recorded when they were written (the file was changed or damaged). {repair}")
         return data
 
+    def _row_index(self, split: str, rows: np.ndarray | slice | None) -> np.ndarray:
+        if rows is None:
+            return np.arange(self.size(split))
+        return np.arange(self.size(split))[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+
     def iter_rows(self, split: str, name: str = "features",
                   rows: np.ndarray | slice | None = None) -> Iterator[np.ndarray]:
         """The selected rows, chunk by chunk in row order (one chunk in memory at a time)."""
-        if rows is None:
-            rows = slice(0, self.size(split))
-        index = np.arange(self.size(split))[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+        index = self._row_index(split, rows)
         chunk_of = index // self.chunk_rows
         for chunk in np.unique(chunk_of):
             data = self.read_chunk(split, name, int(chunk))
@@ -326,9 +329,7 @@ class FeatureCache:
 
     def read(self, split: str, name: str = "features", rows: np.ndarray | slice | None = None) -> np.ndarray:
         """Rows of an array (all, a slice, or an index array), every chunk read checked."""
-        if rows is None:
-            rows = slice(0, self.size(split))
-        index = np.arange(self.size(split))[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+        index = self._row_index(split, rows)
         if len(index) == 0:
             return np.asarray(self.array(split, name)[0:0])
         parts = np.concatenate(list(self.iter_rows(split, name, index)))
