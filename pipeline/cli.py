@@ -32,13 +32,17 @@ def progress(**kwargs: Any) -> tqdm:
     return tqdm(file=sys.stderr, disable=disable, dynamic_ncols=True, **kwargs)
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically, so an interrupted run never leaves half a metrics file."""
+def write_text(path: str | Path, text: str) -> None:
+    """Write a file atomically, so an interrupted run never leaves half a results file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def parse_expectations(items: tuple[str, ...] | list[str]) -> dict:

@@ -1,0 +1,212 @@
+"""PLUME head: a classifier trained to tell normal features from adaptively perturbed ones
+(PLUME paper, sections 3-4). ``fit`` on the normal class's features, ``score`` = minus the
+classifier's logit. The modules and losses are in ``plume_model``; this is the training glue.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import PipelineError
+from pipeline.heads.plume_model import (GUIDANCES, PERTURBATIONS, Classifier, InputNorm, Perturbator,
+                                        guidance_loss, kl_divergence, near_identity_loss, perturb)
+from pipeline.metrics import detection_metrics
+
+BATCH_MODES = ("separate", "joint")
+
+
+@dataclass
+class PlumeConfig:
+    perturbation: str = "linear"   # linear (PLUME) | addmult (PLAD) | add | mult | gaussian
+    guidance: str = "contrastive"  # contrastive (eq. 7) | mean (eq. 9) | none
+    lam: float = 5.0               # lambda, weight of the near-identity loss (eq. 1)
+    nu: float = 1.0                # weight of the KL divergence (eq. 4)
+    gamma: float = 1.0             # weight of the guidance loss (eq. 7 or 9)
+    tau: float = 0.5               # temperature of the cosine similarities
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float | str = "auto"       # peak one-cycle learning rate, or "auto" for a range test
+    weight_decay: float = 0.01     # AdamW's default
+    dim: int | str = 3072          # classifier input size after adaptive pooling, or "native"
+    identity_loss: str = "sum"     # sum over D (paper, eq. 1) | mean (authors' code, mse_loss)
+    batch_mode: str = "separate"   # normal and perturbed batches through the classifier apart (authors' code) or joint (PLAD)
+    noise_std: float = 0.1         # sigma of the gaussian perturbation (the paper does not give it)
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.perturbation in PERTURBATIONS, f"perturbation must be one of {', '.join(PERTURBATIONS)}"),
+            (self.guidance in GUIDANCES, f"guidance must be one of {', '.join(GUIDANCES)}"),
+            (self.batch_mode in BATCH_MODES, f"batch mode must be one of {', '.join(BATCH_MODES)}"),
+            (self.identity_loss in ("sum", "mean"), "identity loss must be sum or mean"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 2, "batch size must be at least 2 (batch norm and the contrastive loss need pairs)"),
+            (self.tau > 0, "tau must be positive"),
+            (self.lr == "auto" or (isinstance(self.lr, (int, float)) and self.lr > 0),
+             "lr must be a positive number or auto"),
+            (self.dim == "native" or (isinstance(self.dim, int) and self.dim >= 2), "dim must be native or an integer >= 2"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PipelineError(f"PLUME: {message}.")
+
+
+@dataclass
+class PlumeHead:
+    config: PlumeConfig = field(default_factory=PlumeConfig)
+    history: list[dict] = field(default_factory=list)
+    lr_used: float | None = None
+
+    def __post_init__(self) -> None:
+        self.input_norm: InputNorm | None = None
+        self.classifier: Classifier | None = None
+
+    # -- training -------------------------------------------------------------------------
+
+    def fit(self, train_features: np.ndarray, monitor: tuple[np.ndarray, np.ndarray] | None = None,
+            progress=None) -> "PlumeHead":
+        """Train on the normal class. ``monitor = (test_features, is_anomaly)`` records the test
+        AUROC after every epoch (the paper's best-epoch protocol reads it); it never changes
+        the training. ``progress`` is called once per epoch."""
+        cfg = self.config
+        device = torch.device(cfg.device)
+        x_all = torch.as_tensor(np.asarray(train_features), dtype=torch.float32, device=device)
+        if x_all.ndim != 2:
+            raise PipelineError(f"PLUME needs 2-D features (samples, dimensions), got shape {tuple(x_all.shape)}.")
+        if len(x_all) < 2:
+            raise PipelineError(f"PLUME needs at least 2 training features, got {len(x_all)}.")
+        torch.manual_seed(cfg.seed)
+        dim = x_all.shape[1] if cfg.dim == "native" else int(cfg.dim)
+        batch_size = min(cfg.batch_size, len(x_all))
+        steps_per_epoch = len(x_all) // batch_size
+
+        self.input_norm = InputNorm(x_all.shape[1], dim).to(device)
+        self.classifier = Classifier(dim).to(device)
+        perturbator = None if cfg.perturbation == "gaussian" else Perturbator(dim, cfg.perturbation).to(device)
+        modules = [m for m in (self.input_norm, self.classifier, perturbator) if m is not None]
+
+        generator = torch.Generator().manual_seed(cfg.seed)
+        if cfg.lr == "auto":
+            self.lr_used = lr_range_test(self, perturbator, x_all, batch_size, generator)
+        else:
+            self.lr_used = float(cfg.lr)
+        params = [p for m in modules for p in m.parameters()]
+        optimiser = torch.optim.AdamW(params, lr=self.lr_used, weight_decay=cfg.weight_decay)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=self.lr_used,
+                                                       total_steps=cfg.epochs * steps_per_epoch)
+        self.history = []
+        for epoch in range(1, cfg.epochs + 1):
+            for m in modules:
+                m.train()
+            order = torch.randperm(len(x_all), generator=generator).to(device)
+            sums: dict[str, float] = {}
+            for step in range(steps_per_epoch):
+                batch = x_all[order[step * batch_size:(step + 1) * batch_size]]
+                losses = self._losses(batch, perturbator)
+                optimiser.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                optimiser.step()
+                schedule.step()
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+            record = {"epoch": epoch, **{name: total / steps_per_epoch for name, total in sums.items()}}
+            if not math.isfinite(record["loss"]):
+                raise PipelineError(f"PLUME diverged at epoch {epoch} (loss {record['loss']}); "
+                                    f"lower the learning rate (it was {self.lr_used:.3g}).")
+            if monitor is not None:
+                record["test_auroc"] = detection_metrics(monitor[1], self.score(monitor[0]))["auroc"]
+            self.history.append(record)
+            if progress is not None:
+                progress(record)
+        return self
+
+    def _losses(self, raw: torch.Tensor, perturbator: Perturbator | None) -> dict[str, torch.Tensor]:
+        """Eq. 8 for one batch of raw cached features: the total and each term."""
+        cfg = self.config
+        x = self.input_norm(raw)
+        if perturbator is None:
+            x_tilde = perturb(x, cfg.perturbation, noise_std=cfg.noise_std)
+            identity = kl = x.new_zeros(())
+        else:
+            alpha, beta, mu, logvar = perturbator(x)
+            x_tilde = perturb(x, cfg.perturbation, alpha, beta)
+            identity = near_identity_loss(alpha, beta, cfg.identity_loss)
+            kl = kl_divergence(mu, logvar)
+        if cfg.batch_mode == "joint":
+            z_all = self.classifier.embed(torch.cat([x, x_tilde]))
+            z, z_tilde = z_all.split(len(x))
+        else:
+            z, z_tilde = self.classifier.embed(x), self.classifier.embed(x_tilde)
+        logits, logits_tilde = self.classifier.f2(z).squeeze(1), self.classifier.f2(z_tilde).squeeze(1)
+        ce = (F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+              + F.binary_cross_entropy_with_logits(logits_tilde, torch.zeros_like(logits_tilde)))
+        guide = guidance_loss(cfg.guidance, z, z_tilde, cfg.tau) if cfg.gamma else x.new_zeros(())
+        total = ce + cfg.lam * identity + cfg.nu * kl + cfg.gamma * guide
+        return {"loss": total, "ce": ce, "identity": identity, "kl": kl, "guidance": guide}
+
+    # -- scoring --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score(self, test_features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        if self.classifier is None:
+            raise RuntimeError("fit the head before scoring")
+        self.input_norm.eval()
+        self.classifier.eval()
+        device = next(self.classifier.parameters()).device
+        features = np.asarray(test_features)
+        if features.ndim != 2 or features.shape[1] != self.input_norm.in_dim:
+            raise PipelineError(f"PLUME was trained on {self.input_norm.in_dim}-d features; got shape {features.shape}.")
+        scores = []
+        for start in range(0, len(features), batch_size):
+            block = torch.as_tensor(features[start:start + batch_size], dtype=torch.float32, device=device)
+            scores.append(-self.classifier(self.input_norm(block)).float().cpu())
+        return torch.cat(scores).numpy().astype(np.float64)
+
+    def summary(self) -> dict:
+        """What the run did, for the metrics file: configuration, learning rate, epochs."""
+        out = {k: v for k, v in asdict(self.config).items() if k not in ("device",)}
+        out["lr_used"] = self.lr_used
+        return out
+
+
+def lr_range_test(head: PlumeHead, perturbator: Perturbator | None, x_all: torch.Tensor, batch_size: int,
+                  generator: torch.Generator, start_lr: float = 1e-6, end_lr: float = 1.0,
+                  steps: int = 100) -> float:
+    """Learning-rate range test (Smith, the CLR paper the PLUME paper cites): raise the rate
+    exponentially over ``steps`` batches and return a tenth of the rate at which the
+    smoothed loss was lowest. The modules are put back as they were afterwards."""
+    modules = [m for m in (head.input_norm, head.classifier, perturbator) if m is not None]
+    saved = [copy.deepcopy(m.state_dict()) for m in modules]
+    params = [p for m in modules for p in m.parameters()]
+    optimiser = torch.optim.AdamW(params, lr=start_lr, weight_decay=head.config.weight_decay)
+    factor = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
+    smoothed, best_loss, best_lr = None, math.inf, start_lr
+    for m in modules:
+        m.train()
+    for step in range(steps):
+        lr = start_lr * factor ** step
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        index = torch.randint(len(x_all), (batch_size,), generator=generator).to(x_all.device)
+        loss = head._losses(x_all[index], perturbator)["loss"]
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            break
+        smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
+        if smoothed < best_loss:
+            best_loss, best_lr = smoothed, lr
+        elif smoothed > 4 * best_loss and step > 10:
+            break
+    for m, state in zip(modules, saved):
+        m.load_state_dict(state)
+    return best_lr / 10

@@ -1,0 +1,157 @@
+"""PLUME's torch modules and losses (PLUME paper, section 3 and appendix table 3).
+
+Plain ``nn.Module``s and functions; the training loop lives in ``pipeline.heads.plume``.
+Notation: ``x`` is a batch (N, D) of normalised features, ``alpha`` and ``beta`` are the
+perturbator's outputs, ``z`` the classifier's 512-d embeddings.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PERTURBATIONS = ("linear", "addmult", "add", "mult", "gaussian")
+GUIDANCES = ("contrastive", "mean", "none")
+
+
+class InputNorm(nn.Module):
+    """Adaptive average pooling of the cached vector to ``dim`` entries (the paper pools 2048
+    -> 3072), then ``BatchNorm1d(affine=False)``. Part of the saved classifier: its running
+    statistics decide the test-time input."""
+
+    def __init__(self, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.in_dim, self.dim = in_dim, dim
+        self.norm = nn.BatchNorm1d(dim, affine=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.dim != self.in_dim:
+            features = F.adaptive_avg_pool1d(features.unsqueeze(1), self.dim).squeeze(1)
+        return self.norm(features)
+
+
+class Perturbator(nn.Module):
+    """The VAE ``g`` of table 3: x -> (mu, logvar) -> z -> (alpha, beta).
+
+    ``add`` and ``mult`` need only one of the two vectors, so their decoder outputs D
+    values (appendix E.2); the missing one is returned as its identity value (beta = 0,
+    alpha = 1), which keeps ``near_identity_loss`` the same for every perturbation.
+    """
+
+    def __init__(self, dim: int, perturbation: str = "linear") -> None:
+        super().__init__()
+        if perturbation not in PERTURBATIONS or perturbation == "gaussian":
+            raise ValueError(f"no learnt perturbator for {perturbation!r}")
+        self.perturbation = perturbation
+        outputs = dim if perturbation in ("add", "mult") else 2 * dim
+        self.fc1, self.fc2, self.fc3 = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.fc4, self.fc5 = nn.Linear(dim, dim), nn.Linear(dim, outputs)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        hidden = F.leaky_relu(self.fc1(x))
+        mu, logvar = self.fc2(hidden), self.fc3(hidden)
+        sample = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        out = self.fc5(F.leaky_relu(self.fc4(sample)))
+        if self.perturbation == "add":
+            alpha, beta = torch.ones_like(out), out
+        elif self.perturbation == "mult":
+            alpha, beta = out, torch.zeros_like(out)
+        else:
+            alpha, beta = out.chunk(2, dim=1)
+        return alpha, beta, mu, logvar
+
+
+class Classifier(nn.Module):
+    """The classifier ``f = f2 . f1`` of table 3; ``embed`` is f1 (the contrastive space)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.f1 = nn.Sequential(
+            nn.Linear(dim, 1024, bias=False), nn.BatchNorm1d(1024, affine=False, eps=1e-4), nn.LeakyReLU(),
+            nn.Linear(1024, 512, bias=False), nn.BatchNorm1d(512, affine=False, eps=1e-4), nn.LeakyReLU(),
+        )
+        self.f2 = nn.Linear(512, 1, bias=False)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.f1(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.f2(self.f1(x)).squeeze(1)
+
+
+def linear_perturbation(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """``(I + alpha beta^T) x`` as the rank-one update ``x + alpha (beta . x)``: O(N D) time
+    and memory instead of the O(N D^2) of building each D x D matrix."""
+    return x + alpha * (beta * x).sum(dim=1, keepdim=True)
+
+
+def explicit_linear_perturbation(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """The same map with the D x D matrices built and applied by ``bmm``, as the authors' code
+    does. Only for tests and the benchmark: N*D*D floats (1.2 GB at N=32, D=3072)."""
+    eye = torch.eye(x.shape[1], device=x.device, dtype=x.dtype)
+    matrices = eye + alpha.unsqueeze(2) * beta.unsqueeze(1)
+    return torch.bmm(matrices, x.unsqueeze(2)).squeeze(2)
+
+
+def perturb(x: torch.Tensor, perturbation: str, alpha: torch.Tensor | None = None, beta: torch.Tensor | None = None,
+            noise_std: float = 0.1) -> torch.Tensor:
+    if perturbation == "linear":
+        return linear_perturbation(x, alpha, beta)
+    if perturbation in ("addmult", "add", "mult"):
+        return alpha * x + beta
+    if perturbation == "gaussian":
+        return x + noise_std * torch.randn_like(x)
+    raise ValueError(f"unknown perturbation {perturbation!r}; choose from {', '.join(PERTURBATIONS)}")
+
+
+def near_identity_loss(alpha: torch.Tensor, beta: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Eq. 1, ``||alpha - 1||^2 + ||beta||^2`` per sample, mean over the batch (``sum``, the
+    paper). ``mean`` averages over the D entries too, as the authors' code (``mse_loss``) does."""
+    per_entry = (alpha - 1).square() + beta.square()
+    if reduction == "sum":
+        return per_entry.sum(dim=1).mean()
+    if reduction == "mean":
+        return per_entry.mean() / 2  # two mse_loss terms, each an element mean, summed
+    raise ValueError(f"unknown reduction {reduction!r}; use sum or mean")
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Eq. 4, summed over dimensions, mean over the batch."""
+    return 0.5 * (logvar.exp() + mu.square() - 1 - logvar).sum(dim=1).mean()
+
+
+def _similarities(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / tau
+
+
+def contrastive_loss(z: torch.Tensor, z_tilde: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
+    """Eq. 7: every normal embedding is pulled towards the other normal ones and pushed away
+    from all pseudo-anomaly embeddings; mean over the batch."""
+    n = len(z)
+    if n < 2:
+        raise ValueError("the contrastive loss needs at least two normal samples per batch")
+    to_normal = _similarities(z, z, tau)
+    to_perturbed = _similarities(z, z_tilde, tau)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=z.device)
+    denominator = torch.logsumexp(torch.cat([to_perturbed, to_normal.masked_fill(~off_diagonal, float("-inf"))],
+                                            dim=1), dim=1)
+    positives = (to_normal * off_diagonal).sum(dim=1) / (n - 1)
+    return (denominator - positives).mean()
+
+
+def mean_contrastive_loss(z: torch.Tensor, z_tilde: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
+    """Appendix eq. 9: each normal embedding against the mean normal and the mean
+    pseudo-anomaly embedding (a two-way softmax)."""
+    to_means = _similarities(z, torch.stack([z.mean(0), z_tilde.mean(0)]), tau)
+    return (torch.logsumexp(to_means, dim=1) - to_means[:, 0]).mean()
+
+
+def guidance_loss(guidance: str, z: torch.Tensor, z_tilde: torch.Tensor, tau: float) -> torch.Tensor:
+    if guidance == "contrastive":
+        return contrastive_loss(z, z_tilde, tau)
+    if guidance == "mean":
+        return mean_contrastive_loss(z, z_tilde, tau)
+    if guidance == "none":
+        return z.new_zeros(())
+    raise ValueError(f"unknown guidance {guidance!r}; choose from {', '.join(GUIDANCES)}")
