@@ -95,6 +95,13 @@ def round_robin(tasks: dict, repeats: int, device: torch.device) -> dict[str, li
     return times
 
 
+def resident_peak_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def peak_memory_child(name: str, n: int, d: int, device_name: str) -> None:
     """Run in a fresh process: extra peak memory of one forward+backward above the inputs."""
     device = torch.device(device_name)
@@ -108,11 +115,12 @@ def peak_memory_child(name: str, n: int, d: int, device_name: str) -> None:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - before
     else:
-        # ru_maxrss is the process's high-water mark (KiB on Linux): measured after the
-        # inputs exist, then after the first step, in a process that did nothing else.
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # The resident-set high-water mark (VmHWM), after the inputs exist and after the
+        # first step, in a process that did nothing else. Not ru_maxrss: Linux carries it
+        # over exec, so a child of a large parent would start at the parent's peak.
+        before = resident_peak_bytes()
         perturbation_step(IMPLEMENTATIONS[name], x, alpha, beta)
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+        peak = resident_peak_bytes() - before
     print(json.dumps({"peak_bytes": peak}))
 
 
@@ -135,9 +143,10 @@ def main(n: int, d: int, repeats: int, device: str) -> None:
     torch.manual_seed(0)
     x, alpha, beta = inputs(n, d, device_)
     with torch.no_grad():
-        diff = (linear_perturbation(x, alpha, beta) - explicit_linear_perturbation(x, alpha, beta)).abs().max().item()
+        explicit = explicit_linear_perturbation(x, alpha, beta)
+        diff = ((linear_perturbation(x, alpha, beta) - explicit).abs().max() / explicit.abs().max()).item()
     print(f"PLUME linear perturbation, N = {n}, D = {d}, device {device_}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; max |rank_one - explicit| = {diff:.2e}")
+          f"{torch.get_num_threads()} threads; max |rank_one - explicit| / max |explicit| = {diff:.1e}")
 
     perturb_times = round_robin({name: (lambda fn=fn: perturbation_step(fn, x, alpha, beta))
                                  for name, fn in IMPLEMENTATIONS.items()}, repeats, device_)

@@ -25,8 +25,9 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -85,33 +86,88 @@ def _digest(data: np.ndarray) -> str:
 
 
 @contextmanager
-def writer_lock(path: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``<path>.lock`` while writing a cache.
+def writer_lock(path: str | Path, shard: tuple[int, int] | None = None) -> Iterator[None]:
+    """Hold a lock on ``<path>.lock`` while writing a cache.
 
-    POSIX record locks (lockf) are released by the kernel when the holder dies, even by
-    SIGKILL, and, unlike flock locks, are not inherited by forked DataLoader workers, which
-    could otherwise keep a killed run's lock alive for a few seconds.
+    A whole extraction holds it exclusively. Shards of a sharded extraction (``shard`` =
+    (index, count)) hold it shared, so they run together but never beside a whole
+    extraction, and each also holds ``<path>.shard-<index>-of-<count>.lock`` exclusively, so
+    one shard is never run twice at once. POSIX record locks (lockf) are released by the
+    kernel when the holder dies, even by SIGKILL, and, unlike flock locks, are not inherited
+    by forked DataLoader workers, which could otherwise keep a killed run's lock alive.
     """
-    lock_path = Path(str(path) + ".lock")
+    with ExitStack() as stack:
+        if shard is None:
+            stack.enter_context(_lock_file(Path(str(path) + ".lock"), exclusive=True, path=path))
+        else:
+            stack.enter_context(_lock_file(Path(str(path) + ".lock"), exclusive=False, path=path))
+            stack.enter_context(_lock_file(Path(f"{path}.shard-{shard[0]}-of-{shard[1]}.lock"), exclusive=True,
+                                           path=path, what=f"shard {shard[0]}/{shard[1]} of "))
+        yield
+
+
+@contextmanager
+def _lock_file(lock_path: Path, exclusive: bool, path: str | Path, what: str = "") -> Iterator[None]:
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+") as handle:
         try:
-            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except OSError:  # EAGAIN or EACCES: held by another process
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise PipelineError(f"{path} is being written by {holder}. Two extractions must not write "
-                                f"one cache; wait for that one to finish (or stop it) and run again.") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        handle.flush()
+            holder = handle.read().strip() or "another process (a sharded extraction, if run with --shard)"
+            raise PipelineError(f"{what}{path} is being written by {holder}. Two extractions must not write "
+                                f"one cache (except shards of one sharded extraction, each with its own "
+                                f"--shard I/N); wait for that one to finish (or stop it) and run again.") from None
+        if exclusive:  # a shared holder must not overwrite the others' note
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
         try:
             yield
         finally:
-            handle.seek(0)
-            handle.truncate()
+            if exclusive:
+                handle.seek(0)
+                handle.truncate()
             fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
+# Updates of a store's attributes (the chunk records, ``complete``) are read-modify-write of
+# one zarr.json. Shards of a sharded extraction write one store at once, each in its own
+# process, so every update re-reads the attributes and writes them back under a short
+# exclusive lock on ``<cache>.attrs.lock``: no process can lose another's chunk records.
+# (lockf locks belong to a process, so threads of one process are kept apart by a
+# threading lock as well; and it is a file of its own, since closing any descriptor of a
+# file drops the process's lockf locks on it, which would drop the writer lock.)
+_attrs_thread_lock = threading.Lock()
+
+
+@contextmanager
+def attrs_lock(path: str | Path) -> Iterator[None]:
+    """Held around every read-modify-write of a store's attributes (short: one zarr.json write)."""
+    lock_path = Path(str(path) + ".attrs.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with _attrs_thread_lock, open(lock_path, "a+") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)  # blocking: holders keep it for milliseconds
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
+_open_stores: dict[tuple[str, int], "FeatureCache"] = {}
+
+
+def _read_rows_task(path: str, split: str, name: str, chunk: int, local: np.ndarray | None) -> np.ndarray:
+    """A Dask task: one chunk's rows, checked against its checksum, read by whichever process
+    computes it. The store is opened once per process (re-opened when its zarr.json changes)."""
+    key = (str(Path(path).resolve()), (Path(path) / "zarr.json").stat().st_mtime_ns)
+    cache = _open_stores.get(key)
+    if cache is None:
+        _open_stores.clear()
+        cache = _open_stores[key] = FeatureCache.open(path, require_complete=False)
+    data = cache.read_chunk(split, name, chunk)
+    return data if local is None else data[local]
 
 
 class FeatureCache:
@@ -232,16 +288,56 @@ class FeatureCache:
         missing = set(self.array_names(split)) - set(checksums)
         if missing:
             raise ValueError(f"chunk {chunk} of {split} lacks arrays {sorted(missing)}")
-        chunks = dict(self.group.attrs["chunks"])
-        chunks[split] = {**chunks.get(split, {}), str(chunk): checksums}
-        self.group.attrs["chunks"] = chunks
 
-    def mark_complete(self) -> None:
-        for split in self.splits:
-            missing = set(range(len(self.chunk_slices(split)))) - self.done_chunks(split)
-            if missing:
-                raise PipelineError(f"cannot mark {self.path} complete: {split} chunks {sorted(missing)} are missing.")
-        self.group.attrs["complete"] = True
+        def record(attrs: dict) -> dict:
+            chunks = dict(attrs["chunks"])
+            merged = {**chunks.get(split, {}), str(chunk): checksums}
+            # In chunk order, so a sharded extraction records them as a single run does.
+            chunks[split] = dict(sorted(merged.items(), key=lambda item: int(item[0])))
+            return {"chunks": chunks}
+
+        self._update_attrs(record)
+
+    def _update_attrs(self, change) -> None:
+        """Apply ``change(current attrs) -> new attrs`` to the attributes as they are on disk now
+        (another shard may have recorded chunks since this process last read them)."""
+        with attrs_lock(self.path):
+            fresh = zarr.open_group(str(self.path), mode="r+")
+            updates = change(dict(fresh.attrs))
+            if updates:
+                fresh.attrs.update(updates)
+            self.group = fresh
+
+    def refresh(self) -> "FeatureCache":
+        """Re-read the attributes from disk (chunks recorded by other processes)."""
+        self.group = zarr.open_group(str(self.path), mode="r+")
+        return self
+
+    def missing_chunks(self) -> dict[str, list[int]]:
+        """Chunks not yet recorded, per split, as they are on disk now."""
+        self.refresh()
+        return {split: sorted(set(range(len(self.chunk_slices(split)))) - self.done_chunks(split))
+                for split in self.splits}
+
+    def mark_complete(self, when_all_done: bool = False) -> bool:
+        """Set ``complete`` once every chunk is recorded. A missing chunk is an error, or, with
+        ``when_all_done`` (a shard finishing before the others), leaves the cache as it is and
+        returns False. The check and the mark happen under the attributes lock, so of shards
+        finishing together the one whose chunk completes the store marks it."""
+        outcome = {}
+
+        def complete(attrs: dict) -> dict:
+            missing = {s: set(range(len(self.chunk_slices(s)))) - {int(c) for c in attrs["chunks"].get(s, {})}
+                       for s in self.splits}
+            missing = {s: m for s, m in missing.items() if m}
+            outcome["done"] = not missing
+            if missing and not when_all_done:
+                split, chunks = next(iter(missing.items()))
+                raise PipelineError(f"cannot mark {self.path} complete: {split} chunks {sorted(chunks)} are missing.")
+            return {"complete": True} if not missing else {}
+
+        self._update_attrs(complete)
+        return outcome["done"]
 
     def verify(self) -> list[str]:
         """Every problem found: missing or damaged chunks, arrays that disagree with the metadata."""
@@ -272,9 +368,12 @@ class FeatureCache:
 
     def set_aside(self, split: str, chunks: set[int]) -> None:
         """Forget chunks (so the extraction recomputes them) and mark the cache incomplete."""
-        recorded = dict(self.group.attrs["chunks"])
-        recorded[split] = {c: sums for c, sums in recorded.get(split, {}).items() if int(c) not in chunks}
-        self.group.attrs.update({"chunks": recorded, "complete": False})
+        def forget(attrs: dict) -> dict:
+            recorded = dict(attrs["chunks"])
+            recorded[split] = {c: sums for c, sums in recorded.get(split, {}).items() if int(c) not in chunks}
+            return {"chunks": recorded, "complete": False}
+
+        self._update_attrs(forget)
 
     # --- data -------------------------------------------------------------------------
 
@@ -349,6 +448,31 @@ class FeatureCache:
         import dask.array as da
 
         return da.from_zarr(self.array(split, name))
+
+    def dask_rows(self, split: str, name: str = "features", rows: np.ndarray | slice | None = None):
+        """The selected rows as a Dask array with one block per cache chunk, for out-of-core work.
+
+        Unlike ``dask``, every block is checked against its recorded checksum. Each task opens
+        the store by path in the process that computes it (so on a cluster the path must be on
+        storage the workers share) and holds one chunk; the graph holds only paths and indices.
+        """
+        import dask
+        import dask.array as da
+
+        index = self._row_index(split, rows)
+        array = self.array(split, name)
+        chunk_of = index // self.chunk_rows
+        blocks = []
+        for chunk in np.unique(chunk_of):
+            local = index[chunk_of == chunk] - int(chunk) * self.chunk_rows
+            rows_in_chunk = self.chunk_slices(split)[int(chunk)]
+            whole = np.array_equal(local, np.arange(rows_in_chunk.stop - rows_in_chunk.start))
+            task = dask.delayed(_read_rows_task, pure=True)(str(self.path), split, name, int(chunk),
+                                                            None if whole else local)
+            blocks.append(da.from_delayed(task, shape=(len(local), *array.shape[1:]), dtype=array.dtype))
+        if not blocks:
+            return da.zeros((0, *array.shape[1:]), dtype=array.dtype)
+        return da.concatenate(blocks)
 
     def iter_chunks(self, split: str, name: str = "features") -> Iterator[tuple[slice, np.ndarray]]:
         for chunk, rows in enumerate(self.chunk_slices(split)):

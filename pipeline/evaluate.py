@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 
 from pipeline.cache import FeatureCache
 from pipeline.cli import cache_label, progress, write_json
-from pipeline.datasets import one_vs_all
+from pipeline.datasets import OneVsAll, one_vs_all
 from pipeline.metrics import detection_metrics, roc_points, summarise
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 class Head(Protocol):
@@ -21,33 +25,46 @@ class Head(Protocol):
 
 
 def evaluate_one_vs_all(cache: FeatureCache, make_head: Callable[[], Head], classes: list[int],
-                        desc: str = "classes", stream_train: bool = False) -> dict[str, dict]:
+                        desc: str = "classes", stream_train: bool = False, out_of_core: bool = False,
+                        client: "Client | None" = None) -> dict[str, dict]:
     """Fit a fresh head on each normal class and score the whole test set.
 
     Returns, per class name, its metrics and its ROC points. With ``stream_train`` the
     head gets its training features as a stream of cache chunks (for heads that accept
     one, such as kNN) instead of an array, so the training split never sits in memory.
+    With ``out_of_core`` it gets them as a Dask array over the cache chunks (one task per
+    chunk, computed on ``client``'s cluster if given, else by Dask's threads here).
+    With ``client`` (and not ``out_of_core``) each class is a job on that Dask cluster;
+    ``make_head`` must then be picklable (a class or a ``functools.partial`` of one).
     """
+    if client is not None and not out_of_core:
+        jobs = [Job(str(cache.path), c, make_head, stream_train=stream_train) for c in classes]
+        return _gather_classes(client, cache, jobs, classes, desc)
     train_labels, test_labels = cache.labels("train"), cache.labels("test")
     # Read (and checksum) each split once; every class takes its rows from memory.
-    train_features = None if stream_train else cache.features("train")
+    train_features = None if stream_train or out_of_core else cache.features("train")
     test_features = cache.features("test")
     names = cache.classes
     results = {}
     with progress(total=len(classes), desc=desc, unit="class") as bar:
         for c in classes:
             protocol = one_vs_all(train_labels, test_labels, c)
-            if stream_train:
-                head = make_head().fit(lambda rows=protocol.train_index: cache.iter_rows("train", "features", rows))
+            if out_of_core:
+                train = cache.dask_rows("train", "features", protocol.train_index)
+            elif stream_train:
+                train = lambda rows=protocol.train_index: cache.iter_rows("train", "features", rows)  # noqa: E731
             else:
-                head = make_head().fit(train_features[protocol.train_index])
-            scores = head.score(test_features)
-            results[names[c]] = {
-                "metrics": detection_metrics(protocol.test_is_anomaly, scores),
-                "roc": roc_points(protocol.test_is_anomaly, scores),
-            }
+                train = train_features[protocol.train_index]
+            results[names[c]] = _score_class(make_head, protocol, train, test_features)
             bar.update(1)
     return results
+
+
+def _score_class(make_head: Callable[[], Head], protocol: OneVsAll, train, test_features: np.ndarray) -> dict:
+    """One class of a head fitted in one go: its metrics and ROC points."""
+    scores = make_head().fit(train).score(test_features)
+    return {"metrics": detection_metrics(protocol.test_is_anomaly, scores),
+            "roc": roc_points(protocol.test_is_anomaly, scores)}
 
 
 class TrainedHead(Protocol):
@@ -60,14 +77,23 @@ class TrainedHead(Protocol):
 
 
 def evaluate_trained_one_vs_all(cache: FeatureCache, make_head: Callable[[int], TrainedHead], classes: list[int],
-                                seeds: Sequence[int] = (0,), desc: str = "classes") -> dict[str, dict]:
+                                seeds: Sequence[int] = (0,), desc: str = "classes",
+                                client: "Client | None" = None) -> dict[str, dict]:
     """Like ``evaluate_one_vs_all`` for heads trained by epochs, over several seeds.
 
     Each run tracks the test AUROC after every epoch (``history``). Per class: the metrics
     of the final model (mean over seeds, with ``auroc_std``), and, separately named, the
     best test AUROC seen during training (``best_epoch_auroc``: the paper's protocol, which
     picks the epoch on the test set), ROC points of the first seed and the training curves.
+    With ``client`` every (class, seed) run is a job on that Dask cluster (``make_head`` must
+    then be picklable, e.g. a ``functools.partial`` of a module-level function).
     """
+    if client is not None:
+        jobs = [Job(str(cache.path), c, make_head, seed=seed, with_roc=i == 0)
+                for c in classes for i, seed in enumerate(seeds)]
+        runs = _gather_runs(client, jobs, desc)
+        names = cache.classes
+        return {names[c]: _combine_runs([runs[(c, i)] for i in range(len(seeds))]) for c in classes}
     train_labels, test_labels = cache.labels("train"), cache.labels("test")
     train_features, test_features = cache.features("train"), cache.features("test")
     names = cache.classes
@@ -75,26 +101,118 @@ def evaluate_trained_one_vs_all(cache: FeatureCache, make_head: Callable[[int], 
     with progress(total=len(classes) * len(seeds), desc=desc, unit="run") as bar:
         for c in classes:
             protocol = one_vs_all(train_labels, test_labels, c)
-            runs, curves, roc = [], [], None
-            for seed in seeds:
+            runs = []
+            for i, seed in enumerate(seeds):
                 bar.set_postfix_str(f"{names[c]} seed {seed}")
-                head = make_head(seed)
-                head.fit(train_features[protocol.train_index], monitor=(test_features, protocol.test_is_anomaly),
-                         progress=lambda r: bar.set_postfix_str(
-                             f"{names[c]} seed {seed} epoch {r['epoch']} AUROC {100 * r['test_auroc']:.1f}"))
-                scores = head.score(test_features)
-                best = max(head.history, key=lambda r: r["test_auroc"])
-                runs.append({**detection_metrics(protocol.test_is_anomaly, scores),
-                             "best_epoch_auroc": best["test_auroc"], "best_epoch": best["epoch"]})
-                curves += [{"seed": seed, **record} for record in head.history]
-                if roc is None:
-                    roc = roc_points(protocol.test_is_anomaly, scores)
+                runs.append(_train_run(make_head, seed, protocol, train_features[protocol.train_index],
+                                       test_features, with_roc=i == 0,
+                                       on_epoch=lambda r, c=c, seed=seed: bar.set_postfix_str(
+                                           f"{names[c]} seed {seed} epoch {r['epoch']} AUROC "
+                                           f"{100 * r['test_auroc']:.1f}")))
                 bar.update(1)
-            metrics = {name: float(np.mean([r[name] for r in runs])) for name in runs[0]}
-            metrics["auroc_std"] = float(np.std([r["auroc"] for r in runs]))
-            metrics["best_epoch_auroc_std"] = float(np.std([r["best_epoch_auroc"] for r in runs]))
-            results[names[c]] = {"metrics": metrics, "roc": roc, "curves": curves, "runs": runs}
+            results[names[c]] = _combine_runs(runs)
     return results
+
+
+def _train_run(make_head: Callable[[int], TrainedHead], seed: int, protocol: OneVsAll, train: np.ndarray,
+               test_features: np.ndarray, with_roc: bool,
+               on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """One (class, seed) run of a head trained by epochs: final metrics, best epoch, curves."""
+    head = make_head(seed)
+    head.fit(train, monitor=(test_features, protocol.test_is_anomaly), progress=on_epoch)
+    scores = head.score(test_features)
+    best = max(head.history, key=lambda r: r["test_auroc"])
+    return {"run": {**detection_metrics(protocol.test_is_anomaly, scores),
+                    "best_epoch_auroc": best["test_auroc"], "best_epoch": best["epoch"]},
+            "curves": [{"seed": seed, **record} for record in head.history],
+            "roc": roc_points(protocol.test_is_anomaly, scores) if with_roc else None}
+
+
+def _combine_runs(parts: list[dict]) -> dict:
+    """A class's result from its runs (in seed order): means over seeds, the first seed's ROC."""
+    runs = [p["run"] for p in parts]
+    metrics = {name: float(np.mean([r[name] for r in runs])) for name in runs[0]}
+    metrics["auroc_std"] = float(np.std([r["auroc"] for r in runs]))
+    metrics["best_epoch_auroc_std"] = float(np.std([r["best_epoch_auroc"] for r in runs]))
+    return {"metrics": metrics, "roc": parts[0]["roc"], "curves": [c for p in parts for c in p["curves"]],
+            "runs": runs}
+
+
+# --- jobs on a Dask cluster (python -m stages.* --scheduler ...) --------------------------
+
+@dataclass(frozen=True)
+class Job:
+    """One (head, class, seed) unit of work, small enough to ship to a worker: the worker
+    opens the cache at ``cache_path`` itself (so that path must be shared by the workers)."""
+
+    cache_path: str
+    normal_class: int
+    make_head: Callable  # picklable: a class, or functools.partial of a module-level function
+    seed: int | None = None  # None: a head fitted in one go (kNN); else a run of a trained head
+    with_roc: bool = True
+    stream_train: bool = False
+
+
+@dataclass
+class _WorkerData:
+    cache: FeatureCache
+    train_labels: np.ndarray
+    test_labels: np.ndarray
+    test_features: np.ndarray
+
+
+_worker_data: dict[tuple[str, int], _WorkerData] = {}
+
+
+def _open_for_job(path: str) -> _WorkerData:
+    """The cache and its test split, read once per worker process and reused by its later jobs.
+
+    Keyed by the modification time of the store's metadata, so a cache re-extracted between
+    two runs on a long-lived cluster is read afresh; only the latest cache is kept (memory).
+    """
+    key = (str(Path(path).resolve()), (Path(path) / "zarr.json").stat().st_mtime_ns)
+    if key not in _worker_data:
+        _worker_data.clear()
+        cache = FeatureCache.open(path)
+        _worker_data[key] = _WorkerData(cache, cache.labels("train"), cache.labels("test"), cache.features("test"))
+    return _worker_data[key]
+
+
+def run_job(job: Job) -> dict:
+    """What a worker does for one job. Training features are read for this class only."""
+    data = _open_for_job(job.cache_path)
+    protocol = one_vs_all(data.train_labels, data.test_labels, job.normal_class)
+    if job.seed is None:
+        if job.stream_train:
+            train = lambda: data.cache.iter_rows("train", "features", protocol.train_index)  # noqa: E731
+        else:
+            train = data.cache.features("train", protocol.train_index)
+        return _score_class(job.make_head, protocol, train, data.test_features)
+    return _train_run(job.make_head, job.seed, protocol, data.cache.features("train", protocol.train_index),
+                      data.test_features, job.with_roc)
+
+
+def _gather_classes(client: "Client", cache: FeatureCache, jobs: list[Job], classes: list[int],
+                    desc: str) -> dict[str, dict]:
+    from pipeline.distributed import map_jobs
+
+    with progress(total=len(jobs), desc=desc, unit="class") as bar:
+        results = map_jobs(client, run_job, jobs, on_done=lambda: bar.update(1))
+    names = cache.classes
+    return {names[c]: r for c, r in zip(classes, results)}
+
+
+def _gather_runs(client: "Client", jobs: list[Job], desc: str) -> dict[tuple[int, int], dict]:
+    """Runs keyed by (class, position of the seed), whatever order the workers finished in."""
+    from pipeline.distributed import map_jobs
+
+    with progress(total=len(jobs), desc=desc, unit="run") as bar:
+        results = map_jobs(client, run_job, jobs, on_done=lambda: bar.update(1))
+    keyed, position = {}, {}
+    for job, result in zip(jobs, results):
+        i = position[job.normal_class] = position.get(job.normal_class, -1) + 1
+        keyed[(job.normal_class, i)] = result
+    return keyed
 
 
 def seed_spread(results: dict[str, dict], metric: str) -> float:
@@ -118,28 +236,30 @@ def metrics_payload(results: dict[str, dict], metadata: dict, head: dict) -> dic
     }
 
 
-def write_plots(results: dict[str, dict], plots_dir: str | Path) -> None:
-    """For ``dvc plots``: one ROC file per class and, for heads trained by epochs, one
-    training-curve file per class (loss terms and test AUROC per epoch and seed)."""
-    plots_dir = Path(plots_dir)
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*plots_dir.glob("roc_*.json"), *plots_dir.glob("curves/*.json")]:
-        old.unlink()
+def write_plots(results: dict[str, dict], plots_dir: str | Path | None, curves_dir: str | Path | None = None) -> None:
+    """For ``dvc plots``: one ROC file per class in ``plots_dir`` and, for heads trained by
+    epochs, one training-curve file per class in ``curves_dir`` (loss terms and test AUROC
+    per epoch and seed). Separate folders, since DVC gives each folder one x and y."""
+    for folder, pattern in ((plots_dir, "roc_*.json"), (curves_dir, "train_*.json")):
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            for old in Path(folder).glob(pattern):
+                old.unlink()
     for name, r in results.items():
-        write_json(plots_dir / f"roc_{name}.json", r["roc"])
-        if r.get("curves"):
-            write_json(plots_dir / "curves" / f"train_{name}.json",
+        if plots_dir is not None:
+            write_json(Path(plots_dir) / f"roc_{name}.json", r["roc"])
+        if curves_dir is not None and r.get("curves"):
+            write_json(Path(curves_dir) / f"train_{name}.json",
                        [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in rec.items()}
                         for rec in r["curves"]])
 
 
 def write_results(results: dict[str, dict], metadata: dict, head: dict, metrics_path: str | Path,
-                  plots_dir: str | Path | None) -> dict:
-    """Metrics JSON for ``dvc metrics`` and, with ``plots_dir``, the files for ``dvc plots``."""
+                  plots_dir: str | Path | None, curves_dir: str | Path | None = None) -> dict:
+    """Metrics JSON for ``dvc metrics`` and the files for ``dvc plots``."""
     payload = metrics_payload(results, metadata, head)
     write_json(metrics_path, payload)
-    if plots_dir is not None:
-        write_plots(results, plots_dir)
+    write_plots(results, plots_dir, curves_dir)
     return payload
 
 

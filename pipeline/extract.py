@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from pipeline.backbones import BACKBONES, load_backbone
-from pipeline.cache import DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, differences, library_versions, writer_lock
+from pipeline.cache import (DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, differences, library_versions,
+                            writer_lock)
 from pipeline.cli import progress, resolve_device
 from pipeline.datasets import DATASETS, ImageDataset, drop_unreadable, load_dataset
 from pipeline.errors import PipelineError
@@ -133,13 +134,20 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
             map_grid: int = 4, feature_dtype: str = "float32", map_dtype: str = "float16",
             batch_size: int = 64, workers: int = 1, device: str = "auto",
             chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False, skip_bad: bool = False,
-            precision: str = "float32", loaded: tuple | None = None) -> FeatureCache:
+            precision: str = "float32", loaded: tuple | None = None,
+            shard: tuple[int, int] | None = None) -> FeatureCache:
     """Run the backbone over both splits, writing chunk by chunk; resumable.
 
     ``loaded`` is what ``load_backbone`` returned, when the caller has loaded it already.
+    ``shard = (i, n)`` extracts only the i-th of n disjoint sets of chunks, so n processes (one
+    per GPU, or per machine sharing the cache's filesystem) can fill one cache together; the
+    shard that records the last chunk marks the cache complete. Every chunk is computed from
+    the same batches as in a single run, so the arrays are the same as a single run's.
     """
     out = Path(out)
-    with writer_lock(out), _user_facing_errors(out):
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise PipelineError(f"--shard {shard[0]}/{shard[1]}: the index must be between 0 and {shard[1] - 1}.")
+    with writer_lock(out, shard), _user_facing_errors(out):
         device_ = resolve_device(device)
         if precision not in PRECISIONS:
             raise PipelineError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
@@ -162,12 +170,20 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         specs = [ArraySpec("features", (feature_dim,), feature_dtype), ArraySpec("labels", (), "int64")]
         specs += [ArraySpec(f"maps/{name}", (info["channels"], map_grid, map_grid), map_dtype) for name, info in map_info.items()]
         sizes = {split: len(dataset.split(split).labels) for split in ("train", "test")}
-        cache = open_or_create(out, metadata, {s: specs for s in sizes}, sizes, chunk_rows, overwrite)
+        # Under the attributes lock, so that of shards starting together one creates the store
+        # and the others open it (they must all be given the same options).
+        with attrs_lock(out):
+            cache = open_or_create(out, metadata, {s: specs for s in sizes}, sizes, chunk_rows, overwrite)
         if cache.is_complete:
             click.echo(f"{out} is already complete; nothing to do.")
             return cache
 
         todo = {split: sorted(set(range(len(cache.chunk_slices(split)))) - cache.done_chunks(split)) for split in sizes}
+        if shard is not None:
+            # Chunks are dealt round-robin over train then test, so every shard gets a share of both.
+            everything = [(split, chunk) for split in sizes for chunk in range(len(cache.chunk_slices(split)))]
+            mine = set(everything[shard[0]::shard[1]])
+            todo = {split: [chunk for chunk in chunks if (split, chunk) in mine] for split, chunks in todo.items()}
         total = sum(cache.chunk_slices(s)[i].stop - cache.chunk_slices(s)[i].start for s in todo for i in todo[s])
         started = time.perf_counter()
         with progress(total=total, desc=f"extract {backbone}", unit="img") as bar, ChunkWriter() as writer:
@@ -196,8 +212,14 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
                         writer.submit(cache.write_chunk, split, chunk, values)
                         buffers = {}
         writer.wait()
-        cache.mark_complete()
         elapsed = time.perf_counter() - started
+        if shard is not None and not cache.mark_complete(when_all_done=True):
+            left = sum(len(chunks) for chunks in cache.missing_chunks().values())
+            click.echo(f"shard {shard[0]}/{shard[1]} of {out} finished ({total} images in {elapsed:.1f} s); "
+                       f"{left} chunks are left to the other shards, the last of which marks the cache complete.")
+            return cache
+        if shard is None:
+            cache.mark_complete()
         click.echo(f"wrote {out}: train {sizes['train']} x {feature_dim}, test {sizes['test']} x {feature_dim} "
                    f"({total} images extracted in {elapsed:.1f} s, {total / max(elapsed, 1e-9):.1f} images/s).")
         return cache
@@ -248,9 +270,14 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
 @click.option("--skip-bad", is_flag=True,
               help="Leave out image files that cannot be decoded (listed in the cache metadata) "
                    "instead of stopping with the list of them.")
+@click.option("--shard", default=None, metavar="I/N", callback=lambda c, p, v: parse_shard(v),
+              help="Extract only the I-th of N disjoint sets of chunks (I from 0 to N-1), so N processes, "
+                   "e.g. one per GPU with --device cuda:I, or machines sharing the cache's filesystem, fill "
+                   "one cache together. Give every shard the same options; the last to finish marks the "
+                   "cache complete. The arrays are the same as a single run's.")
 def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image_size, resize, interpolation,
          normalisation, maps, map_grid, feature_dtype, precision, batch_size, workers, device, chunk_rows, out,
-         overwrite, skip_bad):
+         overwrite, skip_bad, shard):
     """Extract pooled (and optionally intermediate) features of DATASET with a frozen BACKBONE
     into a Zarr feature cache. An interrupted run resumes where it stopped when run again."""
     preprocessing = Preprocessing(image_size, resize, interpolation, normalisation)
@@ -270,7 +297,18 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
     extract(data, backbone, preprocessing, out_path, weights_tag=weights_tag, weights_file=weights_file,
             maps=maps, map_grid=map_grid, feature_dtype=feature_dtype, batch_size=batch_size, workers=workers,
             device=device, chunk_rows=chunk_rows, overwrite=overwrite, skip_bad=skip_bad, precision=precision,
-            loaded=loaded)
+            loaded=loaded, shard=shard)
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    """'1/4' -> (1, 4); None -> None (the whole dataset)."""
+    if value is None or not value.strip():
+        return None
+    index, _, count = value.strip().partition("/")
+    if not (index.strip().isdigit() and count.strip().isdigit()) or not 0 <= int(index) < int(count):
+        raise PipelineError(f"--shard {value!r}: write I/N with N the number of shards and I from 0 to N-1, "
+                            f"e.g. --shard 0/2 and --shard 1/2 for two processes.")
+    return int(index), int(count)
 
 
 if __name__ == "__main__":

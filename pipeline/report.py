@@ -11,6 +11,11 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+import click
+
+from pipeline.cli import write_text
+from pipeline.errors import PipelineError
+
 PAPER_RESULTS = Path(__file__).with_name("paper_results.json")
 
 # Table 1c / 8 of the PLUME paper: (perturbation, guidance) -> key in paper_results.json.
@@ -38,6 +43,12 @@ def plume_paper_mean(perturbation: str, guidance: str) -> float | None:
     """Published CIFAR-10 mean AUROC (%) of a PLUME ablation variant (ResNet50, lambda = 5)."""
     key = PLUME_ABLATION_KEYS.get((perturbation, guidance))
     return paper_results()["plume"]["ablation_cifar10_mean_lambda5"].get(key) if key else None
+
+
+def has_published_column(about: dict) -> bool:
+    """The published ablation figures are CIFAR-10's (the JPEG copy reads imagefolder:cifar10-jpg)."""
+    dataset = str(about.get("dataset")).lower()
+    return "cifar10" in dataset and "cifar100" not in dataset
 
 
 def _pct(value: float) -> str:
@@ -84,3 +95,41 @@ def plume_ablation_table(variants: dict[str, dict], knn: dict | None = None, pap
                f"epoch; best epoch = the best test AUROC seen during training (the paper's protocol, which "
                f"reads the test set).")
     return caption + "\n\n" + "\n".join(lines) + "\n"
+
+
+def ablation_payloads(paths: list[str | Path]) -> dict[str, dict]:
+    """Variants from one or more ablation metrics files (python -m stages.plume_ablation), in order."""
+    payloads: dict[str, dict] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        if "variants" not in data:
+            raise PipelineError(f"{path} is not a PLUME ablation metrics file (no 'variants' section).")
+        for name, payload in data["variants"].items():
+            about = {**data["about"], **payload.get("about", {})}
+            payloads[name] = {**payload, "about": about}
+    return payloads
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Tables of this project's results beside the published figures."""
+
+
+@main.command("plume-table")
+@click.argument("metrics", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--knn-metrics", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A kNN metrics file on the same cache, added as a row.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the Markdown table here too.")
+def plume_table(metrics: tuple[str, ...], knn_metrics: str | None, out: str | None) -> None:
+    """Table 1c layout from one or more PLUME ablation metrics files (for variants run
+    separately, for example in parallel processes)."""
+    payloads = ablation_payloads(list(metrics))
+    knn = json.loads(Path(knn_metrics).read_text()) if knn_metrics else None
+    table = plume_ablation_table(payloads, knn, paper_column=has_published_column(next(iter(payloads.values()))["about"]))
+    if out:
+        write_text(out, table)
+    click.echo(table)
+
+
+if __name__ == "__main__":
+    main()

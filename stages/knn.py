@@ -5,11 +5,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from pipeline.cache import FeatureCache
 from pipeline.cli import parse_expectations, resolve_device
 from pipeline.datasets import resolve_classes
+from pipeline.distributed import open_client, scheduler_option
+from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate_one_vs_all, format_summary, write_results
 from pipeline.heads import KNNHead
 
@@ -25,21 +29,32 @@ from pipeline.heads import KNNHead
 @click.option("--stream", is_flag=True,
               help="Read each class's gallery chunk by chunk from the cache instead of loading the "
                    "training split, for galleries larger than memory.")
+@click.option("--out-of-core", is_flag=True,
+              help="Score each class with a Dask computation over the cache's chunks: one task per chunk "
+                   "keeps its K nearest distances, partial results are merged in a tree, so memory stays "
+                   "at a few chunks per worker whatever the gallery's size (the test split is held in "
+                   "memory). With --scheduler the chunk tasks are spread over the cluster's workers.")
+@scheduler_option
 @click.option("--expect", multiple=True, metavar="KEY=VALUE",
               help="Refuse a cache whose metadata differs, e.g. backbone.name=resnet50 "
                    "or preprocessing.image_size=224 (repeatable).")
 @click.option("--metrics", "metrics_path", default="metrics/knn.json", show_default=True,
               help="Where to write the metrics JSON (per class and mean AUROC, AUPR, FPR@95%TPR).")
 @click.option("--plots", "plots_dir", default=None, help="Folder for per-class ROC curves (DVC plots).")
-def main(cache_path, k, classes, device, stream, expect, metrics_path, plots_dir):
+def main(cache_path, k, classes, device, stream, out_of_core, scheduler, expect, metrics_path, plots_dir):
     """Score every test image by the sum of squared L2 distances to its K nearest normal
     training features (DN2), for each normal class in turn."""
     cache = FeatureCache.open(cache_path)
     cache.check_matches(parse_expectations(expect))
     device_ = str(resolve_device(device))
     chosen = resolve_classes(classes, cache.classes)
-    results = evaluate_one_vs_all(cache, lambda: KNNHead(k=k, device=device_), chosen, desc=f"kNN k={k}",
-                                  stream_train=stream)
+    if stream and out_of_core:
+        raise PipelineError("--stream and --out-of-core are two ways of reading a large gallery; give one of them.")
+    # A partial of the class, not a lambda: with --scheduler it is pickled and sent to the workers.
+    make_head = functools.partial(KNNHead, k=k, device=device_)
+    with open_client(scheduler) as client:
+        results = evaluate_one_vs_all(cache, make_head, chosen, desc=f"kNN k={k}", stream_train=stream,
+                                      out_of_core=out_of_core, client=client)
     payload = write_results(results, cache.metadata, {"head": "knn", "k": k}, metrics_path, plots_dir)
     click.echo(format_summary(payload))
 

@@ -6,16 +6,20 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import click
 
 from pipeline.cache import FeatureCache
 from pipeline.cli import parse_expectations, resolve_device
 from pipeline.datasets import resolve_classes
+from pipeline.distributed import open_client, scheduler_option
 from pipeline.evaluate import evaluate_trained_one_vs_all, format_summary, write_results
 from pipeline.heads.plume import BATCH_MODES, PlumeConfig, PlumeHead
 from pipeline.heads.plume_model import GUIDANCES, PERTURBATIONS
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 def parse_lr(value: str) -> float | str:
@@ -73,7 +77,7 @@ def training_options(command: Callable) -> Callable:
                           "(paper: 3072), or native to keep the backbone's size."),
         click.option("--identity-loss", default="sum", show_default=True, type=click.Choice(["sum", "mean"]),
                      help="Near-identity loss over the D entries: sum (paper, eq. 1) or mean (authors' code)."),
-        click.option("--batch-mode", default="separate", show_default=True, type=click.Choice(BATCH_MODES),
+        click.option("--batch-mode", default="joint", show_default=True, type=click.Choice(BATCH_MODES),
                      help="separate: normal and perturbed batches go through the classifier apart, so batch "
                           "norm normalises each alone (authors' code); joint: one batch (PLAD)."),
         click.option("--noise-std", default=0.1, show_default=True, type=float,
@@ -86,6 +90,7 @@ def training_options(command: Callable) -> Callable:
         click.option("--device", default="auto", show_default=True, help="auto (GPU if there is one), cpu, cuda, cuda:<i>."),
         click.option("--expect", multiple=True, metavar="KEY=VALUE",
                      help="Refuse a cache whose metadata differs, e.g. backbone.name=resnet50 (repeatable)."),
+        scheduler_option,
     ]
     for option in reversed(options):
         command = option(command)
@@ -93,11 +98,12 @@ def training_options(command: Callable) -> Callable:
 
 
 def run_plume(cache: FeatureCache, classes: list[int], seeds: list[int], device: str, perturbation: str,
-              guidance: str, desc: str, **settings) -> dict[str, dict]:
-    """Train and evaluate one PLUME variant on every chosen class and seed."""
+              guidance: str, desc: str, client: "Client | None" = None, **settings) -> dict[str, dict]:
+    """Train and evaluate one PLUME variant on every chosen class and seed (each (class, seed)
+    a job on ``client``'s Dask cluster if given; see pipeline.distributed)."""
     base = PlumeConfig(perturbation=perturbation, guidance=guidance, device=device, **settings)
     make_head = functools.partial(_make_head, base)
-    return evaluate_trained_one_vs_all(cache, make_head, classes, seeds=seeds, desc=desc)
+    return evaluate_trained_one_vs_all(cache, make_head, classes, seeds=seeds, desc=desc, client=client)
 
 
 def _make_head(base: PlumeConfig, seed: int) -> PlumeHead:
@@ -126,20 +132,23 @@ def head_label(settings: dict, perturbation: str, guidance: str, seeds: list[int
 @click.option("--metrics", "metrics_path", default="metrics/plume.json", show_default=True,
               help="Metrics JSON: per class and mean AUROC (final epoch, std over seeds), best-epoch AUROC, "
                    "AUPR, FPR@95%TPR.")
-@click.option("--plots", "plots_dir", default=None,
-              help="Folder for ROC curves (roc_<class>.json) and training curves (curves/train_<class>.json).")
-def main(cache_path, perturbation, guidance, seeds, classes, device, expect, metrics_path, plots_dir, **settings):
+@click.option("--plots", "plots_dir", default=None, help="Folder for ROC curves (roc_<class>.json, first seed).")
+@click.option("--curves", "curves_dir", default=None,
+              help="Folder for training curves (train_<class>.json: loss terms and test AUROC per epoch and seed).")
+def main(cache_path, perturbation, guidance, seeds, classes, device, expect, scheduler, metrics_path, plots_dir,
+         curves_dir, **settings):
     """Train PLUME (a perturbator generating pseudo-anomalies and a classifier telling them from
     normal features) on each normal class in turn and score the test set with minus the
     classifier's logit. The test AUROC is recorded after every epoch: the reported AUROC is the
     final epoch's; the best epoch's is reported separately, since choosing it reads the test set."""
     cache, chosen = open_cache(cache_path, expect, classes)
-    results = run_plume(cache, chosen, seeds, str(resolve_device(device)), perturbation, guidance,
-                        desc=f"PLUME {perturbation}/{guidance}", **settings)
+    with open_client(scheduler) as client:
+        results = run_plume(cache, chosen, seeds, str(resolve_device(device)), perturbation, guidance,
+                            desc=f"PLUME {perturbation}/{guidance}", client=client, **settings)
     lr_note = "range test" if settings["lr"] == "auto" else settings["lr"]
     payload = write_results(results, cache.metadata, head_label({k: v for k, v in settings.items() if k != "lr"},
                                                                 perturbation, guidance, seeds, lr_note),
-                            metrics_path, plots_dir)
+                            metrics_path, plots_dir, curves_dir)
     click.echo(format_summary(payload))
 
 

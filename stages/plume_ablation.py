@@ -12,9 +12,10 @@ from pathlib import Path
 import click
 
 from pipeline.cli import resolve_device, write_json, write_text
+from pipeline.distributed import open_client
 from pipeline.evaluate import load_metrics, metrics_payload, write_plots
 from pipeline.heads.plume_model import GUIDANCES, PERTURBATIONS
-from pipeline.report import plume_ablation_table
+from pipeline.report import has_published_column, plume_ablation_table
 from stages.plume import head_label, open_cache, run_plume, training_options
 
 TABLE_1C = "gaussian/none,addmult/none,linear/none,linear/mean,linear/contrastive"
@@ -45,8 +46,8 @@ def parse_variants(value: str) -> list[tuple[str, str]]:
               help="Folder for ROC and training curves, one subfolder per variant.")
 @click.option("--table", "table_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the Markdown table here.")
-def main(cache_path, variants, seeds, classes, device, expect, knn_metrics, metrics_path, plots_dir, table_path,
-         **settings):
+def main(cache_path, variants, seeds, classes, device, expect, scheduler, knn_metrics, metrics_path, plots_dir,
+         table_path, **settings):
     """Train every PLUME variant on every chosen class and seed and lay the AUROCs out like the
     paper's ablation table (final epoch and, separately named, best epoch)."""
     cache, chosen = open_cache(cache_path, expect, classes)
@@ -54,23 +55,25 @@ def main(cache_path, variants, seeds, classes, device, expect, knn_metrics, metr
     lr_note = "range test" if settings["lr"] == "auto" else settings["lr"]
     shared = {k: v for k, v in settings.items() if k != "lr"}
     payloads = {}
-    for perturbation, guidance in variants:
-        name = f"{perturbation}/{guidance}"
-        results = run_plume(cache, chosen, seeds, device_, perturbation, guidance, desc=f"PLUME {name}", **settings)
-        payloads[name] = metrics_payload(results, cache.metadata, head_label(shared, perturbation, guidance, seeds,
-                                                                             lr_note))
-        if plots_dir is not None:
-            write_plots(results, Path(plots_dir) / f"{perturbation}_{guidance}")
-        click.echo(f"{name}: mean AUROC {100 * payloads[name]['mean']['auroc']:.2f}% (final epoch), "
-                   f"{100 * payloads[name]['mean']['best_epoch_auroc']:.2f}% (best epoch)")
+    # One cluster for all variants: starting workers costs seconds each time.
+    with open_client(scheduler) as client:
+        for perturbation, guidance in variants:
+            name = f"{perturbation}/{guidance}"
+            results = run_plume(cache, chosen, seeds, device_, perturbation, guidance, desc=f"PLUME {name}",
+                                client=client, **settings)
+            payloads[name] = metrics_payload(results, cache.metadata, head_label(shared, perturbation, guidance, seeds,
+                                                                                 lr_note))
+            if plots_dir is not None:
+                variant_dir = Path(plots_dir) / f"{perturbation}_{guidance}"
+                write_plots(results, variant_dir / "roc", variant_dir / "training")
+            click.echo(f"{name}: mean AUROC {100 * payloads[name]['mean']['auroc']:.2f}% (final epoch), "
+                       f"{100 * payloads[name]['mean']['best_epoch_auroc']:.2f}% (best epoch)")
     about = next(iter(payloads.values()))["about"]
     write_json(metrics_path, {"variants": {name: {"mean": p["mean"], "per_class": p["per_class"]}
                                            for name, p in payloads.items()},
                               "about": {k: v for k, v in about.items() if k not in ("perturbation", "guidance")}})
-    # The published column is CIFAR-10's; the JPEG copy reads as imagefolder:cifar10-jpg.
-    dataset = str(about.get("dataset")).lower()
     table = plume_ablation_table(payloads, knn=load_metrics(knn_metrics) if knn_metrics else None,
-                                 paper_column="cifar10" in dataset and "cifar100" not in dataset)
+                                 paper_column=has_published_column(about))
     if table_path:
         write_text(table_path, table)
     click.echo(table)

@@ -35,7 +35,7 @@ def project(tmp_path):
         target.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if source.is_dir() else shutil.copy)(source, target)
     set_params(tmp_path / "params.yaml", **{"dataset.name": "synthetic", "preprocess.image_size": 32,
-                                             "extract.workers": 0})
+                                             "extract.workers": 0, "plume.epochs": 2, "plume.lr": 0.001})
     sh(tmp_path, "git", "init", "-q")
     sh(tmp_path, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init")
     return tmp_path
@@ -48,9 +48,11 @@ def dvc(cwd, *args):
 def test_repro_is_incremental_and_metrics_diff_shows_changes(project):
     out = dvc(project, "repro")
     assert "Running stage 'extract@efficientnet_lite0'" in out and "Running stage 'knn@efficientnet_lite0'" in out
+    assert "Running stage 'plume@efficientnet_lite0'" in out
     assert (project / "cache" / "synthetic_efficientnet_lite0_32.zarr" / "zarr.json").exists()
     shown = dvc(project, "metrics", "show")
     assert "mean.auroc" in shown and "metrics/knn_efficientnet_lite0.json" in shown
+    assert "metrics/plume_efficientnet_lite0.json" in shown and "mean.best_epoch_auroc" in shown
 
     assert "Running stage" not in dvc(project, "repro")
 
@@ -59,9 +61,14 @@ def test_repro_is_incremental_and_metrics_diff_shows_changes(project):
     set_params(project / "params.yaml", **{"knn.k": 5})
     out = dvc(project, "repro")
     assert "Running stage 'knn@efficientnet_lite0'" in out
-    assert "Running stage 'extract" not in out
+    assert "Running stage 'extract" not in out and "Running stage 'plume" not in out
     diff = dvc(project, "metrics", "diff")
     assert "about.k" in diff and "5" in diff
+
+    set_params(project / "params.yaml", **{"plume.guidance": "none"})
+    out = dvc(project, "repro")
+    assert "Running stage 'plume@efficientnet_lite0'" in out and "Running stage 'knn" not in out
+    assert "about.guidance" in dvc(project, "metrics", "diff")
 
     set_params(project / "params.yaml", **{"preprocess.image_size": 48})
     out = dvc(project, "repro")
@@ -70,3 +77,4 @@ def test_repro_is_incremental_and_metrics_diff_shows_changes(project):
 
     plots = dvc(project, "plots", "show", "-o", str(project / "plots_html"))
     assert (project / "plots_html" / "index.html").exists(), plots
+    assert (project / "plots" / "plume_efficientnet_lite0_training").is_dir()

@@ -62,7 +62,7 @@ def test_perturbator_shapes_and_identity_parts():
 
 def test_near_identity_and_kl_against_plain_formulas():
     _, alpha, beta = random_inputs()
-    expected = np.mean([float(((a - 1) ** 2).sum() + (b ** 2).sum()) for a, b in zip(alpha, beta)])
+    expected = np.mean([float(((a - 1) ** 2).sum() + (b ** 2).sum()) for a, b in zip(alpha.detach(), beta.detach())])
     assert float(near_identity_loss(alpha, beta, "sum")) == pytest.approx(expected, rel=1e-12)
     mse = (torch.nn.functional.mse_loss(alpha, torch.ones_like(alpha))
            + torch.nn.functional.mse_loss(beta, torch.zeros_like(beta))) / 2
@@ -182,7 +182,8 @@ def test_plume_command_writes_final_and_best_epoch_metrics_and_curves(synthetic_
     metrics, plots = tmp_path / "plume.json", tmp_path / "plots"
     result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "2", "--dim", "native",
                                        "--seeds", "2", "--classes", "0,1", "--lr", "1e-3",
-                                       "--metrics", str(metrics), "--plots", str(plots)])
+                                       "--metrics", str(metrics), "--plots", str(plots),
+                                       "--curves", str(plots / "curves")])
     assert result.exit_code == 0, result.output
     payload = json.loads(metrics.read_text())
     assert set(payload["per_class"]) == {synthetic_cache.classes[0], synthetic_cache.classes[1]}
@@ -206,3 +207,43 @@ def test_plume_command_help_and_bad_input(synthetic_cache):
     bad = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--dim", "native",
                                "--expect", "backbone.name=resnet50"])
     assert bad.exit_code == 1 and "Traceback" not in bad.output
+
+
+def test_ablation_command_lays_out_table_1c_with_knn_and_paper_columns(synthetic_cache, tmp_path):
+    from stages.knn import main as knn_main
+    from stages.plume_ablation import main
+
+    runner = CliRunner()
+    knn_metrics = tmp_path / "knn.json"
+    assert runner.invoke(knn_main, ["--cache", str(synthetic_cache.path), "--classes", "0,1",
+                                    "--metrics", str(knn_metrics)]).exit_code == 0
+    table = tmp_path / "table.md"
+    result = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--dim", "native",
+                                  "--lr", "1e-3", "--classes", "0,1", "--variants", "gaussian/none,linear/contrastive",
+                                  "--knn-metrics", str(knn_metrics), "--metrics", str(tmp_path / "abl.json"),
+                                  "--plots", str(tmp_path / "plots"), "--table", str(table)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "abl.json").read_text())
+    assert set(payload["variants"]) == {"gaussian/none", "linear/contrastive"}
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| Perturbation | Guidance |") and "Mean (best epoch)" in rows[0]
+    assert rows[1].startswith("| Gaussian | - |") and rows[2].startswith("| LinearMap | contrastive |")
+    assert rows[3].startswith("| kNN (DN2) | k = 2 |")
+    # Synthetic data: no published column (that one is CIFAR-10's).
+    assert "paper mean" not in rows[0]
+    assert (tmp_path / "plots" / "linear_contrastive" / "training").is_dir()
+    # The same table rebuilt from the metrics file (how variants run in separate processes are merged).
+    from pipeline.report import main as report_main
+    rebuilt = runner.invoke(report_main, ["plume-table", str(tmp_path / "abl.json"), "--knn-metrics", str(knn_metrics)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert [line for line in rebuilt.output.splitlines() if line.startswith("| ")] == rows
+    bad = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--variants", "linear/magic"])
+    assert bad.exit_code == 2 and "PERTURBATION/GUIDANCE" in bad.output
+
+
+def test_published_column_matches_the_reference_file():
+    from pipeline.report import plume_paper_mean
+
+    assert plume_paper_mean("linear", "contrastive") == 83.4
+    assert plume_paper_mean("gaussian", "none") == 77.5
+    assert plume_paper_mean("add", "none") is None

@@ -4,17 +4,23 @@ the k nearest normal training features."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.knn import knn_scores
+from pipeline.knn import knn_scores, knn_scores_dask
 
 
 # A gallery too large for memory is given as a function returning an iterable of row
-# blocks (for example FeatureCache.iter_rows), read again at every score call.
+# blocks (for example FeatureCache.iter_rows), read again at every score call, or as a Dask
+# array (for example FeatureCache.dask_rows), scored by a Dask computation over its blocks.
 GallerySource = Callable[[], Iterable[np.ndarray]]
+
+
+def _is_dask(value: object) -> bool:
+    # Without importing dask for every head: a Dask collection has a task graph.
+    return hasattr(value, "__dask_graph__")
 
 
 @dataclass
@@ -27,7 +33,11 @@ class KNNHead:
         if self.k < 1:
             raise PipelineError(f"k must be at least 1, got {self.k}.")
 
-    def fit(self, train_features: np.ndarray | GallerySource) -> "KNNHead":
+    def fit(self, train_features: np.ndarray | GallerySource | Any) -> "KNNHead":
+        """Keep the gallery: an array, a GallerySource, or a Dask array (Any: dask is optional here)."""
+        if _is_dask(train_features):
+            self.gallery = train_features  # scored out of core, block by block (knn_scores_dask)
+            return self
         if callable(train_features):
             self.gallery = train_features  # knn_distances checks there are at least k rows
             return self
@@ -40,5 +50,7 @@ class KNNHead:
     def score(self, test_features: np.ndarray) -> np.ndarray:
         if self.gallery is None:
             raise RuntimeError("fit the head before scoring")
+        if _is_dask(self.gallery):
+            return knn_scores_dask(self.gallery, test_features, k=self.k, device=self.device)
         gallery = self.gallery() if callable(self.gallery) else self.gallery
         return knn_scores(gallery, test_features, k=self.k, device=self.device)

@@ -35,7 +35,7 @@ class PlumeConfig:
     weight_decay: float = 0.01     # AdamW's default
     dim: int | str = 3072          # classifier input size after adaptive pooling, or "native"
     identity_loss: str = "sum"     # sum over D (paper, eq. 1) | mean (authors' code, mse_loss)
-    batch_mode: str = "separate"   # normal and perturbed batches through the classifier apart (authors' code) or joint (PLAD)
+    batch_mode: str = "joint"      # one batch through the classifier (PLAD), or separate (PLUME authors' code)
     noise_std: float = 0.1         # sigma of the gaussian perturbation (the paper does not give it)
     seed: int = 0
     device: str = "cpu"
@@ -98,7 +98,7 @@ class PlumeHead:
         else:
             self.lr_used = float(cfg.lr)
         params = [p for m in modules for p in m.parameters()]
-        optimiser = torch.optim.AdamW(params, lr=self.lr_used, weight_decay=cfg.weight_decay)
+        optimiser = adamw(params, self.lr_used, cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=self.lr_used,
                                                        total_steps=cfg.epochs * steps_per_epoch)
         self.history = []
@@ -116,7 +116,8 @@ class PlumeHead:
                 schedule.step()
                 for name, value in losses.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
-            record = {"epoch": epoch, **{name: total / steps_per_epoch for name, total in sums.items()}}
+            record = {"epoch": epoch, "lr": schedule.get_last_lr()[0],
+                      **{name: total / steps_per_epoch for name, total in sums.items()}}
             if not math.isfinite(record["loss"]):
                 raise PipelineError(f"PLUME diverged at epoch {epoch} (loss {record['loss']}); "
                                     f"lower the learning rate (it was {self.lr_used:.3g}).")
@@ -176,6 +177,15 @@ class PlumeHead:
         return out
 
 
+def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel where torch has one for the device (6x faster per step on
+    a CPU for PLUME's 12M parameters at D = 1280); the same update either way."""
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
 def lr_range_test(head: PlumeHead, perturbator: Perturbator | None, x_all: torch.Tensor, batch_size: int,
                   generator: torch.Generator, start_lr: float = 1e-6, end_lr: float = 1.0,
                   steps: int = 100) -> float:
@@ -185,7 +195,7 @@ def lr_range_test(head: PlumeHead, perturbator: Perturbator | None, x_all: torch
     modules = [m for m in (head.input_norm, head.classifier, perturbator) if m is not None]
     saved = [copy.deepcopy(m.state_dict()) for m in modules]
     params = [p for m in modules for p in m.parameters()]
-    optimiser = torch.optim.AdamW(params, lr=start_lr, weight_decay=head.config.weight_decay)
+    optimiser = adamw(params, start_lr, head.config.weight_decay)
     factor = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
     smoothed, best_loss, best_lr = None, math.inf, start_lr
     for m in modules:
