@@ -39,7 +39,8 @@ def evaluate_one_vs_all(cache: FeatureCache, make_head: Callable[[], Head], clas
     """
     if client is not None and not out_of_core:
         jobs = [Job(str(cache.path), c, make_head, stream_train=stream_train) for c in classes]
-        return _gather_classes(client, cache, jobs, classes, desc)
+        results = _run_jobs(client, jobs, desc, unit="class")
+        return {cache.classes[c]: r for c, r in zip(classes, results)}
     train_labels, test_labels = cache.labels("train"), cache.labels("test")
     # Read (and checksum) each split once; every class takes its rows from memory.
     train_features = None if stream_train or out_of_core else cache.features("train")
@@ -91,9 +92,9 @@ def evaluate_trained_one_vs_all(cache: FeatureCache, make_head: Callable[[int], 
     if client is not None:
         jobs = [Job(str(cache.path), c, make_head, seed=seed, with_roc=i == 0)
                 for c in classes for i, seed in enumerate(seeds)]
-        runs = _gather_runs(client, jobs, desc)
-        names = cache.classes
-        return {names[c]: _combine_runs([runs[(c, i)] for i in range(len(seeds))]) for c in classes}
+        runs = _run_jobs(client, jobs, desc, unit="run")  # class-major, seeds in order
+        n = len(seeds)
+        return {cache.classes[c]: _combine_runs(runs[k * n:(k + 1) * n]) for k, c in enumerate(classes)}
     train_labels, test_labels = cache.labels("train"), cache.labels("test")
     train_features, test_features = cache.features("train"), cache.features("test")
     names = cache.classes
@@ -192,27 +193,12 @@ def run_job(job: Job) -> dict:
                       data.test_features, job.with_roc)
 
 
-def _gather_classes(client: "Client", cache: FeatureCache, jobs: list[Job], classes: list[int],
-                    desc: str) -> dict[str, dict]:
+def _run_jobs(client: "Client", jobs: list[Job], desc: str, unit: str) -> list[dict]:
+    """Every job on the cluster, with a progress bar; results in the order of ``jobs``."""
     from pipeline.distributed import map_jobs
 
-    with progress(total=len(jobs), desc=desc, unit="class") as bar:
-        results = map_jobs(client, run_job, jobs, on_done=lambda: bar.update(1))
-    names = cache.classes
-    return {names[c]: r for c, r in zip(classes, results)}
-
-
-def _gather_runs(client: "Client", jobs: list[Job], desc: str) -> dict[tuple[int, int], dict]:
-    """Runs keyed by (class, position of the seed), whatever order the workers finished in."""
-    from pipeline.distributed import map_jobs
-
-    with progress(total=len(jobs), desc=desc, unit="run") as bar:
-        results = map_jobs(client, run_job, jobs, on_done=lambda: bar.update(1))
-    keyed, position = {}, {}
-    for job, result in zip(jobs, results):
-        i = position[job.normal_class] = position.get(job.normal_class, -1) + 1
-        keyed[(job.normal_class, i)] = result
-    return keyed
+    with progress(total=len(jobs), desc=desc, unit=unit) as bar:
+        return map_jobs(client, run_job, jobs, on_done=lambda: bar.update(1))
 
 
 def seed_spread(results: dict[str, dict], metric: str) -> float:

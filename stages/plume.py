@@ -22,22 +22,22 @@ if TYPE_CHECKING:
     from distributed import Client
 
 
-def parse_lr(value: str) -> float | str:
-    if value.strip().lower() == "auto":
-        return "auto"
+def _number_or_word(value: str, word: str, convert: Callable[[str], float | int], kind: str) -> float | int | str:
+    """An option that takes a number or one keyword (``--lr auto``, ``--dim native``)."""
+    if value.strip().lower() == word:
+        return word
     try:
-        return float(value)
+        return convert(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is neither a number nor auto") from None
+        raise click.BadParameter(f"{value!r} is neither {kind} nor {word}") from None
+
+
+def parse_lr(value: str) -> float | str:
+    return _number_or_word(value, "auto", float, "a number")
 
 
 def parse_dim(value: str) -> int | str:
-    if value.strip().lower() == "native":
-        return "native"
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither an integer nor native") from None
+    return _number_or_word(value, "native", int, "an integer")
 
 
 def parse_seeds(value: str) -> list[int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -169,12 +169,6 @@ class PlumeHead:
             block = torch.as_tensor(features[start:start + batch_size], dtype=torch.float32, device=device)
             scores.append(-self.classifier(self.input_norm(block)).float().cpu())
         return torch.cat(scores).numpy().astype(np.float64)
-
-    def summary(self) -> dict:
-        """What the run did, for the metrics file: configuration, learning rate, epochs."""
-        out = {k: v for k, v in asdict(self.config).items() if k not in ("device",)}
-        out["lr_used"] = self.lr_used
-        return out
 
 
 def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
