@@ -394,7 +394,9 @@ class FeatureCache:
         return sorted(self.group[f"{split}/maps"].array_keys()) if f"{split}/maps" in self.group else []
 
     def array_names(self, split: str) -> list[str]:
-        return ["features", "labels"] + [f"maps/{m}" for m in self.map_names(split)]
+        # Extra per-sample arrays (the views store's "rows") are checked like the others.
+        extra = sorted(set(self.group[split].array_keys()) - {"features", "labels"}) if split in self.group else []
+        return ["features", "labels"] + extra + [f"maps/{m}" for m in self.map_names(split)]
 
     def read_chunk(self, split: str, name: str, chunk: int) -> np.ndarray:
         """One chunk's rows of an array, checked against the checksum recorded when it was written."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -24,9 +24,13 @@ class Head(Protocol):
     def score(self, test_features: np.ndarray) -> np.ndarray: ...
 
 
+# Called with (normal class index, fitted head, its training features) after each class is trained.
+AfterFit = Callable[[int, Any, Any], None]
+
+
 def evaluate_one_vs_all(cache: FeatureCache, make_head: Callable[[], Head], classes: list[int],
                         desc: str = "classes", stream_train: bool = False, out_of_core: bool = False,
-                        client: "Client | None" = None) -> dict[str, dict]:
+                        client: "Client | None" = None, after_fit: "AfterFit | None" = None) -> dict[str, dict]:
     """Fit a fresh head on each normal class and score the whole test set.
 
     Returns, per class name, its metrics and its ROC points. With ``stream_train`` the
@@ -36,9 +40,11 @@ def evaluate_one_vs_all(cache: FeatureCache, make_head: Callable[[], Head], clas
     chunk, computed on ``client``'s cluster if given, else by Dask's threads here).
     With ``client`` (and not ``out_of_core``) each class is a job on that Dask cluster;
     ``make_head`` must then be picklable (a class or a ``functools.partial`` of one).
+    ``after_fit(class, head, train)`` is called once each class's head is fitted (to save it;
+    pipeline.saved_heads.HeadSaver); with ``client`` it runs on the worker, so it must pickle too.
     """
     if client is not None and not out_of_core:
-        jobs = [Job(str(cache.path), c, make_head, stream_train=stream_train) for c in classes]
+        jobs = [Job(str(cache.path), c, make_head, stream_train=stream_train, after_fit=after_fit) for c in classes]
         results = _run_jobs(client, jobs, desc, unit="class")
         return {cache.classes[c]: r for c, r in zip(classes, results)}
     train_labels, test_labels = cache.labels("train"), cache.labels("test")
@@ -56,14 +62,18 @@ def evaluate_one_vs_all(cache: FeatureCache, make_head: Callable[[], Head], clas
                 train = lambda rows=protocol.train_index: cache.iter_rows("train", "features", rows)  # noqa: E731
             else:
                 train = train_features[protocol.train_index]
-            results[names[c]] = _score_class(make_head, protocol, train, test_features)
+            results[names[c]] = _score_class(make_head, protocol, train, test_features, after_fit)
             bar.update(1)
     return results
 
 
-def _score_class(make_head: Callable[[], Head], protocol: OneVsAll, train, test_features: np.ndarray) -> dict:
+def _score_class(make_head: Callable[[], Head], protocol: OneVsAll, train, test_features: np.ndarray,
+                 after_fit: "AfterFit | None" = None) -> dict:
     """One class of a head fitted in one go: its metrics and ROC points."""
-    scores = make_head().fit(train).score(test_features)
+    head = make_head().fit(train)
+    if after_fit is not None:
+        after_fit(protocol.normal_class, head, train)
+    scores = head.score(test_features)
     return {"metrics": detection_metrics(protocol.test_is_anomaly, scores),
             "roc": roc_points(protocol.test_is_anomaly, scores)}
 
@@ -79,7 +89,8 @@ class TrainedHead(Protocol):
 
 def evaluate_trained_one_vs_all(cache: FeatureCache, make_head: Callable[[int], TrainedHead], classes: list[int],
                                 seeds: Sequence[int] = (0,), desc: str = "classes",
-                                client: "Client | None" = None) -> dict[str, dict]:
+                                client: "Client | None" = None, after_fit: "AfterFit | None" = None
+                                ) -> dict[str, dict]:
     """Like ``evaluate_one_vs_all`` for heads trained by epochs, over several seeds.
 
     Each run tracks the test AUROC after every epoch (``history``). Per class: the metrics
@@ -88,9 +99,11 @@ def evaluate_trained_one_vs_all(cache: FeatureCache, make_head: Callable[[int], 
     picks the epoch on the test set), ROC points of the first seed and the training curves.
     With ``client`` every (class, seed) run is a job on that Dask cluster (``make_head`` must
     then be picklable, e.g. a ``functools.partial`` of a module-level function).
+    ``after_fit`` as in ``evaluate_one_vs_all``, for the first seed of each class only.
     """
     if client is not None:
-        jobs = [Job(str(cache.path), c, make_head, seed=seed, with_roc=i == 0)
+        jobs = [Job(str(cache.path), c, make_head, seed=seed, with_roc=i == 0,
+                    after_fit=after_fit if i == 0 else None)
                 for c in classes for i, seed in enumerate(seeds)]
         runs = _run_jobs(client, jobs, desc, unit="run")  # class-major, seeds in order
         n = len(seeds)
@@ -106,7 +119,7 @@ def evaluate_trained_one_vs_all(cache: FeatureCache, make_head: Callable[[int], 
             for i, seed in enumerate(seeds):
                 bar.set_postfix_str(f"{names[c]} seed {seed}")
                 runs.append(_train_run(make_head, seed, protocol, train_features[protocol.train_index],
-                                       test_features, with_roc=i == 0,
+                                       test_features, with_roc=i == 0, after_fit=after_fit if i == 0 else None,
                                        on_epoch=lambda r, c=c, seed=seed: bar.set_postfix_str(
                                            f"{names[c]} seed {seed} epoch {r['epoch']} AUROC "
                                            f"{100 * r['test_auroc']:.1f}")))
@@ -117,10 +130,12 @@ def evaluate_trained_one_vs_all(cache: FeatureCache, make_head: Callable[[int], 
 
 def _train_run(make_head: Callable[[int], TrainedHead], seed: int, protocol: OneVsAll, train: np.ndarray,
                test_features: np.ndarray, with_roc: bool,
-               on_epoch: Callable[[dict], None] | None = None) -> dict:
+               on_epoch: Callable[[dict], None] | None = None, after_fit: "AfterFit | None" = None) -> dict:
     """One (class, seed) run of a head trained by epochs: final metrics, best epoch, curves."""
     head = make_head(seed)
     head.fit(train, monitor=(test_features, protocol.test_is_anomaly), progress=on_epoch)
+    if after_fit is not None:
+        after_fit(protocol.normal_class, head, train)
     scores = head.score(test_features)
     best = max(head.history, key=lambda r: r["test_auroc"])
     return {"run": {**detection_metrics(protocol.test_is_anomaly, scores),
@@ -152,6 +167,7 @@ class Job:
     seed: int | None = None  # None: a head fitted in one go (kNN); else a run of a trained head
     with_roc: bool = True
     stream_train: bool = False
+    after_fit: "AfterFit | None" = None  # picklable too (pipeline.saved_heads.HeadSaver)
 
 
 @dataclass
@@ -188,9 +204,9 @@ def run_job(job: Job) -> dict:
             train = lambda: data.cache.iter_rows("train", "features", protocol.train_index)  # noqa: E731
         else:
             train = data.cache.features("train", protocol.train_index)
-        return _score_class(job.make_head, protocol, train, data.test_features)
+        return _score_class(job.make_head, protocol, train, data.test_features, job.after_fit)
     return _train_run(job.make_head, job.seed, protocol, data.cache.features("train", protocol.train_index),
-                      data.test_features, job.with_roc)
+                      data.test_features, job.with_roc, after_fit=job.after_fit)
 
 
 def _run_jobs(client: "Client", jobs: list[Job], desc: str, unit: str) -> list[dict]:
@@ -214,7 +230,8 @@ def metrics_payload(results: dict[str, dict], metadata: dict, head: dict) -> dic
     if all("runs" in r for r in results.values()):
         # Over seeds, the spread of the mean over classes (what a table's mean row varies by).
         mean["auroc_std"] = seed_spread(results, "auroc")
-        mean["best_epoch_auroc_std"] = seed_spread(results, "best_epoch_auroc")
+        if "best_epoch_auroc" in mean:
+            mean["best_epoch_auroc_std"] = seed_spread(results, "best_epoch_auroc")
     return {
         "mean": {k: round(v, 6) for k, v in mean.items()},
         "per_class": per_class,
@@ -262,3 +279,78 @@ def format_summary(payload: dict) -> str:
 
 def load_metrics(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+# --- heads that need maps, views and labelled anomalies (AnoMem) ----------------------------
+
+@dataclass
+class MultiScaleData:
+    """What AnoMem trains and scores on, read once: per scale (pooled vector and any maps),
+    the plain training and test features, and the cached views of the rows that have them."""
+
+    train: dict[str, np.ndarray]
+    test: dict[str, np.ndarray]
+    views: dict[str, np.ndarray]
+    view_rows: np.ndarray  # training rows that have views, in the order of ``views``
+    train_labels: np.ndarray  # of the rows that have views
+    test_labels: np.ndarray
+    all_train_labels: np.ndarray
+
+    @classmethod
+    def read(cls, cache: FeatureCache, scales: Sequence[str] | None = None) -> "MultiScaleData":
+        from pipeline.views import open_views
+
+        views_store = open_views(cache)
+        names = ["pooled"] + cache.map_names() if scales is None else list(scales)
+        array = lambda name: "features" if name == "pooled" else f"maps/{name}"  # noqa: E731
+        view_rows = views_store.read("train", "rows")
+        return cls(train={n: cache.read("train", array(n), view_rows) for n in names},
+                   test={n: cache.read("test", array(n)) for n in names},
+                   views={n: views_store.read("train", array(n)) for n in names},
+                   view_rows=view_rows, train_labels=cache.labels("train")[view_rows],
+                   test_labels=cache.labels("test"), all_train_labels=cache.labels("train"))
+
+    def rows(self, index: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(plain, views) of the given positions among the rows that have views."""
+        return ({n: a[index] for n, a in self.train.items()}, {n: a[index] for n, a in self.views.items()})
+
+
+def draw_anomalies(labels: np.ndarray, normal_class: int, gamma: float, draw: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training positions for one semi-supervised run: every normal one, plus
+    round(gamma x n_normal) (at least 1) labelled anomalies drawn at random from the other
+    classes' training images. Returns (positions, is_normal)."""
+    normal = np.flatnonzero(labels == normal_class)
+    if gamma <= 0:
+        return normal, np.ones(len(normal), dtype=bool)
+    others = np.flatnonzero(labels != normal_class)
+    count = min(len(others), max(1, int(round(gamma * len(normal)))))
+    rng = np.random.default_rng([normal_class, draw, int(round(gamma * 1e6))])
+    anomalies = np.sort(rng.choice(others, size=count, replace=False))
+    return np.concatenate([normal, anomalies]), np.concatenate([np.ones(len(normal), bool), np.zeros(count, bool)])
+
+
+def evaluate_semi_supervised(data: MultiScaleData, class_names: list[str], make_head: Callable[[int], Head],
+                             classes: list[int], gamma: float, draws: int, desc: str = "classes") -> dict[str, dict]:
+    """One-vs-all for a head that may use labelled anomalies, ``draws`` random draws (and
+    seeds) per class: per class, the mean metrics over draws with ``auroc_std``, the first
+    draw's ROC points and fitted head, and every draw's metrics (``runs``). gamma = 0 is the
+    one-class case."""
+    results = {}
+    with progress(total=len(classes) * draws, desc=desc, unit="run") as bar:
+        for c in classes:
+            is_anomaly = data.test_labels != c
+            runs, roc, first = [], None, None
+            for draw in range(draws):
+                bar.set_postfix_str(f"{class_names[c]} gamma {gamma} draw {draw}")
+                index, is_normal = draw_anomalies(data.train_labels, c, gamma, draw)
+                plain, views = data.rows(index)
+                head = make_head(draw).fit(plain, views, None if gamma <= 0 else is_normal)
+                scores = head.score(data.test)
+                first = head if first is None else first
+                runs.append(detection_metrics(is_anomaly, scores))
+                roc = roc if roc is not None else roc_points(is_anomaly, scores)
+                bar.update(1)
+            metrics = {name: float(np.mean([r[name] for r in runs])) for name in runs[0]}
+            metrics["auroc_std"] = float(np.std([r["auroc"] for r in runs]))
+            results[class_names[c]] = {"metrics": metrics, "roc": roc, "runs": runs, "head": first}
+    return results

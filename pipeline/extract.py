@@ -275,9 +275,20 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
                    "e.g. one per GPU with --device cuda:I, or machines sharing the cache's filesystem, fill "
                    "one cache together. Give every shard the same options; the last to finish marks the "
                    "cache complete. The arrays are the same as a single run's.")
+@click.option("--views", default=0, show_default=True, type=click.IntRange(0, 16),
+              help="Also cache this many augmented views (SimCLR crop, flip, colour jitter) of each training "
+                   "image, with the same maps, in <out minus .zarr>.views.zarr (AnoMem's stage A uses 2). "
+                   "Costs views x the training set's forward passes.")
+@click.option("--views-per-class", default="all", show_default=True, metavar="N|all",
+              callback=lambda c, p, v: _per_class(v),
+              help="Make views for only N training images per class, drawn at random, or for all of them.")
+@click.option("--views-seed", default=0, show_default=True, type=int,
+              help="Seed of the drawn images and of the augmentations; the same seed gives the same views.")
+@click.option("--views-crop-scale", default=0.08, show_default=True, type=click.FloatRange(0.01, 1.0),
+              help="Smallest area fraction of the random resized crop (SimCLR: 0.08).")
 def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image_size, resize, interpolation,
          normalisation, maps, map_grid, feature_dtype, precision, batch_size, workers, device, chunk_rows, out,
-         overwrite, skip_bad, shard):
+         overwrite, skip_bad, shard, views, views_per_class, views_seed, views_crop_scale):
     """Extract pooled (and optionally intermediate) features of DATASET with a frozen BACKBONE
     into a Zarr feature cache. An interrupted run resumes where it stopped when run again."""
     preprocessing = Preprocessing(image_size, resize, interpolation, normalisation)
@@ -294,10 +305,32 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
         problems.append(error.message)
     if problems:
         raise PipelineError(" Also, ".join(problems))
-    extract(data, backbone, preprocessing, out_path, weights_tag=weights_tag, weights_file=weights_file,
-            maps=maps, map_grid=map_grid, feature_dtype=feature_dtype, batch_size=batch_size, workers=workers,
-            device=device, chunk_rows=chunk_rows, overwrite=overwrite, skip_bad=skip_bad, precision=precision,
-            loaded=loaded, shard=shard)
+    cache = extract(data, backbone, preprocessing, out_path, weights_tag=weights_tag, weights_file=weights_file,
+                    maps=maps, map_grid=map_grid, feature_dtype=feature_dtype, batch_size=batch_size,
+                    workers=workers, device=device, chunk_rows=chunk_rows, overwrite=overwrite, skip_bad=skip_bad,
+                    precision=precision, loaded=loaded, shard=shard)
+    if views:
+        if shard is not None:
+            raise PipelineError("--views cannot be combined with --shard: run the views once the shards are done "
+                                "(the same command without --shard).")
+        from pipeline.views import Augmentation, extract_views
+
+        # Files left out by --skip-bad are left out of the views too (a second full decode
+        # only when some were).
+        if len(data.train.labels) != cache.size("train"):
+            data = drop_unreadable(data, skip_bad, workers)
+        extract_views(data, cache, loaded, views=views,
+                      per_class=views_per_class, seed=views_seed,
+                      augmentation=Augmentation(crop_scale_min=views_crop_scale), batch_size=batch_size,
+                      workers=workers, device=device, overwrite=overwrite)
+
+
+def _per_class(value: str) -> int | None:
+    if str(value).strip().lower() == "all":
+        return None
+    if not str(value).strip().isdigit() or int(value) < 1:
+        raise click.BadParameter(f"{value!r}: give a positive number of images per class, or all")
+    return int(value)
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:

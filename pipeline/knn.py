@@ -73,6 +73,42 @@ def knn_scores(gallery, queries, k: int = 2, **kwargs) -> np.ndarray:
     return knn_distances(gallery, queries, k=k, **kwargs).sum(axis=1)
 
 
+def knn_loo_distances(gallery: np.ndarray | torch.Tensor, k: int = 2, query_block: int = 4096,
+                      device: str | torch.device = "cpu", max_block_entries: int = 1 << 25) -> np.ndarray:
+    """Leave-one-out: squared L2 distances from each gallery vector to its ``k`` nearest *other*
+    gallery vectors, ascending, (n, k).
+
+    Scoring the training set against itself would give every vector a distance of 0 to
+    itself. The vector itself is masked out by its index rather than by dropping the smallest
+    distance: rounding can leave the computed self-distance above a genuine neighbour's,
+    and an exact duplicate elsewhere in the gallery must still count as a neighbour at 0.
+    Same arithmetic as ``knn_distances`` (|q|^2 added after the top-k), so a vector's score
+    equals ``knn_scores`` of it against the gallery without it. Memory: one (block x n) matrix,
+    at most ``max_block_entries`` floats.
+    """
+    device = torch.device(device)
+    points = _float32(gallery, device)
+    n = len(points)
+    if n < k + 1:
+        raise PipelineError(f"leave-one-out kNN with k={k} needs at least {k + 1} gallery features, got {n}.")
+    norms = (points * points).sum(1)
+    block = max(1, min(query_block, max_block_entries // n))
+    best = torch.empty((n, k), device=device)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        partial = torch.addmm(norms.unsqueeze(0), points[start:stop], points.T, beta=1.0, alpha=-2.0)
+        rows = torch.arange(stop - start, device=device)
+        partial[rows, rows + start] = float("inf")
+        best[start:stop] = torch.topk(partial, k, dim=1, largest=False).values
+    best += norms.unsqueeze(1)
+    return best.clamp_min_(0).cpu().numpy()
+
+
+def knn_loo_scores(gallery: np.ndarray | torch.Tensor, k: int = 2, **kwargs) -> np.ndarray:
+    """DN2 score of every gallery vector against the others (sum of its leave-one-out distances)."""
+    return knn_loo_distances(gallery, k=k, **kwargs).sum(axis=1)
+
+
 _malloc_fixed = False
 
 

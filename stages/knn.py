@@ -16,6 +16,7 @@ from pipeline.distributed import open_client, scheduler_option
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate_one_vs_all, format_summary, write_results
 from pipeline.heads import KNNHead
+from pipeline.saved_heads import DEFAULT_QUANTILE, HeadSaver, saved_heads_note
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -41,7 +42,19 @@ from pipeline.heads import KNNHead
 @click.option("--metrics", "metrics_path", default="metrics/knn.json", show_default=True,
               help="Where to write the metrics JSON (per class and mean AUROC, AUPR, FPR@95%TPR).")
 @click.option("--plots", "plots_dir", default=None, help="Folder for per-class ROC curves (DVC plots).")
-def main(cache_path, k, classes, device, stream, out_of_core, scheduler, expect, metrics_path, plots_dir):
+@click.option("--save-heads", "save_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Also save each class's head as DIR/<class>.head, to score new images with python -m "
+                   "stages.score: k, the gallery (float16 unless --save-float32), the cache's metadata and a "
+                   "threshold, the --threshold-quantile quantile of the training features' leave-one-out "
+                   "scores. Metrics are unchanged. With --scheduler each file is written by the worker that "
+                   "trains the class, so DIR must be on storage the workers share (like the cache); with "
+                   "--stream or --out-of-core each class's gallery is read into memory once to be saved.")
+@click.option("--threshold-quantile", default=DEFAULT_QUANTILE, show_default=True, type=click.FloatRange(0, 1),
+              help="With --save-heads: the quantile of the training scores taken as the anomaly threshold.")
+@click.option("--save-float32", is_flag=True,
+              help="With --save-heads: keep the gallery in float32 (a file twice as large) instead of float16.")
+def main(cache_path, k, classes, device, stream, out_of_core, scheduler, expect, metrics_path, plots_dir, save_dir,
+         threshold_quantile, save_float32):
     """Score every test image by the sum of squared L2 distances to its K nearest normal
     training features (DN2), for each normal class in turn."""
     cache = FeatureCache.open(cache_path)
@@ -52,11 +65,17 @@ def main(cache_path, k, classes, device, stream, out_of_core, scheduler, expect,
         raise PipelineError("--stream and --out-of-core are two ways of reading a large gallery; give one of them.")
     # A partial of the class, not a lambda: with --scheduler it is pickled and sent to the workers.
     make_head = functools.partial(KNNHead, k=k, device=device_)
+    saver = None
+    if save_dir is not None:
+        saver = HeadSaver.for_cache(save_dir, "knn", cache, threshold_quantile=threshold_quantile, device=device_,
+                                    state_options={"gallery_dtype": "float32" if save_float32 else "float16"})
     with open_client(scheduler) as client:
         results = evaluate_one_vs_all(cache, make_head, chosen, desc=f"kNN k={k}", stream_train=stream,
-                                      out_of_core=out_of_core, client=client)
+                                      out_of_core=out_of_core, client=client, after_fit=saver)
     payload = write_results(results, cache.metadata, {"head": "knn", "k": k}, metrics_path, plots_dir)
     click.echo(format_summary(payload))
+    if saver is not None:
+        click.echo(saved_heads_note(saver, [cache.classes[c] for c in chosen]))
 
 
 if __name__ == "__main__":

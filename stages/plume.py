@@ -17,9 +17,12 @@ from pipeline.distributed import open_client, scheduler_option
 from pipeline.evaluate import evaluate_trained_one_vs_all, format_summary, write_results
 from pipeline.heads.plume import BATCH_MODES, PlumeConfig, PlumeHead
 from pipeline.heads.plume_model import GUIDANCES, PERTURBATIONS
+from pipeline.saved_heads import DEFAULT_QUANTILE, HeadSaver, saved_heads_note
 
 if TYPE_CHECKING:
     from distributed import Client
+
+    from pipeline.evaluate import AfterFit
 
 
 def _number_or_word(value: str, word: str, convert: Callable[[str], float | int], kind: str) -> float | int | str:
@@ -98,12 +101,15 @@ def training_options(command: Callable) -> Callable:
 
 
 def run_plume(cache: FeatureCache, classes: list[int], seeds: list[int], device: str, perturbation: str,
-              guidance: str, desc: str, client: "Client | None" = None, **settings) -> dict[str, dict]:
+              guidance: str, desc: str, client: "Client | None" = None, after_fit: "AfterFit | None" = None,
+              **settings) -> dict[str, dict]:
     """Train and evaluate one PLUME variant on every chosen class and seed (each (class, seed)
-    a job on ``client``'s Dask cluster if given; see pipeline.distributed)."""
+    a job on ``client``'s Dask cluster if given; see pipeline.distributed). ``after_fit`` is
+    called with each class's first-seed head (to save it)."""
     base = PlumeConfig(perturbation=perturbation, guidance=guidance, device=device, **settings)
     make_head = functools.partial(_make_head, base)
-    return evaluate_trained_one_vs_all(cache, make_head, classes, seeds=seeds, desc=desc, client=client)
+    return evaluate_trained_one_vs_all(cache, make_head, classes, seeds=seeds, desc=desc, client=client,
+                                       after_fit=after_fit)
 
 
 def _make_head(base: PlumeConfig, seed: int) -> PlumeHead:
@@ -135,21 +141,34 @@ def head_label(settings: dict, perturbation: str, guidance: str, seeds: list[int
 @click.option("--plots", "plots_dir", default=None, help="Folder for ROC curves (roc_<class>.json, first seed).")
 @click.option("--curves", "curves_dir", default=None,
               help="Folder for training curves (train_<class>.json: loss terms and test AUROC per epoch and seed).")
+@click.option("--save-heads", "save_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Also save each class's head (its first seed) as DIR/<class>.head, to score new images with "
+                   "python -m stages.score: the classifier, its input normalisation, the config, the cache's "
+                   "metadata and a threshold, the --threshold-quantile quantile of the head's scores on its "
+                   "training features. Metrics are unchanged. With --scheduler each file is written by the "
+                   "worker that trains the class, so DIR must be on storage the workers share (like the cache).")
+@click.option("--threshold-quantile", default=DEFAULT_QUANTILE, show_default=True, type=click.FloatRange(0, 1),
+              help="With --save-heads: the quantile of the training scores taken as the anomaly threshold.")
 def main(cache_path, perturbation, guidance, seeds, classes, device, expect, scheduler, metrics_path, plots_dir,
-         curves_dir, **settings):
+         curves_dir, save_dir, threshold_quantile, **settings):
     """Train PLUME (a perturbator generating pseudo-anomalies and a classifier telling them from
     normal features) on each normal class in turn and score the test set with minus the
     classifier's logit. The test AUROC is recorded after every epoch: the reported AUROC is the
     final epoch's; the best epoch's is reported separately, since choosing it reads the test set."""
     cache, chosen = open_cache(cache_path, expect, classes)
+    device_ = str(resolve_device(device))
+    saver = None if save_dir is None else HeadSaver.for_cache(save_dir, "plume", cache, device=device_,
+                                                                threshold_quantile=threshold_quantile)
     with open_client(scheduler) as client:
-        results = run_plume(cache, chosen, seeds, str(resolve_device(device)), perturbation, guidance,
-                            desc=f"PLUME {perturbation}/{guidance}", client=client, **settings)
+        results = run_plume(cache, chosen, seeds, device_, perturbation, guidance,
+                            desc=f"PLUME {perturbation}/{guidance}", client=client, after_fit=saver, **settings)
     lr_note = "range test" if settings["lr"] == "auto" else settings["lr"]
     payload = write_results(results, cache.metadata, head_label({k: v for k, v in settings.items() if k != "lr"},
                                                                 perturbation, guidance, seeds, lr_note),
                             metrics_path, plots_dir, curves_dir)
     click.echo(format_summary(payload))
+    if saver is not None:
+        click.echo(saved_heads_note(saver, [cache.classes[c] for c in chosen]))
 
 
 if __name__ == "__main__":

