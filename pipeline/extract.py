@@ -82,6 +82,18 @@ class _Batches(torch.utils.data.Dataset):
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def run_backbone(model: torch.nn.Module, batch: torch.Tensor, maps: dict[str, dict], device: torch.device,
+                 autocast) -> dict[str, np.ndarray]:
+    """One forward pass as every cache stores it: ``features`` (pooled, float32) and each
+    ``maps/<name>`` average-pooled to its ``grid`` (float32; the store rounds to its dtype)."""
+    with torch.inference_mode(), autocast:
+        out = model(batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), tuple(maps))
+    result = {"features": out["pooled"].float().cpu().numpy()}
+    for name, info in maps.items():
+        result[f"maps/{name}"] = F.adaptive_avg_pool2d(out[name].float(), info["grid"]).cpu().numpy()
+    return result
+
+
 def cache_metadata(dataset: ImageDataset, backbone: str, weights, preprocessing: Preprocessing,
                    feature_dtype: str, maps: dict[str, dict], precision: str = "float32") -> dict:
     """Everything that decides the numbers in a cache; compared on resume and by the heads."""
@@ -198,12 +210,8 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
                                     prefetch_factor=4 if workers else None)
                 buffers: dict[str, list[np.ndarray]] = {}
                 for (chunk, rows), batch in zip(plan, loader):
-                    with torch.inference_mode(), autocast:
-                        out_ = model(batch.to(device_, non_blocking=True).contiguous(memory_format=torch.channels_last), maps)
-                    buffers.setdefault("features", []).append(out_["pooled"].float().cpu().numpy())
-                    for name in maps:
-                        pooled = F.adaptive_avg_pool2d(out_[name].float(), map_grid)
-                        buffers.setdefault(f"maps/{name}", []).append(pooled.cpu().numpy())
+                    for name, values in run_backbone(model, batch, map_info, device_, autocast).items():
+                        buffers.setdefault(name, []).append(values)
                     bar.update(len(rows))
                     chunk_slice = cache.chunk_slices(split)[chunk]
                     if rows[-1] == chunk_slice.stop - 1:

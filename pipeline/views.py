@@ -23,7 +23,6 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader
@@ -143,7 +142,7 @@ def extract_views(dataset: ImageDataset, cache: FeatureCache, loaded, *, views: 
     its backbone, preprocessing (normalisation; the crop replaces the resize), maps and
     precision. ``loaded`` is what ``load_backbone`` returned for it.
     """
-    from pipeline.extract import PRECISIONS, ChunkWriter, _user_facing_errors, open_or_create
+    from pipeline.extract import PRECISIONS, ChunkWriter, _user_facing_errors, open_or_create, run_backbone
 
     if views < 1:
         raise PipelineError(f"--views must be at least 1, got {views}.")
@@ -185,16 +184,10 @@ def extract_views(dataset: ImageDataset, cache: FeatureCache, loaded, *, views: 
         buffers: dict[str, list[np.ndarray]] = {}
         with progress(total=total, desc=f"views x{views}", unit="img") as bar, ChunkWriter() as writer:
             for (chunk, batch_rows), batch in zip(plan, loader):
-                with torch.inference_mode(), autocast:
-                    result = model(batch.to(device_, non_blocking=True).contiguous(memory_format=torch.channels_last),
-                                   tuple(maps_info))
                 n = len(batch_rows)
-                # (views * n, ...) view-major -> (n, views, ...)
-                regroup = lambda t: t.float().cpu().numpy().reshape(views, n, *t.shape[1:]).swapaxes(0, 1)
-                buffers.setdefault("features", []).append(regroup(result["pooled"]))
-                for name, info in maps_info.items():
-                    buffers.setdefault(f"maps/{name}", []).append(
-                        regroup(F.adaptive_avg_pool2d(result[name].float(), info["grid"])))
+                for name, values in run_backbone(model, batch, maps_info, device_, autocast).items():
+                    # (views * n, ...) view-major -> (n, views, ...)
+                    buffers.setdefault(name, []).append(values.reshape(views, n, *values.shape[1:]).swapaxes(0, 1))
                 buffers.setdefault("rows", []).append(np.asarray(batch_rows))
                 bar.update(n * views)
                 chunk_slice = store.chunk_slices("train")[chunk]

@@ -17,7 +17,6 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.backbones import get_spec, load_backbone
 from pipeline.cli import progress, resolve_device, write_text
@@ -68,7 +67,7 @@ def image_features(saved: SavedHead, paths: list[Path], device: torch.device, ba
                    weights_file: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Pooled features (N, D) and the cache's maps, computed as pipeline.extract computed the
     head's training cache: same model layout, precision, map pooling and storage rounding."""
-    from pipeline.extract import PRECISIONS
+    from pipeline.extract import PRECISIONS, run_backbone
 
     model, preprocessing = load_matching_backbone(saved, weights_file)
     model = model.to(device, memory_format=torch.channels_last)
@@ -94,13 +93,10 @@ def image_features(saved: SavedHead, paths: list[Path], device: torch.device, ba
                     reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
                     raise PipelineError(f"cannot read image {paths[i]} ({type(error).__name__}: {reason}); "
                                         f"replace or remove it.") from None
-            with torch.inference_mode(), autocast:
-                x = preprocessing(batch).to(device).contiguous(memory_format=torch.channels_last)
-                out = model(x, tuple(maps))
-            pooled.append(out["pooled"].float().cpu().numpy())
+            out = run_backbone(model, preprocessing(batch), maps, device, autocast)
+            pooled.append(out["features"])
             for name, info in maps.items():
-                grid = F.adaptive_avg_pool2d(out[name].float(), info["grid"]).cpu().numpy()
-                pooled_maps[name].append(grid.astype(info.get("dtype", "float16")))
+                pooled_maps[name].append(out[f"maps/{name}"].astype(info.get("dtype", "float16")))
             bar.update(len(batch))
     # Stored in the cache's dtype, as the training features were: the same rounding.
     features = np.concatenate(pooled).astype(about.get("dtype", "float32")).astype(np.float32)
