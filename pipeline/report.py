@@ -121,6 +121,12 @@ def anomem_paper(key: str) -> float | None:
     return paper["ablation_one_class"].get(key, {}).get("cifar10")
 
 
+def knn_paper(dataset: str = "cifar10") -> float | None:
+    """Published DN2 kNN mean AUROC (%) of the PANDA paper (ResNet152, ImageNet, 256 -> centre
+    224, k = 2, no adaptation) for a dataset key of paper_results.json such as 'cifar10'."""
+    return paper_results()["panda"]["dn2_knn_no_adaptation"].get(dataset)
+
+
 def _gamma_key(gamma: str) -> str:
     return f"{float(gamma):.2f}"
 
@@ -219,6 +225,78 @@ def anomem_table_command(metrics: str, ablations: tuple[str, ...], knn_metrics: 
     if out:
         write_text(out, table)
     click.echo(table)
+
+
+def _pair_dirs(values: tuple[str, ...], metrics: list[Path], option: str) -> dict[Path, Path]:
+    """``FILE=DIR`` values, and bare ``DIR`` values taken in the order of the metrics files."""
+    pairs: dict[Path, Path] = {}
+    bare = [v for v in values if "=" not in v]
+    if len(bare) > len(metrics):
+        raise PipelineError(f"{len(bare)} bare {option} values for {len(metrics)} metrics files; "
+                            f"give one per file in order, or FILE=DIR.")
+    pairs.update(zip(metrics, map(Path, bare)))
+    for value in values:
+        if "=" in value:
+            file, folder = value.split("=", 1)
+            if Path(file) not in metrics:
+                raise PipelineError(f"{option} {value}: {file} is not one of the metrics files given.")
+            pairs[Path(file)] = Path(folder)
+    for folder in pairs.values():
+        if not folder.is_dir():
+            raise PipelineError(f"{option} {folder}: no such folder.")
+    return pairs
+
+
+def metrics_files(paths: tuple[str, ...]) -> list[Path]:
+    """The files given, with a folder standing for the *.json files in it (DVC cannot glob)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        files.extend(sorted(path.glob("*.json")) if path.is_dir() else [path])
+    if not files:
+        raise PipelineError(f"no metrics files in {', '.join(paths)}.")
+    return files
+
+
+@main.command("build")
+@click.argument("metrics", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--plots-dir", "plots_dirs", multiple=True, metavar="[FILE=]DIR",
+              help="The folder a stage wrote with --plots (roc_<class>.json; for an ablation file, one subfolder "
+                   "per variant). FILE=DIR, or bare DIRs taken in the order of the metrics files (repeatable). "
+                   "Default: plots/<file name> beside the metrics folder, or in it.")
+@click.option("--curves-dir", "curves_dirs", multiple=True, metavar="[FILE=]DIR",
+              help="The folder PLUME wrote with --curves (train_<class>.json), like --plots-dir. "
+                   "Default: <plots dir>_training.")
+@click.option("--out-md", default="reports/results.md", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--out-html", default="reports/results.html", show_default=True, type=click.Path(dir_okay=False))
+def build(metrics: tuple[str, ...], plots_dirs: tuple[str, ...], curves_dirs: tuple[str, ...], out_md: str,
+          out_html: str) -> None:
+    """One table of every head and class from metrics files of any head (or folders of them),
+    grouped by dataset, backbone and image size, beside the published CIFAR-10 figures;
+    as Markdown, and as a self-contained HTML page with ROC and PLUME training curves."""
+    # Imported here: those modules reuse this module's published-figure helpers.
+    from pipeline.results_page import html_report
+    from pipeline.results_table import discover_plots, group_runs, markdown_report, runs_of
+
+    files = metrics_files(metrics)
+    plots = _pair_dirs(plots_dirs, files, "--plots-dir")
+    curves = _pair_dirs(curves_dirs, files, "--curves-dir")
+    runs = []
+    for file in files:
+        found_plots, found_curves = discover_plots(file)
+        plots_dir = plots.get(file, found_plots)
+        curves_dir = curves.get(file, found_curves if file not in plots else _training_dir(plots_dir))
+        runs.extend(runs_of(file, plots_dir, curves_dir))
+    groups = group_runs(runs)
+    # Both rendered before either is written, so a bad input leaves both files as they were.
+    markdown, page = markdown_report(groups), html_report(groups)
+    write_text(out_md, markdown)
+    write_text(out_html, page)
+    click.echo(f"{len(runs)} runs in {len(groups)} table(s): {out_md}, {out_html}")
+
+
+def _training_dir(plots_dir: Path) -> Path | None:
+    curves = plots_dir.with_name(plots_dir.name + "_training")
+    return curves if curves.is_dir() else None
 
 
 if __name__ == "__main__":

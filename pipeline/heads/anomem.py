@@ -146,7 +146,7 @@ class AnoMemHead:
             key = self._module_key(s)
             slots = cfg.slots_last if s == POOLED else cfg.slots_intermediate
             projection = Projection(plain[s].shape[-1], cfg.proj_hidden, cfg.proj_dim)
-            projection.set_statistics(plain[s][normal.cpu()] if device.type == "cpu" else plain[s][normal])
+            projection.set_statistics(plain[s][normal.to(device)])  # normal images only
             self.projections[key] = projection
             self.memories[key] = HopfieldMemory(slots, cfg.proj_dim, cfg.beta, cfg.hopfield_steps)
         self.projections.to(device)

@@ -1,0 +1,176 @@
+"""The results as one self-contained HTML page: the tables of ``pipeline.results_table``, ROC
+curves and PLUME training curves drawn as inline SVG. Nothing is fetched (no scripts, style
+sheets or fonts from elsewhere), so the page reads the same offline and years later."""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.results_table import (PUBLISHED_HEADER, Group, Run, caption, distinguishing, group_classes,
+                                    group_rows, published_notes, table_cells, varying_settings)
+from pipeline.svg_chart import Axis, Series, line_chart, padded_range
+
+STYLE = """
+body { font-family: "DejaVu Sans", "Helvetica Neue", Arial, sans-serif; margin: 24px; color: #222; }
+h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 36px; } h3 { font-size: 15px; }
+p.caption { max-width: 1200px; font-size: 13px; line-height: 1.45; }
+table { border-collapse: collapse; font-size: 12px; margin: 8px 0; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; white-space: nowrap; }
+th { background: #f2f2f2; }
+td.text, th.text { text-align: left; white-space: normal; max-width: 320px; }
+td.mean { font-weight: bold; }
+td.published, th.published { background: #fff7e0; font-style: italic; color: #555; }
+ul.notes { font-size: 12px; max-width: 1200px; }
+div.charts { display: flex; flex-wrap: wrap; gap: 12px; }
+svg.chart { border: 1px solid #e4e4e4; background: #fff; font-size: 11px; }
+svg.chart .title { font-size: 13px; font-weight: bold; } svg.chart .subtitle { fill: #555; }
+svg.chart .axis { font-size: 12px; }
+p.missing { font-size: 12px; color: #a33; }
+"""
+
+
+# --- curves ---------------------------------------------------------------------------------
+
+def class_of(path: Path, prefix: str) -> str:
+    """``roc_<class>.json`` -> ``<class>`` (class names may hold any character but '/')."""
+    return path.stem[len(prefix):]
+
+
+def read_roc(path: Path) -> list[tuple[float, float]]:
+    """ROC points as the stages write them ([{fpr, tpr}, ...]; {fpr: [...], tpr: [...]} also read)."""
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return [(float(f), float(t)) for f, t in zip(data["fpr"], data["tpr"], strict=True)]
+        return [(float(p["fpr"]), float(p["tpr"])) for p in data]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise PipelineError(f"{path} is not a ROC curve file ([{{fpr, tpr}}, ...]): {error}") from error
+
+
+def read_training(path: Path) -> list[tuple[float, float]]:
+    """Test AUROC per epoch, the mean over seeds (a training file holds every seed's records)."""
+    try:
+        by_epoch: dict[float, list[float]] = {}
+        for record in json.loads(path.read_text()):
+            by_epoch.setdefault(float(record["epoch"]), []).append(float(record["test_auroc"]))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise PipelineError(f"{path} is not a training curve file ([{{epoch, test_auroc, ...}}, ...]): "
+                            f"{error}") from error
+    return [(epoch, sum(v) / len(v)) for epoch, v in sorted(by_epoch.items())]
+
+
+def _files(folder: Path | None, prefix: str, classes: list[str]) -> list[Path]:
+    """The folder's curve files, in the order of the table's classes, then any others by name."""
+    if folder is None or not folder.is_dir():
+        return []
+    files = {class_of(f, prefix): f for f in folder.glob(f"{prefix}*.json")}
+    order = [c for c in classes if c in files] + sorted(set(files) - set(classes))
+    return [files[c] for c in order]
+
+
+def _subtitles(run: Run, varying: dict[str, set[str]]) -> list[str]:
+    """What tells this run apart from the group's other runs of its head, then the features."""
+    a = run.about
+    features = f"{a.get('dataset')}, {a.get('backbone')} @ {a.get('image_size')}, {a.get('preprocessing')}"
+    differing = distinguishing(run, varying)
+    return [differing, features] if differing else [features]
+
+
+def roc_chart(run: Run, classes: list[str], varying: dict[str, set[str]]) -> str | None:
+    files = _files(run.roc_dir, "roc_", classes)
+    if not files:
+        return None
+    # The ROC file is the first seed's (or draw's), so its AUROC is only the table's with one run.
+    single = (run.about.get("seeds") or 1) == 1
+    per_class = run.payload.get("per_class", {})
+    series = []
+    for f in files:
+        name = class_of(f, "roc_")
+        auroc = per_class.get(name, {}).get("auroc") if single else None
+        series.append(Series(name if auroc is None else f"{name} (AUROC {100 * auroc:.1f})", read_roc(f)))
+    which = "final model" if run.head == "plume" else "one-class" if run.head == "anomem" else "per class"
+    title = f"{run.title}: ROC ({which}{'' if single else ', first seed'})"
+    return line_chart(title, _subtitles(run, varying), Axis("false positive rate (normal images flagged)", 0, 1),
+                      Axis("true positive rate (anomalies found)", 0, 1), series, "roc", chance_diagonal=True)
+
+
+def training_chart(run: Run, classes: list[str], varying: dict[str, set[str]]) -> str | None:
+    files = _files(run.curves_dir, "train_", classes)
+    if not files:
+        return None
+    series = [Series(class_of(f, "train_"), read_training(f)) for f in files]
+    epochs = [x for s in series for x, _ in s.points]
+    values = [y for s in series for _, y in s.points]
+    seeds = run.about.get("seeds") or 1
+    x_low, x_high = (min(epochs), max(epochs)) if epochs else (0, 1)
+    x_high = x_high if x_high > x_low else x_low + 1  # one epoch still needs a width
+    return line_chart(f"{run.title}: test AUROC per epoch" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
+                      _subtitles(run, varying), Axis("epoch", x_low, x_high, integer=True),
+                      Axis("test AUROC", *padded_range(values)), series, "training")
+
+
+# --- page -----------------------------------------------------------------------------------
+
+def _cell(text: str, index: int, header: list[str], published: bool, tag: str = "td") -> str:
+    classes = []
+    if index < 2:
+        classes.append("text")
+    if tag == "td" and index == len(header) - (2 if published else 1):
+        classes.append("mean")
+    if published and index == len(header) - 1:
+        classes.append("published")
+    attr = f' class="{" ".join(classes)}"' if classes else ""
+    return f"<{tag}{attr}>{escape(text)}</{tag}>"
+
+
+def html_table(group: Group) -> str:
+    rows = group_rows(group)
+    header, body = table_cells(group, rows, group_classes(rows))
+    published = header[-1] == PUBLISHED_HEADER
+    lines = ["<table>", "<tr>" + "".join(_cell(h, i, header, published, "th") for i, h in enumerate(header)) + "</tr>"]
+    lines += ["<tr>" + "".join(_cell(c, i, header, published) for i, c in enumerate(cells)) + "</tr>" for cells in body]
+    lines.append("</table>")
+    notes = published_notes(rows)
+    if notes:
+        lines.append("<p>Published figures, with the paper's backbone and protocol, not this project's:</p>")
+        lines.append('<ul class="notes">' + "".join(f"<li>[{escape(t)}] {escape(n)}</li>" for t, n in notes.items())
+                     + "</ul>")
+    return "\n".join(lines)
+
+
+def _charts(heading: str, charts: list[str]) -> str:
+    return f"<h3>{escape(heading)}</h3>\n<div class=\"charts\">\n" + "\n".join(charts) + "\n</div>" if charts else ""
+
+
+def _run_name(run: Run, varying: dict[str, set[str]]) -> str:
+    differing = distinguishing(run, varying)
+    return f"{run.title}{f' ({differing})' if differing else ''} from {run.source}"
+
+
+def html_group(group: Group) -> str:
+    classes = group_classes(group_rows(group))
+    varying = varying_settings(group.runs)
+    rocs = [c for c in (roc_chart(run, classes, varying) for run in group.runs) if c]
+    trainings = [c for c in (training_chart(run, classes, varying) for run in group.runs) if c]
+    missing = [_run_name(run, varying) for run in group.runs if run.roc_dir is None or not run.roc_dir.is_dir()]
+    parts = [f"<section>\n<h2>{escape(group.heading())}</h2>", f'<p class="caption">{escape(caption(group))}</p>',
+             html_table(group), _charts("ROC curves, one line per normal class", rocs),
+             _charts("PLUME training: test AUROC after each epoch, one line per normal class", trainings)]
+    if missing:
+        parts.append(f'<p class="missing">No ROC curve files found for: {escape("; ".join(missing))}.</p>')
+    parts.append("</section>")
+    return "\n".join(p for p in parts if p)
+
+
+def html_report(groups: list[Group]) -> str:
+    intro = ("AUROC (%) of every head, one-vs-all, per class and the mean over classes: one table per dataset, "
+             "backbone and image size, then the curves behind them. Figures in the shaded column are copied from "
+             "the papers, with their own backbones and protocols; they were not measured here. Made by "
+             "python -m pipeline.report build.")
+    body = "\n".join(html_group(g) for g in groups)
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Results</title>\n'
+            f"<style>{STYLE}</style>\n</head>\n<body>\n<h1>Results</h1>\n<p class=\"caption\">{escape(intro)}</p>\n"
+            f"{body}\n</body>\n</html>\n")

@@ -1,0 +1,194 @@
+"""python -m pipeline.report build: one table of every head and class, Markdown and HTML."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.report import main as report_main
+
+CIFAR = "imagefolder:cifar10-jpg"
+CLASSES = ["airplane", "automobile", "<b>&"]
+
+
+def about(dataset: str, head: str, **extra) -> dict:
+    return {"dataset": dataset, "backbone": "efficientnet_lite0", "image_size": 224,
+            "preprocessing": "resize/bilinear/imagenet", "protocol": "one-vs-all", "head": head, **extra}
+
+
+def knn_payload(dataset: str = CIFAR, classes: list[str] = CLASSES) -> dict:
+    aurocs = [0.91, 0.82, 0.73][:len(classes)]
+    return {"mean": {"auroc": sum(aurocs) / len(aurocs)},
+            "per_class": {c: {"auroc": a, "aupr": 0.9} for c, a in zip(classes, aurocs)},
+            "about": about(dataset, "knn", k=2)}
+
+
+def plume_payload(seeds: int = 3) -> dict:
+    per_class = {c: {"auroc": 0.61 + i / 10, "auroc_std": 0.012, "best_epoch_auroc": 0.66 + i / 10,
+                     "best_epoch_auroc_std": 0.021} for i, c in enumerate(CLASSES)}
+    return {"mean": {"auroc": 0.71, "auroc_std": 0.004, "best_epoch_auroc": 0.76, "best_epoch_auroc_std": 0.007},
+            "per_class": per_class,
+            "about": about(CIFAR, "plume", perturbation="linear", guidance="contrastive", lam=5.0, epochs=2,
+                           dim="native", batch_mode="joint", identity_loss="sum", lr=0.001, seeds=seeds)}
+
+
+def anomem_payload() -> dict:
+    return {"mean": {"auroc": 0.55, "auroc_std": 0.0},
+            "per_class": {c: {"auroc": 0.55, "auroc_std": 0.0} for c in CLASSES},
+            "semi_supervised": {"0.01": {"mean": {"auroc": 0.88, "auroc_std": 0.033},
+                                         "per_class": {c: {"auroc": 0.88, "auroc_std": 0.044} for c in CLASSES},
+                                         "draws": 2}},
+            "knn_same_rows": {"k": 2, "mean": {"auroc": 0.77}, "per_class": {c: {"auroc": 0.77} for c in CLASSES}},
+            "about": about(CIFAR, "anomem", scales="multi", memory="learnt", slots_intermediate=16, slots_last=8,
+                           proj_dim=32, beta=2.0, epochs=2, sup_epochs=2, seeds=1, views=30)}
+
+
+def ablation_payload() -> dict:
+    variant = {"mean": {"auroc": 0.6, "best_epoch_auroc": 0.65, "auroc_std": 0.0, "best_epoch_auroc_std": 0.0},
+               "per_class": {c: {"auroc": 0.6, "best_epoch_auroc": 0.65} for c in CLASSES}}
+    shared = {k: v for k, v in plume_payload(seeds=1)["about"].items() if k not in ("perturbation", "guidance")}
+    return {"variants": {"gaussian/none": variant, "linear/mean": variant}, "about": shared}
+
+
+def write(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def roc_file(folder: Path, name: str) -> None:
+    write(folder / f"roc_{name}.json", [{"fpr": 0.0, "tpr": 0.0}, {"fpr": 0.2, "tpr": 0.7}, {"fpr": 1.0, "tpr": 1.0}])
+
+
+def build(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(report_main, ["build", *args])
+    return result.exit_code, result.output
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in markdown.splitlines()
+            if line.startswith("| ") and not line.startswith("| Head")]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """The dvc.yaml layout: metrics/<name>.json beside plots/<name> (and _training for PLUME)."""
+    write(tmp_path / "metrics" / "knn_efficientnet_lite0.json", knn_payload())
+    write(tmp_path / "metrics" / "plume_efficientnet_lite0.json", plume_payload())
+    write(tmp_path / "metrics" / "anomem_efficientnet_lite0.json", anomem_payload())
+    for head in ("knn", "plume", "anomem"):
+        for name in CLASSES:
+            roc_file(tmp_path / "plots" / f"{head}_efficientnet_lite0", name)
+    for name in CLASSES:
+        write(tmp_path / "plots" / "plume_efficientnet_lite0_training" / f"train_{name}.json",
+              [{"seed": s, "epoch": e, "ce": 0.5, "test_auroc": 0.5 + e / 10} for s in range(3) for e in (1, 2)])
+    return tmp_path
+
+
+def test_one_table_holds_every_head_and_class_with_std_and_labelled_paper_figures(project: Path) -> None:
+    code, output = build(str(project / "metrics"), "--out-md", str(project / "r.md"), "--out-html",
+                         str(project / "r.html"))
+    assert code == 0, output
+    markdown = (project / "r.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| Head"))
+    assert header.split(" | ")[2:5] == CLASSES  # every class, in payload order
+    assert "published (paper's backbone & protocol, not ours)" in header
+    rows = {(r[0], r[1]): r[2:] for r in table_rows(markdown)}
+    assert rows[("kNN (DN2)", "k = 2")] == ["91.0", "82.0", "73.0", "**82.0**", "92.5 [PANDA]"]
+    # Three seeds: mean ± std per class and for the mean; the paper's figure beside the row of its protocol.
+    assert rows[("PLUME", "LinearMap, contrastive guidance; final epoch")] == [
+        "61.0 ± 1.2", "71.0 ± 1.2", "81.0 ± 1.2", "**71.0 ± 0.4**", ""]
+    assert rows[("PLUME", "LinearMap, contrastive guidance; best epoch (picked on the test set)")] == [
+        "66.0 ± 2.1", "76.0 ± 2.1", "86.0 ± 2.1", "**76.0 ± 0.7**", "83.4 [PLUME]"]
+    # One seed: no std; two draws: std over draws.
+    assert rows[("AnoMem", "one-class; multi-scale, learnt memory")] == ["55.0"] * 3 + ["**55.0**", "91.5 [AnoMem]"]
+    assert rows[("AnoMem", "semi-supervised, gamma = 0.01, 2 draws; multi-scale, learnt memory")] == [
+        "88.0 ± 4.4"] * 3 + ["**88.0 ± 3.3**", "92.5 [AnoMem]"]
+    assert rows[("kNN (DN2)", "k = 2, AnoMem's training images (those with views)")] == ["77.0"] * 3 + ["**77.0**", ""]
+    assert len(rows) == 6
+    caption = markdown.split("## ")[1]
+    for words in (CIFAR, "efficientnet_lite0", "224x224", "resize/bilinear/imagenet", "one-vs-all", "3 seeds"):
+        assert words in caption
+    assert "[PANDA] PANDA paper" in markdown and "resnet152" in markdown and "not measured here" in markdown
+
+
+def test_paper_column_only_for_cifar10_and_groups_by_features(tmp_path: Path) -> None:
+    digits = write(tmp_path / "knn_digits.json", knn_payload("digits", ["0", "1"]))
+    cifar = write(tmp_path / "knn_cifar.json", knn_payload())
+    ablation = write(tmp_path / "ablation.json", ablation_payload())
+    code, output = build(str(digits), str(cifar), str(ablation), "--out-md", str(tmp_path / "r.md"),
+                         "--out-html", str(tmp_path / "r.html"))
+    assert code == 0, output
+    digits_part, cifar_part = (tmp_path / "r.md").read_text().split("## ")[1:]
+    assert digits_part.startswith("digits: efficientnet_lite0 @ 224x224")
+    assert "published" not in digits_part and "[PANDA]" not in digits_part
+    assert "published (paper's backbone & protocol, not ours)" in cifar_part
+    rows = {(r[0], r[1]): r[-1] for r in table_rows(cifar_part)}
+    assert rows[("PLUME", "Gaussian, no guidance; best epoch (picked on the test set)")] == "77.5 [PLUME]"
+    assert rows[("PLUME", "LinearMap, mean guidance; best epoch (picked on the test set)")] == "76.9 [PLUME]"
+    assert rows[("PLUME", "LinearMap, mean guidance; final epoch")] == ""
+
+
+def test_html_is_self_contained_escaped_and_draws_every_curve(project: Path) -> None:
+    out = project / "reports" / "results.html"
+    code, output = build(str(project / "metrics"), "--out-md", str(project / "r.md"), "--out-html", str(out))
+    assert code == 0, output
+    page = out.read_text()
+    assert "http://" not in page and "https://" not in page and "<script" not in page and "@import" not in page
+    assert "<b>&" not in page and "&lt;b&gt;&amp;" in page
+    roc_files = list((project / "plots").glob("*/roc_*.json"))
+    assert len(roc_files) == 9 and page.count('<path class="roc"') == len(roc_files)
+    assert page.count('<path class="training"') == 3
+    assert "test AUROC per epoch (mean of 3 seeds)" in page and "false positive rate" in page
+    assert page.count("<table>") == 1 and "92.5 [PANDA]" in page
+
+
+def test_plots_dirs_can_be_given_per_file(tmp_path: Path) -> None:
+    ablation = write(tmp_path / "ablation.json", ablation_payload())
+    knn = write(tmp_path / "knn.json", knn_payload())
+    for variant in ("gaussian_none", "linear_mean"):
+        roc_file(tmp_path / "abl_plots" / variant / "roc", "airplane")
+    roc_file(tmp_path / "elsewhere", "airplane")
+    roc_file(tmp_path / "elsewhere", "automobile")
+    code, output = build(str(ablation), str(knn), "--plots-dir", f"{knn}={tmp_path / 'elsewhere'}",
+                         "--plots-dir", str(tmp_path / "abl_plots"), "--out-md", str(tmp_path / "r.md"),
+                         "--out-html", str(tmp_path / "r.html"))
+    assert code == 0, output
+    assert (tmp_path / "r.html").read_text().count('<path class="roc"') == 4
+    code, output = build(str(knn), "--plots-dir", f"{tmp_path / 'other.json'}={tmp_path}",
+                         "--out-md", str(tmp_path / "r.md"), "--out-html", str(tmp_path / "r.html"))
+    assert code == 1 and "not one of the metrics files" in output
+
+
+def test_writes_both_files_atomically_and_refuses_what_is_not_a_payload(project: Path, monkeypatch) -> None:
+    import pipeline.cli
+    import pipeline.report
+
+    written = []
+
+    def recording_write_text(path, text):
+        written.append(Path(path).name)
+        pipeline.cli.write_text(path, text)
+
+    monkeypatch.setattr(pipeline.report, "write_text", recording_write_text)
+    md, page = project / "out" / "results.md", project / "out" / "results.html"
+    code, output = build(str(project / "metrics"), "--out-md", str(md), "--out-html", str(page))
+    assert code == 0, output
+    assert written == ["results.md", "results.html"] and not list(md.parent.glob("*.tmp"))
+
+    written.clear()
+    md.write_text("previous")
+    not_payload = write(project / "metrics" / "notes.json", {"comment": "hello"})
+    code, output = build(str(project / "metrics"), "--out-md", str(md), "--out-html", str(page))
+    assert code == 1 and "Traceback" not in output
+    assert f"{not_payload} is not a metrics payload" in " ".join(output.split())
+    assert written == [] and md.read_text() == "previous"  # nothing half-updated
+    write(not_payload, {"about": {"head": "knn"}, "mean": {"auroc": 0.5}, "per_class": {"a": {"aupr": 0.5}}})
+    code, output = build(str(not_payload), "--out-md", str(md), "--out-html", str(page))
+    assert code == 1 and "is not a metrics payload" in output and "Traceback" not in output
+    not_payload.write_text("{broken")
+    code, output = build(str(not_payload), "--out-md", str(md), "--out-html", str(page))
+    assert code == 1 and "cannot read" in output and "as JSON" in output
