@@ -330,11 +330,15 @@ def draw_anomalies(labels: np.ndarray, normal_class: int, gamma: float, draw: in
 
 
 def evaluate_semi_supervised(data: MultiScaleData, class_names: list[str], make_head: Callable[[int], Head],
-                             classes: list[int], gamma: float, draws: int, desc: str = "classes") -> dict[str, dict]:
+                             classes: list[int], gamma: float, draws: int, desc: str = "classes",
+                             stage_a_heads: dict[str, Any] | None = None) -> dict[str, dict]:
     """One-vs-all for a head that may use labelled anomalies, ``draws`` random draws (and
     seeds) per class: per class, the mean metrics over draws with ``auroc_std``, the first
     draw's ROC points and fitted head, and every draw's metrics (``runs``). gamma = 0 is the
-    one-class case."""
+    one-class case. With ``stage_a_heads`` (class name -> a fitted one-class head), each draw
+    trains only the classifiers on a copy of that class's head (``fit_classifiers``)."""
+    import copy
+
     results = {}
     with progress(total=len(classes) * draws, desc=desc, unit="run") as bar:
         for c in classes:
@@ -344,7 +348,10 @@ def evaluate_semi_supervised(data: MultiScaleData, class_names: list[str], make_
                 bar.set_postfix_str(f"{class_names[c]} gamma {gamma} draw {draw}")
                 index, is_normal = draw_anomalies(data.train_labels, c, gamma, draw)
                 plain, views = data.rows(index)
-                head = make_head(draw).fit(plain, views, None if gamma <= 0 else is_normal)
+                if stage_a_heads is not None and gamma > 0:
+                    head = copy.deepcopy(stage_a_heads[class_names[c]]).fit_classifiers(plain, is_normal, draw)
+                else:
+                    head = make_head(draw).fit(plain, views, None if gamma <= 0 else is_normal)
                 scores = head.score(data.test)
                 first = head if first is None else first
                 runs.append(detection_metrics(is_anomaly, scores))

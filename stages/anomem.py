@@ -101,6 +101,10 @@ def knn_same_rows(data: MultiScaleData, class_names: list[str], classes: list[in
 @click.option("--draws", default=3, show_default=True, type=click.IntRange(1),
               help="Random draws of the labelled anomalies (and seeds) per class and gamma; mean and std "
                    "are reported (paper: 10).")
+@click.option("--semi-stage-a", default="retrain", show_default=True, type=click.Choice(["retrain", "reuse"]),
+              help="retrain: every semi-supervised draw trains stage A again with its labelled anomalies "
+                   "(paper); reuse: stage B only, on the one-class run's stage A (draws x cheaper; the "
+                   "anomalies then do not shape the memories).")
 @click.option("--seeds", default=1, show_default=True, type=click.IntRange(1), help="Seeds of the one-class run.")
 @click.option("--knn-baseline", default=2, show_default=True, type=click.IntRange(0),
               help="Also score kNN with this k on the same training images (those with views) and add it to "
@@ -120,7 +124,7 @@ def knn_same_rows(data: MultiScaleData, class_names: list[str], classes: list[in
                    "the --threshold-quantile quantile of its scores on its training images.")
 @click.option("--threshold-quantile", default=0.95, show_default=True, type=click.FloatRange(0, 1),
               help="With --save-heads: the quantile of the training scores taken as the anomaly threshold.")
-def main(cache_path, gammas, draws, seeds, knn_baseline, classes, device, expect, metrics_path, plots_dir,
+def main(cache_path, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, device, expect, metrics_path, plots_dir,
          save_dir, threshold_quantile, **settings):
     """Train AnoMem on each normal class in turn: stage A learns a projection and a Hopfield
     memory per scale from two cached augmented views of each training image; stage B scores
@@ -140,14 +144,15 @@ def main(cache_path, gammas, draws, seeds, knn_baseline, classes, device, expect
     payload = metrics_payload(one_class, cache.metadata, about)
     semi = {}
     for gamma in gammas:
+        stage_a = {name: r["head"] for name, r in one_class.items()} if semi_stage_a == "reuse" else None
         results = evaluate_semi_supervised(data, cache.classes, make_head, chosen, gamma, draws,
-                                           desc=f"{label} gamma {gamma}")
+                                           desc=f"{label} gamma {gamma}", stage_a_heads=stage_a)
         per_class = {name: {"auroc": round(r["metrics"]["auroc"], 6), "auroc_std": round(r["metrics"]["auroc_std"], 6)}
                      for name, r in results.items()}
         per_draw = np.array([[run["auroc"] for run in r["runs"]] for r in results.values()])  # classes x draws
         semi[str(gamma)] = {"mean": {"auroc": round(float(per_draw.mean()), 6),
                                      "auroc_std": round(float(per_draw.mean(axis=0).std()), 6)},
-                            "per_class": per_class, "draws": draws}
+                            "per_class": per_class, "draws": draws, "stage_a": semi_stage_a}
         click.echo(f"  gamma {gamma}: mean AUROC {100 * per_draw.mean():.2f}% "
                    f"(+/- {100 * per_draw.mean(axis=0).std():.2f} over {draws} draws)")
     if semi:

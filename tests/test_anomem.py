@@ -262,7 +262,8 @@ def test_anomem_stage_writes_one_class_and_semi_supervised_metrics(cache_with_vi
     metrics = tmp_path / "anomem.json"
     result = CliRunner().invoke(main, ["--cache", str(cache_with_views.path), "--epochs", "3", "--sup-epochs", "3",
                                        "--slots-intermediate", "16", "--slots-last", "8", "--gammas", "0.1",
-                                       "--draws", "2", "--metrics", str(metrics), "--plots", str(tmp_path / "roc"),
+                                       "--draws", "2", "--semi-stage-a", "reuse", "--metrics", str(metrics),
+                                       "--plots", str(tmp_path / "roc"),
                                        "--expect", "backbone.name=efficientnet_lite0"])
     assert result.exit_code == 0, result.output
     payload = json.loads(metrics.read_text())
@@ -270,7 +271,7 @@ def test_anomem_stage_writes_one_class_and_semi_supervised_metrics(cache_with_vi
     assert 0 <= payload["mean"]["auroc"] <= 1 and payload["about"]["head"] == "anomem"
     assert payload["about"]["footprint"]["memory_values"] == (16 + 8) * 128
     assert payload["about"]["footprint"]["knn_gallery_values"] == 24 * 1280
-    assert set(payload["semi_supervised"]) == {"0.1"}
+    assert set(payload["semi_supervised"]) == {"0.1"} and payload["semi_supervised"]["0.1"]["stage_a"] == "reuse"
     assert 0 <= payload["semi_supervised"]["0.1"]["mean"]["auroc"] <= 1
     assert (tmp_path / "roc" / "roc_class0.json").exists()
     assert "mean AUROC" in result.output
@@ -305,3 +306,22 @@ def test_saved_anomem_head_scores_like_the_trained_one(cache_with_views, tmp_pat
                                trained.score(data.test), rtol=1e-5)
     train_scores = trained.score(data.rows(np.flatnonzero(data.train_labels == 1))[0])
     assert saved.threshold == pytest.approx(np.quantile(train_scores, 0.95), rel=1e-5)
+
+
+def test_classifiers_can_be_trained_on_a_finished_stage_a_without_changing_it():
+    import copy
+
+    train, views, test, is_anomaly = _subspace_features()
+    _, _, extra, extra_is_anomaly = _subspace_features(seed=5, n_test=10)
+    plain = {k: np.concatenate([train[k], extra[k][extra_is_anomaly == 1]]) for k in train}
+    is_normal = np.r_[np.ones(200, bool), np.zeros(10, bool)]
+    head = AnoMemHead(AnoMemConfig(epochs=5, sup_epochs=60, batch_size=64, slots_intermediate=16, slots_last=16,
+                                   proj_dim=16, proj_hidden=32)).fit(train, views)
+    before = copy.deepcopy(head.memories.state_dict())
+    semi = copy.deepcopy(head).fit_classifiers(plain, is_normal, seed=1)
+    assert set(semi.classifiers.keys()) == {"layer", "pooled"} and len(head.classifiers) == 0
+    for name, value in semi.memories.state_dict().items():
+        torch.testing.assert_close(value, before[name])
+    assert roc_auc_score(is_anomaly, semi.score(test)) > 0.9
+    with pytest.raises(PipelineError, match="both"):
+        copy.deepcopy(head).fit_classifiers(train, np.ones(200, bool))

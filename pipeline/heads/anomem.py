@@ -159,6 +159,22 @@ class AnoMemHead:
             self._stage_b_supervised(plain, normal, generator)
         return self
 
+    def fit_classifiers(self, train: dict[str, np.ndarray], is_normal: np.ndarray, seed: int = 0) -> "AnoMemHead":
+        """Stage B only, semi-supervised, on a head whose stage A is done (projections and
+        memories are kept as they are): a cheaper protocol than the paper's, in which the
+        labelled anomalies also take part in stage A."""
+        if not self.scales:
+            raise RuntimeError("fit the head (stage A) before training its classifiers")
+        device = next(self.projections.parameters()).device
+        normal = torch.as_tensor(np.asarray(is_normal, bool)).to(device)
+        if normal.all() or not normal.any():
+            raise PipelineError("semi-supervised training needs both normal images and labelled anomalies.")
+        plain = {s: positions(train[s]).to(device) for s in self.scales}
+        self.classifiers = torch.nn.ModuleDict()
+        torch.manual_seed(seed)
+        self._stage_b_supervised(plain, normal, torch.Generator().manual_seed(seed))
+        return self
+
     def _stage_a(self, views: dict[str, torch.Tensor], normal: torch.Tensor, generator: torch.Generator,
                  monitor, progress) -> None:
         cfg = self.config
