@@ -17,6 +17,8 @@ from pipeline.cli import write_text
 from pipeline.errors import PipelineError
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.json")
+# `build --readme` replaces what lies between these two lines.
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 # Table 1c / 8 of the PLUME paper: (perturbation, guidance) -> key in paper_results.json.
 PLUME_ABLATION_KEYS = {
@@ -268,8 +270,11 @@ def metrics_files(paths: tuple[str, ...]) -> list[Path]:
                    "Default: <plots dir>_training.")
 @click.option("--out-md", default="reports/results.md", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--out-html", default="reports/results.html", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--readme", default=None, type=click.Path(exists=True, dir_okay=False),
+              help=f"Also put the tables into this Markdown file, between the lines {README_START!r} and "
+                   f"{README_END!r} (what is between them is replaced).")
 def build(metrics: tuple[str, ...], plots_dirs: tuple[str, ...], curves_dirs: tuple[str, ...], out_md: str,
-          out_html: str) -> None:
+          out_html: str, readme: str | None) -> None:
     """One table of every head and class from metrics files of any head (or folders of them),
     grouped by dataset, backbone and image size, beside the published CIFAR-10 figures;
     as Markdown, and as a self-contained HTML page with ROC and PLUME training curves."""
@@ -289,9 +294,23 @@ def build(metrics: tuple[str, ...], plots_dirs: tuple[str, ...], curves_dirs: tu
     groups = group_runs(runs)
     # Both rendered before either is written, so a bad input leaves both files as they were.
     markdown, page = markdown_report(groups), html_report(groups)
+    if readme:
+        write_text(readme, replace_between_markers(Path(readme).read_text(), markdown, readme))
     write_text(out_md, markdown)
     write_text(out_html, page)
     click.echo(f"{len(runs)} runs in {len(groups)} table(s): {out_md}, {out_html}")
+
+
+def replace_between_markers(text: str, tables: str, where: str = "the file") -> str:
+    """``text`` with what lies between the results markers replaced by ``tables`` (the
+    report's own title line dropped: the README has its own heading)."""
+    if text.count(README_START) != 1 or text.count(README_END) != 1 or text.index(README_START) > text.index(README_END):
+        raise PipelineError(f"{where} needs one line {README_START} and, after it, one line {README_END} "
+                            f"around the part the report replaces.")
+    body = tables.split("\n", 2)[2] if tables.startswith("# ") else tables
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    return f"{head}{README_START}\n{body.strip()}\n{README_END}{tail}"
 
 
 def _training_dir(plots_dir: Path) -> Path | None:

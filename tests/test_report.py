@@ -192,3 +192,16 @@ def test_writes_both_files_atomically_and_refuses_what_is_not_a_payload(project:
     not_payload.write_text("{broken")
     code, output = build(str(not_payload), "--out-md", str(md), "--out-html", str(page))
     assert code == 1 and "cannot read" in output and "as JSON" in output
+
+
+def test_readme_section_between_markers_is_replaced_and_the_rest_kept():
+    from pipeline.errors import PipelineError
+    from pipeline.report import README_END, README_START, replace_between_markers
+
+    text = f"# Title\n\nintro\n{README_START}\nold table\n{README_END}\n\n## After\n"
+    out = replace_between_markers(text, "# Results\n\nnew table\n")
+    assert out == f"# Title\n\nintro\n{README_START}\nnew table\n{README_END}\n\n## After\n"
+    import pytest
+
+    with pytest.raises(PipelineError, match="results:start"):
+        replace_between_markers("no markers", "x")
