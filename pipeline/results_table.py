@@ -238,6 +238,10 @@ def _anomem_published(about: dict, key: str | None) -> Published | None:
     return Published(value, "AnoMem") if value is not None else None
 
 
+STAGE_A = {"retrain": ", stage A retrained with the anomalies (paper)",
+           "reuse": ", stage B only on the one-class stage A"}
+
+
 def anomem_rows(run: Run, extra: str) -> list[Row]:
     """One-class (std over seeds), each semi-supervised gamma (std over draws) and kNN on the
     same training images, the like-for-like baseline the stage computes."""
@@ -250,8 +254,8 @@ def anomem_rows(run: Run, extra: str) -> list[Row]:
     for gamma, semi in p.get("semi_supervised", {}).items():
         draws = semi.get("draws", 1) > 1
         rows.append(Row(HEAD_NAMES["anomem"],
-                        f"semi-supervised, gamma = {gamma}, {plural(semi.get('draws'), 'draw')}; "
-                        f"{anomem_setting(about)}{extra}",
+                        f"semi-supervised, gamma = {gamma}, {plural(semi.get('draws'), 'draw')}"
+                        f"{STAGE_A.get(semi.get('stage_a'), '')}; {anomem_setting(about)}{extra}",
                         _figures(semi["per_class"], "auroc", "auroc_std" if draws else None),
                         Figure(semi["mean"]["auroc"], semi["mean"].get("auroc_std") if draws else None),
                         _anomem_published(about, _gamma_key(gamma))))
@@ -318,7 +322,11 @@ def group_rows(group: Group) -> list[Row]:
     rows = []
     for run in group.runs:
         differing = distinguishing(run, varying)
-        rows.extend(ROWS.get(run.head, other_rows)(run, f"; {differing}" if differing else ""))
+        for row in ROWS.get(run.head, other_rows)(run, f"; {differing}" if differing else ""):
+            # Runs that share a part (AnoMem's one-class run is repeated in every semi-supervised
+            # file) would give the very same row twice.
+            if row not in rows:
+                rows.append(row)
     return rows
 
 
