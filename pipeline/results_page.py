@@ -20,9 +20,10 @@ p.caption { max-width: 1200px; font-size: 13px; line-height: 1.45; }
 table { border-collapse: collapse; font-size: 12px; margin: 8px 0; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; white-space: nowrap; }
 th { background: #f2f2f2; }
-td.text, th.text { text-align: left; white-space: normal; max-width: 320px; }
+td.text, th.text { text-align: left; white-space: normal; min-width: 240px; max-width: 360px; }
 td.mean { font-weight: bold; }
 td.published, th.published { background: #fff7e0; font-style: italic; color: #555; }
+th.published { white-space: normal; max-width: 150px; }
 ul.notes { font-size: 12px; max-width: 1200px; }
 div.charts { display: flex; flex-wrap: wrap; gap: 12px; }
 svg.chart { border: 1px solid #e4e4e4; background: #fff; font-size: 11px; }
