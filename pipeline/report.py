@@ -133,61 +133,6 @@ def _gamma_key(gamma: str) -> str:
     return f"{float(gamma):.2f}"
 
 
-def anomem_table(main_run: dict, ablations: dict[str, dict] | None = None, knn: dict | None = None,
-                 paper_column: bool = True) -> str:
-    """Markdown table: AnoMem one-class and semi-supervised (mean +/- std over draws) per class,
-    the ablations, kNN on the same training images and on the whole training set, beside the
-    paper's CIFAR-10 figures. Payloads as written by ``python -m stages.anomem`` / ``stages.knn``."""
-    about = main_run["about"]
-    classes = list(main_run["per_class"])
-    header = ["Head", "Setting", *classes, "Mean"]
-    if paper_column:
-        header.append("paper (ResNet50 trained from scratch)")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-
-    def row(head: str, setting: str, per_class: dict, mean: str, paper: float | None, std: bool = False) -> None:
-        cells = [head, setting]
-        for c in classes:
-            m = per_class[c]
-            cells.append(_pct(m["auroc"]) + (f" ± {_pct(m['auroc_std'])}" if std else ""))
-        cells.append(mean)
-        if paper_column:
-            cells.append("" if paper is None else f"{paper:.1f}")
-        lines.append("| " + " | ".join(cells) + " |")
-
-    def setting_of(a: dict) -> str:
-        return f"{'multi-scale' if a['scales'] == 'multi' else 'last scale'}, {a['memory']} memory"
-
-    row("AnoMem", f"one-class, {setting_of(about)}", main_run["per_class"], f"**{_pct(main_run['mean']['auroc'])}**",
-        anomem_paper("one_class" if about["scales"] == "multi" else "memory_last_scale"))
-    for gamma, semi in main_run.get("semi_supervised", {}).items():
-        row("AnoMem", f"semi-supervised, gamma = {gamma}, {semi['draws']} draws", semi["per_class"],
-            f"**{_pct(semi['mean']['auroc'])}** ± {_pct(semi['mean']['auroc_std'])}", anomem_paper(_gamma_key(gamma)),
-            std=semi["draws"] > 1)
-    for payload in (ablations or {}).values():
-        a = payload["about"]
-        key = {("last", "learnt"): "memory_last_scale", ("last", "kmeans"): "kmeans_last_scale",
-               ("multi", "learnt"): "memory_multi_scale"}.get((a["scales"], a["memory"]))
-        row("AnoMem", f"one-class, {setting_of(a)} (ablation)", payload["per_class"],
-            f"**{_pct(payload['mean']['auroc'])}**", anomem_paper(key) if key else None)
-    same = main_run.get("knn_same_rows")
-    if same:
-        row("kNN (DN2)", f"k = {same['k']}, same training images", same["per_class"],
-            f"**{_pct(same['mean']['auroc'])}**", None)
-    if knn is not None:
-        row("kNN (DN2)", f"k = {knn['about'].get('k')}, all training images", knn["per_class"],
-            f"**{_pct(knn['mean']['auroc'])}**", None)
-    n_views = about.get("views")
-    caption = (f"AUROC %, {about['dataset']}, {about['backbone']} @ {about['image_size']} ({about['preprocessing']}), "
-               f"frozen features, one-vs-all. AnoMem: memories {about['slots_intermediate']} / {about['slots_last']} "
-               f"slots x {about['proj_dim']} dims, beta {about['beta']}, {about['epochs']} epochs (stage A), "
-               f"{about['seeds']} seed(s); trained on the {n_views} training images that have cached views. "
-               f"Semi-supervised: gamma x (normal images) labelled anomalies drawn from the other classes' training "
-               f"images with views, mean ± std over draws. The paper's figures are for its own backbone and "
-               f"protocol, not measured here.")
-    return caption + "\n\n" + "\n".join(lines) + "\n"
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Tables of this project's results beside the published figures."""
@@ -204,26 +149,6 @@ def plume_table(metrics: tuple[str, ...], knn_metrics: str | None, out: str | No
     payloads = ablation_payloads(list(metrics))
     knn = json.loads(Path(knn_metrics).read_text()) if knn_metrics else None
     table = plume_ablation_table(payloads, knn, paper_column=has_published_column(next(iter(payloads.values()))["about"]))
-    if out:
-        write_text(out, table)
-    click.echo(table)
-
-
-@main.command("anomem-table")
-@click.argument("metrics", type=click.Path(exists=True, dir_okay=False))
-@click.option("--ablation", "ablations", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Metrics of an ablation run (--memory kmeans, --scales last) on the same cache (repeatable).")
-@click.option("--knn-metrics", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="A kNN metrics file on the same cache (all training images), added as a row.")
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the Markdown table here too.")
-def anomem_table_command(metrics: str, ablations: tuple[str, ...], knn_metrics: str | None, out: str | None) -> None:
-    """AnoMem one-class, semi-supervised and ablations beside kNN and the paper's figures."""
-    main_run = json.loads(Path(metrics).read_text())
-    if main_run.get("about", {}).get("head") != "anomem":
-        raise PipelineError(f"{metrics} is not an AnoMem metrics file (python -m stages.anomem).")
-    extra = {path: json.loads(Path(path).read_text()) for path in ablations}
-    knn = json.loads(Path(knn_metrics).read_text()) if knn_metrics else None
-    table = anomem_table(main_run, extra, knn, paper_column=has_published_column(main_run["about"]))
     if out:
         write_text(out, table)
     click.echo(table)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import click
 import numpy as np
 import torch
 
@@ -49,6 +50,10 @@ FORMAT = "frozen-feature-ad head"
 FORMAT_VERSION = 1
 SUFFIX = ".head"
 DEFAULT_QUANTILE = 0.95
+# The option every head stage with --save-heads shares.
+threshold_quantile_option = click.option(
+    "--threshold-quantile", default=DEFAULT_QUANTILE, show_default=True, type=click.FloatRange(0, 1),
+    help="With --save-heads: the quantile of the training scores taken as the anomaly threshold.")
 
 
 @dataclass(frozen=True)

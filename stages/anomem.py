@@ -14,6 +14,7 @@ import numpy as np
 from pipeline.cli import resolve_device, write_json
 from pipeline.evaluate import MultiScaleData, evaluate_semi_supervised, format_summary, metrics_payload, write_plots
 from pipeline.heads.anomem import MEMORY_CHOICES, SCALE_CHOICES, AnoMemConfig, AnoMemHead
+from pipeline.saved_heads import HeadSaver, saved_heads_note, threshold_quantile_option
 from stages.plume import open_cache
 
 
@@ -122,8 +123,7 @@ def knn_same_rows(data: MultiScaleData, class_names: list[str], classes: list[in
               help="Also save each class's one-class head (first seed) as DIR/<class>.head, to score new images "
                    "with python -m stages.score: projections, memories, the cache's metadata and a threshold, "
                    "the --threshold-quantile quantile of its scores on its training images.")
-@click.option("--threshold-quantile", default=0.95, show_default=True, type=click.FloatRange(0, 1),
-              help="With --save-heads: the quantile of the training scores taken as the anomaly threshold.")
+@threshold_quantile_option
 def main(cache_path, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, device, expect, metrics_path, plots_dir,
          save_dir, threshold_quantile, **settings):
     """Train AnoMem on each normal class in turn: stage A learns a projection and a Hopfield
@@ -163,8 +163,6 @@ def main(cache_path, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, 
     write_plots(one_class, plots_dir)
     click.echo(format_summary(payload))
     if save_dir:
-        from pipeline.saved_heads import HeadSaver, saved_heads_note
-
         saver = HeadSaver.for_cache(save_dir, "anomem", cache, threshold_quantile=threshold_quantile,
                                     device=config.device)
         for c in chosen:

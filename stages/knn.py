@@ -16,7 +16,7 @@ from pipeline.distributed import open_client, scheduler_option
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate_one_vs_all, format_summary, write_results
 from pipeline.heads import KNNHead
-from pipeline.saved_heads import DEFAULT_QUANTILE, HeadSaver, saved_heads_note
+from pipeline.saved_heads import HeadSaver, saved_heads_note, threshold_quantile_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -49,8 +49,7 @@ from pipeline.saved_heads import DEFAULT_QUANTILE, HeadSaver, saved_heads_note
                    "scores. Metrics are unchanged. With --scheduler each file is written by the worker that "
                    "trains the class, so DIR must be on storage the workers share (like the cache); with "
                    "--stream or --out-of-core each class's gallery is read into memory once to be saved.")
-@click.option("--threshold-quantile", default=DEFAULT_QUANTILE, show_default=True, type=click.FloatRange(0, 1),
-              help="With --save-heads: the quantile of the training scores taken as the anomaly threshold.")
+@threshold_quantile_option
 @click.option("--save-float32", is_flag=True,
               help="With --save-heads: keep the gallery in float32 (a file twice as large) instead of float16.")
 def main(cache_path, k, classes, device, stream, out_of_core, scheduler, expect, metrics_path, plots_dir, save_dir,

@@ -17,7 +17,7 @@ from pipeline.distributed import open_client, scheduler_option
 from pipeline.evaluate import evaluate_trained_one_vs_all, format_summary, write_results
 from pipeline.heads.plume import BATCH_MODES, PlumeConfig, PlumeHead
 from pipeline.heads.plume_model import GUIDANCES, PERTURBATIONS
-from pipeline.saved_heads import DEFAULT_QUANTILE, HeadSaver, saved_heads_note
+from pipeline.saved_heads import HeadSaver, saved_heads_note, threshold_quantile_option
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -147,8 +147,7 @@ def head_label(settings: dict, perturbation: str, guidance: str, seeds: list[int
                    "metadata and a threshold, the --threshold-quantile quantile of the head's scores on its "
                    "training features. Metrics are unchanged. With --scheduler each file is written by the "
                    "worker that trains the class, so DIR must be on storage the workers share (like the cache).")
-@click.option("--threshold-quantile", default=DEFAULT_QUANTILE, show_default=True, type=click.FloatRange(0, 1),
-              help="With --save-heads: the quantile of the training scores taken as the anomaly threshold.")
+@threshold_quantile_option
 def main(cache_path, perturbation, guidance, seeds, classes, device, expect, scheduler, metrics_path, plots_dir,
          curves_dir, save_dir, threshold_quantile, **settings):
     """Train PLUME (a perturbator generating pseudo-anomalies and a classifier telling them from

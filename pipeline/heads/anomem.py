@@ -338,11 +338,9 @@ class AnoMemHead:
         head.scales, head.weights = list(state["scales"]), dict(state["weights"])
         for s in head.scales:
             key = head._module_key(s)
-            slots = config.slots_last if s == POOLED else config.slots_intermediate
             head.projections[key] = Projection(state["in_dims"][s], config.proj_hidden, config.proj_dim)
-            memory_slots = state["memories"][f"{key}.patterns"].shape[0]  # k-means may have fewer
-            head.memories[key] = HopfieldMemory(min(slots, memory_slots), config.proj_dim, config.beta,
-                                                config.hopfield_steps)
+            slots = state["memories"][f"{key}.patterns"].shape[0]  # k-means may have kept fewer
+            head.memories[key] = HopfieldMemory(slots, config.proj_dim, config.beta, config.hopfield_steps)
             if s in state["positions"]:
                 head.classifiers[key] = ScaleClassifier(config.proj_dim, state["positions"][s], config.sup_pool,
                                                         config.sup_hidden)
