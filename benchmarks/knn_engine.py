@@ -2,9 +2,13 @@
 
     python benchmarks/knn_engine.py [--gallery 5000] [--queries 10000] [--dim 2048] [--k 2]
 
-All timings are taken in this one process on the same random data; the script prints each
-method's time and its ratio to the project's engine, and checks that the scores agree with
-faiss to 1e-4 relative. Needs `pip install -e '.[bench]'` for faiss.
+All timings are taken in this one process on the same random data, in interleaved rounds
+(this shared machine's speed drifts over seconds). The script prints each method's median
+time and the median, over rounds, of its time / the engine's time in the same round, with
+the range; and checks that the scores agree with faiss to 1e-4 relative. The arithmetic
+floor is the faster of two bare matrix products of the same shapes: torch.matmul (PyTorch's
+BLAS, MKL in the PyPI wheels) and numpy.matmul (NumPy's OpenBLAS). Needs
+`pip install -e '.[bench]'` for faiss.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def best_of(repeats: int, fn) -> tuple[float, object]:
 @click.option("--queries", default=10000, show_default=True)
 @click.option("--dim", default=2048, show_default=True)
 @click.option("--k", default=2, show_default=True)
-@click.option("--repeats", default=5, show_default=True)
+@click.option("--repeats", default=10, show_default=True, help="Interleaved rounds.")
 def main(gallery: int, queries: int, dim: int, k: int, repeats: int) -> None:
     import faiss
     from sklearn.neighbors import NearestNeighbors
@@ -60,27 +64,37 @@ def main(gallery: int, queries: int, dim: int, k: int, repeats: int) -> None:
 
     gt, qt = torch.from_numpy(g), torch.from_numpy(q)
 
-    def bare_matmul():
+    def bare_torch_matmul():
         return qt @ gt.T
 
-    methods = [("project engine", ours), ("faiss IndexFlatL2", with_faiss),
-               ("sklearn brute", with_sklearn), ("bare torch.matmul", bare_matmul)]
+    def bare_numpy_matmul():
+        return q @ g.T
+
+    methods = [("project engine", ours), ("faiss IndexFlatL2", with_faiss), ("sklearn brute", with_sklearn),
+               ("bare torch.matmul", bare_torch_matmul), ("bare numpy.matmul", bare_numpy_matmul)]
     for _, fn in methods:
         fn()  # warm up
-    # Round-robin repeats, best time of each: this shared machine's speed drifts over seconds.
-    results = {name: (float("inf"), None) for name, _ in methods}
+    times: dict[str, list[float]] = {name: [] for name, _ in methods}
+    outputs = {}
+    order = np.random.default_rng(1)
     for _ in range(repeats):
-        for name, fn in methods:
-            seconds, output = best_of(1, fn)
-            if seconds < results[name][0]:
-                results[name] = (seconds, output)
-    base = results["project engine"][0]
-    for name, (seconds, _) in results.items():
-        print(f"{name:20s} {seconds * 1000:9.1f} ms   its time / engine time: {seconds / base:6.2f}")
-    ours_scores, faiss_scores = results["project engine"][1], results["faiss IndexFlatL2"][1]
+        # A new order each round: a method must not always follow the same one (a BLAS's threads
+        # keep spinning for a while after a call and slow whatever runs next).
+        for index in order.permutation(len(methods)):
+            name, fn = methods[index]
+            seconds, outputs[name] = best_of(1, fn)
+            times[name].append(seconds)
+    engine = np.array(times["project engine"])
+    print(f"{repeats} interleaved rounds; median time, and its time / the engine's time in the same round")
+    for name, seconds in times.items():
+        ratio = np.array(seconds) / engine
+        print(f"{name:20s} {np.median(seconds) * 1000:8.1f} ms   ratio median {np.median(ratio):5.2f} "
+              f"(range {ratio.min():.2f}-{ratio.max():.2f})")
+    ours_scores, faiss_scores = outputs["project engine"], outputs["faiss IndexFlatL2"]
     relative = np.abs(ours_scores - faiss_scores) / np.abs(faiss_scores)
     print(f"max relative difference to faiss: {relative.max():.2e} ({'OK' if relative.max() <= 1e-4 else 'TOO LARGE'})")
-    print(f"engine / bare matmul time: {base / results['bare torch.matmul'][0]:.2f}")
+    floor = np.minimum(times["bare torch.matmul"], times["bare numpy.matmul"])
+    print(f"engine time / faster bare matmul time, median over rounds: {np.median(engine / floor):.2f}")
 
 
 if __name__ == "__main__":

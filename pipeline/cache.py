@@ -30,7 +30,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import zarr
@@ -155,18 +155,33 @@ def attrs_lock(path: str | Path) -> Iterator[None]:
             fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
-_open_stores: dict[tuple[str, int], "FeatureCache"] = {}
+_per_process: dict[str, tuple[int, dict]] = {}
+
+
+def once_per_process(path: str | Path, build: Callable[["FeatureCache"], Any] | None = None,
+                     require_complete: bool = True):
+    """The store at ``path`` (or ``build(store)``, e.g. its test split), opened once per process
+    and reused by the later tasks a Dask worker runs there.
+
+    Keyed by the modification time of the store's metadata, so a store re-extracted between two
+    runs on a long-lived cluster is read afresh (and the stale entry dropped, for memory).
+    """
+    resolved = str(Path(path).resolve())
+    stamp = (Path(path) / "zarr.json").stat().st_mtime_ns
+    held = _per_process.get(resolved)
+    if held is None or held[0] != stamp:
+        held = _per_process[resolved] = (stamp, {})
+    key = (build, require_complete)
+    if key not in held[1]:
+        cache = FeatureCache.open(path, require_complete=require_complete)
+        held[1][key] = cache if build is None else build(cache)
+    return held[1][key]
 
 
 def _read_rows_task(path: str, split: str, name: str, chunk: int, local: np.ndarray | None) -> np.ndarray:
     """A Dask task: one chunk's rows, checked against its checksum, read by whichever process
-    computes it. The store is opened once per process (re-opened when its zarr.json changes)."""
-    key = (str(Path(path).resolve()), (Path(path) / "zarr.json").stat().st_mtime_ns)
-    cache = _open_stores.get(key)
-    if cache is None:
-        _open_stores.clear()
-        cache = _open_stores[key] = FeatureCache.open(path, require_complete=False)
-    data = cache.read_chunk(split, name, chunk)
+    computes it."""
+    data = once_per_process(path, require_complete=False).read_chunk(split, name, chunk)
     return data if local is None else data[local]
 
 

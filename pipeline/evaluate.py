@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from pipeline.cache import FeatureCache
+from pipeline.cache import FeatureCache, once_per_process
 from pipeline.cli import cache_label, progress, write_json
 from pipeline.datasets import OneVsAll, one_vs_all
 from pipeline.metrics import detection_metrics, roc_points, summarise
@@ -178,21 +178,13 @@ class _WorkerData:
     test_features: np.ndarray
 
 
-_worker_data: dict[tuple[str, int], _WorkerData] = {}
+def _job_data(cache: FeatureCache) -> _WorkerData:
+    return _WorkerData(cache, cache.labels("train"), cache.labels("test"), cache.features("test"))
 
 
 def _open_for_job(path: str) -> _WorkerData:
-    """The cache and its test split, read once per worker process and reused by its later jobs.
-
-    Keyed by the modification time of the store's metadata, so a cache re-extracted between
-    two runs on a long-lived cluster is read afresh; only the latest cache is kept (memory).
-    """
-    key = (str(Path(path).resolve()), (Path(path) / "zarr.json").stat().st_mtime_ns)
-    if key not in _worker_data:
-        _worker_data.clear()
-        cache = FeatureCache.open(path)
-        _worker_data[key] = _WorkerData(cache, cache.labels("train"), cache.labels("test"), cache.features("test"))
-    return _worker_data[key]
+    """The cache and its test split, read once per worker process and reused by its later jobs."""
+    return once_per_process(path, _job_data)
 
 
 def run_job(job: Job) -> dict:

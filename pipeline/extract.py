@@ -66,8 +66,8 @@ class ChunkWriter:
             self._pool.shutdown(wait=True)
 
 
-class _Batches(torch.utils.data.Dataset):
-    """Yields whole preprocessed batches, so workers do the decoding and resizing."""
+class PreprocessedBatches(torch.utils.data.Dataset):
+    """Yields whole preprocessed batches, so DataLoader workers do the decoding and resizing."""
 
     def __init__(self, images, batches: list[list[int]], preprocessing: Preprocessing) -> None:
         self.images, self.batches, self.preprocessing = images, batches, preprocessing
@@ -205,7 +205,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
                 plan = [(chunk, list(range(s.start, s.stop))[b:b + batch_size])
                         for chunk in chunks for s in [cache.chunk_slices(split)[chunk]]
                         for b in range(0, s.stop - s.start, batch_size)]
-                loader = DataLoader(_Batches(images, [rows for _, rows in plan], preprocessing), batch_size=None,
+                loader = DataLoader(PreprocessedBatches(images, [rows for _, rows in plan], preprocessing), batch_size=None,
                                     num_workers=workers, pin_memory=device_.type == "cuda",
                                     prefetch_factor=4 if workers else None)
                 buffers: dict[str, list[np.ndarray]] = {}

@@ -8,6 +8,8 @@ merged across gallery blocks. Accumulation is float32 even for float16 inputs.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
 import numpy as np
@@ -25,13 +27,14 @@ def _float32(rows: np.ndarray | torch.Tensor, device: torch.device) -> torch.Ten
 
 
 def knn_distances(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], queries: np.ndarray | torch.Tensor,
-                  k: int = 2, query_block: int = 4096, gallery_block: int = 8192,
-                  device: str | torch.device = "cpu") -> np.ndarray:
+                  k: int = 2, query_block: int = 1024, gallery_block: int = 8192,
+                  device: str | torch.device = "cpu", workers: int | None = None) -> np.ndarray:
     """Squared L2 distances from each query to its ``k`` nearest gallery vectors, ascending.
 
     ``gallery`` may be an array or an iterable of row blocks (for example Zarr chunks read
     one at a time), so a gallery larger than memory is streamed. Returns (n_queries, k).
-    Memory: the queries, one gallery block and one (query_block x gallery_block) block.
+    Memory: the queries, one gallery block and, per CPU core, one (query_block x
+    gallery_block) block of distances. ``workers``: CPU threads (default: torch's thread count).
     """
     device = torch.device(device)
     queries_t = _float32(queries, device)
@@ -40,32 +43,99 @@ def knn_distances(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], que
     else:
         blocks = gallery
     best = torch.full((len(queries_t), k), float("inf"), device=device)
-    seen, buffer = 0, None
-    for block in blocks:
-        block_t = _float32(block, device)
-        if block_t.shape[1] != queries_t.shape[1]:
-            raise PipelineError(f"gallery features have dimension {block_t.shape[1]} but queries have "
-                                f"dimension {queries_t.shape[1]}.")
-        seen += len(block_t)
-        kk = min(k, len(block_t))
-        block_norms = (block_t * block_t).sum(1).unsqueeze(0)
-        if buffer is None or buffer.shape[1] < len(block_t):
-            buffer = torch.empty((min(query_block, len(queries_t)), len(block_t)), device=device)
-        for start in range(0, len(queries_t), query_block):
-            stop = min(start + query_block, len(queries_t))
-            # |g|^2 - 2 q.g in one fused call, into a reused buffer (a fresh block of memory
-            # each time would be page-faulted in). |q|^2 is the same for a whole row, so it
-            # does not change which neighbours are nearest and is added once at the end.
-            partial = torch.addmm(block_norms, queries_t[start:stop], block_t.T, beta=1.0, alpha=-2.0,
-                                  out=buffer[: stop - start, : len(block_t)])
-            nearest = torch.topk(partial, kk, dim=1, largest=False, sorted=False).values
-            merged = torch.cat([best[start:stop], nearest], dim=1)
-            best[start:stop] = torch.topk(merged, k, dim=1, largest=False).values
-    best += (queries_t * queries_t).sum(1, keepdim=True)
+    seen = 0
+    with _BlockNearest(queries_t, query_block, workers) as nearest_in:
+        for block in blocks:
+            block_t = _float32(block, device)
+            if block_t.shape[1] != queries_t.shape[1]:
+                raise PipelineError(f"gallery features have dimension {block_t.shape[1]} but queries have "
+                                    f"dimension {queries_t.shape[1]}.")
+            if not len(block_t):
+                continue
+            seen += len(block_t)
+            merged = torch.cat([best, nearest_in(block_t, min(k, len(block_t)))], dim=1)
+            best = torch.topk(merged, k, dim=1, largest=False).values
     if seen < k:
         raise PipelineError(f"kNN with k={k} needs at least {k} gallery features, got {seen}.")
+    # |q|^2 is the same for a whole row, so it does not change which neighbours are nearest
+    # and is added once at the end.
+    best += (queries_t * queries_t).sum(1, keepdim=True)
     # Rounding can make a distance of 0 slightly negative.
     return best.clamp_min_(0).cpu().numpy()
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limits = None
+
+
+def _single_threaded_blas(change: int) -> None:
+    """Count engine calls that need a single-threaded BLAS (+1 on entry, -1 on exit): the limit
+    is process-wide, so with calls running side by side (Dask threads) it is set by the first
+    and the BLAS's own setting restored by the last, never by one call under another's feet."""
+    global _blas_users, _blas_limits
+    from threadpoolctl import threadpool_limits
+
+    with _blas_lock:
+        if change > 0 and _blas_users == 0:
+            _blas_limits = threadpool_limits(1, user_api="blas")
+        _blas_users += change
+        if change < 0 and _blas_users == 0:
+            _blas_limits.restore_original_limits()
+
+
+class _BlockNearest:
+    """``nearest_in(block, k)``: for every query, the k smallest |g|^2 - 2 q.g over one gallery
+    block, i.e. the squared distances less |q|^2 (unsorted), computed query block by query block.
+
+    On the GPU this is one ``addmm`` and ``topk`` per query block. On the CPU the matrix
+    product goes through NumPy's OpenBLAS and the query blocks are shared among one worker
+    thread per core, each with a single-threaded BLAS. Both choices were measured
+    (benchmarks/knn_engine.py, 2-core AMD EPYC): PyTorch's MKL sgemm is 1.2-1.5x slower than
+    OpenBLAS on this AMD CPU, and a multi-threaded OpenBLAS keeps its threads spinning for a
+    while after each call, so they take the cores the top-k that follows needs (+10% in all).
+    With one thread per worker every core is busy with either the product or the top-k.
+    """
+
+    def __init__(self, queries: torch.Tensor, query_block: int, workers: int | None = None) -> None:
+        self.queries, self.query_block = queries, max(1, query_block)
+        self.workers = max(1, workers or torch.get_num_threads())
+        self.on_cpu = queries.device.type == "cpu"
+        self._local = threading.local()  # one reused distance buffer per worker thread
+
+    def __enter__(self) -> "_BlockNearest":
+        if self.on_cpu:
+            _single_threaded_blas(+1)
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="knn")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.on_cpu:
+            self._pool.shutdown()
+            _single_threaded_blas(-1)
+
+    def __call__(self, block: torch.Tensor, k: int) -> torch.Tensor:
+        norms = (block * block).sum(1)
+        starts = range(0, len(self.queries), self.query_block)
+        if not self.on_cpu:
+            return torch.cat([torch.topk(torch.addmm(norms.unsqueeze(0), self.queries[s:s + self.query_block],
+                                                     block.T, beta=1.0, alpha=-2.0),
+                                         k, dim=1, largest=False, sorted=False).values for s in starts])
+        queries, gallery = self.queries.numpy(), block.numpy()
+
+        def one(start: int) -> torch.Tensor:
+            rows = queries[start:start + self.query_block]
+            size = len(rows) * len(gallery)
+            # A buffer reused across calls: a fresh block of memory each time would be page-faulted in.
+            buffer = getattr(self._local, "buffer", None)
+            if buffer is None or buffer.size < size:
+                buffer = self._local.buffer = np.empty(max(size, self.query_block * len(gallery)), np.float32)
+            products = buffer[:size].reshape(len(rows), len(gallery))
+            np.matmul(rows, gallery.T, out=products)
+            partial = torch.from_numpy(products).mul_(-2.0).add_(norms)
+            return torch.topk(partial, k, dim=1, largest=False, sorted=False).values
+
+        return torch.cat(list(self._pool.map(one, starts)))
 
 
 def knn_scores(gallery, queries, k: int = 2, **kwargs) -> np.ndarray:
@@ -142,7 +212,8 @@ def _block_nearest(block: np.ndarray, queries: np.ndarray, k: int, query_block: 
         kk = min(k, len(block))
         # The engine's own gallery blocks (8,192 rows) within the chunk: its distance buffer is
         # queries x 8,192 however large the cache's chunks are.
-        out[:, :kk] = knn_distances(block, queries, k=kk, query_block=query_block, device=device)
+        # One worker: Dask already runs one such task per core.
+        out[:, :kk] = knn_distances(block, queries, k=kk, query_block=query_block, device=device, workers=1)
     return out
 
 
@@ -152,7 +223,7 @@ def _merge_nearest(*parts: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate(parts, axis=1), axis=1)[:, :k]
 
 
-def knn_distances_dask(gallery, queries: np.ndarray, k: int = 2, query_block: int = 4096,
+def knn_distances_dask(gallery, queries: np.ndarray, k: int = 2, query_block: int = 1024,
                        split_every: int = 8, device: str = "cpu") -> np.ndarray:
     """``knn_distances`` over a Dask array gallery, computed out of core.
 

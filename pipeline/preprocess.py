@@ -67,21 +67,30 @@ class Preprocessing:
             return self._batch(torch.stack(images))
         return torch.cat([self._batch(im.unsqueeze(0)) for im in images])
 
+    @staticmethod
+    def rgb(images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (..., C, H, W) with 1, 3 or 4 channels -> 3 channels (gray repeated, alpha dropped)."""
+        if images.shape[-3] == 1:
+            return images.expand(*images.shape[:-3], 3, *images.shape[-2:])
+        if images.shape[-3] == 4:
+            return images[..., :3, :, :]
+        return images
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        """A float batch in [0, 1] -> the backbone's normalisation, contiguous."""
+        stats = NORMALISATIONS[self.normalisation]
+        if stats is not None:
+            batch = TF.normalize(batch, list(stats[0]), list(stats[1]))
+        return batch.contiguous()
+
     def _batch(self, batch: torch.Tensor) -> torch.Tensor:
-        if batch.shape[1] == 1:
-            batch = batch.expand(-1, 3, -1, -1)
-        elif batch.shape[1] == 4:  # RGBA: drop alpha
-            batch = batch[:, :3]
         mode = INTERPOLATIONS[self.interpolation]
         # Resizing in float avoids uint8 rounding; antialias matters when shrinking large photos.
-        batch = batch.float().div_(255.0)
+        batch = self.rgb(batch).float().div_(255.0)
         if self.resize == "resize":
             batch = TF.resize(batch, [self.image_size, self.image_size], interpolation=mode, antialias=True)
         else:
             short = round(self.image_size * 256 / 224)
             batch = TF.resize(batch, short, interpolation=mode, antialias=True)
             batch = TF.center_crop(batch, [self.image_size, self.image_size])
-        stats = NORMALISATIONS[self.normalisation]
-        if stats is not None:
-            batch = TF.normalize(batch, list(stats[0]), list(stats[1]))
-        return batch.contiguous()
+        return self.normalise(batch)

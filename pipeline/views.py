@@ -24,14 +24,13 @@ import click
 import numpy as np
 import torch
 import torchvision.transforms.v2 as T
-import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader
 
 from pipeline.cache import ArraySpec, FeatureCache, attrs_lock, differences, writer_lock
 from pipeline.cli import progress, resolve_device
 from pipeline.datasets import ImageDataset
 from pipeline.errors import PipelineError
-from pipeline.preprocess import NORMALISATIONS, Preprocessing
+from pipeline.preprocess import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,6 @@ class _ViewBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         rows = self.batches[index]
-        stats = NORMALISATIONS[self.preprocessing.normalisation]
         out = []
         # Seeded by the batch's first row, in a forked RNG: the same views whatever the run,
         # worker or resume, without touching the caller's random state.
@@ -105,16 +103,8 @@ class _ViewBatches(torch.utils.data.Dataset):
             torch.manual_seed(self.seed * 1_000_003 + rows[0])
             for _ in range(self.views):
                 for i in rows:
-                    image = self.images[i]
-                    if image.shape[0] == 1:
-                        image = image.expand(3, -1, -1)
-                    elif image.shape[0] == 4:
-                        image = image[:3]
-                    out.append(self.augment(image).float().div_(255.0))
-        batch = torch.stack(out)
-        if stats is not None:
-            batch = TF.normalize(batch, list(stats[0]), list(stats[1]))
-        return batch.contiguous()
+                    out.append(self.augment(Preprocessing.rgb(self.images[i])).float().div_(255.0))
+        return self.preprocessing.normalise(torch.stack(out))
 
 
 def open_views(cache: FeatureCache) -> FeatureCache:

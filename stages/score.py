@@ -17,10 +17,11 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from pipeline.backbones import get_spec, load_backbone
 from pipeline.cli import progress, resolve_device, write_text
-from pipeline.datasets import IMAGE_EXTENSIONS, FileImages
+from pipeline.datasets import IMAGE_EXTENSIONS, FileImages, unreadable_images
 from pipeline.errors import PipelineError
 from pipeline.preprocess import Preprocessing
 from pipeline.saved_heads import SavedHead, load_head
@@ -63,11 +64,27 @@ def load_matching_backbone(saved: SavedHead, weights_file: str | None = None):
     return model, preprocessing
 
 
+def readable_images(paths: list[Path], skip_bad: bool, workers: int = 0) -> list[Path]:
+    """``paths`` less the files that cannot be decoded: refused (listing them) unless ``skip_bad``."""
+    bad = unreadable_images(FileImages([str(p) for p in paths]), workers)
+    if not bad:
+        return paths
+    listed = [f"{paths[i]} ({reason})" for i, reason in bad]
+    if not skip_bad:
+        more = f" and {len(listed) - 10} more" if len(listed) > 10 else ""
+        raise PipelineError(f"cannot read image {'; '.join(listed[:10])}{more}. Replace or remove "
+                            f"{'them' if len(listed) > 1 else 'it'}, or pass --skip-bad to leave unreadable "
+                            f"files out of the scores.")
+    click.echo(f"left out {len(bad)} unreadable image files: {'; '.join(listed)}", err=True)
+    drop = {i for i, _ in bad}
+    return [p for i, p in enumerate(paths) if i not in drop]
+
+
 def image_features(saved: SavedHead, paths: list[Path], device: torch.device, batch_size: int = 64,
-                   weights_file: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                   weights_file: str | None = None, workers: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Pooled features (N, D) and the cache's maps, computed as pipeline.extract computed the
     head's training cache: same model layout, precision, map pooling and storage rounding."""
-    from pipeline.extract import PRECISIONS, run_backbone
+    from pipeline.extract import PRECISIONS, PreprocessedBatches, run_backbone
 
     model, preprocessing = load_matching_backbone(saved, weights_file)
     model = model.to(device, memory_format=torch.channels_last)
@@ -81,19 +98,13 @@ def image_features(saved: SavedHead, paths: list[Path], device: torch.device, ba
     missing = [name for name in maps if name not in model.stage_names]
     if missing:
         raise PipelineError(f"the head's cache has maps {missing} that {model.spec.name} does not produce.")
-    images = FileImages([str(p) for p in paths])
+    batches = [list(range(start, min(start + batch_size, len(paths)))) for start in range(0, len(paths), batch_size)]
+    loader = DataLoader(PreprocessedBatches(FileImages([str(p) for p in paths]), batches, preprocessing),
+                        batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
     pooled, pooled_maps = [], {name: [] for name in maps}
     with progress(total=len(paths), desc=f"extract {model.spec.name}", unit="img") as bar:
-        for start in range(0, len(paths), batch_size):
-            batch = []
-            for i in range(start, min(start + batch_size, len(paths))):
-                try:
-                    batch.append(images[i])
-                except Exception as error:  # any decoder error: the file is unusable
-                    reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-                    raise PipelineError(f"cannot read image {paths[i]} ({type(error).__name__}: {reason}); "
-                                        f"replace or remove it.") from None
-            out = run_backbone(model, preprocessing(batch), maps, device, autocast)
+        for batch in loader:
+            out = run_backbone(model, batch, maps, device, autocast)
             pooled.append(out["features"])
             for name, info in maps.items():
                 pooled_maps[name].append(out[f"maps/{name}"].astype(info.get("dtype", "float16")))
@@ -193,18 +204,26 @@ def write_scores(out: str | Path, names: list[str], scores: np.ndarray, threshol
 @click.option("--device", default="auto", show_default=True, help="auto (GPU if there is one), cpu, cuda, cuda:<i>.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096),
               help="Images per forward pass.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(0, 64),
+              help="Processes decoding and resizing images beside the forward pass (0: in this process).")
+@click.option("--skip-bad", is_flag=True,
+              help="Leave image files that cannot be decoded out of the scores (listed on stderr) instead of "
+                   "stopping.")
 @click.option("--weights", "weights_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="The backbone weights file the training cache was made with, if it was not the default "
                    "(checked against the SHA-256 the head records).")
-def main(head_path, images_dir, features_file, out_path, threshold_quantile, device, batch_size, weights_file):
+def main(head_path, images_dir, features_file, out_path, threshold_quantile, device, batch_size, workers, skip_bad,
+         weights_file):
     """Score images or features with a saved head and flag those above its threshold."""
     if (images_dir is None) == (features_file is None):
         raise PipelineError("give exactly one of --images FOLDER and --features FILE.h5.")
     device_ = resolve_device(device)
     saved = load_head(head_path, device=str(device_))
     if images_dir is not None:
-        paths = find_images(images_dir)
-        features, maps = image_features(saved, paths, device_, batch_size, weights_file)
+        paths = readable_images(find_images(images_dir), skip_bad, workers)
+        if not paths:
+            raise PipelineError(f"none of the images under {images_dir} can be read.")
+        features, maps = image_features(saved, paths, device_, batch_size, weights_file, workers)
         names, what = [str(p) for p in paths], "images"
     else:
         if saved.multi_scale:

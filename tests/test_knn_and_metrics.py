@@ -36,6 +36,32 @@ def test_knn_streams_gallery_blocks_and_accepts_float16():
     np.testing.assert_allclose(streamed, expected, rtol=1e-4, atol=1e-3)
 
 
+def test_knn_workers_agree_and_leave_the_blas_thread_count_as_it_was():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    rng = np.random.default_rng(3)
+    gallery = rng.normal(size=(300, 24)).astype(np.float32)
+    queries = rng.normal(size=(90, 24)).astype(np.float32)
+    before = blas_threads()
+    expected = brute_force_knn_scores(gallery, queries, 2)
+    for workers in (1, 3):
+        got = knn_scores(gallery, queries, k=2, query_block=8, gallery_block=64, workers=workers)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # Calls side by side (as Dask's threads make them): the BLAS limit is shared, and restored
+    # only when the last one ends. An empty block in a stream is skipped.
+    stream = lambda: [gallery[:0], gallery[:150], gallery[:0], gallery[150:]]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: knn_scores(stream(), queries, k=2, query_block=16), range(12)))
+    for got in results:
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert blas_threads() == before
+
+
 def test_knn_distances_are_sorted_and_zero_for_gallery_members():
     rng = np.random.default_rng(1)
     gallery = rng.normal(size=(20, 6)).astype(np.float32) * 100

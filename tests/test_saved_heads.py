@@ -235,7 +235,15 @@ def test_score_command_refuses_bad_input_cleanly(image_cache, tmp_path):
     write_png(broken / "a.png", np.zeros((8, 8, 3), np.uint8))
     (broken / "b.png").write_bytes(b"\x89PNG truncated")
     output = run("--head", str(good), "--images", str(broken))
-    assert "cannot read image" in output and "b.png" in output
+    assert "cannot read image" in output and "b.png" in output and "--skip-bad" in output
+    # --skip-bad scores the readable ones and names the rest.
+    result = runner.invoke(main, ["--head", str(good), "--images", str(broken), "--skip-bad", "--workers", "0",
+                                  "--out", str(tmp_path / "skip.csv"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "left out 1 unreadable" in result.output and "b.png" in result.output
+    assert "1 images scored" in result.output
+    rows = (tmp_path / "skip.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(str(broken / "a.png"))
     # Heads whose features this version cannot make again.
     external = save_trained_head(tmp_path / "ext.head", head, kind="knn", class_name="good", train_features=train,
                                  cache={**cache.metadata, "backbone": {"name": "external"}})
