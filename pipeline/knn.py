@@ -122,20 +122,32 @@ class _BlockNearest:
                                                      block.T, beta=1.0, alpha=-2.0),
                                          k, dim=1, largest=False, sorted=False).values for s in starts])
         queries, gallery = self.queries.numpy(), block.numpy()
+        # Enough tiles to keep every worker busy: fewer queries per tile when there are few
+        # queries, and the block's gallery rows split among the workers when even that is not enough.
+        rows = min(self.query_block, -(-len(queries) // self.workers))
+        query_tiles = [slice(s, s + rows) for s in range(0, len(queries), rows)]
+        parts = max(1, min(self.workers // len(query_tiles), len(gallery) // max(k, 256)))
+        edges = np.linspace(0, len(gallery), parts + 1).astype(int)
+        gallery_tiles = [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
-        def one(start: int) -> torch.Tensor:
-            rows = queries[start:start + self.query_block]
-            size = len(rows) * len(gallery)
+        def one(tile: tuple[slice, slice]) -> torch.Tensor:
+            query_rows, gallery_rows = queries[tile[0]], gallery[tile[1]]
+            size = len(query_rows) * len(gallery_rows)
             # A buffer reused across calls: a fresh block of memory each time would be page-faulted in.
             buffer = getattr(self._local, "buffer", None)
             if buffer is None or buffer.size < size:
-                buffer = self._local.buffer = np.empty(max(size, self.query_block * len(gallery)), np.float32)
-            products = buffer[:size].reshape(len(rows), len(gallery))
-            np.matmul(rows, gallery.T, out=products)
-            partial = torch.from_numpy(products).mul_(-2.0).add_(norms)
-            return torch.topk(partial, k, dim=1, largest=False, sorted=False).values
+                buffer = self._local.buffer = np.empty(max(size, rows * len(gallery)), np.float32)
+            products = buffer[:size].reshape(len(query_rows), len(gallery_rows))
+            np.matmul(query_rows, gallery_rows.T, out=products)
+            partial = torch.from_numpy(products).mul_(-2.0).add_(norms[tile[1]])
+            return torch.topk(partial, min(k, len(gallery_rows)), dim=1, largest=False, sorted=False).values
 
-        return torch.cat(list(self._pool.map(one, starts)))
+        tiles = [(q, g) for q in query_tiles for g in gallery_tiles]
+        found = list(self._pool.map(one, tiles))
+        if parts == 1:
+            return torch.cat(found)
+        per_query_tile = [torch.cat(found[i:i + parts], dim=1) for i in range(0, len(found), parts)]
+        return torch.cat([torch.topk(t, k, dim=1, largest=False, sorted=False).values for t in per_query_tile])
 
 
 def knn_scores(gallery, queries, k: int = 2, **kwargs) -> np.ndarray:

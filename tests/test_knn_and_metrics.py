@@ -52,6 +52,11 @@ def test_knn_workers_agree_and_leave_the_blas_thread_count_as_it_was():
     for workers in (1, 3):
         got = knn_scores(gallery, queries, k=2, query_block=8, gallery_block=64, workers=workers)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # Fewer queries than workers: the gallery block is split among the workers.
+    big = rng.normal(size=(1000, 8)).astype(np.float32)
+    for k in (1, 3):
+        got = knn_scores(big, big[:1] + 0.1, k=k, workers=3)
+        np.testing.assert_allclose(got, brute_force_knn_scores(big, big[:1] + 0.1, k), rtol=1e-4, atol=1e-4)
     # Calls side by side (as Dask's threads make them): the BLAS limit is shared, and restored
     # only when the last one ends. An empty block in a stream is skipped.
     stream = lambda: [gallery[:0], gallery[:150], gallery[:0], gallery[150:]]
