@@ -146,3 +146,20 @@ def test_cache_rows_in_any_order_chunk_by_chunk(synthetic_cache):
     blocks = list(synthetic_cache.iter_rows("train", "features", rows))
     assert len(blocks) == 4  # chunks 0, 1, 2 and 4
     np.testing.assert_array_equal(np.concatenate(blocks), everything[[3, 0, 17, 16, 40, 71]])  # chunk order
+
+
+def test_knn_torch_path_used_on_the_gpu_matches_brute_force():
+    # The GPU branch (addmm + topk per query block) run on CPU tensors: the same arithmetic.
+    import torch
+
+    from pipeline.knn import _BlockNearest
+
+    rng = np.random.default_rng(4)
+    gallery = rng.normal(size=(60, 12)).astype(np.float32)
+    queries = rng.normal(size=(25, 12)).astype(np.float32)
+    nearest = _BlockNearest(torch.from_numpy(queries), query_block=7)
+    nearest.on_cpu = False
+    with nearest:
+        partial = nearest(torch.from_numpy(gallery), 3).numpy()
+    got = np.sort(partial, axis=1).sum(1) + 3 * (queries.astype(np.float64) ** 2).sum(1)
+    np.testing.assert_allclose(got, brute_force_knn_scores(gallery, queries, 3), rtol=1e-4, atol=1e-3)
