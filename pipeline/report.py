@@ -198,8 +198,11 @@ def metrics_files(paths: tuple[str, ...]) -> list[Path]:
 @click.option("--readme", default=None, type=click.Path(exists=True, dir_okay=False),
               help=f"Also put the tables into this Markdown file, between the lines {README_START!r} and "
                    f"{README_END!r} (what is between them is replaced).")
+@click.option("--params", "params_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A DVC params file (params.yaml): keep only the runs of its dataset, backbones and image "
+                   "size; files left over from earlier settings (a backbone since removed) are named and left out.")
 def build(metrics: tuple[str, ...], plots_dirs: tuple[str, ...], curves_dirs: tuple[str, ...], out_md: str,
-          out_html: str, readme: str | None) -> None:
+          out_html: str, readme: str | None, params_file: str | None) -> None:
     """One table of every head and class from metrics files of any head (or folders of them),
     grouped by dataset, backbone and image size, beside the published CIFAR-10 figures;
     as Markdown, and as a self-contained HTML page with ROC and PLUME training curves."""
@@ -208,6 +211,8 @@ def build(metrics: tuple[str, ...], plots_dirs: tuple[str, ...], curves_dirs: tu
     from pipeline.results_table import discover_plots, group_runs, markdown_report, runs_of
 
     files = metrics_files(metrics)
+    if params_file:
+        files = current_files(files, params_file)
     plots = _pair_dirs(plots_dirs, files, "--plots-dir")
     curves = _pair_dirs(curves_dirs, files, "--curves-dir")
     runs = []
@@ -224,6 +229,38 @@ def build(metrics: tuple[str, ...], plots_dirs: tuple[str, ...], curves_dirs: tu
     write_text(out_md, markdown)
     write_text(out_html, page)
     click.echo(f"{len(runs)} runs in {len(groups)} table(s): {out_md}, {out_html}")
+
+
+def made_with(about: dict, params: dict) -> bool:
+    """Whether a run's ``about`` matches the dataset, backbones and image size of a params file."""
+    dataset = str(params.get("dataset", {}).get("name"))
+    # An image folder is recorded as imagefolder:<folder name>.
+    same_dataset = str(about.get("dataset")) == dataset or str(about.get("dataset")).startswith(dataset + ":")
+    return (same_dataset and about.get("backbone") in params.get("backbones", [])
+            and about.get("image_size") == params.get("preprocess", {}).get("image_size"))
+
+
+def current_files(files: list[Path], params_file: str | Path) -> list[Path]:
+    """The metrics files made with the settings of ``params_file``; the others are named on stderr."""
+    import yaml
+
+    from pipeline.results_table import read_payload
+
+    try:
+        params = yaml.safe_load(Path(params_file).read_text()) or {}
+    except yaml.YAMLError as error:
+        raise PipelineError(f"cannot read {params_file} as YAML: {error}") from None
+    if not isinstance(params, dict):
+        raise PipelineError(f"{params_file} is not a params file (a YAML mapping with dataset, backbones, preprocess).")
+    keep, stale = [], []
+    for file in files:
+        (keep if made_with(read_payload(file).get("about", {}), params) else stale).append(file)
+    if stale:
+        click.echo(f"left out {len(stale)} metrics files not made with the dataset, backbones and image size of "
+                   f"{params_file}: {', '.join(map(str, stale))}", err=True)
+    if not keep:
+        raise PipelineError(f"none of the metrics files was made with the settings of {params_file}.")
+    return keep
 
 
 def replace_between_markers(text: str, tables: str, where: str = "the file") -> str:

@@ -132,6 +132,29 @@ def test_paper_column_only_for_cifar10_and_groups_by_features(tmp_path: Path) ->
     assert rows[("PLUME", "LinearMap, mean guidance; final epoch")] == ""
 
 
+def test_params_file_leaves_out_runs_of_other_settings(tmp_path: Path) -> None:
+    folder = tmp_path / "metrics"
+    write(folder / "knn_efficientnet_lite0.json", knn_payload("digits", ["0", "1"]))
+    stale = knn_payload("digits", ["0", "1"])
+    stale["about"]["backbone"] = "resnet50"  # a backbone since removed from params.yaml
+    write(folder / "knn_resnet50.json", stale)
+    write(folder / "knn_cifar.json", knn_payload())  # imagefolder:cifar10-jpg
+    params = tmp_path / "params.yaml"
+    params.write_text("dataset: {name: digits}\nbackbones: [efficientnet_lite0]\npreprocess: {image_size: 224}\n")
+    out = ["--out-md", str(tmp_path / "r.md"), "--out-html", str(tmp_path / "r.html")]
+    code, output = build(str(folder), "--params", str(params), *out)
+    assert code == 0, output
+    assert "left out 2 metrics files" in output and "knn_resnet50.json" in output and "knn_cifar.json" in output
+    assert "1 runs in 1 table(s)" in output and "resnet50" not in (tmp_path / "r.md").read_text()
+    # An image folder dataset matches its recorded imagefolder:<folder> name.
+    params.write_text("dataset: {name: imagefolder}\nbackbones: [efficientnet_lite0]\npreprocess: {image_size: 224}\n")
+    code, output = build(str(folder), "--params", str(params), *out)
+    assert code == 0 and "1 runs in 1 table(s)" in output and CIFAR in (tmp_path / "r.md").read_text()
+    params.write_text("dataset: {name: svhn}\nbackbones: [efficientnet_lite0]\npreprocess: {image_size: 224}\n")
+    code, output = build(str(folder), "--params", str(params), *out)
+    assert code == 1 and "none of the metrics files" in output
+
+
 def test_html_is_self_contained_escaped_and_draws_every_curve(project: Path) -> None:
     out = project / "reports" / "results.html"
     code, output = build(str(project / "metrics"), "--out-md", str(project / "r.md"), "--out-html", str(out))
