@@ -323,33 +323,86 @@ def draw_anomalies(labels: np.ndarray, normal_class: int, gamma: float, draw: in
 
 def evaluate_semi_supervised(data: MultiScaleData, class_names: list[str], make_head: Callable[[int], Head],
                              classes: list[int], gamma: float, draws: int, desc: str = "classes",
-                             stage_a_heads: dict[str, Any] | None = None) -> dict[str, dict]:
+                             stage_a_heads: dict[str, Any] | None = None, client: "Client | None" = None,
+                             cache_path: str | None = None, scales: Sequence[str] | None = None) -> dict[str, dict]:
     """One-vs-all for a head that may use labelled anomalies, ``draws`` random draws (and
     seeds) per class: per class, the mean metrics over draws with ``auroc_std``, the first
     draw's ROC points and fitted head, and every draw's metrics (``runs``). gamma = 0 is the
     one-class case. With ``stage_a_heads`` (class name -> a fitted one-class head), each draw
-    trains only the classifiers on a copy of that class's head (``fit_classifiers``)."""
+    trains only the classifiers on a copy of that class's head (``fit_classifiers``).
+
+    With ``client``, each (class, draw) is a job on its Dask cluster; the workers read the
+    cache at ``cache_path`` (with ``scales``, as ``data`` was read) once per process."""
+    stage_a = lambda c: None if stage_a_heads is None or gamma <= 0 else stage_a_heads[class_names[c]]  # noqa: E731
+    pairs = [(c, draw) for c in classes for draw in range(draws)]
+    if client is not None:
+        if cache_path is None:
+            raise ValueError("jobs on a cluster need the cache path (the workers read the cache themselves)")
+        jobs = [SemiSupervisedJob(str(cache_path), None if scales is None else tuple(scales), c, gamma, draw,
+                                  make_head, stage_a(c)) for c, draw in pairs]
+        from pipeline.distributed import map_jobs
+
+        with progress(total=len(jobs), desc=desc, unit="run") as bar:
+            done = map_jobs(client, run_semi_supervised_job, jobs, on_done=lambda: bar.update(1))
+    else:
+        done = []
+        with progress(total=len(pairs), desc=desc, unit="run") as bar:
+            for c, draw in pairs:
+                bar.set_postfix_str(f"{class_names[c]} gamma {gamma} draw {draw}")
+                done.append(semi_supervised_run(data, c, gamma, draw, make_head, stage_a(c)))
+                bar.update(1)
+    results = {}
+    for c in classes:
+        mine = [run for (normal, _), run in zip(pairs, done) if normal == c]
+        runs = [run["metrics"] for run in mine]
+        metrics = {name: float(np.mean([r[name] for r in runs])) for name in runs[0]}
+        metrics["auroc_std"] = float(np.std([r["auroc"] for r in runs]))
+        results[class_names[c]] = {"metrics": metrics, "roc": mine[0]["roc"], "runs": runs, "head": mine[0]["head"]}
+    return results
+
+
+def semi_supervised_run(data: MultiScaleData, normal_class: int, gamma: float, draw: int,
+                        make_head: Callable[[int], Head], stage_a_head: Any = None) -> dict:
+    """One draw of one class: its metrics and ROC points, and the fitted head for draw 0 (the
+    one kept; later draws' heads are dropped rather than shipped back from a worker)."""
     import copy
 
-    results = {}
-    with progress(total=len(classes) * draws, desc=desc, unit="run") as bar:
-        for c in classes:
-            is_anomaly = data.test_labels != c
-            runs, roc, first = [], None, None
-            for draw in range(draws):
-                bar.set_postfix_str(f"{class_names[c]} gamma {gamma} draw {draw}")
-                index, is_normal = draw_anomalies(data.train_labels, c, gamma, draw)
-                plain, views = data.rows(index)
-                if stage_a_heads is not None and gamma > 0:
-                    head = copy.deepcopy(stage_a_heads[class_names[c]]).fit_classifiers(plain, is_normal, draw)
-                else:
-                    head = make_head(draw).fit(plain, views, None if gamma <= 0 else is_normal)
-                scores = head.score(data.test)
-                first = head if first is None else first
-                runs.append(detection_metrics(is_anomaly, scores))
-                roc = roc if roc is not None else roc_points(is_anomaly, scores)
-                bar.update(1)
-            metrics = {name: float(np.mean([r[name] for r in runs])) for name in runs[0]}
-            metrics["auroc_std"] = float(np.std([r["auroc"] for r in runs]))
-            results[class_names[c]] = {"metrics": metrics, "roc": roc, "runs": runs, "head": first}
-    return results
+    index, is_normal = draw_anomalies(data.train_labels, normal_class, gamma, draw)
+    plain, views = data.rows(index)
+    if stage_a_head is not None:
+        head = copy.deepcopy(stage_a_head).fit_classifiers(plain, is_normal, draw)
+    else:
+        head = make_head(draw).fit(plain, views, None if gamma <= 0 else is_normal)
+    scores = head.score(data.test)
+    is_anomaly = data.test_labels != normal_class
+    first = draw == 0
+    return {"metrics": detection_metrics(is_anomaly, scores), "roc": roc_points(is_anomaly, scores) if first else None,
+            "head": head if first else None}
+
+
+@dataclass(frozen=True)
+class _ReadMultiScale:
+    """``MultiScaleData.read`` with given scales, as a value: equal jobs share one per-process read."""
+
+    scales: tuple[str, ...] | None
+
+    def __call__(self, cache: FeatureCache) -> MultiScaleData:
+        return MultiScaleData.read(cache, self.scales)
+
+
+@dataclass(frozen=True)
+class SemiSupervisedJob:
+    """One (class, gamma, draw) AnoMem run, shipped to a Dask worker."""
+
+    cache_path: str
+    scales: tuple[str, ...] | None
+    normal_class: int
+    gamma: float
+    draw: int
+    make_head: Callable  # picklable: functools.partial of a module-level function
+    stage_a_head: Any = None  # a fitted one-class head whose classifiers alone are trained
+
+
+def run_semi_supervised_job(job: SemiSupervisedJob) -> dict:
+    data = once_per_process(job.cache_path, _ReadMultiScale(job.scales))
+    return semi_supervised_run(data, job.normal_class, job.gamma, job.draw, job.make_head, job.stage_a_head)

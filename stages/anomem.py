@@ -12,6 +12,7 @@ import click
 import numpy as np
 
 from pipeline.cli import resolve_device, write_json
+from pipeline.distributed import open_client, scheduler_option
 from pipeline.evaluate import MultiScaleData, evaluate_semi_supervised, format_summary, metrics_payload, write_plots
 from pipeline.heads.anomem import MEMORY_CHOICES, SCALE_CHOICES, AnoMemConfig, AnoMemHead
 from pipeline.saved_heads import HeadSaver, saved_heads_note, threshold_quantile_option
@@ -124,8 +125,9 @@ def knn_same_rows(data: MultiScaleData, class_names: list[str], classes: list[in
                    "with python -m stages.score: projections, memories, the cache's metadata and a threshold, "
                    "the --threshold-quantile quantile of its scores on its training images.")
 @threshold_quantile_option
+@scheduler_option
 def main(cache_path, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, device, expect, metrics_path, plots_dir,
-         save_dir, threshold_quantile, **settings):
+         save_dir, threshold_quantile, scheduler, **settings):
     """Train AnoMem on each normal class in turn: stage A learns a projection and a Hopfield
     memory per scale from two cached augmented views of each training image; stage B scores
     test images by how far each scale's features are from their recollection (one-class) or,
@@ -133,28 +135,32 @@ def main(cache_path, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, 
     drawn from the other classes' training images (semi-supervised)."""
     cache, chosen = open_cache(cache_path, expect, classes)
     config = AnoMemConfig(device=str(resolve_device(device)), **settings)
-    data = MultiScaleData.read(cache, None if config.scales == "multi" else ["pooled"])
+    scales = None if config.scales == "multi" else ["pooled"]
+    data = MultiScaleData.read(cache, scales)
     make_head = functools.partial(_make_head, config)
     label = f"AnoMem {config.scales}/{config.memory}"
-    one_class = evaluate_semi_supervised(data, cache.classes, make_head, chosen, 0.0, seeds, desc=label)
-    about = {"head": "anomem", **config.to_dict(), "seeds": seeds,
-             "training_images_per_class": "those with cached views",
-             "views": len(data.view_rows)}
-    about["footprint"] = footprint(data, one_class[cache.classes[chosen[0]]]["head"], chosen[0])
-    payload = metrics_payload(one_class, cache.metadata, about)
-    semi = {}
-    for gamma in gammas:
-        stage_a = {name: r["head"] for name, r in one_class.items()} if semi_stage_a == "reuse" else None
-        results = evaluate_semi_supervised(data, cache.classes, make_head, chosen, gamma, draws,
-                                           desc=f"{label} gamma {gamma}", stage_a_heads=stage_a)
-        per_class = {name: {"auroc": round(r["metrics"]["auroc"], 6), "auroc_std": round(r["metrics"]["auroc_std"], 6)}
-                     for name, r in results.items()}
-        per_draw = np.array([[run["auroc"] for run in r["runs"]] for r in results.values()])  # classes x draws
-        semi[str(gamma)] = {"mean": {"auroc": round(float(per_draw.mean()), 6),
-                                     "auroc_std": round(float(per_draw.mean(axis=0).std()), 6)},
-                            "per_class": per_class, "draws": draws, "stage_a": semi_stage_a}
-        click.echo(f"  gamma {gamma}: mean AUROC {100 * per_draw.mean():.2f}% "
-                   f"(+/- {100 * per_draw.mean(axis=0).std():.2f} over {draws} draws)")
+    with open_client(scheduler) as client:
+        # Each (class, draw) a job on the cluster when there is one; the workers read the cache themselves.
+        on = {"client": client, "cache_path": cache_path, "scales": scales}
+        one_class = evaluate_semi_supervised(data, cache.classes, make_head, chosen, 0.0, seeds, desc=label, **on)
+        about = {"head": "anomem", **config.to_dict(), "seeds": seeds,
+                 "training_images_per_class": "those with cached views",
+                 "views": len(data.view_rows)}
+        about["footprint"] = footprint(data, one_class[cache.classes[chosen[0]]]["head"], chosen[0])
+        payload = metrics_payload(one_class, cache.metadata, about)
+        semi = {}
+        for gamma in gammas:
+            stage_a = {name: r["head"] for name, r in one_class.items()} if semi_stage_a == "reuse" else None
+            results = evaluate_semi_supervised(data, cache.classes, make_head, chosen, gamma, draws,
+                                               desc=f"{label} gamma {gamma}", stage_a_heads=stage_a, **on)
+            per_class = {name: {"auroc": round(r["metrics"]["auroc"], 6),
+                                "auroc_std": round(r["metrics"]["auroc_std"], 6)} for name, r in results.items()}
+            per_draw = np.array([[run["auroc"] for run in r["runs"]] for r in results.values()])  # classes x draws
+            semi[str(gamma)] = {"mean": {"auroc": round(float(per_draw.mean()), 6),
+                                         "auroc_std": round(float(per_draw.mean(axis=0).std()), 6)},
+                                "per_class": per_class, "draws": draws, "stage_a": semi_stage_a}
+            click.echo(f"  gamma {gamma}: mean AUROC {100 * per_draw.mean():.2f}% "
+                       f"(+/- {100 * per_draw.mean(axis=0).std():.2f} over {draws} draws)")
     if semi:
         payload["semi_supervised"] = semi
     if knn_baseline:

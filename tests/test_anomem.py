@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 import shutil
 
@@ -325,3 +326,52 @@ def test_classifiers_can_be_trained_on_a_finished_stage_a_without_changing_it():
     assert roc_auc_score(is_anomaly, semi.score(test)) > 0.9
     with pytest.raises(PipelineError, match="both"):
         copy.deepcopy(head).fit_classifiers(train, np.ones(200, bool))
+
+
+def test_anomem_jobs_on_a_local_cluster_equal_in_process(cache_with_views, tmp_path):
+    """Each (class, draw) as a Dask job: the same metrics as in process at the workers' thread
+    count (1 with local:2 on 2 cores; float32 sums round differently with other counts), the
+    one-class heads shipped back and, for stage-A reuse, shipped out again."""
+    import functools
+
+    import torch
+
+    from pipeline.distributed import open_client
+    from pipeline.evaluate import MultiScaleData, evaluate_semi_supervised
+    from stages.anomem import _make_head, main
+
+    config = AnoMemConfig(epochs=2, sup_epochs=2, slots_intermediate=16, slots_last=8, device="cpu")
+    make_head = functools.partial(_make_head, config)
+    cache = cache_with_views
+    data = MultiScaleData.read(cache)
+    workers_threads = max(1, (os.cpu_count() or 1) // 2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(workers_threads)
+        serial = evaluate_semi_supervised(data, cache.classes, make_head, [0, 2], 0.0, 1)
+        reuse = {name: r["head"] for name, r in serial.items()}
+        serial_semi = evaluate_semi_supervised(data, cache.classes, make_head, [0, 2], 0.2, 2, stage_a_heads=reuse)
+    finally:
+        torch.set_num_threads(threads)
+    with open_client("local:2") as client:
+        on = {"client": client, "cache_path": str(cache.path)}
+        jobs = evaluate_semi_supervised(data, cache.classes, make_head, [0, 2], 0.0, 1, **on)
+        shipped = {name: r["head"] for name, r in jobs.items()}
+        jobs_semi = evaluate_semi_supervised(data, cache.classes, make_head, [0, 2], 0.2, 2, stage_a_heads=shipped,
+                                             **on)
+    for got, expected in ((jobs, serial), (jobs_semi, serial_semi)):
+        assert list(got) == list(expected)
+        for name in expected:
+            assert got[name]["metrics"] == expected[name]["metrics"] and got[name]["runs"] == expected[name]["runs"]
+            assert got[name]["roc"] == expected[name]["roc"]
+    probe = {n: a[:5] for n, a in data.test.items()}
+    for name in serial:
+        np.testing.assert_array_equal(jobs[name]["head"].score(probe), serial[name]["head"].score(probe))
+    # The stage end to end with --scheduler.
+    metrics = tmp_path / "m.json"
+    result = CliRunner().invoke(main, ["--cache", str(cache.path), "--epochs", "2", "--sup-epochs", "2",
+                                       "--slots-intermediate", "16", "--slots-last", "8", "--gammas", "0.2",
+                                       "--draws", "2", "--classes", "class0", "--scheduler", "local:2",
+                                       "--device", "cpu", "--metrics", str(metrics)])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(metrics.read_text())["semi_supervised"]) == {"0.2"}
