@@ -201,6 +201,10 @@ def write_scores(out: str | Path, names: list[str], scores: np.ndarray, threshol
 @click.option("--threshold-quantile", default=None, type=click.FloatRange(0, 1),
               help="Flag at this quantile of the head's training scores instead of the one chosen when it "
                    "was saved (default: the saved threshold).")
+@click.option("--calibrate", "calibration_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Folder of normal images the head was not trained on: the threshold is taken at the quantile "
+                   "of their scores instead of the training scores' (which run low for PLUME and AnoMem, whose "
+                   "training scores are of the images they were fitted on).")
 @click.option("--device", default="auto", show_default=True, help="auto (GPU if there is one), cpu, cuda, cuda:<i>.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096),
               help="Images per forward pass.")
@@ -212,34 +216,40 @@ def write_scores(out: str | Path, names: list[str], scores: np.ndarray, threshol
 @click.option("--weights", "weights_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="The backbone weights file the training cache was made with, if it was not the default "
                    "(checked against the SHA-256 the head records).")
-def main(head_path, images_dir, features_file, out_path, threshold_quantile, device, batch_size, workers, skip_bad,
-         weights_file):
+def main(head_path, images_dir, features_file, out_path, threshold_quantile, calibration_dir, device, batch_size,
+         workers, skip_bad, weights_file):
     """Score images or features with a saved head and flag those above its threshold."""
     if (images_dir is None) == (features_file is None):
         raise PipelineError("give exactly one of --images FOLDER and --features FILE.h5.")
     device_ = resolve_device(device)
     saved = load_head(head_path, device=str(device_))
-    if images_dir is not None:
-        paths = readable_images(find_images(images_dir), skip_bad, workers)
+
+    def score_folder(folder: str) -> tuple[list[str], np.ndarray]:
+        paths = readable_images(find_images(folder), skip_bad, workers)
         if not paths:
-            raise PipelineError(f"none of the images under {images_dir} can be read.")
+            raise PipelineError(f"none of the images under {folder} can be read.")
         features, maps = image_features(saved, paths, device_, batch_size, weights_file, workers)
-        names, what = [str(p) for p in paths], "images"
+        return [str(p) for p in paths], saved.score(features, maps)
+
+    if images_dir is not None:
+        (names, scores), what = score_folder(images_dir), "images"
     else:
         if saved.multi_scale:
             raise PipelineError(f"the {saved.kind} head {head_path} also needs intermediate maps, which a "
                                 f"--features file does not carry; score --images instead.")
         names, features = read_feature_file(saved, features_file)
-        maps, what = {}, "feature rows"
-    scores = saved.score(features, maps)
-    if threshold_quantile is None:
-        threshold, quantile = saved.threshold, saved.threshold_quantile
+        scores, what = saved.score(features, {}), "feature rows"
+    quantile = saved.threshold_quantile if threshold_quantile is None else threshold_quantile
+    if calibration_dir is not None:
+        _, reference = score_folder(calibration_dir)
+        threshold = float(np.quantile(reference, quantile))
+        rule = f"{len(reference)} calibration images' scores (normal images under {calibration_dir})"
     else:
-        threshold, quantile = saved.threshold_at(threshold_quantile), threshold_quantile
+        threshold = saved.threshold if threshold_quantile is None else saved.threshold_at(threshold_quantile)
+        rule = f"{saved.kind} head's {len(saved.train_scores)} training scores"
     flagged = write_scores(out_path, names, scores, threshold)
     click.echo(f"{len(names)} {what} scored, {flagged} flagged anomalous: score > threshold {threshold:.6g}, the "
-               f"{quantile:g}-quantile of the {saved.kind} head's {len(saved.train_scores)} training scores "
-               f"(class {saved.class_name}); wrote {out_path}")
+               f"{quantile:g}-quantile of the {rule} (class {saved.class_name}); wrote {out_path}")
 
 
 if __name__ == "__main__":

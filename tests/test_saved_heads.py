@@ -209,6 +209,14 @@ def test_score_command_on_images_equals_the_head_on_extracted_features(image_cac
                                        str(out), "--device", "cpu", "--threshold-quantile", "0"])
     assert result.exit_code == 0, result.output
     assert f"threshold {saved.threshold_at(0.0):.6g}, the 0-quantile" in result.output
+    # A threshold from held-out normal images: the median of their scores flags half of them.
+    result = CliRunner().invoke(main, ["--head", str(path), "--images", str(root / "test" / "good"), "--out",
+                                       str(out), "--device", "cpu", "--threshold-quantile", "0.5",
+                                       "--calibrate", str(root / "test" / "good")])
+    assert result.exit_code == 0, result.output
+    good = [float(r["score"]) for r in read_csv(out)]
+    assert f"threshold {np.quantile(good, 0.5):.6g}, the 0.5-quantile of the {len(good)} calibration" in result.output
+    assert sum(r["flag"] == "anomalous" for r in read_csv(out)) == sum(v > np.quantile(good, 0.5) for v in good)
 
 
 def test_score_command_refuses_bad_input_cleanly(image_cache, tmp_path):
