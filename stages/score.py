@@ -1,4 +1,4 @@
-"""Score new images (or features) with a head saved by --save-heads of stages.knn / stages.plume.
+"""Score new images (or features) with a head saved by --save-heads of stages.knn, stages.plume or stages.anomem.
 
     python -m stages.score --head heads/cat.head --images new_photos/ --out scores.csv
     python -m stages.score --head heads/cat.head --features new.h5 --out scores.csv
@@ -189,7 +189,8 @@ def write_scores(out: str | Path, names: list[str], scores: np.ndarray, threshol
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False),
-              help="A head file written by --save-heads of python -m stages.knn or stages.plume (DIR/<class>.head).")
+              help="A head file written by --save-heads of python -m stages.knn, stages.plume or stages.anomem "
+                   "(DIR/<class>.head).")
 @click.option("--images", "images_dir", default=None, type=click.Path(exists=True, file_okay=False),
               help="Folder of images to score (searched recursively; jpg, png, bmp, gif, tif, webp), turned into "
                    "features with the backbone, weights and preprocessing the head's training cache used.")
