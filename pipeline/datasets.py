@@ -410,6 +410,12 @@ def unreadable_images(images: Sequence, workers: int = 0) -> list[tuple[int, str
     return [failure for failures in loader for failure in failures]
 
 
+def first_few(items: list[str], limit: int = 10) -> str:
+    """``items`` joined with "; ", the first ``limit`` of them and how many more."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
+
+
 def drop_unreadable(dataset: ImageDataset, skip_bad: bool, workers: int = 0) -> ImageDataset:
     """Refuse a dataset with unreadable files (listing them) or, with ``skip_bad``, leave them
     out and record their paths in the dataset identity (and so in the cache metadata)."""
@@ -420,9 +426,8 @@ def drop_unreadable(dataset: ImageDataset, skip_bad: bool, workers: int = 0) -> 
     listed = [(split, os.path.relpath(dataset.split(split).images.paths[i], root), reason)
               for split, failures in bad.items() for i, reason in failures]
     if not skip_bad:
-        shown = "; ".join(f"{path} ({reason})" for _, path, reason in listed[:10])
-        more = f" and {len(listed) - 10} more" if len(listed) > 10 else ""
-        raise PipelineError(f"{len(listed)} image files cannot be read: {shown}{more}. Replace or remove them, "
+        shown = first_few([f"{path} ({reason})" for _, path, reason in listed])
+        raise PipelineError(f"{len(listed)} image files cannot be read: {shown}. Replace or remove them, "
                             f"or pass --skip-bad to leave them out (they are then listed in the cache metadata).")
     splits = {}
     for split in ("train", "test"):

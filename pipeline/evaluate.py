@@ -201,12 +201,14 @@ def run_job(job: Job) -> dict:
                       data.test_features, job.with_roc, after_fit=job.after_fit)
 
 
-def _run_jobs(client: "Client", jobs: list[Job], desc: str, unit: str) -> list[dict]:
-    """Every job on the cluster, with a progress bar; results in the order of ``jobs``."""
+def _run_jobs(client: "Client", jobs: list, desc: str, unit: str,
+              fn: Callable[[Any], dict] | None = None) -> list[dict]:
+    """``fn(job)`` (default ``run_job``) for every job on the cluster, with a progress bar;
+    results in the order of ``jobs``."""
     from pipeline.distributed import map_jobs
 
     with progress(total=len(jobs), desc=desc, unit=unit) as bar:
-        return map_jobs(client, run_job, jobs, on_done=lambda: bar.update(1))
+        return map_jobs(client, fn or run_job, jobs, on_done=lambda: bar.update(1))
 
 
 def seed_spread(results: dict[str, dict], metric: str) -> float:
@@ -340,10 +342,7 @@ def evaluate_semi_supervised(data: MultiScaleData, class_names: list[str], make_
             raise ValueError("jobs on a cluster need the cache path (the workers read the cache themselves)")
         jobs = [SemiSupervisedJob(str(cache_path), None if scales is None else tuple(scales), c, gamma, draw,
                                   make_head, stage_a(c)) for c, draw in pairs]
-        from pipeline.distributed import map_jobs
-
-        with progress(total=len(jobs), desc=desc, unit="run") as bar:
-            done = map_jobs(client, run_semi_supervised_job, jobs, on_done=lambda: bar.update(1))
+        done = _run_jobs(client, jobs, desc, "run", run_semi_supervised_job)
     else:
         done = []
         with progress(total=len(pairs), desc=desc, unit="run") as bar:

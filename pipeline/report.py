@@ -211,8 +211,6 @@ def build(metrics: tuple[str, ...], plots_dirs: tuple[str, ...], curves_dirs: tu
     from pipeline.results_table import discover_plots, group_runs, markdown_report, runs_of
 
     files = metrics_files(metrics)
-    if params_file:
-        files = current_files(files, params_file)
     plots = _pair_dirs(plots_dirs, files, "--plots-dir")
     curves = _pair_dirs(curves_dirs, files, "--curves-dir")
     runs = []
@@ -221,6 +219,8 @@ def build(metrics: tuple[str, ...], plots_dirs: tuple[str, ...], curves_dirs: tu
         plots_dir = plots.get(file, found_plots)
         curves_dir = curves.get(file, found_curves if file not in plots else _training_dir(plots_dir))
         runs.extend(runs_of(file, plots_dir, curves_dir))
+    if params_file:
+        runs = current_runs(runs, params_file)
     groups = group_runs(runs)
     # Both rendered before either is written, so a bad input leaves both files as they were.
     markdown, page = markdown_report(groups), html_report(groups)
@@ -240,11 +240,9 @@ def made_with(about: dict, params: dict) -> bool:
             and about.get("image_size") == params.get("preprocess", {}).get("image_size"))
 
 
-def current_files(files: list[Path], params_file: str | Path) -> list[Path]:
-    """The metrics files made with the settings of ``params_file``; the others are named on stderr."""
+def current_runs(runs: list, params_file: str | Path) -> list:
+    """The runs made with the settings of ``params_file``; the files of the others are named on stderr."""
     import yaml
-
-    from pipeline.results_table import read_payload
 
     try:
         params = yaml.safe_load(Path(params_file).read_text()) or {}
@@ -252,12 +250,11 @@ def current_files(files: list[Path], params_file: str | Path) -> list[Path]:
         raise PipelineError(f"cannot read {params_file} as YAML: {error}") from None
     if not isinstance(params, dict):
         raise PipelineError(f"{params_file} is not a params file (a YAML mapping with dataset, backbones, preprocess).")
-    keep, stale = [], []
-    for file in files:
-        (keep if made_with(read_payload(file).get("about", {}), params) else stale).append(file)
+    keep = [run for run in runs if made_with(run.about, params)]
+    stale = sorted({str(run.source) for run in runs if not made_with(run.about, params)})
     if stale:
         click.echo(f"left out {len(stale)} metrics files not made with the dataset, backbones and image size of "
-                   f"{params_file}: {', '.join(map(str, stale))}", err=True)
+                   f"{params_file}: {', '.join(stale)}", err=True)
     if not keep:
         raise PipelineError(f"none of the metrics files was made with the settings of {params_file}.")
     return keep

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.backbones import get_spec, load_backbone
 from pipeline.cli import progress, resolve_device, write_text
-from pipeline.datasets import IMAGE_EXTENSIONS, FileImages, unreadable_images
+from pipeline.datasets import IMAGE_EXTENSIONS, FileImages, first_few, unreadable_images
 from pipeline.errors import PipelineError
 from pipeline.preprocess import Preprocessing
 from pipeline.saved_heads import SavedHead, load_head
@@ -71,8 +71,7 @@ def readable_images(paths: list[Path], skip_bad: bool, workers: int = 0) -> list
         return paths
     listed = [f"{paths[i]} ({reason})" for i, reason in bad]
     if not skip_bad:
-        more = f" and {len(listed) - 10} more" if len(listed) > 10 else ""
-        raise PipelineError(f"cannot read image {'; '.join(listed[:10])}{more}. Replace or remove "
+        raise PipelineError(f"cannot read image {first_few(listed)}. Replace or remove "
                             f"{'them' if len(listed) > 1 else 'it'}, or pass --skip-bad to leave unreadable "
                             f"files out of the scores.")
     click.echo(f"left out {len(bad)} unreadable image files: {'; '.join(listed)}", err=True)
@@ -225,24 +224,31 @@ def main(head_path, images_dir, features_file, out_path, threshold_quantile, cal
     device_ = resolve_device(device)
     saved = load_head(head_path, device=str(device_))
 
-    def score_folder(folder: str) -> tuple[list[str], np.ndarray]:
+    if features_file is not None and saved.multi_scale:
+        raise PipelineError(f"the {saved.kind} head {head_path} also needs intermediate maps, which a "
+                            f"--features file does not carry; score --images instead.")
+
+    def readable(folder: str | None) -> list[Path]:
+        if folder is None:
+            return []
         paths = readable_images(find_images(folder), skip_bad, workers)
         if not paths:
             raise PipelineError(f"none of the images under {folder} can be read.")
-        features, maps = image_features(saved, paths, device_, batch_size, weights_file, workers)
-        return [str(p) for p in paths], saved.score(features, maps)
+        return paths
 
+    # The images to score and the calibration images go through the backbone in one pass.
+    paths, calibration = readable(images_dir), readable(calibration_dir)
+    if paths or calibration:
+        features, maps = image_features(saved, paths + calibration, device_, batch_size, weights_file, workers)
+        image_scores = saved.score(features, maps)
+        scores, reference = image_scores[:len(paths)], image_scores[len(paths):]
     if images_dir is not None:
-        (names, scores), what = score_folder(images_dir), "images"
+        names, what = [str(p) for p in paths], "images"
     else:
-        if saved.multi_scale:
-            raise PipelineError(f"the {saved.kind} head {head_path} also needs intermediate maps, which a "
-                                f"--features file does not carry; score --images instead.")
         names, features = read_feature_file(saved, features_file)
         scores, what = saved.score(features, {}), "feature rows"
     quantile = saved.threshold_quantile if threshold_quantile is None else threshold_quantile
     if calibration_dir is not None:
-        _, reference = score_folder(calibration_dir)
         threshold = float(np.quantile(reference, quantile))
         rule = f"{len(reference)} calibration images' scores (normal images under {calibration_dir})"
     else:
