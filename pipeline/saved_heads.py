@@ -41,10 +41,10 @@ import torch
 
 from pipeline.cache import FeatureCache, library_versions
 from pipeline.errors import PipelineError
-from pipeline.heads.anomem import AnoMemHead
-from pipeline.heads.knn import KNNHead
-from pipeline.heads.plume import PlumeHead
-from pipeline.knn import knn_loo_scores
+from pipeline.heads.anomem.head import AnoMemHead
+from pipeline.heads.knn.head import KNNHead
+from pipeline.heads.plume.head import PlumeHead
+from pipeline.heads.knn.engine import knn_loo_scores
 
 FORMAT = "frozen-feature-ad head"
 FORMAT_VERSION = 1

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.knn import knn_scores, knn_scores_dask
+from pipeline.heads.knn.engine import knn_scores, knn_scores_dask
 
 
 # A gallery too large for memory is given as a function returning an iterable of row

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import PipelineError
-from pipeline.heads.plume_model import (GUIDANCES, PERTURBATIONS, Classifier, InputNorm, Perturbator,
+from pipeline.heads.plume.model import (GUIDANCES, PERTURBATIONS, Classifier, InputNorm, Perturbator,
                                         guidance_loss, kl_divergence, near_identity_loss, perturb)
 from pipeline.metrics import detection_metrics
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.heads.anomem_model import (HopfieldMemory, Projection, ScaleClassifier, double_hinge, memorise,
+from pipeline.heads.anomem.model import (HopfieldMemory, Projection, ScaleClassifier, double_hinge, memorise,
                                          nt_xent, variance_loss)
 
 SCALE_CHOICES = ("multi", "last")

@@ -1,0 +1,1 @@
+"""The plume head: see head.py (the head class), command.py (its stage) and report.py (its table rows)."""

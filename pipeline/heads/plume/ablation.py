@@ -1,0 +1,83 @@
+"""Table 1c of the PLUME paper in one command: several perturbation/guidance variants on the
+same cache, the same classes and seeds, side by side with kNN and the published means.
+
+    python -m stages.plume_ablation --cache cache/digits_efficientnet_lite0_224.zarr --dim native \\
+        --epochs 20 --knn-metrics metrics/knn_efficientnet_lite0.json --table results/plume_ablation.md
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli import resolve_device, write_json, write_text
+from pipeline.distributed import open_client
+from pipeline.evaluate import load_metrics, metrics_payload, write_plots
+from pipeline.heads.plume.model import GUIDANCES, PERTURBATIONS
+from pipeline.report import has_published_column, plume_ablation_table
+from pipeline.heads.plume.command import head_label, open_cache, run_plume, training_options
+
+TABLE_1C = "gaussian/none,addmult/none,linear/none,linear/mean,linear/contrastive"
+
+
+def parse_variants(value: str) -> list[tuple[str, str]]:
+    variants = []
+    for item in value.split(","):
+        perturbation, _, guidance = item.strip().partition("/")
+        if perturbation not in PERTURBATIONS or guidance not in GUIDANCES:
+            raise click.BadParameter(f"{item.strip()!r}: write PERTURBATION/GUIDANCE with a perturbation in "
+                                     f"{', '.join(PERTURBATIONS)} and a guidance in {', '.join(GUIDANCES)}")
+        variants.append((perturbation, guidance))
+    return variants
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@training_options
+@click.option("--variants", default=TABLE_1C, show_default=True, callback=lambda c, p, v: parse_variants(v),
+              help="Comma-separated PERTURBATION/GUIDANCE pairs (the default is the paper's table 1c; "
+                   "add gaussian/contrastive, addmult/contrastive, add/contrastive, mult/contrastive for "
+                   "the rest of tables 1c and 8).")
+@click.option("--knn-metrics", default=None, type=click.Path(dir_okay=False),
+              help="A kNN metrics file on the same cache (python -m stages.knn) to add as a row.")
+@click.option("--metrics", "metrics_path", default="metrics/plume_ablation.json", show_default=True,
+              help="Metrics JSON with one section per variant (same layout as python -m stages.plume).")
+@click.option("--plots", "plots_dir", default=None,
+              help="Folder for ROC and training curves, one subfolder per variant.")
+@click.option("--table", "table_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the Markdown table here.")
+def main(cache_path, variants, seeds, classes, device, expect, scheduler, knn_metrics, metrics_path, plots_dir,
+         table_path, **settings):
+    """Train every PLUME variant on every chosen class and seed and lay the AUROCs out like the
+    paper's ablation table (final epoch and, separately named, best epoch)."""
+    cache, chosen = open_cache(cache_path, expect, classes)
+    device_ = str(resolve_device(device))
+    lr_note = "range test" if settings["lr"] == "auto" else settings["lr"]
+    shared = {k: v for k, v in settings.items() if k != "lr"}
+    payloads = {}
+    # One cluster for all variants: starting workers costs seconds each time.
+    with open_client(scheduler) as client:
+        for perturbation, guidance in variants:
+            name = f"{perturbation}/{guidance}"
+            results = run_plume(cache, chosen, seeds, device_, perturbation, guidance, desc=f"PLUME {name}",
+                                client=client, **settings)
+            payloads[name] = metrics_payload(results, cache.metadata, head_label(shared, perturbation, guidance, seeds,
+                                                                                 lr_note))
+            if plots_dir is not None:
+                variant_dir = Path(plots_dir) / f"{perturbation}_{guidance}"
+                write_plots(results, variant_dir / "roc", variant_dir / "training")
+            click.echo(f"{name}: mean AUROC {100 * payloads[name]['mean']['auroc']:.2f}% (final epoch), "
+                       f"{100 * payloads[name]['mean']['best_epoch_auroc']:.2f}% (best epoch)")
+    about = next(iter(payloads.values()))["about"]
+    write_json(metrics_path, {"variants": {name: {"mean": p["mean"], "per_class": p["per_class"]}
+                                           for name, p in payloads.items()},
+                              "about": {k: v for k, v in about.items() if k not in ("perturbation", "guidance")}})
+    table = plume_ablation_table(payloads, knn=load_metrics(knn_metrics) if knn_metrics else None,
+                                 paper_column=has_published_column(about))
+    if table_path:
+        write_text(table_path, table)
+    click.echo(table)
+
+
+if __name__ == "__main__":
+    main()
