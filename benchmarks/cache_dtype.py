@@ -27,7 +27,7 @@ def size_on_disk(path: Path) -> int:
 def main(cache_path: str) -> None:
     from pipeline.cache import ArraySpec, FeatureCache
     from pipeline.evaluate import evaluate_one_vs_all
-    from pipeline.heads import KNNHead
+    from pipeline.heads.knn.head import KNNHead
 
     source = FeatureCache.open(cache_path)
     work = Path(tempfile.mkdtemp(prefix="bench-dtype-"))

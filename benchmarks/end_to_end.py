@@ -35,8 +35,8 @@ def main(data_dir: str, train_per_class: int, test_per_class: int, image_size: i
     from pipeline.datasets import image_folder_subset, load_dataset
     from pipeline.evaluate import evaluate_one_vs_all
     from pipeline.extract import extract
-    from pipeline.heads import KNNHead
-    from pipeline.knn import knn_scores
+    from pipeline.heads.knn.head import KNNHead
+    from pipeline.heads.knn.engine import knn_scores
     from pipeline.metrics import detection_metrics
     from pipeline.preprocess import Preprocessing
 

@@ -39,7 +39,7 @@ def main(gallery: int, queries: int, dim: int, k: int, repeats: int) -> None:
     import faiss
     from sklearn.neighbors import NearestNeighbors
 
-    from pipeline.knn import knn_scores
+    from pipeline.heads.knn.engine import knn_scores
 
     rng = np.random.default_rng(0)
     # Non-negative, like post-ReLU pooled features.

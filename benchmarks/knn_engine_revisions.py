@@ -47,7 +47,7 @@ def main(old: str, gallery: int, queries: int, dim: int, k: int, repeats: int) -
     import faiss
 
     sys.path.insert(0, str(ROOT))
-    from pipeline.knn import knn_scores
+    from pipeline.heads.knn.engine import knn_scores
 
     previous = module_at(old)
     rng = np.random.default_rng(0)

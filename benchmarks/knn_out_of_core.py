@@ -31,8 +31,8 @@ CHILD = r"""
 import sys, time
 import numpy as np
 from pipeline.cache import FeatureCache
-from pipeline.heads import KNNHead
-from pipeline.knn import knn_scores
+from pipeline.heads.knn.head import KNNHead
+from pipeline.heads.knn.engine import knn_scores
 mode, path, save = sys.argv[1:4]
 cache = FeatureCache.open(path)
 queries = cache.features("test")
@@ -103,7 +103,7 @@ def make_cache(path: Path, rows: int, dim: int, queries: int, chunk_rows: int):
 @click.option("--workdir", default="/tmp/knn_ooc", show_default=True, type=click.Path(file_okay=False))
 @click.option("--skip-in-memory", is_flag=True, help="Do not run the full in-memory comparison (it needs ~3.5 GB).")
 def main(rows, dim, queries, chunk_rows, budget_gb, subset, workdir, skip_in_memory):
-    from pipeline.knn import knn_scores, knn_scores_dask
+    from pipeline.heads.knn.engine import knn_scores, knn_scores_dask
 
     work = Path(workdir)
     shutil.rmtree(work, ignore_errors=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from pipeline.datasets import image_folder_subset, load_dataset
 from pipeline.evaluate import evaluate_one_vs_all
 from pipeline.extract import extract
-from pipeline.heads import KNNHead
+from pipeline.heads.knn.head import KNNHead
 from pipeline.preprocess import Preprocessing
 work = Path(tempfile.mkdtemp())
 ds = load_dataset("imagefolder", image_folder_subset("data/cifar10-jpg", work / "img", 150, 100))

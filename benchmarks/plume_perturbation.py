@@ -29,8 +29,8 @@ import click
 import torch
 
 from pipeline.heads import plume_model
-from pipeline.heads.plume import PlumeConfig, PlumeHead
-from pipeline.heads.plume_model import explicit_linear_perturbation, linear_perturbation
+from pipeline.heads.plume.head import PlumeConfig, PlumeHead
+from pipeline.heads.plume.model import explicit_linear_perturbation, linear_perturbation
 
 IMPLEMENTATIONS = {"rank_one": linear_perturbation, "explicit_bmm": explicit_linear_perturbation}
 

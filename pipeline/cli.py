@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,3 +80,15 @@ def cache_label(metadata: dict) -> dict:
         "image_size": prep.get("image_size"),
         "preprocessing": f"{prep.get('resize')}/{prep.get('interpolation')}/{prep.get('normalisation')}",
     }
+
+
+def safe_filename(name: str, suffix: str = "") -> str:
+    """A file name made from data (a class name from a folder or an HDF5 file): letters,
+    digits, '.', '_' and '-' only, so it cannot leave its folder. Where anything had to change,
+    a short hash of the original name follows, so two names never share a file (``good part``
+    and ``good_part``)."""
+    name = str(name)
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip(".")[:100] or "_"
+    if cleaned != name:
+        cleaned += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return cleaned + suffix

@@ -327,55 +327,6 @@ def load_dataset(name: str, data_dir: str | Path = "data", download: bool = Fals
     return DATASETS[name](Path(data_dir), download)
 
 
-# --- protocol --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OneVsAll:
-    """One normal class against all others.
-
-    ``train_index`` selects the normal class's training samples; ``test_is_anomaly`` is 1
-    for every test sample of another class (the whole test set is scored).
-    """
-
-    normal_class: int
-    train_index: np.ndarray
-    test_is_anomaly: np.ndarray
-
-
-def one_vs_all(train_labels: np.ndarray, test_labels: np.ndarray, normal_class: int) -> OneVsAll:
-    train_labels = np.asarray(train_labels)
-    test_labels = np.asarray(test_labels)
-    train_index = np.flatnonzero(train_labels == normal_class)
-    if len(train_index) == 0:
-        raise PipelineError(f"class {normal_class} has no training samples.")
-    is_anomaly = (test_labels != normal_class).astype(np.int64)
-    if is_anomaly.all() or not is_anomaly.any():
-        raise PipelineError(
-            f"class {normal_class}: the test set needs both normal and anomalous samples "
-            f"to compute AUROC (normal: {int((1 - is_anomaly).sum())}, anomalous: {int(is_anomaly.sum())})."
-        )
-    return OneVsAll(normal_class, train_index, is_anomaly)
-
-
-def resolve_classes(selection: str | Sequence[str], classes: list[str]) -> list[int]:
-    """'all', or comma-separated class names or indices -> class indices."""
-    if isinstance(selection, str):
-        if selection.strip().lower() == "all":
-            return list(range(len(classes)))
-        selection = [s.strip() for s in selection.split(",") if s.strip()]
-    chosen = []
-    for item in selection:
-        item = str(item)
-        if item in classes:
-            chosen.append(classes.index(item))
-        elif item.isdigit() and int(item) < len(classes):
-            chosen.append(int(item))
-        else:
-            raise choice_error("class", item, classes)
-    return list(dict.fromkeys(chosen))  # each class once, in the order given
-
-
 # --- unreadable files ------------------------------------------------------------------
 
 

@@ -96,9 +96,12 @@ def validate_option(ctx: click.Context, param: click.Parameter, value: str | Non
 
 
 def scheduler_option(command: Callable) -> Callable:
-    """The ``--scheduler`` option, identical on every head stage."""
-    return click.option("--scheduler", default=None, metavar="[local:N|HOST:PORT|FILE.json]",
-                        callback=validate_option, help=HELP)(command)
+    """The ``--scheduler`` option, identical on every head stage; its default is params.yaml's
+    top-level ``scheduler``."""
+    from pipeline import params
+
+    return params.option("", "scheduler", "--scheduler", metavar="[local:N|HOST:PORT|FILE.json]",
+                         callback=validate_option, help=HELP)(command)
 
 
 @contextmanager

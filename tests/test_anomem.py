@@ -17,9 +17,16 @@ from sklearn.metrics import roc_auc_score
 from pipeline.cache import FeatureCache
 from pipeline.datasets import load_dataset
 from pipeline.errors import PipelineError
-from pipeline.evaluate import MultiScaleData, draw_anomalies
-from pipeline.heads.anomem import AnoMemConfig, AnoMemHead, positions
-from pipeline.heads.anomem_model import (HopfieldMemory, ScaleClassifier, double_hinge, memorise, nt_xent,
+from pipeline.evaluate import evaluate_one_vs_all, read_data
+from pipeline.protocol import draw_anomalies
+from pipeline.heads.anomem.head import AnoMemHead, positions
+from pipeline.heads.base import Features
+
+
+def bundle(train: dict, views: dict) -> Features:
+    """Features by scale and their views, as the head contract takes them."""
+    return Features(train["pooled"], {k: v for k, v in train.items() if k != "pooled"}, views)
+from pipeline.heads.anomem.model import (HopfieldMemory, ScaleClassifier, double_hinge, memorise, nt_xent,
                                          variance_loss)
 from pipeline.views import Augmentation, extract_views, open_views, views_path
 
@@ -122,36 +129,36 @@ def _subspace_features(seed: int = 0, n_train: int = 200, n_test: int = 200):
 @pytest.mark.parametrize("settings", [dict(), dict(memory="kmeans"), dict(scales="last")])
 def test_one_class_head_detects_features_off_the_normal_subspace(settings):
     train, views, test, is_anomaly = _subspace_features()
-    config = AnoMemConfig(epochs=15, batch_size=64, slots_intermediate=32, slots_last=16, proj_dim=16,
+    config = dict(epochs=15, batch_size=64, slots_intermediate=32, slots_last=16, proj_dim=16,
                           proj_hidden=32, **settings)
-    head = AnoMemHead(config).fit(train, views)
-    assert roc_auc_score(is_anomaly, head.score(test)) > 0.9
-    assert len(head.history) == 15 and all(np.isfinite(r["loss"]) for r in head.history)
+    head = AnoMemHead(**config).fit(bundle(train, views))
+    assert roc_auc_score(is_anomaly, head.score_samples(test)) > 0.9
+    assert len(head.history_) == 15 and all(np.isfinite(r["loss"]) for r in head.history_)
 
 
 def test_one_class_score_is_the_scale_weighted_norm_of_z_minus_its_recollection():
     train, views, test, _ = _subspace_features()
-    head = AnoMemHead(AnoMemConfig(epochs=2, batch_size=64, slots_intermediate=8, slots_last=8, proj_dim=4,
-                                   proj_hidden=8)).fit(train, views)
-    assert head.scales == ["layer", "pooled"] and head.weights == {"layer": 1.0, "pooled": 2.0}
+    head = AnoMemHead(epochs=2, batch_size=64, slots_intermediate=8, slots_last=8, proj_dim=4,
+                                   proj_hidden=8).fit(bundle(train, views))
+    assert head.scales_ == ["layer", "pooled"] and head.weights_ == {"layer": 1.0, "pooled": 2.0}
     expected = 0.0
     with torch.no_grad():
-        for scale, weight in head.weights.items():
-            z = head.projections[scale](positions(test[scale]))
-            delta = (z - head.memories[scale](z)).numpy()
+        for scale, weight in head.weights_.items():
+            z = head.projections_[scale](positions(test[scale]))
+            delta = (z - head.memories_[scale](z)).numpy()
             norms = np.sqrt((delta.astype(np.float64) ** 2).sum(axis=(1, 2)))
             expected = expected + weight * norms
-    np.testing.assert_allclose(head.score(test), expected / 3.0, rtol=1e-5)
+    np.testing.assert_allclose(head.score_samples(test), expected / 3.0, rtol=1e-5)
 
 
 def test_kmeans_ablation_memory_holds_the_centroids_of_the_projected_normal_features():
     train, views, _, _ = _subspace_features()
-    head = AnoMemHead(AnoMemConfig(memory="kmeans", scales="last", epochs=2, batch_size=64, slots_last=5,
-                                   proj_dim=4, proj_hidden=8, seed=3)).fit(train, views)
+    head = AnoMemHead(memory="kmeans", scales="last", epochs=2, batch_size=64, slots_last=5,
+                                   proj_dim=4, proj_hidden=8, seed=3).fit(bundle(train, views))
     with torch.no_grad():
-        z = head.projections["pooled"](positions(train["pooled"])).reshape(-1, 4).numpy()
+        z = head.projections_["pooled"](positions(train["pooled"])).reshape(-1, 4).numpy()
     centroids = KMeans(5, n_init=1, random_state=3).fit(z).cluster_centers_
-    np.testing.assert_allclose(head.memories["pooled"].patterns.detach().numpy(), centroids, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(head.memories_["pooled"].patterns.detach().numpy(), centroids, rtol=1e-5, atol=1e-5)
 
 
 def test_semi_supervised_head_trains_classifiers_and_uses_the_labels():
@@ -165,23 +172,23 @@ def test_semi_supervised_head_trains_classifiers_and_uses_the_labels():
                                + rng.normal(0, 0.05, (10, 2, *anomalies[k].shape[1:])).astype(np.float32)])
             for k in views}
     is_normal = np.r_[np.ones(200, bool), np.zeros(10, bool)]
-    config = AnoMemConfig(epochs=10, sup_epochs=60, batch_size=64, slots_intermediate=16, slots_last=16,
+    config = dict(epochs=10, sup_epochs=60, batch_size=64, slots_intermediate=16, slots_last=16,
                           proj_dim=16, proj_hidden=32)
-    head = AnoMemHead(config).fit(plain, both, is_normal)
-    assert set(head.classifiers.keys()) == {"layer", "pooled"}
-    assert roc_auc_score(is_anomaly, head.score(test)) > 0.9
-    one_class = AnoMemHead(config).fit(plain, both)  # the same rows, no labels: no classifiers
-    assert len(one_class.classifiers) == 0
+    head = AnoMemHead(**config).fit(bundle(plain, both), (~is_normal).astype(int))
+    assert set(head.classifiers_.keys()) == {"layer", "pooled"}
+    assert roc_auc_score(is_anomaly, head.score_samples(test)) > 0.9
+    one_class = AnoMemHead(**config).fit(bundle(plain, both))  # the same rows, no labels: no classifiers
+    assert len(one_class.classifiers_) == 0
 
 
 def test_head_refuses_missing_scales_and_views():
     train, views, _, _ = _subspace_features()
     with pytest.raises(PipelineError, match="views"):
-        AnoMemHead(AnoMemConfig(epochs=1)).fit(train, {"pooled": views["pooled"]})
+        AnoMemHead(epochs=1).fit(bundle(train, {"pooled": views["pooled"]}))
     with pytest.raises(PipelineError, match="intermediate map"):
-        AnoMemHead(AnoMemConfig(epochs=1)).fit({"pooled": train["pooled"]}, views)
+        AnoMemHead(epochs=1).fit(bundle({"pooled": train["pooled"]}, views))
     with pytest.raises(PipelineError, match="memory"):
-        AnoMemConfig(memory="random")
+        AnoMemHead(memory="random").fit(bundle(train, views))
 
 
 def test_anomalies_are_drawn_from_other_classes_in_the_asked_ratio():
@@ -258,7 +265,7 @@ def test_views_of_an_interrupted_run_resume_to_the_same_numbers(cache_with_views
 
 
 def test_anomem_stage_writes_one_class_and_semi_supervised_metrics(cache_with_views, tmp_path):
-    from stages.anomem import main
+    from pipeline.heads.anomem.command import main
 
     metrics = tmp_path / "anomem.json"
     result = CliRunner().invoke(main, ["--cache", str(cache_with_views.path), "--epochs", "3", "--sup-epochs", "3",
@@ -279,7 +286,7 @@ def test_anomem_stage_writes_one_class_and_semi_supervised_metrics(cache_with_vi
 
 
 def test_anomem_stage_explains_a_cache_without_views(synthetic_cache, tmp_path):
-    from stages.anomem import main
+    from pipeline.heads.anomem.command import main
 
     path = tmp_path / "noviews.zarr"
     shutil.copytree(synthetic_cache.path, path)
@@ -290,8 +297,8 @@ def test_anomem_stage_explains_a_cache_without_views(synthetic_cache, tmp_path):
 
 
 def test_saved_anomem_head_scores_like_the_trained_one(cache_with_views, tmp_path):
-    from pipeline.saved_heads import load_head
-    from stages.anomem import main
+    from pipeline.heads.saving import load_head
+    from pipeline.heads.anomem.command import main
 
     result = CliRunner().invoke(main, ["--cache", str(cache_with_views.path), "--epochs", "2", "--classes", "class1",
                                        "--memory", "kmeans", "--slots-intermediate", "8", "--slots-last", "4",
@@ -300,12 +307,12 @@ def test_saved_anomem_head_scores_like_the_trained_one(cache_with_views, tmp_pat
     assert result.exit_code == 0, result.output
     saved = load_head(tmp_path / "heads" / "class1.head")
     assert saved.kind == "anomem" and saved.multi_scale and saved.class_name == "class1"
-    data = MultiScaleData.read(cache_with_views)
-    trained = AnoMemHead(AnoMemConfig(epochs=2, memory="kmeans", slots_intermediate=8, slots_last=4)).fit(
-        *data.rows(np.flatnonzero(data.train_labels == 1)))
-    np.testing.assert_allclose(saved.score(data.test["pooled"], {"stride16": data.test["stride16"]}),
-                               trained.score(data.test), rtol=1e-5)
-    train_scores = trained.score(data.rows(np.flatnonzero(data.train_labels == 1))[0])
+    data = read_data(cache_with_views, maps=True, views=True)
+    train = data.train.take(data.training_rows(1))
+    trained = AnoMemHead(epochs=2, memory="kmeans", slots_intermediate=8, slots_last=4).fit(train)
+    np.testing.assert_allclose(saved.score(data.test.pooled, {"stride16": data.test.maps["stride16"]}),
+                               trained.score_samples(data.test), rtol=1e-5)
+    train_scores = trained.score_samples(train)
     assert saved.threshold == pytest.approx(np.quantile(train_scores, 0.95), rel=1e-5)
 
 
@@ -316,14 +323,14 @@ def test_classifiers_can_be_trained_on_a_finished_stage_a_without_changing_it():
     _, _, extra, extra_is_anomaly = _subspace_features(seed=5, n_test=10)
     plain = {k: np.concatenate([train[k], extra[k][extra_is_anomaly == 1]]) for k in train}
     is_normal = np.r_[np.ones(200, bool), np.zeros(10, bool)]
-    head = AnoMemHead(AnoMemConfig(epochs=5, sup_epochs=60, batch_size=64, slots_intermediate=16, slots_last=16,
-                                   proj_dim=16, proj_hidden=32)).fit(train, views)
-    before = copy.deepcopy(head.memories.state_dict())
-    semi = copy.deepcopy(head).fit_classifiers(plain, is_normal, seed=1)
-    assert set(semi.classifiers.keys()) == {"layer", "pooled"} and len(head.classifiers) == 0
-    for name, value in semi.memories.state_dict().items():
+    head = AnoMemHead(epochs=5, sup_epochs=60, batch_size=64, slots_intermediate=16, slots_last=16,
+                                   proj_dim=16, proj_hidden=32).fit(bundle(train, views))
+    before = copy.deepcopy(head.memories_.state_dict())
+    semi = copy.deepcopy(head).set_params(warm_start=True, seed=1).fit(Features.of(plain), (~is_normal).astype(int))
+    assert set(semi.classifiers_.keys()) == {"layer", "pooled"} and len(head.classifiers_) == 0
+    for name, value in semi.memories_.state_dict().items():
         torch.testing.assert_close(value, before[name])
-    assert roc_auc_score(is_anomaly, semi.score(test)) > 0.9
+    assert roc_auc_score(is_anomaly, semi.score_samples(test)) > 0.9
     with pytest.raises(PipelineError, match="both"):
         copy.deepcopy(head).fit_classifiers(train, np.ones(200, bool))
 
@@ -337,36 +344,33 @@ def test_anomem_jobs_on_a_local_cluster_equal_in_process(cache_with_views, tmp_p
     import torch
 
     from pipeline.distributed import open_client
-    from pipeline.evaluate import MultiScaleData, evaluate_semi_supervised
-    from stages.anomem import _make_head, main
+    from pipeline.heads.anomem.command import main
 
-    config = AnoMemConfig(epochs=2, sup_epochs=2, slots_intermediate=16, slots_last=8, device="cpu")
-    make_head = functools.partial(_make_head, config)
+    head = AnoMemHead(epochs=2, sup_epochs=2, slots_intermediate=16, slots_last=8, device="cpu")
     cache = cache_with_views
-    data = MultiScaleData.read(cache)
+    data = read_data(cache, maps=True, views=False)
     workers_threads = max(1, (os.cpu_count() or 1) // 2)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(workers_threads)
-        serial = evaluate_semi_supervised(data, cache.classes, make_head, [0, 2], 0.0, 1)
-        reuse = {name: r["head"] for name, r in serial.items()}
-        serial_semi = evaluate_semi_supervised(data, cache.classes, make_head, [0, 2], 0.2, 2, stage_a_heads=reuse)
+        serial = evaluate_one_vs_all(cache, head, [0, 2], keep_heads=True)
+        reuse = {c: serial[cache.classes[c]]["head"] for c in (0, 2)}
+        serial_semi = evaluate_one_vs_all(cache, head, [0, 2], seeds=range(2), gamma=0.2, start_from=reuse)
     finally:
         torch.set_num_threads(threads)
     with open_client("local:2") as client:
-        on = {"client": client, "cache_path": str(cache.path)}
-        jobs = evaluate_semi_supervised(data, cache.classes, make_head, [0, 2], 0.0, 1, **on)
-        shipped = {name: r["head"] for name, r in jobs.items()}
-        jobs_semi = evaluate_semi_supervised(data, cache.classes, make_head, [0, 2], 0.2, 2, stage_a_heads=shipped,
-                                             **on)
+        jobs = evaluate_one_vs_all(cache, head, [0, 2], keep_heads=True, client=client)
+        shipped = {c: jobs[cache.classes[c]]["head"] for c in (0, 2)}
+        jobs_semi = evaluate_one_vs_all(cache, head, [0, 2], seeds=range(2), gamma=0.2, start_from=shipped,
+                                        client=client)
     for got, expected in ((jobs, serial), (jobs_semi, serial_semi)):
         assert list(got) == list(expected)
         for name in expected:
             assert got[name]["metrics"] == expected[name]["metrics"] and got[name]["runs"] == expected[name]["runs"]
             assert got[name]["roc"] == expected[name]["roc"]
-    probe = {n: a[:5] for n, a in data.test.items()}
+    probe = data.test.take(np.arange(5))
     for name in serial:
-        np.testing.assert_array_equal(jobs[name]["head"].score(probe), serial[name]["head"].score(probe))
+        np.testing.assert_array_equal(jobs[name]["head"].score_samples(probe), serial[name]["head"].score_samples(probe))
     # The stage end to end with --scheduler.
     metrics = tmp_path / "m.json"
     result = CliRunner().invoke(main, ["--cache", str(cache.path), "--epochs", "2", "--sup-epochs", "2",

@@ -21,10 +21,9 @@ from pipeline.datasets import (
     DATASETS,
     ImageDataset,
     load_dataset,
-    one_vs_all,
-    resolve_classes,
 )
 from pipeline.errors import PipelineError
+from pipeline.protocol import one_vs_all, resolve_classes
 
 
 def _md5(path: Path) -> str:

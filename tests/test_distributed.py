@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from pipeline.cache import ArraySpec, FeatureCache
 from pipeline.distributed import SchedulerSpec, open_client, parse_scheduler
 from pipeline.errors import PipelineError
-from pipeline.evaluate import evaluate_one_vs_all, evaluate_trained_one_vs_all
-from pipeline.heads import KNNHead
-from pipeline.heads.plume import PlumeConfig
-from pipeline.knn import knn_scores, knn_scores_dask
+from pipeline.evaluate import evaluate_one_vs_all
+from pipeline.heads.knn.head import KNNHead
+from pipeline.heads.plume.head import PlumeHead
+from pipeline.heads.knn.engine import knn_scores, knn_scores_dask
 
 pytest.importorskip("distributed")
 
@@ -47,7 +47,7 @@ def test_bad_scheduler_values_are_clean_errors(value, tmp_path):
         parse_scheduler(value)
     assert "\n" not in error.value.message and "--scheduler" in error.value.message
     # And from the command line: one "Error:" paragraph, no traceback, before any work.
-    from stages.knn import main
+    from pipeline.heads.knn.command import main
 
     result = CliRunner().invoke(main, ["--cache", str(tmp_path / "none.zarr"), "--scheduler", value])
     assert result.exit_code == 1 and result.output.startswith("Error: --scheduler")
@@ -66,7 +66,7 @@ def test_unreachable_scheduler_is_a_clean_error():
 # --- head jobs on the cluster ---------------------------------------------------------
 
 def test_knn_stage_local_cluster_writes_the_same_metrics_file(synthetic_cache, tmp_path):
-    from stages.knn import main
+    from pipeline.heads.knn.command import main
 
     files = {}
     for name, extra in (("serial", []), ("local2", ["--scheduler", "local:2"])):
@@ -80,13 +80,13 @@ def test_knn_stage_local_cluster_writes_the_same_metrics_file(synthetic_cache, t
 
 
 def test_knn_jobs_stream_and_out_of_core_equal_in_process(synthetic_cache, client):
-    make_head = functools.partial(KNNHead, k=2)
+    make_head = KNNHead(k=2)
     serial = evaluate_one_vs_all(synthetic_cache, make_head, [0, 1, 2])
     assert evaluate_one_vs_all(synthetic_cache, make_head, [2, 0], client=client) == {
         name: serial[name] for name in (synthetic_cache.classes[2], synthetic_cache.classes[0])}
-    assert evaluate_one_vs_all(synthetic_cache, make_head, [0, 1, 2], client=client, stream_train=True) == serial
-    assert evaluate_one_vs_all(synthetic_cache, make_head, [0, 1, 2], out_of_core=True) == serial
-    assert evaluate_one_vs_all(synthetic_cache, make_head, [0, 1, 2], out_of_core=True, client=client) == serial
+    assert evaluate_one_vs_all(synthetic_cache, make_head, [0, 1, 2], client=client, train_access="stream") == serial
+    assert evaluate_one_vs_all(synthetic_cache, make_head, [0, 1, 2], train_access="dask") == serial
+    assert evaluate_one_vs_all(synthetic_cache, make_head, [0, 1, 2], train_access="dask", client=client) == serial
 
 
 def test_plume_jobs_equal_in_process(synthetic_cache, client):
@@ -96,19 +96,17 @@ def test_plume_jobs_equal_in_process(synthetic_cache, client):
     relative, see the closing note). With the same thread count (1 here) everything is equal,
     curves included; the metrics are also checked against a default-threaded run within a
     tolerance."""
-    from stages.plume import _make_head
-
-    make_head = functools.partial(_make_head, PlumeConfig(epochs=2, dim="native", lr=1e-3, batch_size=16))
+    make_head = PlumeHead(epochs=2, dim="native", lr=1e-3, batch_size=16)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        serial = evaluate_trained_one_vs_all(synthetic_cache, make_head, [0, 1, 2], seeds=[0, 1])
+        serial = evaluate_one_vs_all(synthetic_cache, make_head, [0, 1, 2], seeds=[0, 1], track_epochs=True)
     finally:
         torch.set_num_threads(threads)
-    distributed = evaluate_trained_one_vs_all(synthetic_cache, make_head, [0, 1, 2], seeds=[0, 1], client=client)
+    distributed = evaluate_one_vs_all(synthetic_cache, make_head, [0, 1, 2], seeds=[0, 1], track_epochs=True, client=client)
     assert list(distributed) == list(serial)
     assert distributed == serial
-    default_threads = evaluate_trained_one_vs_all(synthetic_cache, make_head, [0, 1, 2], seeds=[0, 1])
+    default_threads = evaluate_one_vs_all(synthetic_cache, make_head, [0, 1, 2], seeds=[0, 1], track_epochs=True)
     for name in serial:
         for metric, value in serial[name]["metrics"].items():
             assert default_threads[name]["metrics"][metric] == pytest.approx(value, abs=0.03), (name, metric)
@@ -116,7 +114,7 @@ def test_plume_jobs_equal_in_process(synthetic_cache, client):
 
 def test_a_failing_job_raises_its_error(synthetic_cache, client):
     with pytest.raises(PipelineError, match="fewer than k"):
-        evaluate_one_vs_all(synthetic_cache, functools.partial(KNNHead, k=10_000), [0], client=client)
+        evaluate_one_vs_all(synthetic_cache, KNNHead(k=10_000), [0], client=client)
 
 
 # --- out-of-core kNN ------------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_unknown_names_list_the_valid_ones():
 
 def test_knn_stage_writes_metrics_and_plots_and_refuses_a_mismatched_cache(synthetic_cache, tmp_path):
     from pipeline.evaluate import load_metrics
-    from stages.knn import main
+    from pipeline.heads.knn.command import main
 
     runner = CliRunner()
     metrics = tmp_path / "m.json"
@@ -126,7 +126,7 @@ def test_knn_stage_writes_metrics_and_plots_and_refuses_a_mismatched_cache(synth
 def test_mixed_precision_is_recorded_and_barely_moves_auroc(tmp_path):
     from pipeline.datasets import load_synthetic
     from pipeline.evaluate import evaluate_one_vs_all
-    from pipeline.heads import KNNHead
+    from pipeline.heads.knn.head import KNNHead
 
     # bfloat16 is slow on CPUs without native support: keep the dataset tiny.
     data = load_synthetic(tmp_path, False, n_train=8, n_test=6)
@@ -136,6 +136,6 @@ def test_mixed_precision_is_recorded_and_barely_moves_auroc(tmp_path):
     full, half = caches[0].features("test"), caches[1].features("test")
     assert not np.array_equal(full, half)  # it really ran in bfloat16
     assert np.linalg.norm(half - full) / np.linalg.norm(full) < 0.05
-    aurocs = [np.mean([r["metrics"]["auroc"] for r in evaluate_one_vs_all(c, lambda: KNNHead(k=2), [0, 1, 2]).values()])
+    aurocs = [np.mean([r["metrics"]["auroc"] for r in evaluate_one_vs_all(c, KNNHead(k=2), [0, 1, 2]).values()])
               for c in caches]
     assert abs(aurocs[0] - aurocs[1]) < 0.02, aurocs

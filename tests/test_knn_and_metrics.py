@@ -3,8 +3,8 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from pipeline.errors import PipelineError
-from pipeline.heads import KNNHead
-from pipeline.knn import knn_distances, knn_scores
+from pipeline.heads.knn.head import KNNHead
+from pipeline.heads.knn.engine import knn_distances, knn_scores
 from pipeline.metrics import detection_metrics, roc_points, summarise
 
 
@@ -89,7 +89,7 @@ def test_knn_head_fit_then_score_ranks_outliers_higher():
     rng = np.random.default_rng(2)
     normal = rng.normal(size=(100, 5)).astype(np.float32)
     head = KNNHead(k=2).fit(normal)
-    scores = head.score(np.vstack([rng.normal(size=(5, 5)), rng.normal(size=(5, 5)) + 8]).astype(np.float32))
+    scores = head.score_samples(np.vstack([rng.normal(size=(5, 5)), rng.normal(size=(5, 5)) + 8]).astype(np.float32))
     assert scores[5:].min() > scores[:5].max()
 
 
@@ -132,8 +132,8 @@ def test_summarise_means_each_metric():
 def test_streamed_gallery_from_the_cache_gives_the_same_metrics(synthetic_cache):
     from pipeline.evaluate import evaluate_one_vs_all
 
-    in_memory = evaluate_one_vs_all(synthetic_cache, lambda: KNNHead(k=2), [0, 1, 2])
-    streamed = evaluate_one_vs_all(synthetic_cache, lambda: KNNHead(k=2), [0, 1, 2], stream_train=True)
+    in_memory = evaluate_one_vs_all(synthetic_cache, KNNHead(k=2), [0, 1, 2])
+    streamed = evaluate_one_vs_all(synthetic_cache, KNNHead(k=2), [0, 1, 2], train_access="stream")
     for name in in_memory:
         for metric, value in in_memory[name]["metrics"].items():
             assert streamed[name]["metrics"][metric] == pytest.approx(value, abs=1e-9)
@@ -152,7 +152,7 @@ def test_knn_torch_path_used_on_the_gpu_matches_brute_force():
     # The GPU branch (addmm + topk per query block) run on CPU tensors: the same arithmetic.
     import torch
 
-    from pipeline.knn import _BlockNearest
+    from pipeline.heads.knn.engine import _BlockNearest
 
     rng = np.random.default_rng(4)
     gallery = rng.normal(size=(60, 12)).astype(np.float32)

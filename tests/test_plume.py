@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.errors import PipelineError
-from pipeline.heads.plume import PlumeConfig, PlumeHead, lr_range_test
-from pipeline.heads.plume_model import (Classifier, InputNorm, Perturbator, contrastive_loss,
+from pipeline.heads.plume.head import PlumeHead, lr_range_test
+from pipeline.heads.plume.model import (Classifier, InputNorm, Perturbator, contrastive_loss,
                                         explicit_linear_perturbation, kl_divergence, linear_perturbation,
                                         mean_contrastive_loss, near_identity_loss, perturb)
 
@@ -128,56 +128,58 @@ def subspace_data(seed=0, d=32, rank=4):
                                                    ("addmult", "none"), ("linear", "mean")])
 def test_head_learns_to_detect_points_off_the_normal_subspace(perturbation, guidance):
     train, test, is_anomaly = subspace_data()
-    head = PlumeHead(PlumeConfig(perturbation=perturbation, guidance=guidance, epochs=6, dim="native",
-                                 batch_mode="joint"))
-    head.fit(train, monitor=(test, is_anomaly))
-    assert [r["epoch"] for r in head.history] == list(range(1, 7))
-    assert {"loss", "ce", "identity", "kl", "guidance", "test_auroc"} <= set(head.history[0])
+    head = PlumeHead(perturbation=perturbation, guidance=guidance, epochs=6, dim="native",
+                                 batch_mode="joint")
     from sklearn.metrics import roc_auc_score
-    final = roc_auc_score(is_anomaly, head.score(test))
-    assert final == pytest.approx(head.history[-1]["test_auroc"])  # score = what was monitored
+    monitored = []  # the evaluation's callback: the head never sees the test set itself
+    head.fit(train, callback=lambda h, r: monitored.append(roc_auc_score(is_anomaly, h.score_samples(test))))
+    assert [r["epoch"] for r in head.history_] == list(range(1, 7)) and len(monitored) == 6
+    assert {"loss", "ce", "identity", "kl", "guidance"} <= set(head.history_[0])
+    assert "test_auroc" not in head.history_[0]
+    final = roc_auc_score(is_anomaly, head.score_samples(test))
+    assert final == pytest.approx(monitored[-1])  # the callback saw the head as it ends
     assert final > 0.9
 
 
 def test_score_is_minus_the_logit_and_training_is_deterministic():
     train, test, is_anomaly = subspace_data(seed=1)
     config = dict(epochs=2, dim=24, lr=1e-3)
-    head = PlumeHead(PlumeConfig(seed=3, **config)).fit(train)
-    again = PlumeHead(PlumeConfig(seed=3, **config)).fit(train)
-    other = PlumeHead(PlumeConfig(seed=4, **config)).fit(train)
-    np.testing.assert_array_equal(head.score(test), again.score(test))
-    assert not np.array_equal(head.score(test), other.score(test))
+    head = PlumeHead(seed=3, **config).fit(train)
+    again = PlumeHead(seed=3, **config).fit(train)
+    other = PlumeHead(seed=4, **config).fit(train)
+    np.testing.assert_array_equal(head.score_samples(test), again.score_samples(test))
+    assert not np.array_equal(head.score_samples(test), other.score_samples(test))
     with torch.no_grad():
-        head.classifier.eval(), head.input_norm.eval()
-        logits = head.classifier(head.input_norm(torch.as_tensor(test)))
-    np.testing.assert_allclose(head.score(test), -logits.numpy(), rtol=1e-6)
+        head.classifier_.eval(), head.input_norm_.eval()
+        logits = head.classifier_(head.input_norm_(torch.as_tensor(test)))
+    np.testing.assert_allclose(head.score_samples(test), -logits.numpy(), rtol=1e-6)
 
 
 def test_lr_range_test_picks_a_rate_and_restores_the_modules():
     train, _, _ = subspace_data()
-    head = PlumeHead(PlumeConfig(dim="native"))
-    head.input_norm, head.classifier = InputNorm(32, 32), Classifier(32)
+    head = PlumeHead(dim="native")
+    head.input_norm_, head.classifier_ = InputNorm(32, 32), Classifier(32)
     perturbator = Perturbator(32)
-    before = [p.clone() for p in head.classifier.parameters()]
+    before = [p.clone() for p in head.classifier_.parameters()]
     lr = lr_range_test(head, perturbator, torch.as_tensor(train), 32, torch.Generator().manual_seed(0), steps=40)
     assert 1e-7 < lr < 0.1
-    assert all(torch.equal(a, b) for a, b in zip(before, head.classifier.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, head.classifier_.parameters()))
 
 
 def test_bad_configurations_are_clear_errors():
     with pytest.raises(PipelineError, match="perturbation must be one of"):
-        PlumeConfig(perturbation="rotate")
+        PlumeHead(perturbation="rotate").fit(np.zeros((4, 8), np.float32))
     with pytest.raises(PipelineError, match="batch size"):
-        PlumeConfig(batch_size=1)
+        PlumeHead(batch_size=1).fit(np.zeros((4, 8), np.float32))
     with pytest.raises(PipelineError, match="at least 2 training"):
-        PlumeHead(PlumeConfig(dim="native")).fit(np.zeros((1, 8), np.float32))
-    head = PlumeHead(PlumeConfig(dim="native", epochs=1)).fit(np.random.rand(8, 8).astype(np.float32))
+        PlumeHead(dim="native").fit(np.zeros((1, 8), np.float32))
+    head = PlumeHead(dim="native", epochs=1).fit(np.random.rand(8, 8).astype(np.float32))
     with pytest.raises(PipelineError, match="trained on 8-d"):
-        head.score(np.zeros((3, 5), np.float32))
+        head.score_samples(np.zeros((3, 5), np.float32))
 
 
 def test_plume_command_writes_final_and_best_epoch_metrics_and_curves(synthetic_cache, tmp_path):
-    from stages.plume import main
+    from pipeline.heads.plume.command import main
 
     metrics, plots = tmp_path / "plume.json", tmp_path / "plots"
     result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "2", "--dim", "native",
@@ -197,7 +199,7 @@ def test_plume_command_writes_final_and_best_epoch_metrics_and_curves(synthetic_
 
 
 def test_plume_command_help_and_bad_input(synthetic_cache):
-    from stages.plume import main
+    from pipeline.heads.plume.command import main
 
     runner = CliRunner()
     help_text = runner.invoke(main, ["--help"]).output
@@ -210,7 +212,7 @@ def test_plume_command_help_and_bad_input(synthetic_cache):
 
 
 def test_ablation_command_lays_out_table_1c_with_knn_and_paper_columns(synthetic_cache, tmp_path):
-    from stages.knn import main as knn_main
+    from pipeline.heads.knn.command import main as knn_main
     from stages.plume_ablation import main
 
     runner = CliRunner()

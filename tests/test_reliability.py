@@ -137,7 +137,7 @@ def test_unreadable_images_are_listed_or_skipped_and_recorded(tmp_path):
 
 
 def test_knn_metrics_are_identical_across_runs(synthetic_cache, tmp_path):
-    from stages.knn import main
+    from pipeline.heads.knn.command import main
 
     outputs = []
     for i in range(2):

@@ -14,12 +14,12 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.errors import PipelineError
-from pipeline.heads.knn import KNNHead
-from pipeline.heads.plume import PlumeConfig, PlumeHead
-from pipeline.knn import knn_loo_distances, knn_loo_scores
+from pipeline.heads.knn.head import KNNHead
+from pipeline.heads.plume.head import PlumeHead
+from pipeline.heads.knn.engine import knn_loo_distances, knn_loo_scores
 from pipeline.preprocess import Preprocessing
-from pipeline.saved_heads import (FORMAT, FORMAT_VERSION, HeadSaver, head_filename, load_head, save_head,
-                                  save_trained_head, training_scores)
+from pipeline.heads.saving import (FORMAT, FORMAT_VERSION, HeadSaver, head_filename, load_head, save_head,
+                                  save_trained_head)
 
 
 def gaussian(n: int, d: int, seed: int = 0, offset: float = 0.0) -> np.ndarray:
@@ -44,17 +44,17 @@ def fake_metadata(**changes) -> dict:
 def test_knn_round_trip_float32_is_identical_and_float16_is_the_rounded_gallery(tmp_path):
     train, test = gaussian(50, 24), gaussian(30, 24, seed=1, offset=0.5)
     head = KNNHead(k=3).fit(train)
-    scores = training_scores("knn", head, train)
-    full = save_head(tmp_path / "full.head", head, kind="knn", class_name="a", cache=fake_metadata(),
+    scores = head.training_scores(train)
+    full = save_head(tmp_path / "full.head", head, class_name="a", cache=fake_metadata(),
                      train_scores=scores, gallery_dtype="float32")
-    half = save_head(tmp_path / "half.head", head, kind="knn", class_name="a", cache=fake_metadata(),
+    half = save_head(tmp_path / "half.head", head, class_name="a", cache=fake_metadata(),
                      train_scores=scores)
-    np.testing.assert_array_equal(load_head(full).score(test), head.score(test))
+    np.testing.assert_array_equal(load_head(full).score(test), head.score_samples(test))
     loaded = load_head(half)
     assert loaded.kind == "knn" and loaded.head.k == 3 and loaded.class_name == "a" and loaded.feature_dim == 24
     rounded = KNNHead(k=3).fit(train.astype(np.float16).astype(np.float32))
-    np.testing.assert_array_equal(loaded.score(test), rounded.score(test))
-    np.testing.assert_allclose(loaded.score(test), head.score(test), rtol=2e-3)
+    np.testing.assert_array_equal(loaded.score(test), rounded.score_samples(test))
+    np.testing.assert_allclose(loaded.score(test), head.score_samples(test), rtol=2e-3)
     assert abs(full.stat().st_size - half.stat().st_size - train.nbytes / 2) < 256  # half the gallery's bytes
     assert loaded.backbone["name"] == "efficientnet_lite0" and loaded.preprocessing["image_size"] == 32
     # Plain tensors and containers only: loadable without unpickling any class.
@@ -66,16 +66,16 @@ def test_knn_round_trip_float32_is_identical_and_float16_is_the_rounded_gallery(
 
 def test_plume_round_trip_gives_identical_scores(tmp_path):
     train, test = gaussian(64, 24), gaussian(40, 24, seed=1, offset=0.3)
-    head = PlumeHead(PlumeConfig(epochs=2, dim=16, lr=1e-3, batch_size=16, seed=2)).fit(train)
-    path = save_trained_head(tmp_path / "p.head", head, kind="plume", class_name="b", cache=fake_metadata(),
+    head = PlumeHead(epochs=2, dim=16, lr=1e-3, batch_size=16, seed=2).fit(train)
+    path = save_trained_head(tmp_path / "p.head", head, class_name="b", cache=fake_metadata(),
                              train_features=train)
     loaded = load_head(path)
-    np.testing.assert_array_equal(loaded.score(test), head.score(test))
-    assert loaded.head.config == head.config and loaded.head.lr_used == head.lr_used
-    assert loaded.head.history == head.history and loaded.feature_dim == 24
+    np.testing.assert_array_equal(loaded.score(test), head.score_samples(test))
+    assert loaded.head.get_params() == head.get_params() and loaded.head.lr_used_ == head.lr_used_
+    assert loaded.head.history_ == head.history_ and loaded.feature_dim == 24
     state = torch.load(path, weights_only=True)["state"]
     assert set(state["input_norm"]) >= {"norm.running_mean", "norm.running_var"}
-    torch.testing.assert_close(state["input_norm"]["norm.running_var"], head.input_norm.norm.running_var)
+    torch.testing.assert_close(state["input_norm"]["norm.running_var"], head.input_norm_.norm.running_var)
 
 
 # --- leave-one-out training scores and the threshold ----------------------------------------
@@ -104,7 +104,7 @@ def test_knn_leave_one_out_scores_match_a_brute_force_loop(k):
 def test_threshold_is_the_quantile_of_the_training_scores(tmp_path):
     train = gaussian(40, 12)
     head = KNNHead(k=2).fit(train)
-    path = save_trained_head(tmp_path / "a.head", head, kind="knn", class_name="a", cache=fake_metadata(),
+    path = save_trained_head(tmp_path / "a.head", head, class_name="a", cache=fake_metadata(),
                              train_features=train, threshold_quantile=0.8, gallery_dtype="float32")
     loaded = load_head(path)
     loo = knn_loo_scores(train, k=2)
@@ -112,13 +112,13 @@ def test_threshold_is_the_quantile_of_the_training_scores(tmp_path):
     assert loaded.threshold == pytest.approx(np.quantile(loo, 0.8), rel=1e-6) and loaded.threshold_quantile == 0.8
     assert loaded.threshold_at(0.5) == pytest.approx(np.quantile(loo, 0.5), rel=1e-6)
     assert "leave-one-out" in loaded.threshold_rule and "0.8-quantile" in loaded.threshold_rule
-    plume = PlumeHead(PlumeConfig(epochs=1, dim=8, lr=1e-3, batch_size=8)).fit(train)
-    loaded = load_head(save_trained_head(tmp_path / "p.head", plume, kind="plume", class_name="a",
+    plume = PlumeHead(epochs=1, dim=8, lr=1e-3, batch_size=8).fit(train)
+    loaded = load_head(save_trained_head(tmp_path / "p.head", plume, class_name="a",
                                          cache=fake_metadata(), train_features=train))
-    np.testing.assert_array_equal(loaded.train_scores, plume.score(train))
-    assert loaded.threshold == np.quantile(plume.score(train), 0.95)
+    np.testing.assert_array_equal(loaded.train_scores, plume.score_samples(train))
+    assert loaded.threshold == np.quantile(plume.score_samples(train), 0.95)
     with pytest.raises(PipelineError, match="between 0 and 1"):
-        save_trained_head(tmp_path / "x.head", head, kind="knn", class_name="a", cache=fake_metadata(),
+        save_trained_head(tmp_path / "x.head", head, class_name="a", cache=fake_metadata(),
                           train_features=train, threshold_quantile=95)
 
 
@@ -139,9 +139,14 @@ def test_bad_head_files_are_clear_errors(tmp_path):
                tmp_path / "empty.head")
     with pytest.raises(PipelineError, match="cannot be restored"):
         load_head(tmp_path / "empty.head")
-    with pytest.raises(PipelineError, match="is a KNNHead, not a PlumeHead"):
-        save_head(tmp_path / "x.head", PlumeHead(), kind="knn", class_name="a", cache={}, train_scores=[1.0])
-    assert head_filename("a/b c") == "a_b_c.head" and head_filename("airplane") == "airplane.head"
+    with pytest.raises(PipelineError, match="fit the PLUME head before saving it"):
+        save_head(tmp_path / "x.head", PlumeHead(), class_name="a", cache={}, train_scores=[1.0])
+    assert head_filename("airplane") == "airplane.head"
+    # A class name from a folder or an HDF5 file never leaves the folder, and two names never share a file.
+    names = ["a/b c", "a_b_c", "good part", "good_part", "../../x", "..", "", "x" * 300]
+    files = [head_filename(n) for n in names]
+    assert len(set(files)) == len(names)
+    assert all("/" not in f and not f.startswith(".") and len(f) < 120 for f in files)
 
 
 # --- images: a tiny image folder, extracted at 32x32 ------------------------------------------
@@ -185,7 +190,7 @@ def test_score_command_on_images_equals_the_head_on_extracted_features(image_cac
 
     root, cache = image_cache
     train = cache.features("train")[cache.labels("train") == 0]
-    path = save_trained_head(tmp_path / "good.head", KNNHead(k=2).fit(train), kind="knn", class_name="good",
+    path = save_trained_head(tmp_path / "good.head", KNNHead(k=2).fit(train), class_name="good",
                              cache=cache, train_features=train)
     out = tmp_path / "scores.csv"
     result = CliRunner().invoke(main, ["--head", str(path), "--images", str(root / "test"), "--out", str(out),
@@ -232,7 +237,7 @@ def test_score_command_refuses_bad_input_cleanly(image_cache, tmp_path):
         assert result.exit_code == 1 and result.output.startswith("Error:") and "Traceback" not in result.output
         return result.output
 
-    good = save_trained_head(tmp_path / "good.head", head, kind="knn", class_name="good", cache=cache,
+    good = save_trained_head(tmp_path / "good.head", head, class_name="good", cache=cache,
                              train_features=train)
     (tmp_path / "empty").mkdir()
     assert "no images under" in run("--head", str(good), "--images", str(tmp_path / "empty"))
@@ -253,11 +258,11 @@ def test_score_command_refuses_bad_input_cleanly(image_cache, tmp_path):
     rows = (tmp_path / "skip.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith(str(broken / "a.png"))
     # Heads whose features this version cannot make again.
-    external = save_trained_head(tmp_path / "ext.head", head, kind="knn", class_name="good", train_features=train,
+    external = save_trained_head(tmp_path / "ext.head", head, class_name="good", train_features=train,
                                  cache={**cache.metadata, "backbone": {"name": "external"}})
     with pytest.raises(PipelineError, match="backbone 'external'.*--features"):
         load_matching_backbone(load_head(external))
-    other_weights = save_trained_head(tmp_path / "w.head", head, kind="knn", class_name="good", train_features=train,
+    other_weights = save_trained_head(tmp_path / "w.head", head, class_name="good", train_features=train,
                                       cache={**cache.metadata, "backbone": {**cache.metadata["backbone"],
                                                                             "weights_sha256": "ab" * 32}})
     assert "SHA-256 ababababab" in run("--head", str(other_weights), "--images", str(root / "test"))
@@ -268,7 +273,7 @@ def test_score_command_on_a_feature_file_and_its_refusals(image_cache, tmp_path)
 
     root, cache = image_cache
     train = cache.features("train")[cache.labels("train") == 0]
-    path = save_trained_head(tmp_path / "good.head", KNNHead(k=2).fit(train), kind="knn", class_name="good",
+    path = save_trained_head(tmp_path / "good.head", KNNHead(k=2).fit(train), class_name="good",
                              cache=cache, train_features=train, gallery_dtype="float32")
     saved = load_head(path)
     test = cache.features("test")
@@ -305,7 +310,7 @@ def test_score_command_on_a_feature_file_and_its_refusals(image_cache, tmp_path)
 # --- saving from the head stages ---------------------------------------------------------------
 
 def test_knn_stage_saves_each_class_and_keeps_its_metrics(image_cache, tmp_path):
-    from stages.knn import main
+    from pipeline.heads.knn.command import main
 
     root, cache = image_cache
     runner = CliRunner()
@@ -319,16 +324,16 @@ def test_knn_stage_saves_each_class_and_keeps_its_metrics(image_cache, tmp_path)
     for c, name in enumerate(cache.classes):
         saved = load_head(tmp_path / "heads" / f"{name}.head")
         train = cache.features("train")[cache.labels("train") == c]
-        np.testing.assert_array_equal(saved.head.gallery, train.astype(np.float16).astype(np.float32))
+        np.testing.assert_array_equal(saved.head.gallery_, train.astype(np.float16).astype(np.float32))
         assert saved.class_name == name and saved.threshold_quantile == 0.9 and saved.head.k == 2
         assert saved.cache_metadata == cache.metadata and saved.cache_path == str(cache.path)
-        np.testing.assert_allclose(saved.train_scores, knn_loo_scores(saved.head.gallery, k=2), rtol=1e-6)
+        np.testing.assert_allclose(saved.train_scores, knn_loo_scores(saved.head.gallery_, k=2), rtol=1e-6)
     # The Dask path (out of core, here on Dask's local threads) saves the same heads.
     result = runner.invoke(main, ["--cache", str(cache.path), "--metrics", str(tmp_path / "ooc.json"),
                                   "--out-of-core", "--save-heads", str(tmp_path / "ooc"), "--classes", "odd"])
     assert result.exit_code == 0, result.output
-    np.testing.assert_array_equal(load_head(tmp_path / "ooc" / "odd.head").head.gallery,
-                                  load_head(tmp_path / "heads" / "odd.head").head.gallery)
+    np.testing.assert_array_equal(load_head(tmp_path / "ooc" / "odd.head").head.gallery_,
+                                  load_head(tmp_path / "heads" / "odd.head").head.gallery_)
 
 
 def test_head_saver_pickles_for_dask_workers(image_cache, tmp_path):
@@ -339,11 +344,11 @@ def test_head_saver_pickles_for_dask_workers(image_cache, tmp_path):
     assert again == saver
     train = cache.features("train")[cache.labels("train") == 1]
     again(1, KNNHead(k=2).fit(train), train)  # what a worker does after training class 1
-    np.testing.assert_array_equal(load_head(tmp_path / "heads" / "odd.head").head.gallery, train)
+    np.testing.assert_array_equal(load_head(tmp_path / "heads" / "odd.head").head.gallery_, train)
 
 
 def test_plume_stage_saves_the_first_seed_and_keeps_its_metrics(image_cache, tmp_path):
-    from stages.plume import main
+    from pipeline.heads.plume.command import main
 
     root, cache = image_cache
     args = ["--cache", str(cache.path), "--epochs", "1", "--dim", "native", "--lr", "1e-3", "--seeds", "2",
@@ -355,8 +360,8 @@ def test_plume_stage_saves_the_first_seed_and_keeps_its_metrics(image_cache, tmp
     assert plain.exit_code == 0 and saving.exit_code == 0, saving.output
     assert (tmp_path / "plain.json").read_text() == (tmp_path / "saving.json").read_text()
     saved = load_head(tmp_path / "heads" / "good.head")
-    assert saved.kind == "plume" and saved.head.config.seed == 0 and saved.head.config.epochs == 1
+    assert saved.kind == "plume" and saved.head.seed == 0 and saved.head.epochs == 1
     train = cache.features("train")[cache.labels("train") == 0]
-    seed0 = PlumeHead(PlumeConfig(epochs=1, dim="native", lr=1e-3, seed=0)).fit(train)
-    np.testing.assert_array_equal(saved.score(cache.features("test")), seed0.score(cache.features("test")))
-    assert saved.threshold == np.quantile(seed0.score(train), 0.95)
+    seed0 = PlumeHead(epochs=1, dim="native", lr=1e-3, seed=0).fit(train)
+    np.testing.assert_array_equal(saved.score(cache.features("test")), seed0.score_samples(cache.features("test")))
+    assert saved.threshold == np.quantile(seed0.score_samples(train), 0.95)

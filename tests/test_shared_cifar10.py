@@ -9,7 +9,7 @@ import pytest
 from pipeline.datasets import load_dataset
 from pipeline.evaluate import evaluate_one_vs_all
 from pipeline.extract import extract
-from pipeline.heads import KNNHead
+from pipeline.heads.knn.head import KNNHead
 from pipeline.preprocess import Preprocessing
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg.tar.gz"
@@ -40,7 +40,7 @@ def test_cifar10_jpeg_subset_through_imagefolder_extract_and_knn(tmp_path):
     assert data.train.images[0].shape == (3, 32, 32)
     cache = extract(data, "efficientnet_lite0", Preprocessing(image_size=64), tmp_path / "c.zarr",
                     batch_size=50, workers=0)
-    results = evaluate_one_vs_all(cache, lambda: KNNHead(k=2), list(range(10)))
+    results = evaluate_one_vs_all(cache, KNNHead(k=2), list(range(10)))
     aurocs = np.array([r["metrics"]["auroc"] for r in results.values()])
     # ImageNet features separate CIFAR classes above chance (0.5) even from 20 images per class at 64 px.
     assert aurocs.mean() > 0.6, aurocs  # 0.64 measured at 64 px

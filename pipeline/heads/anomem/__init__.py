@@ -1,1 +1,7 @@
-"""The anomem head: see head.py (the head class), command.py (its stage) and report.py (its table rows)."""
+"""The AnoMem head: see head.py (the head class), model.py (its torch modules and losses),
+command.py (its stage) and report.py (its table rows).
+
+The choices below are here, torch-free, so that a command's ``--help`` does not load torch."""
+
+SCALE_CHOICES = ("multi", "last")
+MEMORY_CHOICES = ("learnt", "kmeans")

@@ -19,23 +19,43 @@ intermediate map under its layer name (N, C, g, g); views likewise with a views 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.heads.anomem import MEMORY_CHOICES, SCALE_CHOICES
+from pipeline.heads.base import POOLED, EpochCallback, Features, Head
 from pipeline.heads.anomem.model import (HopfieldMemory, Projection, ScaleClassifier, double_hinge, memorise,
                                          nt_xent, variance_loss)
 
-SCALE_CHOICES = ("multi", "last")
-MEMORY_CHOICES = ("learnt", "kmeans")
-POOLED = "pooled"
 
 
-@dataclass
-class AnoMemConfig:
+def positions(array: np.ndarray | torch.Tensor, views: bool = False) -> torch.Tensor:
+    """A scale's features as vectors per position: (N, D) -> (N, 1, D); (N, C, g, g) -> (N, g*g, C).
+    With ``views``, the second axis is the view and is kept: (N, V, P, C)."""
+    t = torch.as_tensor(np.asarray(array), dtype=torch.float32)
+    lead = 2 if views else 1
+    if t.dim() == lead + 1:
+        return t.unsqueeze(lead)
+    if t.dim() == lead + 3:
+        return t.flatten(lead + 1).transpose(-1, -2).contiguous()
+    raise PipelineError(f"a scale's features must be vectors or (C, g, g) maps, got shape {tuple(t.shape)}.")
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class AnoMemHead(Head):
+    """``fit(Features(pooled, maps, views), labels)`` then ``score_samples``; higher = more anomalous.
+
+    With ``warm_start`` and a head already fitted (one-class), ``fit`` with labelled anomalies
+    trains stage B only, on the stage A it has (``--semi-stage-a reuse``)."""
+
+    name = "anomem"
+    needs_maps = True
+    needs_views = True
+    uses_labels = True
+
     scales: str = "multi"          # multi: intermediate map + pooled vector; last: pooled vector only
     memory: str = "learnt"         # learnt (contrasted memory) | kmeans (ablation, table 4b)
     slots_intermediate: int = 512  # N_mem of the intermediate scale (paper: 512)
@@ -57,8 +77,19 @@ class AnoMemConfig:
     sup_hidden: int = 128
     seed: int = 0
     device: str = "cpu"
+    warm_start: bool = False       # fit with labels on a fitted head: stage B only
+    threshold_quantile: float | None = 0.95
 
     def __post_init__(self) -> None:
+        self.scales_: list[str] = []
+        self.weights_: dict[str, float] = {}
+        self.projections_ = torch.nn.ModuleDict()
+        self.memories_ = torch.nn.ModuleDict()
+        self.classifiers_ = torch.nn.ModuleDict()
+        self.history_: list[dict] = []
+
+    def _check_params(self) -> None:
+        super()._check_params()
         if self.scales not in SCALE_CHOICES:
             raise PipelineError(f"scales must be one of {', '.join(SCALE_CHOICES)}, got {self.scales!r}.")
         if self.memory not in MEMORY_CHOICES:
@@ -69,41 +100,13 @@ class AnoMemConfig:
             if getattr(self, name) < 1:
                 raise PipelineError(f"{name} must be at least 1, got {getattr(self, name)}.")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def positions(array: np.ndarray | torch.Tensor, views: bool = False) -> torch.Tensor:
-    """A scale's features as vectors per position: (N, D) -> (N, 1, D); (N, C, g, g) -> (N, g*g, C).
-    With ``views``, the second axis is the view and is kept: (N, V, P, C)."""
-    t = torch.as_tensor(np.asarray(array), dtype=torch.float32)
-    lead = 2 if views else 1
-    if t.dim() == lead + 1:
-        return t.unsqueeze(lead)
-    if t.dim() == lead + 3:
-        return t.flatten(lead + 1).transpose(-1, -2).contiguous()
-    raise PipelineError(f"a scale's features must be vectors or (C, g, g) maps, got shape {tuple(t.shape)}.")
-
-
-class AnoMemHead:
-    """``fit(train, views, is_normal)`` then ``score(test)``; higher = more anomalous."""
-
-    def __init__(self, config: AnoMemConfig = AnoMemConfig()) -> None:
-        self.config = config
-        self.scales: list[str] = []
-        self.weights: dict[str, float] = {}
-        self.projections = torch.nn.ModuleDict()
-        self.memories = torch.nn.ModuleDict()
-        self.classifiers = torch.nn.ModuleDict()
-        self.history: list[dict] = []
-
     # --- which scales --------------------------------------------------------------------
 
     def _choose_scales(self, train: dict[str, np.ndarray]) -> list[str]:
         if POOLED not in train:
             raise PipelineError("AnoMem needs the pooled features (key 'pooled').")
         maps = [name for name in train if name != POOLED]
-        if self.config.scales == "last":
+        if self.scales == "last":
             return [POOLED]
         if len(maps) != 1:
             raise PipelineError(f"multi-scale AnoMem needs exactly one intermediate map, got {maps or 'none'}: "
@@ -115,26 +118,28 @@ class AnoMemHead:
 
     # --- training ----------------------------------------------------------------------
 
-    def fit(self, train: dict[str, np.ndarray], views: dict[str, np.ndarray],
-            is_normal: np.ndarray | None = None, monitor: tuple[dict[str, np.ndarray], np.ndarray] | None = None,
-            progress: Callable[[dict], None] | None = None) -> "AnoMemHead":
-        """``train``: plain features of the training images; ``views``: their cached views
-        (same rows, a views axis of at least 2); ``is_normal``: None (one-class) or a boolean
-        per row, False for the labelled anomalies (semi-supervised)."""
-        cfg = self.config
-        generator = torch.Generator().manual_seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
-        device = torch.device(cfg.device)
-        self.scales = self._choose_scales(train)
+    def _fit(self, features: Features, labels: np.ndarray | None, callback: EpochCallback | None) -> None:
+        """``features``: the pooled vectors and maps of the training images, with their cached
+        views (same rows, a views axis of at least 2); ``labels``: None (one-class) or 1 for
+        each labelled anomaly (semi-supervised)."""
+        train, views = features.scales(), features.views or {}
+        is_normal = None if labels is None else labels == 0
+        if self.warm_start and self.scales_ and is_normal is not None:
+            self.fit_classifiers(train, is_normal, self.seed)
+            return
+        generator = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)
+        device = torch.device(self.device)
+        self.scales_ = self._choose_scales(train)
         # lambda_s = 2^(s-1): more weight on the later, more semantic scale.
-        self.weights = {scale: 2.0 ** s for s, scale in enumerate(self.scales)}
+        self.weights_ = {scale: 2.0 ** s for s, scale in enumerate(self.scales_)}
         n = len(train[POOLED])
         normal = torch.ones(n, dtype=torch.bool) if is_normal is None else torch.as_tensor(np.asarray(is_normal, bool))
         if not normal.any():
             raise PipelineError("AnoMem needs normal training samples.")
-        plain = {s: positions(train[s]).to(device) for s in self.scales}
+        plain = {s: positions(train[s]).to(device) for s in self.scales_}
         view_data = {}
-        for s in self.scales:
+        for s in self.scales_:
             if s not in views:
                 raise PipelineError(f"no cached views of scale {s!r}: extract with --views 2 (and the same --maps).")
             view_data[s] = positions(views[s], views=True).to(device)
@@ -142,55 +147,53 @@ class AnoMemHead:
                 raise PipelineError(f"the views of {s!r} must cover the {n} training rows with at least 2 views, "
                                     f"got shape {tuple(view_data[s].shape[:2])}.")
         normal = normal.to(device)
-        for s in self.scales:
+        for s in self.scales_:
             key = self._module_key(s)
-            slots = cfg.slots_last if s == POOLED else cfg.slots_intermediate
-            projection = Projection(plain[s].shape[-1], cfg.proj_hidden, cfg.proj_dim)
+            slots = self.slots_last if s == POOLED else self.slots_intermediate
+            projection = Projection(plain[s].shape[-1], self.proj_hidden, self.proj_dim)
             projection.set_statistics(plain[s][normal.to(device)])  # normal images only
-            self.projections[key] = projection
-            self.memories[key] = HopfieldMemory(slots, cfg.proj_dim, cfg.beta, cfg.hopfield_steps)
-        self.projections.to(device)
-        self.memories.to(device)
-        self._stage_a(view_data, normal, generator, monitor, progress)
-        if cfg.memory == "kmeans":
+            self.projections_[key] = projection
+            self.memories_[key] = HopfieldMemory(slots, self.proj_dim, self.beta, self.hopfield_steps)
+        self.projections_.to(device)
+        self.memories_.to(device)
+        self._stage_a(view_data, normal, generator, callback)
+        if self.memory == "kmeans":
             self._kmeans_memories(plain, normal)
-        self.classifiers = torch.nn.ModuleDict()
+        self.classifiers_ = torch.nn.ModuleDict()
         if not bool(normal.all()):
             self._stage_b_supervised(plain, normal, generator)
-        return self
 
     def fit_classifiers(self, train: dict[str, np.ndarray], is_normal: np.ndarray, seed: int = 0) -> "AnoMemHead":
         """Stage B only, semi-supervised, on a head whose stage A is done (projections and
         memories are kept as they are): a cheaper protocol than the paper's, in which the
         labelled anomalies also take part in stage A."""
-        if not self.scales:
-            raise RuntimeError("fit the head (stage A) before training its classifiers")
-        device = next(self.projections.parameters()).device
+        if not self.scales_:
+            raise PipelineError("fit the AnoMem head (stage A) before training its classifiers")
+        device = next(self.projections_.parameters()).device
         normal = torch.as_tensor(np.asarray(is_normal, bool)).to(device)
         if normal.all() or not normal.any():
             raise PipelineError("semi-supervised training needs both normal images and labelled anomalies.")
-        plain = {s: positions(train[s]).to(device) for s in self.scales}
-        self.classifiers = torch.nn.ModuleDict()
+        plain = {s: positions(train[s]).to(device) for s in self.scales_}
+        self.classifiers_ = torch.nn.ModuleDict()
         torch.manual_seed(seed)
         self._stage_b_supervised(plain, normal, torch.Generator().manual_seed(seed))
         return self
 
     def _stage_a(self, views: dict[str, torch.Tensor], normal: torch.Tensor, generator: torch.Generator,
-                 monitor, progress) -> None:
-        cfg = self.config
-        learnt = cfg.memory == "learnt"
-        parameters = list(self.projections.parameters()) + (list(self.memories.parameters()) if learnt else [])
-        optimiser = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+                 callback: EpochCallback | None) -> None:
+        learnt = self.memory == "learnt"
+        parameters = list(self.projections_.parameters()) + (list(self.memories_.parameters()) if learnt else [])
+        optimiser = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=self.weight_decay)
         n = len(normal)
-        steps_per_epoch = max(1, -(-n // cfg.batch_size))
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.epochs * steps_per_epoch)
-        self.history = []
-        for epoch in range(1, cfg.epochs + 1):
-            self.projections.train()
+        steps_per_epoch = max(1, -(-n // self.batch_size))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=self.epochs * steps_per_epoch)
+        self.history_ = []
+        for epoch in range(1, self.epochs + 1):
+            self.projections_.train()
             totals = {"loss": 0.0, "ntxent": 0.0, "variance": 0.0}
             order = torch.randperm(n, generator=generator)
-            for start in range(0, n, cfg.batch_size):
-                batch = order[start:start + cfg.batch_size]
+            for start in range(0, n, self.batch_size):
+                batch = order[start:start + self.batch_size]
                 if len(batch) < 2:
                     continue
                 loss, parts = self._stage_a_loss(views, normal, batch.to(normal.device), generator, learnt)
@@ -202,38 +205,33 @@ class AnoMemHead:
                 totals["ntxent"] += parts[0] / steps_per_epoch
                 totals["variance"] += parts[1] / steps_per_epoch
             record = {"epoch": epoch, **totals}
-            if monitor is not None:
-                from sklearn.metrics import roc_auc_score
-
-                record["test_auroc"] = float(roc_auc_score(monitor[1], self.score(monitor[0])))
-            self.history.append(record)
-            if progress is not None:
-                progress(record)
+            self.history_.append(record)
+            if callback is not None:
+                callback(self, record)
 
     def _stage_a_loss(self, views, normal, batch, generator, learnt) -> tuple[torch.Tensor, tuple[float, float]]:
         """Eq. 7 on one batch: a random ratio r of each scale's positions, weighted by lambda_s,
         averaged over all sampled positions."""
-        cfg = self.config
         total, count, ntx_sum, var_sum = 0.0, 0, 0.0, 0.0
         y = normal[batch]
-        for s in self.scales:
+        for s in self.scales_:
             key = self._module_key(s)
             data = views[s][batch]  # (B, V, P, C)
             n_views, n_positions = data.shape[1], data.shape[2]
             pair = torch.randperm(n_views, generator=generator)[:2] if n_views > 2 else torch.tensor([0, 1])
-            ratio = cfg.sampling_ratio if s != POOLED else 1.0
+            ratio = self.sampling_ratio if s != POOLED else 1.0
             chosen = torch.randperm(n_positions, generator=generator)[:max(1, int(n_positions * ratio))]
-            first = self.projections[key](data[:, pair[0]][:, chosen])   # (B, k, d)
-            second = self.projections[key](data[:, pair[1]][:, chosen])
+            first = self.projections_[key](data[:, pair[0]][:, chosen])   # (B, k, d)
+            second = self.projections_[key](data[:, pair[1]][:, chosen])
             for j in range(len(chosen)):
                 z, z_prime = first[:, j], second[:, j]
                 if learnt:
-                    recalled = memorise(z, y, self.memories[key])
+                    recalled = memorise(z, y, self.memories_[key])
                     var = variance_loss(recalled[y])
                 else:
                     recalled, var = z, z.new_zeros(())
-                ntx = nt_xent(recalled, z_prime, cfg.tau)
-                total = total + self.weights[s] * (ntx + cfg.lambda_v * var)
+                ntx = nt_xent(recalled, z_prime, self.tau)
+                total = total + self.weights_[s] * (ntx + self.lambda_v * var)
                 ntx_sum, var_sum = ntx_sum + float(ntx.detach()), var_sum + float(var.detach())
                 count += 1
         return total / count, (ntx_sum / count, var_sum / count)
@@ -242,39 +240,38 @@ class AnoMemHead:
     def _kmeans_memories(self, plain: dict[str, torch.Tensor], normal: torch.Tensor) -> None:
         from sklearn.cluster import KMeans
 
-        for s in self.scales:
+        for s in self.scales_:
             key = self._module_key(s)
-            z = self.projections[key].eval()(plain[s][normal]).reshape(-1, self.config.proj_dim).cpu().numpy()
-            memory = self.memories[key]
+            z = self.projections_[key].eval()(plain[s][normal]).reshape(-1, self.proj_dim).cpu().numpy()
+            memory = self.memories_[key]
             slots = min(memory.patterns.shape[0], len(z))
-            centroids = KMeans(slots, n_init=1, random_state=self.config.seed).fit(z).cluster_centers_
+            centroids = KMeans(slots, n_init=1, random_state=self.seed).fit(z).cluster_centers_
             memory.patterns = torch.nn.Parameter(torch.as_tensor(centroids, dtype=torch.float32,
                                                                  device=memory.patterns.device))
 
     def _stage_b_supervised(self, plain: dict[str, torch.Tensor], normal: torch.Tensor,
                             generator: torch.Generator) -> None:
-        cfg = self.config
-        deltas = {s: self._difference(s, plain[s]) for s in self.scales}
-        for s in self.scales:
-            self.classifiers[self._module_key(s)] = ScaleClassifier(cfg.proj_dim, deltas[s].shape[1], cfg.sup_pool,
-                                                                    cfg.sup_hidden).to(normal.device)
-        optimiser = torch.optim.AdamW(self.classifiers.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        deltas = {s: self._difference(s, plain[s]) for s in self.scales_}
+        for s in self.scales_:
+            self.classifiers_[self._module_key(s)] = ScaleClassifier(self.proj_dim, deltas[s].shape[1], self.sup_pool,
+                                                                    self.sup_hidden).to(normal.device)
+        optimiser = torch.optim.AdamW(self.classifiers_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         n = len(normal)
-        steps = cfg.sup_epochs * max(1, -(-n // cfg.batch_size))
+        steps = self.sup_epochs * max(1, -(-n // self.batch_size))
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
-        self.classifiers.train()
-        for _ in range(cfg.sup_epochs):
+        self.classifiers_.train()
+        for _ in range(self.sup_epochs):
             order = torch.randperm(n, generator=generator).to(normal.device)
-            for start in range(0, n, cfg.batch_size):
-                batch = order[start:start + cfg.batch_size]
+            for start in range(0, n, self.batch_size):
+                batch = order[start:start + self.batch_size]
                 # Eq. 12: the double-hinge loss averaged over scales and samples.
-                loss = sum(double_hinge(self.classifiers[self._module_key(s)](deltas[s][batch]), normal[batch],
-                                        cfg.margin) for s in self.scales) / len(self.scales)
+                loss = sum(double_hinge(self.classifiers_[self._module_key(s)](deltas[s][batch]), normal[batch],
+                                        self.margin) for s in self.scales_) / len(self.scales_)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
                 schedule.step()
-        self.classifiers.eval()
+        self.classifiers_.eval()
 
     # --- scoring -----------------------------------------------------------------------
 
@@ -282,18 +279,18 @@ class AnoMemHead:
     def _difference(self, scale: str, z_in: torch.Tensor) -> torch.Tensor:
         """Eq. 8: ``z - HF(z)`` at every position."""
         key = self._module_key(scale)
-        self.projections.eval()
-        z = self.projections[key](z_in)
-        return z - self.memories[key](z)
+        self.projections_.eval()
+        z = self.projections_[key](z_in)
+        return z - self.memories_[key](z)
 
     @torch.no_grad()
     def scale_scores(self, test: dict[str, np.ndarray], batch_size: int = 4096) -> dict[str, np.ndarray]:
         """Per scale anomaly distance: ||z - HF(z)|| (one-class) or the scale's MLP output."""
-        if not self.scales:
-            raise RuntimeError("fit the head before scoring")
-        device = next(self.projections.parameters()).device
+        if not self.scales_:
+            raise PipelineError("fit the AnoMem head before scoring")
+        device = next(self.projections_.parameters()).device
         out = {}
-        for s in self.scales:
+        for s in self.scales_:
             if s not in test:
                 raise PipelineError(f"the test features lack scale {s!r} the head was trained with.")
             parts = []
@@ -301,59 +298,61 @@ class AnoMemHead:
             for start in range(0, len(data), batch_size):
                 delta = self._difference(s, data[start:start + batch_size].to(device))
                 key = self._module_key(s)
-                if key in self.classifiers:
-                    parts.append(self.classifiers[key](delta))
+                if key in self.classifiers_:
+                    parts.append(self.classifiers_[key](delta))
                 else:
                     parts.append(delta.flatten(1).norm(dim=1))
             out[s] = torch.cat(parts).cpu().numpy().astype(np.float64)
         return out
 
-    def score(self, test: dict[str, np.ndarray]) -> np.ndarray:
+    def score_samples(self, features: Features | dict[str, np.ndarray]) -> np.ndarray:
         """Eq. 13: the scale scores' average weighted by lambda_s."""
-        per_scale = self.scale_scores(test)
-        return sum(self.weights[s] * per_scale[s] for s in self.scales) / sum(self.weights.values())
+        per_scale = self.scale_scores(Features.of(features).scales())
+        return sum(self.weights_[s] * per_scale[s] for s in self.scales_) / sum(self.weights_.values())
 
-    # --- saving (pipeline.saved_heads) -------------------------------------------------------
+    # --- saving (pipeline.heads.saving) -------------------------------------------------------
 
-    def to_state(self) -> dict:
+    def _state(self) -> dict:
         """Config, scales and weights, and the projections, memories and classifiers: all that
         scoring needs (plain tensors, so the file loads with weights_only=True)."""
-        if not self.scales:
-            raise RuntimeError("fit the head before saving it")
+        if not self.scales_:
+            raise PipelineError("fit the AnoMem head before saving it")
 
         def on_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
             return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
 
-        return {"config": self.config.to_dict(), "scales": list(self.scales), "weights": dict(self.weights),
-                "in_dims": {s: int(self.projections[self._module_key(s)].mean.shape[0]) for s in self.scales},
-                "positions": {s: int(self.classifiers[self._module_key(s)].grid ** 2) for s in self.scales
-                              if self._module_key(s) in self.classifiers},
-                "projections": on_cpu(self.projections), "memories": on_cpu(self.memories),
-                "classifiers": on_cpu(self.classifiers)}
+        return {"config": self.params(), "scales": list(self.scales_), "weights": dict(self.weights_),
+                "in_dims": {s: int(self.projections_[self._module_key(s)].mean.shape[0]) for s in self.scales_},
+                "positions": {s: int(self.classifiers_[self._module_key(s)].grid ** 2) for s in self.scales_
+                              if self._module_key(s) in self.classifiers_},
+                "projections": on_cpu(self.projections_), "memories": on_cpu(self.memories_),
+                "classifiers": on_cpu(self.classifiers_)}
 
     @classmethod
-    def from_state(cls, state: dict, device: str = "cpu") -> "AnoMemHead":
-        config = AnoMemConfig(**{**state["config"], "device": device})
-        head = cls(config)
-        head.scales, head.weights = list(state["scales"]), dict(state["weights"])
-        for s in head.scales:
+    def _from_state(cls, state: dict, device: str = "cpu") -> "AnoMemHead":
+        head = cls(**{**state["config"], "device": device})
+        head.scales_, head.weights_ = list(state["scales"]), dict(state["weights"])
+        for s in head.scales_:
             key = head._module_key(s)
-            head.projections[key] = Projection(state["in_dims"][s], config.proj_hidden, config.proj_dim)
+            head.projections_[key] = Projection(state["in_dims"][s], head.proj_hidden, head.proj_dim)
             slots = state["memories"][f"{key}.patterns"].shape[0]  # k-means may have kept fewer
-            head.memories[key] = HopfieldMemory(slots, config.proj_dim, config.beta, config.hopfield_steps)
+            head.memories_[key] = HopfieldMemory(slots, head.proj_dim, head.beta, head.hopfield_steps)
             if s in state["positions"]:
-                head.classifiers[key] = ScaleClassifier(config.proj_dim, state["positions"][s], config.sup_pool,
-                                                        config.sup_hidden)
-        head.projections.load_state_dict(state["projections"])
-        head.memories.load_state_dict(state["memories"])
-        head.classifiers.load_state_dict(state["classifiers"])
-        for modules in (head.projections, head.memories, head.classifiers):
+                head.classifiers_[key] = ScaleClassifier(head.proj_dim, state["positions"][s], head.sup_pool,
+                                                        head.sup_hidden)
+        head.projections_.load_state_dict(state["projections"])
+        head.memories_.load_state_dict(state["memories"])
+        head.classifiers_.load_state_dict(state["classifiers"])
+        for modules in (head.projections_, head.memories_, head.classifiers_):
             modules.to(device).eval()
         return head
 
     def footprint(self) -> dict[str, int]:
         """Numbers the head keeps for scoring: memory slots x dims, and all parameters."""
-        memory = sum(m.patterns.numel() for m in self.memories.values())
-        params = sum(p.numel() for p in self.projections.parameters()) + memory
-        params += sum(p.numel() for p in self.classifiers.parameters())
+        memory = sum(m.patterns.numel() for m in self.memories_.values())
+        params = sum(p.numel() for p in self.projections_.parameters()) + memory
+        params += sum(p.numel() for p in self.classifiers_.parameters())
         return {"memory_values": int(memory), "head_values": int(params)}
+
+
+HEAD = AnoMemHead

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.heads.knn.engine import knn_scores, knn_scores_dask
+from pipeline.heads.base import EpochCallback, Features, Head
+from pipeline.heads.knn.engine import knn_loo_scores, knn_scores, knn_scores_dask
 
 
 # A gallery too large for memory is given as a function returning an iterable of row
@@ -24,51 +25,59 @@ def _is_dask(value: object) -> bool:
     return hasattr(value, "__dask_graph__")
 
 
-@dataclass
-class KNNHead:
+@dataclass(eq=False, repr=False, kw_only=True)
+class KNNHead(Head):
+    """Keeps the normal training features (the gallery); scores by the k nearest of them."""
+
+    name = "knn"
+    training_note = "leave-one-out kNN scores of the training features (each against the other training features)"
+
     k: int = 2
     device: str = "cpu"
-    gallery: np.ndarray | GallerySource | None = None
+    threshold_quantile: float | None = 0.95
 
-    def __post_init__(self) -> None:
+    def _check_params(self) -> None:
+        super()._check_params()
         if self.k < 1:
             raise PipelineError(f"k must be at least 1, got {self.k}.")
 
-    def fit(self, train_features: np.ndarray | GallerySource | Any) -> "KNNHead":
+    def _fit(self, features: Features, labels: np.ndarray | None, callback: EpochCallback | None) -> None:
         """Keep the gallery: an array, a GallerySource, or a Dask array (Any: dask is optional here)."""
-        if _is_dask(train_features):
-            self.gallery = train_features  # scored out of core, block by block (knn_scores_dask)
-            return self
-        if callable(train_features):
-            self.gallery = train_features  # knn_distances checks there are at least k rows
-            return self
-        if len(train_features) < self.k:
-            raise PipelineError(f"the normal class has {len(train_features)} training features, fewer than "
+        gallery = features.pooled
+        if _is_dask(gallery) or callable(gallery):
+            self.gallery_ = gallery  # scored block by block (knn_distances checks there are k rows)
+            return
+        if len(gallery) < self.k:
+            raise PipelineError(f"the normal class has {len(gallery)} training features, fewer than "
                                 f"k = {self.k}; lower k or use a class with more images.")
-        self.gallery = np.asarray(train_features, dtype=np.float32)
-        return self
+        self.gallery_ = np.asarray(gallery, dtype=np.float32)
 
-    def score(self, test_features: np.ndarray) -> np.ndarray:
-        if self.gallery is None:
-            raise RuntimeError("fit the head before scoring")
-        if _is_dask(self.gallery):
-            return knn_scores_dask(self.gallery, test_features, k=self.k, device=self.device)
-        gallery = self.gallery() if callable(self.gallery) else self.gallery
-        return knn_scores(gallery, test_features, k=self.k, device=self.device)
+    def score_samples(self, features: Features | np.ndarray | Any) -> np.ndarray:
+        if not hasattr(self, "gallery_"):
+            raise PipelineError("fit the kNN head before scoring")
+        test = Features.of(features).pooled
+        if _is_dask(self.gallery_):
+            return knn_scores_dask(self.gallery_, test, k=self.k, device=self.device)
+        gallery = self.gallery_() if callable(self.gallery_) else self.gallery_
+        return knn_scores(gallery, test, k=self.k, device=self.device)
 
-    # -- saving (pipeline.saved_heads) -----------------------------------------------------
+    def training_scores(self, features: Features | np.ndarray | Any) -> np.ndarray:
+        """Leave-one-out: each gallery row against the others (against all, each would score ~0)."""
+        return knn_loo_scores(self.gallery_array(), k=self.k, device=self.device)
+
+    # -- saving (pipeline.heads.saving) ----------------------------------------------------
 
     def gallery_array(self) -> np.ndarray:
         """The gallery in memory: a streamed or Dask gallery is read once (to be saved)."""
-        if self.gallery is None:
-            raise RuntimeError("fit the head before saving it")
-        if _is_dask(self.gallery):
-            return np.asarray(self.gallery.compute(), dtype=np.float32)
-        if callable(self.gallery):
-            return np.concatenate([np.asarray(block, dtype=np.float32) for block in self.gallery()])
-        return self.gallery
+        if not hasattr(self, "gallery_"):
+            raise PipelineError("fit the kNN head before saving it")
+        if _is_dask(self.gallery_):
+            return np.asarray(self.gallery_.compute(), dtype=np.float32)
+        if callable(self.gallery_):
+            return np.concatenate([np.asarray(block, dtype=np.float32) for block in self.gallery_()])
+        return self.gallery_
 
-    def to_state(self, gallery_dtype: str = "float16") -> dict:
+    def _state(self, gallery_dtype: str = "float16") -> dict:
         """k and the gallery, which is everything kNN learns. float16 halves the file; its
         rounding (3 significant digits) moves scores far less than they differ between images."""
         if gallery_dtype not in ("float16", "float32"):
@@ -78,6 +87,10 @@ class KNNHead:
                 "gallery": torch.from_numpy(np.ascontiguousarray(gallery, dtype=gallery_dtype))}
 
     @classmethod
-    def from_state(cls, state: dict, device: str = "cpu") -> "KNNHead":
-        gallery = torch.as_tensor(state["gallery"]).to(torch.float32).numpy()
-        return cls(k=int(state["k"]), device=device).fit(gallery)
+    def _from_state(cls, state: dict, device: str = "cpu") -> "KNNHead":
+        head = cls(k=int(state["k"]), device=device)
+        head.gallery_ = torch.as_tensor(state["gallery"]).to(torch.float32).numpy()
+        return head
+
+
+HEAD = KNNHead

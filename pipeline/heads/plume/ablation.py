@@ -14,9 +14,10 @@ import click
 from pipeline.cli import resolve_device, write_json, write_text
 from pipeline.distributed import open_client
 from pipeline.evaluate import load_metrics, metrics_payload, write_plots
-from pipeline.heads.plume.model import GUIDANCES, PERTURBATIONS
 from pipeline.report import has_published_column, plume_ablation_table
-from pipeline.heads.plume.command import head_label, open_cache, run_plume, training_options
+from pipeline.heads.plume import GUIDANCES, PERTURBATIONS
+from pipeline.heads.plume.command import head_label, run_plume, training_options
+from pipeline.heads.stage import cache_options, open_cache
 
 TABLE_1C = "gaussian/none,addmult/none,linear/none,linear/mean,linear/contrastive"
 
@@ -33,6 +34,7 @@ def parse_variants(value: str) -> list[tuple[str, str]]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@cache_options("plume")
 @training_options
 @click.option("--variants", default=TABLE_1C, show_default=True, callback=lambda c, p, v: parse_variants(v),
               help="Comma-separated PERTURBATION/GUIDANCE pairs (the default is the paper's table 1c; "

@@ -1,6 +1,6 @@
 """PLUME head: a classifier trained to tell normal features from adaptively perturbed ones
-(PLUME paper, sections 3-4). ``fit`` on the normal class's features, ``score`` = minus the
-classifier's logit. The modules and losses are in ``plume_model``; this is the training glue.
+(PLUME paper, sections 3-4). ``fit`` on the normal class's features, ``score_samples`` = minus
+the classifier's logit. The modules and losses are in ``model.py``; this is the training glue.
 """
 
 from __future__ import annotations
@@ -8,22 +8,25 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pipeline.errors import PipelineError
-from pipeline.heads.plume.model import (GUIDANCES, PERTURBATIONS, Classifier, InputNorm, Perturbator,
+from pipeline.heads.base import EpochCallback, Features, Head
+from pipeline.heads.plume import BATCH_MODES, GUIDANCES, PERTURBATIONS
+from pipeline.heads.plume.model import (Classifier, InputNorm, Perturbator,
                                         guidance_loss, kl_divergence, near_identity_loss, perturb)
-from pipeline.metrics import detection_metrics
-
-BATCH_MODES = ("separate", "joint")
 
 
-@dataclass
-class PlumeConfig:
+@dataclass(eq=False, repr=False, kw_only=True)
+class PlumeHead(Head):
+    """Trained on the normal class; score = minus the classifier's logit."""
+
+    name = "plume"
+
     perturbation: str = "linear"   # linear (PLUME) | addmult (PLAD) | add | mult | gaussian
     guidance: str = "contrastive"  # contrastive (eq. 7) | mean (eq. 9) | none
     lam: float = 5.0               # lambda, weight of the near-identity loss (eq. 1)
@@ -40,8 +43,10 @@ class PlumeConfig:
     noise_std: float = 0.1         # sigma of the gaussian perturbation (the paper does not give it)
     seed: int = 0
     device: str = "cpu"
+    threshold_quantile: float | None = 0.95
 
-    def __post_init__(self) -> None:
+    def _check_params(self) -> None:
+        super()._check_params()
         checks = [
             (self.perturbation in PERTURBATIONS, f"perturbation must be one of {', '.join(PERTURBATIONS)}"),
             (self.guidance in GUIDANCES, f"guidance must be one of {', '.join(GUIDANCES)}"),
@@ -58,52 +63,38 @@ class PlumeConfig:
             if not ok:
                 raise PipelineError(f"PLUME: {message}.")
 
-
-@dataclass
-class PlumeHead:
-    config: PlumeConfig = field(default_factory=PlumeConfig)
-    history: list[dict] = field(default_factory=list)
-    lr_used: float | None = None
-
-    def __post_init__(self) -> None:
-        self.input_norm: InputNorm | None = None
-        self.classifier: Classifier | None = None
-
     # -- training -------------------------------------------------------------------------
 
-    def fit(self, train_features: np.ndarray, monitor: tuple[np.ndarray, np.ndarray] | None = None,
-            progress=None) -> "PlumeHead":
-        """Train on the normal class. ``monitor = (test_features, is_anomaly)`` records the test
-        AUROC after every epoch (the paper's best-epoch protocol reads it); it never changes
-        the training. ``progress`` is called once per epoch."""
-        cfg = self.config
-        device = torch.device(cfg.device)
-        x_all = torch.as_tensor(np.asarray(train_features), dtype=torch.float32, device=device)
+    def _fit(self, features: Features, labels: np.ndarray | None, callback: EpochCallback | None) -> None:
+        """Train on the normal class; ``callback(self, record)`` after every epoch (the
+        evaluation records the test AUROC there; it never changes the training)."""
+        device = torch.device(self.device)
+        x_all = torch.as_tensor(np.asarray(features.pooled), dtype=torch.float32, device=device)
         if x_all.ndim != 2:
             raise PipelineError(f"PLUME needs 2-D features (samples, dimensions), got shape {tuple(x_all.shape)}.")
         if len(x_all) < 2:
             raise PipelineError(f"PLUME needs at least 2 training features, got {len(x_all)}.")
-        torch.manual_seed(cfg.seed)
-        dim = x_all.shape[1] if cfg.dim == "native" else int(cfg.dim)
-        batch_size = min(cfg.batch_size, len(x_all))
+        torch.manual_seed(self.seed)
+        dim = x_all.shape[1] if self.dim == "native" else int(self.dim)
+        batch_size = min(self.batch_size, len(x_all))
         steps_per_epoch = len(x_all) // batch_size
 
-        self.input_norm = InputNorm(x_all.shape[1], dim).to(device)
-        self.classifier = Classifier(dim).to(device)
-        perturbator = None if cfg.perturbation == "gaussian" else Perturbator(dim, cfg.perturbation).to(device)
-        modules = [m for m in (self.input_norm, self.classifier, perturbator) if m is not None]
+        self.input_norm_ = InputNorm(x_all.shape[1], dim).to(device)
+        self.classifier_ = Classifier(dim).to(device)
+        perturbator = None if self.perturbation == "gaussian" else Perturbator(dim, self.perturbation).to(device)
+        modules = [m for m in (self.input_norm_, self.classifier_, perturbator) if m is not None]
 
-        generator = torch.Generator().manual_seed(cfg.seed)
-        if cfg.lr == "auto":
-            self.lr_used = lr_range_test(self, perturbator, x_all, batch_size, generator)
+        generator = torch.Generator().manual_seed(self.seed)
+        if self.lr == "auto":
+            self.lr_used_ = lr_range_test(self, perturbator, x_all, batch_size, generator)
         else:
-            self.lr_used = float(cfg.lr)
+            self.lr_used_ = float(self.lr)
         params = [p for m in modules for p in m.parameters()]
-        optimiser = adamw(params, self.lr_used, cfg.weight_decay)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=self.lr_used,
-                                                       total_steps=cfg.epochs * steps_per_epoch)
-        self.history = []
-        for epoch in range(1, cfg.epochs + 1):
+        optimiser = adamw(params, self.lr_used_, self.weight_decay)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=self.lr_used_,
+                                                       total_steps=self.epochs * steps_per_epoch)
+        self.history_ = []
+        for epoch in range(1, self.epochs + 1):
             for m in modules:
                 m.train()
             order = torch.randperm(len(x_all), generator=generator).to(device)
@@ -121,84 +112,80 @@ class PlumeHead:
                       **{name: total / steps_per_epoch for name, total in sums.items()}}
             if not math.isfinite(record["loss"]):
                 raise PipelineError(f"PLUME diverged at epoch {epoch} (loss {record['loss']}); "
-                                    f"lower the learning rate (it was {self.lr_used:.3g}).")
-            if monitor is not None:
-                record["test_auroc"] = detection_metrics(monitor[1], self.score(monitor[0]))["auroc"]
-            self.history.append(record)
-            if progress is not None:
-                progress(record)
-        return self
+                                    f"lower the learning rate (it was {self.lr_used_:.3g}).")
+            self.history_.append(record)
+            if callback is not None:
+                callback(self, record)
 
     def _losses(self, raw: torch.Tensor, perturbator: Perturbator | None) -> dict[str, torch.Tensor]:
         """Eq. 8 for one batch of raw cached features: the total and each term."""
-        cfg = self.config
-        x = self.input_norm(raw)
+        x = self.input_norm_(raw)
         if perturbator is None:
-            x_tilde = perturb(x, cfg.perturbation, noise_std=cfg.noise_std)
+            x_tilde = perturb(x, self.perturbation, noise_std=self.noise_std)
             identity = kl = x.new_zeros(())
         else:
             alpha, beta, mu, logvar = perturbator(x)
-            x_tilde = perturb(x, cfg.perturbation, alpha, beta)
-            identity = near_identity_loss(alpha, beta, cfg.identity_loss)
+            x_tilde = perturb(x, self.perturbation, alpha, beta)
+            identity = near_identity_loss(alpha, beta, self.identity_loss)
             kl = kl_divergence(mu, logvar)
-        if cfg.batch_mode == "joint":
-            z_all = self.classifier.embed(torch.cat([x, x_tilde]))
+        if self.batch_mode == "joint":
+            z_all = self.classifier_.embed(torch.cat([x, x_tilde]))
             z, z_tilde = z_all.split(len(x))
         else:
-            z, z_tilde = self.classifier.embed(x), self.classifier.embed(x_tilde)
-        logits, logits_tilde = self.classifier.f2(z).squeeze(1), self.classifier.f2(z_tilde).squeeze(1)
+            z, z_tilde = self.classifier_.embed(x), self.classifier_.embed(x_tilde)
+        logits, logits_tilde = self.classifier_.f2(z).squeeze(1), self.classifier_.f2(z_tilde).squeeze(1)
         ce = (F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
               + F.binary_cross_entropy_with_logits(logits_tilde, torch.zeros_like(logits_tilde)))
-        guide = guidance_loss(cfg.guidance, z, z_tilde, cfg.tau) if cfg.gamma else x.new_zeros(())
-        total = ce + cfg.lam * identity + cfg.nu * kl + cfg.gamma * guide
+        guide = guidance_loss(self.guidance, z, z_tilde, self.tau) if self.gamma else x.new_zeros(())
+        total = ce + self.lam * identity + self.nu * kl + self.gamma * guide
         return {"loss": total, "ce": ce, "identity": identity, "kl": kl, "guidance": guide}
 
     # -- scoring --------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def score(self, test_features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        if self.classifier is None:
-            raise RuntimeError("fit the head before scoring")
-        self.input_norm.eval()
-        self.classifier.eval()
-        device = next(self.classifier.parameters()).device
-        features = np.asarray(test_features)
-        if features.ndim != 2 or features.shape[1] != self.input_norm.in_dim:
-            raise PipelineError(f"PLUME was trained on {self.input_norm.in_dim}-d features; got shape {features.shape}.")
+    def score_samples(self, features: Features | np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        if not hasattr(self, "classifier_"):
+            raise PipelineError("fit the PLUME head before scoring")
+        self.input_norm_.eval()
+        self.classifier_.eval()
+        device = next(self.classifier_.parameters()).device
+        features = np.asarray(Features.of(features).pooled)
+        if features.ndim != 2 or features.shape[1] != self.input_norm_.in_dim:
+            raise PipelineError(f"PLUME was trained on {self.input_norm_.in_dim}-d features; got shape {features.shape}.")
         scores = []
         for start in range(0, len(features), batch_size):
             block = torch.as_tensor(features[start:start + batch_size], dtype=torch.float32, device=device)
-            scores.append(-self.classifier(self.input_norm(block)).float().cpu())
+            scores.append(-self.classifier_(self.input_norm_(block)).float().cpu())
         return torch.cat(scores).numpy().astype(np.float64)
 
-    # -- saving (pipeline.saved_heads) ----------------------------------------------------
+    # -- saving (pipeline.heads.saving) ----------------------------------------------------
 
-    def to_state(self) -> dict:
+    def _state(self) -> dict:
         """The config, the input normalisation (pooling size, batch-norm running statistics) and
         the classifier's state_dict: all that scoring needs. The perturbator only makes
         pseudo-anomalies during training, so it is not kept (the head does not keep it either)."""
-        if self.classifier is None:
-            raise RuntimeError("fit the head before saving it")
+        if not hasattr(self, "classifier_"):
+            raise PipelineError("fit the PLUME head before saving it")
 
         def on_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
             return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
 
-        return {"config": asdict(self.config), "feature_dim": self.input_norm.in_dim,
-                "dim": self.input_norm.dim, "input_norm": on_cpu(self.input_norm),
-                "classifier": on_cpu(self.classifier), "lr_used": self.lr_used,
+        return {"config": self.params(), "feature_dim": self.input_norm_.in_dim,
+                "dim": self.input_norm_.dim, "input_norm": on_cpu(self.input_norm_),
+                "classifier": on_cpu(self.classifier_), "lr_used": self.lr_used_,
                 # Plain floats: the file is read with weights_only=True, which refuses NumPy scalars.
-                "history": json.loads(json.dumps(self.history, default=float))}
+                "history": json.loads(json.dumps(self.history_, default=float))}
 
     @classmethod
-    def from_state(cls, state: dict, device: str = "cpu") -> "PlumeHead":
-        config = PlumeConfig(**{**state["config"], "device": device})
-        head = cls(config, history=list(state.get("history", [])), lr_used=state.get("lr_used"))
+    def _from_state(cls, state: dict, device: str = "cpu") -> "PlumeHead":
+        head = cls(**{**state["config"], "device": device})
+        head.history_, head.lr_used_ = list(state.get("history", [])), state.get("lr_used")
         in_dim, dim = int(state["feature_dim"]), int(state["dim"])
-        head.input_norm, head.classifier = InputNorm(in_dim, dim), Classifier(dim)
-        head.input_norm.load_state_dict(state["input_norm"])
-        head.classifier.load_state_dict(state["classifier"])
-        head.input_norm.to(device).eval()
-        head.classifier.to(device).eval()
+        head.input_norm_, head.classifier_ = InputNorm(in_dim, dim), Classifier(dim)
+        head.input_norm_.load_state_dict(state["input_norm"])
+        head.classifier_.load_state_dict(state["classifier"])
+        head.input_norm_.to(device).eval()
+        head.classifier_.to(device).eval()
         return head
 
 
@@ -217,10 +204,10 @@ def lr_range_test(head: PlumeHead, perturbator: Perturbator | None, x_all: torch
     """Learning-rate range test (Smith, the CLR paper the PLUME paper cites): raise the rate
     exponentially over ``steps`` batches and return a tenth of the rate at which the
     smoothed loss was lowest. The modules are put back as they were afterwards."""
-    modules = [m for m in (head.input_norm, head.classifier, perturbator) if m is not None]
+    modules = [m for m in (head.input_norm_, head.classifier_, perturbator) if m is not None]
     saved = [copy.deepcopy(m.state_dict()) for m in modules]
     params = [p for m in modules for p in m.parameters()]
-    optimiser = adamw(params, start_lr, head.config.weight_decay)
+    optimiser = adamw(params, start_lr, head.weight_decay)
     factor = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
     smoothed, best_loss, best_lr = None, math.inf, start_lr
     for m in modules:
@@ -245,3 +232,6 @@ def lr_range_test(head: PlumeHead, perturbator: Perturbator | None, x_all: torch
     for m, state in zip(modules, saved):
         m.load_state_dict(state)
     return best_lr / 10
+
+
+HEAD = PlumeHead

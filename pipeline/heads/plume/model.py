@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PERTURBATIONS = ("linear", "addmult", "add", "mult", "gaussian")
-GUIDANCES = ("contrastive", "mean", "none")
+from pipeline.heads.plume import GUIDANCES, PERTURBATIONS
+
 
 
 class InputNorm(nn.Module):

@@ -1,7 +1,6 @@
-"""Saved heads: a trained head in one file, with the cache it was trained on and a threshold.
+"""Saved heads: a fitted head in one file, with the cache it was trained on and a threshold.
 
-    save_trained_head("heads/cat.head", head, kind="knn", class_name="cat", cache=cache,
-                      train_features=train)
+    head.save("heads/cat.head", about={"class_name": "cat"})   # or save_trained_head(...)
     saved = load_head("heads/cat.head")
     flags = saved.score(features) > saved.threshold
 
@@ -10,7 +9,7 @@ File format: one ``torch.save`` file holding only tensors and plain containers, 
 
     {"format": "frozen-feature-ad head", "format_version": 1, "kind": "knn",
      "info": "<JSON: class name, the cache's metadata, threshold and how it was chosen, versions>",
-     "state": head.to_state(),            # tensors + JSON-able config
+     "state": head._state(),              # tensors + JSON-able parameters
      "train_scores": float64 tensor}      # so the threshold can be re-chosen at another quantile
 
 Why this and not JSON + .npz: one file is replaced atomically by one ``os.replace`` (a pair
@@ -19,16 +18,13 @@ state_dicts are tensors already, so nothing is converted; and ``weights_only=Tru
 no classes, so loading a head file from elsewhere runs no code. The metadata is kept as one
 JSON string so it reads back exactly as the cache recorded it.
 
-A head kind is registered in one line, ``register_kind("anomem", AnoMemHead)``; its class needs
-``to_state() -> dict`` (tensors, arrays, JSON-able values; a ``feature_dim`` entry lets the
-score command check the input size) and ``from_state(state, device="cpu") -> head``.
+The kind is the head's ``name``; ``pipeline.heads.registry`` finds its class to load it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -40,11 +36,10 @@ import numpy as np
 import torch
 
 from pipeline.cache import FeatureCache, library_versions
+from pipeline.cli import safe_filename
 from pipeline.errors import PipelineError
-from pipeline.heads.anomem.head import AnoMemHead
-from pipeline.heads.knn.head import KNNHead
-from pipeline.heads.plume.head import PlumeHead
-from pipeline.heads.knn.engine import knn_loo_scores
+from pipeline.heads.base import Features, Head
+from pipeline.heads.registry import HEADS, head_class
 
 FORMAT = "frozen-feature-ad head"
 FORMAT_VERSION = 1
@@ -56,41 +51,10 @@ threshold_quantile_option = click.option(
     help="With --save-heads: the quantile of the training scores taken as the anomaly threshold.")
 
 
-@dataclass(frozen=True)
-class HeadKind:
-    cls: type
-    # Scores of the head on the features it was fitted on; None: head.score(train_features).
-    training_scores: Callable[[Any, Any], np.ndarray] | None = None
-    training_note: str = "the head's scores on its own training features"
-    # score({"pooled": features, <map name>: maps}) instead of score(features) (AnoMem's scales)
-    multi_scale: bool = False
-
-
-KINDS: dict[str, HeadKind] = {}
-
-
-def register_kind(name: str, cls: type, training_scores: Callable[[Any, Any], np.ndarray] | None = None,
-                  training_note: str | None = None, multi_scale: bool = False) -> None:
-    KINDS[name] = HeadKind(cls, training_scores, training_note or HeadKind.training_note, multi_scale)
-
-
-def _knn_training_scores(head: KNNHead, train_features: Any) -> np.ndarray:
-    # The gallery is the training set: each point scored against the others, or all would be ~0.
-    return knn_loo_scores(head.gallery_array(), k=head.k, device=head.device)
-
-
-register_kind("knn", KNNHead, _knn_training_scores,
-              "leave-one-out kNN scores of the training features (each against the other training features)")
-# PLUME's training scores are those of the features it was fitted on, so they run a little lower
-# than a new normal image's: the threshold errs towards flagging (a held-out split would not).
-register_kind("plume", PlumeHead)
-register_kind("anomem", AnoMemHead, multi_scale=True)
-
-
-def _kind(name: Any, where: str = "") -> HeadKind:
-    if name not in KINDS:
-        raise PipelineError(f"{where}unknown head kind {name!r}; this version knows: {', '.join(KINDS)}.")
-    return KINDS[name]
+def _kind(name: Any, where: str = "") -> type:
+    if name not in HEADS:
+        raise PipelineError(f"{where}unknown head kind {name!r}; this version knows: {', '.join(HEADS)}.")
+    return head_class(name)
 
 
 @dataclass
@@ -128,33 +92,25 @@ class SavedHead:
 
     @property
     def multi_scale(self) -> bool:
-        return KINDS[self.kind].multi_scale
+        """Whether the head also reads the cache's intermediate maps (AnoMem)."""
+        return self.head.needs_maps
 
     def score(self, features: np.ndarray, maps: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Scores of pooled ``features`` (N, D), with the cache's intermediate ``maps`` for a
-        multi-scale head."""
-        if self.multi_scale:
-            return np.asarray(self.head.score({"pooled": features, **(maps or {})}), dtype=np.float64)
-        return np.asarray(self.head.score(features), dtype=np.float64)
+        head that reads them."""
+        return np.asarray(self.head.score_samples(Features(features, maps or {})), dtype=np.float64)
 
 
 def head_filename(class_name: str) -> str:
-    """``<class>.head``, the name made safe for any filesystem (imagefolder class names are free text)."""
-    return (re.sub(r"[^A-Za-z0-9._-]+", "_", str(class_name)) or "_") + SUFFIX
+    """``<class>.head``, the name made safe for any filesystem (imagefolder class names are free
+    text) and distinct for distinct classes."""
+    return safe_filename(class_name, SUFFIX)
 
 
 def _check_quantile(quantile: float) -> float:
     if not 0.0 <= float(quantile) <= 1.0:
         raise PipelineError(f"the threshold quantile must lie between 0 and 1, got {quantile}.")
     return float(quantile)
-
-
-def training_scores(kind: str, head: Any, train_features: Any) -> np.ndarray:
-    """Scores of ``head`` on the features it was fitted on, as its kind defines them."""
-    entry = _kind(kind)
-    if entry.training_scores is not None:
-        return np.asarray(entry.training_scores(head, train_features), dtype=np.float64)
-    return np.asarray(head.score(train_features), dtype=np.float64)
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -179,7 +135,7 @@ def _cache_record(cache: FeatureCache | Mapping, cache_path: str | None) -> tupl
     return cache.metadata, cache_path or str(cache.path)
 
 
-def _write(path: str | Path, kind: str, state: dict, *, class_name: str, cache: FeatureCache | Mapping,
+def _write(path: str | Path, head: Head, state: dict, *, class_name: str, cache: FeatureCache | Mapping,
            cache_path: str | None, threshold_quantile: float, train_scores: Any) -> Path:
     path = Path(path)
     quantile = _check_quantile(threshold_quantile)
@@ -192,12 +148,12 @@ def _write(path: str | Path, kind: str, state: dict, *, class_name: str, cache: 
             "feature_dim": state.get("feature_dim"),
             "threshold": {"value": float(np.quantile(scores, quantile)), "quantile": quantile,
                           "rule": f"{quantile:g}-quantile (numpy linear) of the {len(scores)} "
-                                  f"{KINDS[kind].training_note}, class {class_name}; "
+                                  f"{head.training_note}, class {class_name}; "
                                   f"score > threshold = anomalous",
                           "n_train": len(scores)},
             "saved": {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions()}}
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "info": json.dumps(info),
-               "state": _plain(state, f"the {kind} state"), "train_scores": torch.from_numpy(scores)}
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": head.name, "info": json.dumps(info),
+               "state": _plain(state, f"the {head.name} state"), "train_scores": torch.from_numpy(scores)}
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed, so a reader never sees half a file; the process
     # id keeps two writers (Dask workers) from sharing a temporary file.
@@ -211,34 +167,43 @@ def _write(path: str | Path, kind: str, state: dict, *, class_name: str, cache: 
     return path
 
 
-def save_head(path: str | Path, head: Any, *, kind: str, class_name: str, cache: FeatureCache | Mapping,
-              threshold_quantile: float = DEFAULT_QUANTILE, train_scores: Any, cache_path: str | None = None,
+def save_head(path: str | Path, head: Head, *, class_name: str, cache: FeatureCache | Mapping,
+              threshold_quantile: float | None = None, train_scores: Any = None, cache_path: str | None = None,
               **state_options: Any) -> Path:
-    """Write ``head`` to ``path`` atomically. ``cache`` is the FeatureCache it was trained on (or
-    that cache's metadata); ``train_scores`` its scores on its training features (see
-    ``training_scores``), whose ``threshold_quantile`` quantile is the threshold. ``state_options``
-    go to ``to_state`` (kNN: ``gallery_dtype="float32"`` to keep the full precision)."""
-    entry = _kind(kind)
-    if not isinstance(head, entry.cls):
-        raise PipelineError(f"a {kind} head is a {entry.cls.__name__}, not a {type(head).__name__}.")
-    return _write(path, kind, head.to_state(**state_options), class_name=class_name, cache=cache,
-                  cache_path=cache_path, threshold_quantile=threshold_quantile, train_scores=train_scores)
+    """Write the fitted ``head`` to ``path`` atomically. ``cache`` is the FeatureCache it was
+    trained on (or that cache's metadata); ``train_scores`` its scores on its training features
+    (default: those ``fit`` kept), whose ``threshold_quantile`` quantile (default: the head's)
+    is the threshold. ``state_options`` go to ``_state`` (kNN: ``gallery_dtype="float32"``)."""
+    if train_scores is None:
+        train_scores = getattr(head, "train_scores_", None)
+        if train_scores is None:
+            raise PipelineError(f"the {head.name} head has no training scores to take a threshold from: fit it "
+                                f"with threshold_quantile set, or pass train_scores.")
+    quantile = head.threshold_quantile if threshold_quantile is None else threshold_quantile
+    return _write(path, head, head._state(**state_options), class_name=class_name, cache=cache,
+                  cache_path=cache_path, threshold_quantile=0.95 if quantile is None else quantile,
+                  train_scores=train_scores)
 
 
-def save_trained_head(path: str | Path, head: Any, *, kind: str, class_name: str, cache: FeatureCache | Mapping,
-                      train_features: Any, threshold_quantile: float = DEFAULT_QUANTILE, device: str = "cpu",
+def save_trained_head(path: str | Path, head: Head, *, class_name: str, cache: FeatureCache | Mapping,
+                      train_features: Any, threshold_quantile: float | None = None, device: str = "cpu",
                       cache_path: str | None = None, **state_options: Any) -> Path:
-    """``save_head`` with the training scores computed here, by the head rebuilt from the state
-    being saved: the threshold then fits the head exactly as it will be loaded (a kNN gallery
-    saved in float16 included)."""
-    entry = _kind(kind)
-    if not isinstance(head, entry.cls):
-        raise PipelineError(f"a {kind} head is a {entry.cls.__name__}, not a {type(head).__name__}.")
-    state = head.to_state(**state_options)
-    restored = entry.cls.from_state(_plain(state, f"the {kind} state"), device=device)
-    scores = training_scores(kind, restored, train_features)
-    return _write(path, kind, state, class_name=class_name, cache=cache, cache_path=cache_path,
-                  threshold_quantile=threshold_quantile, train_scores=scores)
+    """``save_head`` with the training scores computed by the head rebuilt from the state being
+    saved: the threshold then fits the head exactly as it will be loaded (a kNN gallery saved
+    in float16 included)."""
+    state = head._state(**state_options)
+    restored = type(head)._from_state(_plain(state, f"the {head.name} state"), device=device)
+    scores = restored.training_scores(Features.of(train_features))
+    quantile = head.threshold_quantile if threshold_quantile is None else threshold_quantile
+    return _write(path, head, state, class_name=class_name, cache=cache, cache_path=cache_path,
+                  threshold_quantile=0.95 if quantile is None else quantile, train_scores=scores)
+
+
+def write_head(path: str | Path, head: Head, about: Mapping, **state_options: Any) -> Path:
+    """``Head.save``: the head with what ``about`` records (``class_name``, ``cache``: the
+    cache's metadata, ``cache_path``), its threshold from the training scores ``fit`` kept."""
+    return save_head(path, head, class_name=str(about.get("class_name", "")), cache=dict(about.get("cache", {})),
+                     cache_path=about.get("cache_path"), **state_options)
 
 
 def _first_line(error: BaseException) -> str:
@@ -250,8 +215,8 @@ def load_head(path: str | Path, device: str = "cpu") -> SavedHead:
     """Read a head file; every problem is a PipelineError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"no saved head at {path}. Save heads with python -m stages.knn (or stages.plume) "
-                            f"--save-heads DIR, which writes DIR/<class>{SUFFIX}.")
+        raise PipelineError(f"no saved head at {path}. Save heads with python -m stages.knn (or stages.plume, "
+                            f"stages.anomem) --save-heads DIR, which writes DIR/<class>{SUFFIX}.")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip; anything else would be unpickled
         raise PipelineError(f"{path} is not a readable head file (not a torch.save archive); head files are "
                             f"written by --save-heads of python -m stages.knn or stages.plume.")
@@ -267,10 +232,10 @@ def load_head(path: str | Path, device: str = "cpu") -> SavedHead:
         raise PipelineError(f"{path} has head format {payload.get('format_version')}; this version reads format "
                             f"{FORMAT_VERSION}. Save the head again with this version.")
     kind = payload.get("kind")
-    entry = _kind(kind, f"{path}: ")
+    cls = _kind(kind, f"{path}: ")
     try:
         info = json.loads(payload["info"])
-        head = entry.cls.from_state(payload["state"], device=device)
+        head = cls._from_state(payload["state"], device=device)
         scores = torch.as_tensor(payload["train_scores"]).double().numpy()
     except PipelineError:
         raise
@@ -278,6 +243,7 @@ def load_head(path: str | Path, device: str = "cpu") -> SavedHead:
         raise PipelineError(f"{path}: its {kind} head cannot be restored ({_first_line(error)}); the file is "
                             f"damaged or was written by an incompatible version.") from None
     threshold = info["threshold"]
+    head.threshold_, head.train_scores_ = float(threshold["value"]), scores
     return SavedHead(head=head, kind=kind, class_name=info["class_name"], cache_metadata=info["cache"],
                      threshold=float(threshold["value"]), threshold_quantile=float(threshold["quantile"]),
                      threshold_rule=threshold["rule"], train_scores=scores, feature_dim=info.get("feature_dim"),
@@ -302,14 +268,15 @@ class HeadSaver:
     def for_cache(cls, directory: str | Path, kind: str, cache: FeatureCache, **kwargs: Any) -> "HeadSaver":
         _kind(kind)
         _check_quantile(kwargs.get("threshold_quantile", DEFAULT_QUANTILE))
-        return cls(str(directory), kind, str(cache.path), cache.metadata, **kwargs)
+        # Absolute paths: with --scheduler the saver travels to workers started elsewhere.
+        return cls(str(Path(directory).resolve()), kind, str(Path(cache.path).resolve()), cache.metadata, **kwargs)
 
     def path_for(self, class_name: str) -> Path:
         return Path(self.directory) / head_filename(class_name)
 
-    def __call__(self, normal_class: int, head: Any, train_features: Any) -> None:
+    def __call__(self, normal_class: int, head: Head, train_features: Any) -> None:
         name = self.cache_metadata["dataset"]["classes"][normal_class]
-        save_trained_head(self.path_for(name), head, kind=self.kind, class_name=name, cache=self.cache_metadata,
+        save_trained_head(self.path_for(name), head, class_name=name, cache=self.cache_metadata,
                           cache_path=self.cache_path, train_features=train_features,
                           threshold_quantile=self.threshold_quantile, device=self.device, **self.state_options)
 

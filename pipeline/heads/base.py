@@ -1,0 +1,189 @@
+"""The head contract every head follows, in the manner of scikit-learn and PyOD.
+
+    head = KNNHead(k=2)                          # parameters only: sklearn.base.clone works
+    head.fit(Features(train))                    # or head.fit(train_array)
+    scores = head.score_samples(test)            # higher = more anomalous (as PyOD's decision_function)
+    flags = head.predict(test)                   # 1 = anomalous: score > head.threshold_
+    head.save("heads/cat.head"); Head.load("heads/cat.head")
+
+A head is a dataclass whose fields are its parameters (``get_params``/``set_params`` and
+``clone`` read them from ``__init__``, as scikit-learn does); what ``fit`` learns is kept in
+attributes ending in ``_``. ``fit`` sets ``threshold_`` to the ``threshold_quantile`` quantile
+of the head's scores on its own normal training rows (``training_scores``), or leaves it None
+when ``threshold_quantile`` is None; ``calibrate`` re-chooses it on held-out normal features.
+
+Heads never see the test set: heads trained by epochs call ``callback(head, record)`` after
+each epoch, and the evaluation passes one in to record test curves (``pipeline.evaluate``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from pipeline.errors import PipelineError
+
+POOLED = "pooled"
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a head reads, for the same N images: pooled vectors (N, D); optional feature maps
+    by layer name (N, C, g, g); optional augmented views of those rows by scale (``"pooled"``
+    or a layer name) with a views axis, (N, V, D) or (N, V, C, g, g).
+
+    ``pooled`` may also be a Dask array or a function returning an iterable of row blocks for
+    kNN galleries larger than memory (``pipeline.heads.knn``)."""
+
+    pooled: Any
+    maps: Mapping[str, np.ndarray] = field(default_factory=dict)
+    views: Mapping[str, np.ndarray] | None = None
+
+    @classmethod
+    def of(cls, value: "Features | np.ndarray | Mapping[str, np.ndarray] | Any") -> "Features":
+        """Features as given, an array of pooled vectors, or ``{"pooled": ..., <layer>: maps}``."""
+        if isinstance(value, Features):
+            return value
+        if isinstance(value, Mapping):
+            if POOLED not in value:
+                raise PipelineError(f"features given by scale need the pooled vectors under {POOLED!r}; "
+                                    f"got {', '.join(map(str, value)) or 'nothing'}.")
+            return cls(value[POOLED], {k: v for k, v in value.items() if k != POOLED})
+        return cls(value)
+
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+    def scales(self) -> dict[str, Any]:
+        """The pooled vectors and each map, by scale name."""
+        return {POOLED: self.pooled, **self.maps}
+
+    def take(self, index: np.ndarray) -> "Features":
+        """The given rows (maps and views too)."""
+        views = None if self.views is None else {k: v[index] for k, v in self.views.items()}
+        return Features(self.pooled[index], {k: v[index] for k, v in self.maps.items()}, views)
+
+
+# After each epoch of a head trained by epochs: (the head in its current state, the epoch's
+# record: epoch number and loss terms). The evaluation scores the test set here.
+EpochCallback = Callable[["Head", dict], None]
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class Head(BaseEstimator):
+    """Base of every head. A subclass is a ``@dataclass(eq=False, repr=False, kw_only=True)`` with its
+    parameters as fields, sets ``name``, and implements ``_fit``, ``score_samples``,
+    ``_state`` and ``_from_state``; it may override ``training_scores`` (kNN: leave-one-out)."""
+
+    name: ClassVar[str] = ""
+    needs_maps: ClassVar[bool] = False   # fit and score read Features.maps
+    needs_views: ClassVar[bool] = False  # fit reads Features.views
+    uses_labels: ClassVar[bool] = False  # fit may take labelled anomalies
+    # What the threshold is a quantile of, in words (saved with the head).
+    training_note: ClassVar[str] = "the head's scores on its own training features"
+
+    threshold_quantile: float | None = 0.95
+
+    # --- the contract ---------------------------------------------------------------------
+
+    def fit(self, features: Features | np.ndarray | Any, labels: np.ndarray | None = None,
+            callback: EpochCallback | None = None) -> "Head":
+        """Train on normal features (and, for heads that use them, labelled anomalies:
+        ``labels`` 1 for an anomaly, 0 for a normal row, as in PyOD); set ``threshold_``."""
+        features = Features.of(features)
+        if labels is not None:
+            labels = np.asarray(labels).astype(int).ravel()
+            if not self.uses_labels and labels.any():
+                raise PipelineError(f"the {self.name} head is one-class: it cannot use labelled anomalies.")
+            if len(labels) != len(features):
+                raise PipelineError(f"{len(labels)} labels for {len(features)} training rows.")
+        self._check_params()
+        self._fit(features, labels, callback)
+        self.threshold_, self.train_scores_ = None, None
+        if self.threshold_quantile is not None:
+            scores = self.training_scores(features)
+            self.train_scores_ = scores if labels is None else scores[labels == 0]
+            self.threshold_ = _quantile(self.train_scores_, self.threshold_quantile, "training")
+        return self
+
+    def score_samples(self, features: Features | np.ndarray | Any) -> np.ndarray:
+        """Anomaly scores, float64, higher = more anomalous (unlike scikit-learn's outlier
+        detectors, whose ``score_samples`` is higher for normal samples)."""
+        raise NotImplementedError
+
+    def decision_function(self, features: Features | np.ndarray | Any) -> np.ndarray:
+        """The same as ``score_samples`` (PyOD's name)."""
+        return self.score_samples(features)
+
+    def predict(self, features: Features | np.ndarray | Any) -> np.ndarray:
+        """1 where the score is above ``threshold_`` (anomalous), else 0."""
+        if getattr(self, "threshold_", None) is None:
+            raise PipelineError(f"the {self.name} head has no threshold: fit it with threshold_quantile set, "
+                                f"or call calibrate(normal_features).")
+        return (self.score_samples(features) > self.threshold_).astype(int)
+
+    def training_scores(self, features: Features | np.ndarray | Any) -> np.ndarray:
+        """The head's scores on the features it was fitted on (the threshold's reference)."""
+        return self.score_samples(features)
+
+    def calibrate(self, features: Features | np.ndarray | Any, quantile: float | None = None) -> "Head":
+        """Take ``threshold_`` at the quantile (default ``threshold_quantile``) of the scores of
+        held-out normal features, which run higher than the training scores of heads fitted on
+        those very features (PLUME, AnoMem)."""
+        quantile = self.threshold_quantile if quantile is None else quantile
+        self.threshold_ = _quantile(self.score_samples(features), 0.95 if quantile is None else quantile,
+                                    "calibration")
+        return self
+
+    # --- to be implemented ----------------------------------------------------------------
+
+    def _check_params(self) -> None:
+        """Refuse parameters out of range with a PipelineError (called by ``fit``)."""
+        if self.threshold_quantile is not None and not 0.0 <= float(self.threshold_quantile) <= 1.0:
+            raise PipelineError(f"the threshold quantile must lie between 0 and 1, got {self.threshold_quantile}.")
+
+    def _fit(self, features: Features, labels: np.ndarray | None, callback: EpochCallback | None) -> None:
+        raise NotImplementedError
+
+    def _state(self, **options: Any) -> dict:
+        """What scoring needs: tensors, arrays and JSON-able values (read back with
+        ``torch.load(weights_only=True)``, so loading a file runs no code)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _from_state(cls, state: dict, device: str = "cpu") -> "Head":
+        raise NotImplementedError
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def params(self) -> dict:
+        """The parameters as plain values (for metrics files and saved heads)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def fitted(self) -> bool:
+        return hasattr(self, "threshold_")
+
+    def save(self, path: str | Path, about: Mapping | None = None, **state_options: Any) -> Path:
+        """Write the fitted head to one file (``pipeline.heads.saving``), with ``about``
+        (class name, the cache's metadata) recorded beside it."""
+        from pipeline.heads.saving import write_head
+
+        return write_head(path, self, about=about or {}, **state_options)
+
+    @staticmethod
+    def load(path: str | Path, device: str = "cpu") -> "Head":
+        """A head saved by ``save`` or ``--save-heads``, of whatever kind."""
+        from pipeline.heads.saving import load_head
+
+        return load_head(path, device).head
+
+
+def _quantile(scores: np.ndarray, quantile: float, what: str) -> float:
+    scores = np.asarray(scores, dtype=np.float64)
+    if not len(scores) or not np.isfinite(scores).all():
+        raise PipelineError(f"cannot choose a threshold: the {len(scores)} {what} scores are empty or not all finite.")
+    return float(np.quantile(scores, quantile))

@@ -1,0 +1,89 @@
+"""What every head's command shares: its common options (defaults from params.yaml), opening
+the cache it scores, and the closing lines it prints.
+
+A head's ``command.py`` adds its own options, builds its head from them and calls
+``pipeline.evaluate.evaluate_one_vs_all``; heavy modules (torch, zarr) are imported inside
+the command, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import click
+
+from pipeline import params
+from pipeline.distributed import scheduler_option
+
+if TYPE_CHECKING:
+    from pipeline.cache import FeatureCache
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _apply(command: Callable, options: list[Callable]) -> Callable:
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def cache_options(section: str) -> Callable[[Callable], Callable]:
+    """--cache, --classes, --device, --expect and --scheduler, defaults from ``params.yaml[section]``."""
+    return lambda command: _apply(command, [
+        click.option("--cache", "cache_path", required=True, type=click.Path(file_okay=False),
+                     help="Feature cache made by python -m pipeline.extract (or imported from HDF5)."),
+        params.option(section, "classes", help="Normal classes to evaluate: all, or comma-separated names or "
+                                               "indices."),
+        params.option(section, "device", help="auto (GPU if there is one), cpu, cuda, cuda:<i>."),
+        click.option("--expect", multiple=True, metavar="KEY=VALUE",
+                     help="Refuse a cache whose metadata differs, e.g. backbone.name=resnet50 or "
+                          "preprocessing.image_size=224 (repeatable)."),
+        scheduler_option,
+    ])
+
+
+def common_options(section: str, what_saved: str) -> Callable[[Callable], Callable]:
+    """``cache_options`` and --metrics, --plots, --save-heads, --threshold-quantile, with the
+    defaults of ``params.yaml[section]``."""
+    def decorate(command: Callable) -> Callable:
+        options = [
+            cache_options(section),
+            click.option("--metrics", "metrics_path", default=f"metrics/{section}.json", show_default=True,
+                         help="Where to write the metrics JSON (per class and mean AUROC, AUPR, FPR@95%TPR)."),
+            click.option("--plots", "plots_dir", default=None,
+                         help="Folder for per-class ROC curves (roc_<class>.json, DVC plots; first seed)."),
+            click.option("--save-heads", "save_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
+                         help=f"Also save each class's head as DIR/<class>.head, to score new images with "
+                              f"python -m stages.score: {what_saved}, the cache's metadata and a threshold, the "
+                              f"--threshold-quantile quantile of its training scores. Metrics are unchanged. With "
+                              f"--scheduler each file is written by the worker that trains the class, so DIR "
+                              f"must be on storage the workers share (like the cache)."),
+            params.option(section, "threshold_quantile", type=click.FloatRange(0, 1),
+                          help="With --save-heads: the quantile of the training scores taken as the anomaly "
+                               "threshold."),
+        ]
+        return _apply(command, options)
+    return decorate
+
+
+def open_cache(cache_path: str, expect: tuple[str, ...], classes: str) -> tuple["FeatureCache", list[int]]:
+    """The cache, refused unless its metadata matches ``expect``, and the chosen class indices."""
+    from pipeline.cache import FeatureCache
+    from pipeline.cli import parse_expectations
+    from pipeline.protocol import resolve_classes
+
+    cache = FeatureCache.open(cache_path)
+    cache.check_matches(parse_expectations(expect))
+    return cache, resolve_classes(classes, cache.classes)
+
+
+def saver_for(save_dir: str | None, kind: str, cache: "FeatureCache", threshold_quantile: float, device: str,
+              **state_options):
+    """The after-fit hook that saves each class's head, or None without --save-heads."""
+    if save_dir is None:
+        return None
+    from pipeline.heads.saving import HeadSaver
+
+    return HeadSaver.for_cache(Path(save_dir), kind, cache, threshold_quantile=threshold_quantile, device=device,
+                               state_options=state_options)
