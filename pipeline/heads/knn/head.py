@@ -57,13 +57,15 @@ class KNNHead(Head):
             raise PipelineError("fit the kNN head before scoring")
         test = Features.of(features).pooled
         if _is_dask(self.gallery_):
-            return knn_scores_dask(self.gallery_, test, k=self.k, device=self.device)
-        gallery = self.gallery_() if callable(self.gallery_) else self.gallery_
-        return knn_scores(gallery, test, k=self.k, device=self.device)
+            scores = knn_scores_dask(self.gallery_, test, k=self.k, device=self.device)
+        else:
+            gallery = self.gallery_() if callable(self.gallery_) else self.gallery_
+            scores = knn_scores(gallery, test, k=self.k, device=self.device)
+        return np.asarray(scores, dtype=np.float64)
 
     def training_scores(self, features: Features | np.ndarray | Any) -> np.ndarray:
         """Leave-one-out: each gallery row against the others (against all, each would score ~0)."""
-        return knn_loo_scores(self.gallery_array(), k=self.k, device=self.device)
+        return np.asarray(knn_loo_scores(self.gallery_array(), k=self.k, device=self.device), dtype=np.float64)
 
     # -- saving (pipeline.heads.saving) ----------------------------------------------------
 

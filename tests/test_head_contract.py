@@ -1,0 +1,75 @@
+"""The head contract (pipeline/heads/base.py), the same for every registered head: sklearn's
+clone, fit / score_samples / decision_function / predict with threshold_, calibrate, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from pipeline.errors import PipelineError
+from pipeline.heads.base import Features, Head
+from pipeline.heads.registry import HEADS, head_class
+
+SMALL = {  # fast settings per head, on 16-d toy features
+    "knn": dict(k=2),
+    "plume": dict(epochs=2, dim="native", lr=1e-3, batch_size=16),
+    "anomem": dict(epochs=2, scales="last", slots_last=4, proj_dim=4, proj_hidden=8, batch_size=32),
+}
+
+
+def toy(n: int, seed: int = 0, offset: float = 0.0) -> Features:
+    rng = np.random.default_rng(seed)
+    pooled = (rng.normal(size=(n, 16)) + offset).astype(np.float32)
+    views = np.stack([pooled + rng.normal(0, 0.05, pooled.shape).astype(np.float32) for _ in range(2)], axis=1)
+    return Features(pooled, {}, {"pooled": views})
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_every_head_follows_the_contract(name, tmp_path):
+    cls = head_class(name)
+    assert issubclass(cls, Head) and cls.name == name
+    head = cls(**SMALL[name])
+    twin = clone(head)
+    assert twin is not head and twin.get_params() == head.get_params() and not twin.fitted()
+    train, test = toy(64), Features.of({"pooled": np.concatenate([toy(20, 1).pooled, toy(20, 2, 6.0).pooled])})
+    head.fit(train)
+    scores = head.score_samples(test)
+    assert scores.dtype == np.float64 and scores.shape == (40,)
+    np.testing.assert_array_equal(head.decision_function(test), scores)
+    # threshold_: the 0.95 quantile of the head's own training scores; predict flags above it.
+    np.testing.assert_allclose(head.threshold_, np.quantile(head.training_scores(train), 0.95))
+    np.testing.assert_array_equal(head.predict(test), (scores > head.threshold_).astype(int))
+    assert scores[20:].mean() > scores[:20].mean()  # the shifted half is more anomalous
+    # Re-chosen on held-out normal features.
+    held_out = toy(30, 3)
+    head.calibrate(held_out, 0.9)
+    assert head.threshold_ == pytest.approx(np.quantile(head.score_samples(held_out), 0.9))
+    # One file format for all heads; the loaded head scores the same.
+    path = head.save(tmp_path / f"{name}.head", about={"class_name": "a"}, **({"gallery_dtype": "float32"}
+                                                                             if name == "knn" else {}))
+    loaded = Head.load(path)
+    assert type(loaded) is cls and loaded.get_params() == head.get_params()
+    np.testing.assert_allclose(loaded.score_samples(test), scores, rtol=1e-6)
+    # A clone of a fitted head is unfitted, and set_params changes one parameter.
+    other = clone(head).set_params(threshold_quantile=0.5)
+    assert not other.fitted() and other.threshold_quantile == 0.5
+
+
+def test_no_threshold_means_predict_explains_itself():
+    head = head_class("knn")(k=2, threshold_quantile=None).fit(toy(10).pooled)
+    assert head.threshold_ is None
+    with pytest.raises(PipelineError, match="no threshold"):
+        head.predict(toy(3).pooled)
+
+
+def test_one_class_heads_refuse_labelled_anomalies():
+    with pytest.raises(PipelineError, match="one-class"):
+        head_class("knn")(k=2).fit(toy(10), labels=np.r_[np.zeros(9), 1])
+
+
+def test_the_semi_supervised_threshold_comes_from_the_normal_rows_only():
+    labels = np.r_[np.zeros(60, int), np.ones(4, int)]
+    train = toy(64)
+    head = head_class("anomem")(**SMALL["anomem"], sup_epochs=2).fit(train, labels)
+    np.testing.assert_allclose(head.threshold_, np.quantile(head.training_scores(train)[:60], 0.95))
