@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.report import main as report_main
+from pipeline.report.command import main as report_main
 
 CIFAR = "imagefolder:cifar10-jpg"
 CLASSES = ["airplane", "automobile", "<b>&"]
@@ -188,7 +188,7 @@ def test_plots_dirs_can_be_given_per_file(tmp_path: Path) -> None:
 
 def test_writes_both_files_atomically_and_refuses_what_is_not_a_payload(project: Path, monkeypatch) -> None:
     import pipeline.cli
-    import pipeline.report
+    import pipeline.report.command
 
     written = []
 
@@ -196,7 +196,7 @@ def test_writes_both_files_atomically_and_refuses_what_is_not_a_payload(project:
         written.append(Path(path).name)
         pipeline.cli.write_text(path, text)
 
-    monkeypatch.setattr(pipeline.report, "write_text", recording_write_text)
+    monkeypatch.setattr(pipeline.report.command, "write_text", recording_write_text)
     md, page = project / "out" / "results.md", project / "out" / "results.html"
     code, output = build(str(project / "metrics"), "--out-md", str(md), "--out-html", str(page))
     assert code == 0, output
@@ -219,7 +219,7 @@ def test_writes_both_files_atomically_and_refuses_what_is_not_a_payload(project:
 
 def test_readme_section_between_markers_is_replaced_and_the_rest_kept():
     from pipeline.errors import PipelineError
-    from pipeline.report import README_END, README_START, replace_between_markers
+    from pipeline.report.command import README_END, README_START, replace_between_markers
 
     text = f"# Title\n\nintro\n{README_START}\nold table\n{README_END}\n\n## After\n"
     out = replace_between_markers(text, "# Results\n\nnew table\n")

@@ -1,11 +1,11 @@
 """One table of every head's results, grouped by dataset, backbone and image size.
 
 Reads the metrics payloads the head stages write (kNN, PLUME, AnoMem, PLUME ablation files)
-into rows of AUROC per class, and renders them as Markdown. ``pipeline.results_page`` draws
+into rows of AUROC per class, and renders them as Markdown. ``pipeline.report.page`` draws
 the same rows, with ROC and training curves, as a self-contained HTML page.
 
 Published figures come from ``paper_results.json`` through the helpers of
-``pipeline.report``; they only appear for CIFAR-10 and always carry a tag naming the paper,
+``pipeline.report.published``; they only appear for CIFAR-10 and always carry a tag naming the paper,
 whose backbone and protocol are spelled out in the notes under the table.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.report import (GUIDANCE_NAMES, PLUME_NAMES, _gamma_key, ablation_payloads, anomem_paper,
-                             has_published_column, knn_paper, paper_results, plume_paper_mean)
+from pipeline.report.published import (GUIDANCE_NAMES, PLUME_NAMES, _gamma_key, anomem_paper, has_published_column,
+                                       knn_paper, paper_results, plume_paper_mean)
 
 HEAD_NAMES = {"knn": "kNN (DN2)", "plume": "PLUME", "anomem": "AnoMem"}
 HEAD_ORDER = {"knn": 0, "plume": 1, "anomem": 2}
@@ -108,6 +108,19 @@ class Group:
 
 
 # --- reading --------------------------------------------------------------------------------
+
+def ablation_payloads(paths: list[str | Path]) -> dict[str, dict]:
+    """Variants from one or more ablation metrics files (python -m stages.plume_ablation), in order."""
+    payloads: dict[str, dict] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        if "variants" not in data:
+            raise PipelineError(f"{path} is not a PLUME ablation metrics file (no 'variants' section).")
+        for name, payload in data["variants"].items():
+            about = {**data["about"], **payload.get("about", {})}
+            payloads[name] = {**payload, "about": about}
+    return payloads
+
 
 def read_payload(path: str | Path) -> dict:
     """A metrics file as written by the head stages, or a PipelineError saying why it is not one."""

@@ -1,4 +1,4 @@
-"""The results as one self-contained HTML page: the tables of ``pipeline.results_table``, ROC
+"""The results as one self-contained HTML page: the tables of ``pipeline.report.table``, ROC
 curves and PLUME training curves drawn as inline SVG. Nothing is fetched (no scripts, style
 sheets or fonts from elsewhere), so the page reads the same offline and years later."""
 
@@ -9,9 +9,9 @@ from html import escape
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.results_table import (PUBLISHED_HEADER, Group, Run, caption, distinguishing, group_classes,
-                                    group_rows, published_notes, table_cells, varying_settings)
-from pipeline.svg_chart import Axis, Series, line_chart, padded_range
+from pipeline.report.svg_chart import Axis, Series, line_chart, padded_range
+from pipeline.report.table import (PUBLISHED_HEADER, Group, Run, caption, distinguishing, group_classes, group_rows,
+                                   published_notes, table_cells, varying_settings)
 
 STYLE = """
 body { font-family: "DejaVu Sans", "Helvetica Neue", Arial, sans-serif; margin: 24px; color: #222; }
