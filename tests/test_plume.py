@@ -242,7 +242,7 @@ def test_ablation_command_lays_out_table_1c_with_knn_and_paper_columns(synthetic
 
 
 def test_published_column_matches_the_reference_file():
-    from pipeline.report.published import plume_paper_mean
+    from pipeline.heads.plume.report import plume_paper_mean
 
     assert plume_paper_mean("linear", "contrastive") == 83.4
     assert plume_paper_mean("gaussian", "none") == 77.5

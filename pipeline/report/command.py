@@ -10,8 +10,9 @@ import click
 
 from pipeline.cli import write_text
 from pipeline.errors import PipelineError
+from pipeline.heads.registry import report_module
 from pipeline.report.page import html_report
-from pipeline.report.published import has_published_column, plume_ablation_table
+from pipeline.report.published import has_published_column
 from pipeline.report.table import ablation_payloads, discover_plots, group_runs, markdown_report, runs_of
 
 # `build --readme` replaces what lies between these two lines.
@@ -33,7 +34,9 @@ def plume_table(metrics: tuple[str, ...], knn_metrics: str | None, out: str | No
     separately, for example in parallel processes)."""
     payloads = ablation_payloads(list(metrics))
     knn = json.loads(Path(knn_metrics).read_text()) if knn_metrics else None
-    table = plume_ablation_table(payloads, knn, paper_column=has_published_column(next(iter(payloads.values()))["about"]))
+    # The PLUME ablation table is PLUME's, in its report module.
+    table = report_module("plume").plume_ablation_table(
+        payloads, knn, paper_column=has_published_column(next(iter(payloads.values()))["about"]))
     if out:
         write_text(out, table)
     click.echo(table)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.report.svg_chart import Axis, Series, line_chart, padded_range
-from pipeline.report.table import (PUBLISHED_HEADER, Group, Run, caption, distinguishing, group_classes, group_rows,
-                                   published_notes, table_cells, varying_settings)
+from pipeline.report.rows import Run
+from pipeline.report.table import (PUBLISHED_HEADER, Group, caption, distinguishing, group_classes, group_rows,
+                                   published_notes, roc_curves, run_title, table_cells, varying_settings)
 
 STYLE = """
 body { font-family: "DejaVu Sans", "Helvetica Neue", Arial, sans-serif; margin: 24px; color: #222; }
@@ -92,8 +93,7 @@ def roc_chart(run: Run, classes: list[str], varying: dict[str, set[str]]) -> str
         name = class_of(f, "roc_")
         auroc = per_class.get(name, {}).get("auroc") if single else None
         series.append(Series(name if auroc is None else f"{name} (AUROC {100 * auroc:.1f})", read_roc(f)))
-    which = "final model" if run.head == "plume" else "one-class" if run.head == "anomem" else "per class"
-    title = f"{run.title}: ROC ({which}{'' if single else ', first seed'})"
+    title = f"{run_title(run)}: ROC ({roc_curves(run.head)}{'' if single else ', first seed'})"
     return line_chart(title, _subtitles(run, varying), Axis("false positive rate (normal images flagged)", 0, 1),
                       Axis("true positive rate (anomalies found)", 0, 1), series, "roc", chance_diagonal=True)
 
@@ -108,7 +108,7 @@ def training_chart(run: Run, classes: list[str], varying: dict[str, set[str]]) -
     seeds = run.about.get("seeds") or 1
     x_low, x_high = (min(epochs), max(epochs)) if epochs else (0, 1)
     x_high = x_high if x_high > x_low else x_low + 1  # one epoch still needs a width
-    return line_chart(f"{run.title}: test AUROC per epoch" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
+    return line_chart(f"{run_title(run)}: test AUROC per epoch" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
                       _subtitles(run, varying), Axis("epoch", x_low, x_high, integer=True),
                       Axis("test AUROC", *padded_range(values)), series, "training")
 
@@ -148,7 +148,7 @@ def _charts(heading: str, charts: list[str]) -> str:
 
 def _run_name(run: Run, varying: dict[str, set[str]]) -> str:
     differing = distinguishing(run, varying)
-    return f"{run.title}{f' ({differing})' if differing else ''} from {run.source}"
+    return f"{run_title(run)}{f' ({differing})' if differing else ''} from {run.source}"
 
 
 def html_group(group: Group) -> str:

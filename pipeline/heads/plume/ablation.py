@@ -15,8 +15,9 @@ from pipeline.cli import resolve_device, write_json, write_text
 from pipeline.distributed import open_client
 from pipeline.evaluate import load_metrics, metrics_payload, write_plots
 from pipeline.heads.plume.model import GUIDANCES, PERTURBATIONS
-from pipeline.report.published import has_published_column, plume_ablation_table
 from pipeline.heads.plume.command import head_label, open_cache, run_plume, training_options
+from pipeline.heads.plume.report import plume_ablation_table
+from pipeline.report.published import has_published_column
 
 TABLE_1C = "gaussian/none,addmult/none,linear/none,linear/mean,linear/contrastive"
 
