@@ -8,15 +8,19 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from tqdm.auto import tqdm
 
 from pipeline.errors import PipelineError
 
+if TYPE_CHECKING:
+    import torch
 
-def resolve_device(name: str) -> torch.device:
+
+def resolve_device(name: str) -> "torch.device":
+    import torch  # here, so that commands answer --help without loading torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -235,7 +235,7 @@ def test_ablation_command_lays_out_table_1c_with_knn_and_paper_columns(synthetic
     assert "paper mean" not in rows[0]
     assert (tmp_path / "plots" / "linear_contrastive" / "training").is_dir()
     # The same table rebuilt from the metrics file (how variants run in separate processes are merged).
-    from pipeline.report import main as report_main
+    from pipeline.report.command import main as report_main
     rebuilt = runner.invoke(report_main, ["plume-table", str(tmp_path / "abl.json"), "--knn-metrics", str(knn_metrics)])
     assert rebuilt.exit_code == 0, rebuilt.output
     assert [line for line in rebuilt.output.splitlines() if line.startswith("| ")] == rows
@@ -244,7 +244,7 @@ def test_ablation_command_lays_out_table_1c_with_knn_and_paper_columns(synthetic
 
 
 def test_published_column_matches_the_reference_file():
-    from pipeline.report import plume_paper_mean
+    from pipeline.heads.plume.report import plume_paper_mean
 
     assert plume_paper_mean("linear", "contrastive") == 83.4
     assert plume_paper_mean("gaussian", "none") == 77.5

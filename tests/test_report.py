@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.report import main as report_main
+from pipeline.report.command import main as report_main
 
 CIFAR = "imagefolder:cifar10-jpg"
 CLASSES = ["airplane", "automobile", "<b>&"]
@@ -188,7 +188,7 @@ def test_plots_dirs_can_be_given_per_file(tmp_path: Path) -> None:
 
 def test_writes_both_files_atomically_and_refuses_what_is_not_a_payload(project: Path, monkeypatch) -> None:
     import pipeline.cli
-    import pipeline.report
+    import pipeline.report.command
 
     written = []
 
@@ -196,7 +196,7 @@ def test_writes_both_files_atomically_and_refuses_what_is_not_a_payload(project:
         written.append(Path(path).name)
         pipeline.cli.write_text(path, text)
 
-    monkeypatch.setattr(pipeline.report, "write_text", recording_write_text)
+    monkeypatch.setattr(pipeline.report.command, "write_text", recording_write_text)
     md, page = project / "out" / "results.md", project / "out" / "results.html"
     code, output = build(str(project / "metrics"), "--out-md", str(md), "--out-html", str(page))
     assert code == 0, output
@@ -219,7 +219,7 @@ def test_writes_both_files_atomically_and_refuses_what_is_not_a_payload(project:
 
 def test_readme_section_between_markers_is_replaced_and_the_rest_kept():
     from pipeline.errors import PipelineError
-    from pipeline.report import README_END, README_START, replace_between_markers
+    from pipeline.report.command import README_END, README_START, replace_between_markers
 
     text = f"# Title\n\nintro\n{README_START}\nold table\n{README_END}\n\n## After\n"
     out = replace_between_markers(text, "# Results\n\nnew table\n")
@@ -228,3 +228,151 @@ def test_readme_section_between_markers_is_replaced_and_the_rest_kept():
 
     with pytest.raises(PipelineError, match="results:start"):
         replace_between_markers("no markers", "x")
+
+
+# --- heads: their rows come from their own report module, found through the registry ----------
+
+FAKE_REPORT = '''
+from pipeline.report.published import published
+from pipeline.report.rows import Figure, Row, figures
+
+DISPLAY_NAME = "Fake head"
+ORDER = -1  # before kNN
+SETTINGS = {"width": "width {}", "depth": lambda about: f"depth {about['depth']}" if "depth" in about else None}
+ROC_CURVES = "fake model"
+
+
+def title(about):
+    return f"Fake head, width {about.get('width')}"
+
+
+def rows(run, extra):
+    p = run.payload
+    return [Row(DISPLAY_NAME, f"fake setting{extra}", figures(p["per_class"], "auroc", None),
+                Figure(p["mean"]["auroc"]), published(12.5, "FAKE", "Fake paper, fake backbone."))]
+'''
+
+
+def test_a_head_in_the_registry_gets_its_rows_from_its_report_module_and_an_unknown_head_a_generic_row(
+        tmp_path: Path, monkeypatch) -> None:
+    from pipeline.heads import registry
+
+    package = f"fake_heads_{abs(hash(str(tmp_path)))}"
+    for name, report in (("fakehead", FAKE_REPORT), ("bare", None)):  # "bare": registered, no report.py
+        write(tmp_path / "src" / package / name / "__init__.py", "")
+        if report is not None:
+            (tmp_path / "src" / package / name / "report.py").write_text(report)
+    (tmp_path / "src" / package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    monkeypatch.setattr(registry, "HEADS", {**registry.HEADS, "fakehead": f"{package}.fakehead",
+                                            "bare": f"{package}.bare"})
+    runs = {"knn": knn_payload()}
+    for head, width in (("fakehead", 3), ("fakehead", 5), ("unknownhead", 3), ("bare", 3)):
+        payload = knn_payload()
+        payload["about"] = about(CIFAR, head, width=width, depth=2)
+        runs[f"{head}_{width}"] = payload
+    for name, payload in runs.items():
+        write(tmp_path / "metrics" / f"{name}.json", payload)
+        roc_file(tmp_path / "plots" / name, "airplane")
+    code, output = build(str(tmp_path / "metrics"), "--out-md", str(tmp_path / "r.md"),
+                         "--out-html", str(tmp_path / "r.html"))
+    assert code == 0, output
+    markdown = (tmp_path / "r.md").read_text()
+    rows = [(r[0], r[1], r[-2], r[-1]) for r in table_rows(markdown)]
+    # The fake head's own rows (ORDER -1: first), told apart by its varying setting, with its paper's
+    # figure; kNN as always; heads without a report module last (in file order), with the generic row.
+    assert rows == [("Fake head", "fake setting; width 3", "**82.0**", "12.5 [FAKE]"),
+                    ("Fake head", "fake setting; width 5", "**82.0**", "12.5 [FAKE]"),
+                    ("kNN (DN2)", "k = 2", "**82.0**", "92.5 [PANDA]"),
+                    ("bare", "-", "**82.0**", ""), ("unknownhead", "-", "**82.0**", "")]
+    assert "Fake head: depth 2." in markdown  # a setting shared by the head's runs goes to the caption
+    assert "- [FAKE] Fake paper, fake backbone. Copied from the paper, not measured here." in markdown
+    page = (tmp_path / "r.html").read_text()
+    assert "Fake head, width 5: ROC (fake model)" in page and "unknownhead: ROC (per class)" in page
+
+
+def _project_imports(path: Path) -> set[str]:
+    """The pipeline modules a file imports, function-level imports included."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)  # from package import module
+    return {name for name in names if name.split(".")[0] == "pipeline" and _module_file(name)}
+
+
+def _module_file(name: str) -> Path | None:
+    base = REPO.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _import_graph(start: str) -> dict[str, set[str]]:
+    """Module -> the project modules it imports, from ``start`` on; the registry also imports each
+    head's report module (through importlib)."""
+    from pipeline.heads.registry import HEADS
+
+    graph: dict[str, set[str]] = {}
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        if name in graph:
+            continue
+        graph[name] = _project_imports(_module_file(name))
+        if name == "pipeline.heads.registry":
+            graph[name] |= {f"{package}.report" for package in HEADS.values()}
+        todo.extend(graph[name])
+    return graph
+
+
+def test_report_imports_no_circle_and_its_dvc_stage_depends_on_every_file_it_imports() -> None:
+    import yaml
+
+    graph = _import_graph("pipeline.report.__main__")
+    # No circle: a depth-first walk never meets a module still on its path.
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = "open"
+        for other in sorted(graph[name]):
+            assert state.get(other) != "open", f"import circle: {' -> '.join([*path, name, other])}"
+            if other not in state:
+                visit(other, [*path, name])
+        state[name] = "done"
+
+    visit("pipeline.report.__main__", [])
+    files = {_module_file(name) for name in graph}
+    for name in graph:  # importing a module runs its packages' __init__.py first
+        parts = name.split(".")
+        files |= {_module_file(".".join(parts[:i])) for i in range(1, len(parts))}
+    deps = [REPO / d for d in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["report"]["deps"]]
+    missing = sorted(str(f.relative_to(REPO)) for f in files if not any(f == d or d in f.parents for d in deps))
+    assert not missing, f"dvc.yaml's report stage does not depend on: {missing}"
+    assert REPO / "pipeline" / "report" in deps  # paper_results.json with it
+
+
+def test_head_report_modules_import_only_the_report_package_and_load_neither_torch_nor_heads() -> None:
+    import subprocess
+    import sys
+
+    from pipeline.heads.registry import HEADS
+
+    for package in HEADS.values():
+        imported = _project_imports(_module_file(f"{package}.report"))
+        assert all(name.startswith("pipeline.report.") or name == "pipeline.errors" for name in imported), imported
+    modules = ["pipeline.report.table", "pipeline.report.page", *(f"{p}.report" for p in HEADS.values())]
+    code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('pipeline.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(REPO)}).stdout
+    assert "'torch'" not in loaded and "pipeline.cli" not in loaded
+    assert not any(f"'{p}.{part}'" in loaded for p in HEADS.values() for part in ("head", "model", "command"))

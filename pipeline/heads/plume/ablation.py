@@ -14,10 +14,11 @@ import click
 from pipeline.cli import resolve_device, write_json, write_text
 from pipeline.distributed import open_client
 from pipeline.evaluate import load_metrics, metrics_payload, write_plots
-from pipeline.report import has_published_column, plume_ablation_table
 from pipeline.heads.plume import GUIDANCES, PERTURBATIONS
 from pipeline.heads.plume.command import head_label, run_plume, training_options
+from pipeline.heads.plume.report import plume_ablation_table
 from pipeline.heads.stage import cache_options, open_cache
+from pipeline.report.published import has_published_column
 
 TABLE_1C = "gaussian/none,addmult/none,linear/none,linear/mean,linear/contrastive"
 

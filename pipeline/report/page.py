@@ -1,4 +1,4 @@
-"""The results as one self-contained HTML page: the tables of ``pipeline.results_table``, ROC
+"""The results as one self-contained HTML page: the tables of ``pipeline.report.table``, ROC
 curves and PLUME training curves drawn as inline SVG. Nothing is fetched (no scripts, style
 sheets or fonts from elsewhere), so the page reads the same offline and years later."""
 
@@ -8,10 +8,12 @@ import json
 from html import escape
 from pathlib import Path
 
+from pipeline.cli import safe_filename
 from pipeline.errors import PipelineError
-from pipeline.results_table import (PUBLISHED_HEADER, Group, Run, caption, distinguishing, group_classes,
-                                    group_rows, published_notes, table_cells, varying_settings)
-from pipeline.svg_chart import Axis, Series, line_chart, padded_range
+from pipeline.report.svg_chart import Axis, Series, line_chart, padded_range
+from pipeline.report.rows import Run
+from pipeline.report.table import (PUBLISHED_HEADER, Group, caption, distinguishing, group_classes, group_rows,
+                                   published_notes, roc_curves, run_title, table_cells, varying_settings)
 
 STYLE = """
 body { font-family: "DejaVu Sans", "Helvetica Neue", Arial, sans-serif; margin: 24px; color: #222; }
@@ -63,13 +65,15 @@ def read_training(path: Path) -> list[tuple[float, float]]:
     return [(epoch, sum(v) / len(v)) for epoch, v in sorted(by_epoch.items())]
 
 
-def _files(folder: Path | None, prefix: str, classes: list[str]) -> list[Path]:
-    """The folder's curve files, in the order of the table's classes, then any others by name."""
+def _files(folder: Path | None, prefix: str, classes: list[str]) -> list[tuple[str, Path]]:
+    """(class, file) of the folder's curve files, in the order of the table's classes (whose
+    file names the stages made safe with ``safe_filename``), then any others by name."""
     if folder is None or not folder.is_dir():
         return []
-    files = {class_of(f, prefix): f for f in folder.glob(f"{prefix}*.json")}
-    order = [c for c in classes if c in files] + sorted(set(files) - set(classes))
-    return [files[c] for c in order]
+    expected = {folder / safe_filename(f"{prefix}{c}", ".json"): c for c in classes}
+    found = {f: expected.get(f, class_of(f, prefix)) for f in folder.glob(f"{prefix}*.json")}
+    known = [(c, f) for f, c in expected.items() if f in found]
+    return known + sorted((c, f) for f, c in found.items() if f not in expected)
 
 
 def _subtitles(run: Run, varying: dict[str, set[str]]) -> list[str]:
@@ -88,12 +92,10 @@ def roc_chart(run: Run, classes: list[str], varying: dict[str, set[str]]) -> str
     single = (run.about.get("seeds") or 1) == 1
     per_class = run.payload.get("per_class", {})
     series = []
-    for f in files:
-        name = class_of(f, "roc_")
+    for name, f in files:
         auroc = per_class.get(name, {}).get("auroc") if single else None
         series.append(Series(name if auroc is None else f"{name} (AUROC {100 * auroc:.1f})", read_roc(f)))
-    which = "final model" if run.head == "plume" else "one-class" if run.head == "anomem" else "per class"
-    title = f"{run.title}: ROC ({which}{'' if single else ', first seed'})"
+    title = f"{run_title(run)}: ROC ({roc_curves(run.head)}{'' if single else ', first seed'})"
     return line_chart(title, _subtitles(run, varying), Axis("false positive rate (normal images flagged)", 0, 1),
                       Axis("true positive rate (anomalies found)", 0, 1), series, "roc", chance_diagonal=True)
 
@@ -102,13 +104,13 @@ def training_chart(run: Run, classes: list[str], varying: dict[str, set[str]]) -
     files = _files(run.curves_dir, "train_", classes)
     if not files:
         return None
-    series = [Series(class_of(f, "train_"), read_training(f)) for f in files]
+    series = [Series(name, read_training(f)) for name, f in files]
     epochs = [x for s in series for x, _ in s.points]
     values = [y for s in series for _, y in s.points]
     seeds = run.about.get("seeds") or 1
     x_low, x_high = (min(epochs), max(epochs)) if epochs else (0, 1)
     x_high = x_high if x_high > x_low else x_low + 1  # one epoch still needs a width
-    return line_chart(f"{run.title}: test AUROC per epoch" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
+    return line_chart(f"{run_title(run)}: test AUROC per epoch" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
                       _subtitles(run, varying), Axis("epoch", x_low, x_high, integer=True),
                       Axis("test AUROC", *padded_range(values)), series, "training")
 
@@ -148,7 +150,7 @@ def _charts(heading: str, charts: list[str]) -> str:
 
 def _run_name(run: Run, varying: dict[str, set[str]]) -> str:
     differing = distinguishing(run, varying)
-    return f"{run.title}{f' ({differing})' if differing else ''} from {run.source}"
+    return f"{run_title(run)}{f' ({differing})' if differing else ''} from {run.source}"
 
 
 def html_group(group: Group) -> str:

@@ -1,91 +1,35 @@
 """One table of every head's results, grouped by dataset, backbone and image size.
 
-Reads the metrics payloads the head stages write (kNN, PLUME, AnoMem, PLUME ablation files)
-into rows of AUROC per class, and renders them as Markdown. ``pipeline.results_page`` draws
+Reads the metrics payloads the head stages write (and PLUME ablation files, one run per
+variant), groups the runs and renders their rows as Markdown. ``pipeline.report.page`` draws
 the same rows, with ROC and training curves, as a self-contained HTML page.
 
-Published figures come from ``paper_results.json`` through the helpers of
-``pipeline.report``; they only appear for CIFAR-10 and always carry a tag naming the paper,
-whose backbone and protocol are spelled out in the notes under the table.
+What a head's rows, title and settings say is its own report module's business
+(``pipeline/heads/<name>/report.py``, found through ``pipeline.heads.registry``); a head
+without one still gets a row of its AUROCs. Published figures come from ``paper_results.json``
+(``pipeline.report.published``); they only appear for CIFAR-10 and always carry a tag naming
+the paper, whose backbone and protocol are spelled out in the notes under the table.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.report import (GUIDANCE_NAMES, PLUME_NAMES, _gamma_key, ablation_payloads, anomem_paper,
-                             has_published_column, knn_paper, paper_results, plume_paper_mean)
+from pipeline.heads import registry
+from pipeline.report.published import has_published_column
+from pipeline.report.rows import Row, Run, other_rows, plural
 
-HEAD_NAMES = {"knn": "kNN (DN2)", "plume": "PLUME", "anomem": "AnoMem"}
-HEAD_ORDER = {"knn": 0, "plume": 1, "anomem": 2}
 PUBLISHED_HEADER = "published (paper's backbone & protocol, not ours)"
 RESIZE_WORDS = {"resize": "resized straight to {size}x{size}",
                 "resize_crop": "short side resized to {size}*256/224, centre crop {size}x{size}"}
 NORMALISATION_WORDS = {"imagenet": "ImageNet mean/std normalisation", "inception": "inputs scaled to [-1, 1]",
                        "none": "no normalisation"}
-
-
-@dataclass(frozen=True)
-class Figure:
-    """An AUROC as a fraction; ``std`` over seeds or draws, None for a single run."""
-
-    value: float
-    std: float | None = None
-
-    def percent(self) -> str:
-        text = f"{100 * self.value:.1f}"
-        return text if self.std is None else f"{text} ± {100 * self.std:.1f}"
-
-
-@dataclass(frozen=True)
-class Published:
-    """A figure copied from a paper (percent, as printed there) and the tag of its note."""
-
-    value: float
-    tag: str
-
-    def text(self) -> str:
-        return f"{self.value:.1f} [{self.tag}]"
-
-
-@dataclass
-class Row:
-    head: str
-    setting: str
-    per_class: dict[str, Figure]
-    mean: Figure
-    published: Published | None = None
-
-
-@dataclass
-class Run:
-    """One trained configuration: a metrics file, or one variant of an ablation file."""
-
-    about: dict
-    payload: dict
-    source: Path
-    name: str = ""  # the ablation variant ("linear/contrastive"), empty otherwise
-    roc_dir: Path | None = None
-    curves_dir: Path | None = None
-
-    @property
-    def head(self) -> str:
-        return str(self.about.get("head"))
-
-    @property
-    def title(self) -> str:
-        """How the run is named above its charts."""
-        if self.head == "plume":
-            return f"PLUME {variant_label(self.about)}"
-        if self.head == "knn":
-            return f"kNN (DN2), k = {self.about.get('k')}"
-        if self.head == "anomem":
-            return f"AnoMem one-class, {anomem_setting(self.about)}"
-        return HEAD_NAMES.get(self.head, self.head)
 
 
 @dataclass
@@ -108,6 +52,19 @@ class Group:
 
 
 # --- reading --------------------------------------------------------------------------------
+
+def ablation_payloads(paths: list[str | Path]) -> dict[str, dict]:
+    """Variants from one or more ablation metrics files (python -m stages.plume_ablation), in order."""
+    payloads: dict[str, dict] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        if "variants" not in data:
+            raise PipelineError(f"{path} is not a PLUME ablation metrics file (no 'variants' section).")
+        for name, payload in data["variants"].items():
+            about = {**data["about"], **payload.get("about", {})}
+            payloads[name] = {**payload, "about": about}
+    return payloads
+
 
 def read_payload(path: str | Path) -> dict:
     """A metrics file as written by the head stages, or a PipelineError saying why it is not one."""
@@ -167,136 +124,75 @@ def discover_plots(path: Path) -> tuple[Path | None, Path | None]:
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Groups in order of first appearance, runs within a group ordered kNN, PLUME, AnoMem."""
+    """Groups in order of first appearance, runs within a group in the order of their heads."""
     groups: dict[tuple, Group] = {}
     for run in runs:
         a = run.about
         key = (str(a.get("dataset")), str(a.get("backbone")), a.get("image_size"), str(a.get("preprocessing")))
         groups.setdefault(key, Group(*key)).runs.append(run)
     for group in groups.values():
-        group.runs.sort(key=lambda r: HEAD_ORDER.get(r.head, len(HEAD_ORDER)))
+        group.runs.sort(key=lambda r: head_order(r.head))
     return list(groups.values())
+
+
+# --- heads --------------------------------------------------------------------------------
+
+def head_report(head: str) -> ModuleType | None:
+    """The report module of a head (``pipeline/heads/<name>/report.py``, found through the
+    registry), or None for a head this version does not know or one without a report module."""
+    try:
+        return registry.report_module(head)
+    except ModuleNotFoundError as error:
+        if error.name == f"{registry.HEADS.get(head)}.report":
+            return None
+        raise
+
+
+def display_name(head: str) -> str:
+    report = head_report(head)
+    return report.DISPLAY_NAME if report is not None else head
+
+
+def head_order(head: str) -> float:
+    """Where a head's runs sit in a group: by the heads' ``ORDER``, unknown heads last."""
+    report = head_report(head)
+    return report.ORDER if report is not None else math.inf
+
+
+def run_title(run: Run) -> str:
+    """How the run is named above its charts."""
+    report = head_report(run.head)
+    return report.title(run.about) if report is not None else run.head
+
+
+def roc_curves(head: str) -> str:
+    """Which model the ROC curves of a head's run show."""
+    report = head_report(head)
+    return report.ROC_CURVES if report is not None else "per class"
+
+
+def run_rows(run: Run, extra: str) -> list[Row]:
+    """The rows of a run: its head's (``rows(run, extra)``), or the generic row of an unknown head."""
+    report = head_report(run.head)
+    return report.rows(run, extra) if report is not None else other_rows(run, extra)
 
 
 # --- rows -----------------------------------------------------------------------------------
 
-def variant_label(about: dict) -> str:
-    perturbation, guidance = about.get("perturbation"), about.get("guidance")
-    guidance_words = "no guidance" if guidance == "none" else f"{GUIDANCE_NAMES.get(guidance, guidance)} guidance"
-    return f"{PLUME_NAMES.get(perturbation, perturbation)}, {guidance_words}"
-
-
-def plural(count: Any, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
-
-
-def anomem_setting(about: dict) -> str:
-    scales = "multi-scale" if about.get("scales") == "multi" else "last scale"
-    return f"{scales}, {about.get('memory')} memory"
-
-
-def _figures(per_class: dict, key: str, std_key: str | None) -> dict[str, Figure]:
-    return {name: Figure(m[key], m.get(std_key) if std_key else None) for name, m in per_class.items()}
-
-
-def knn_rows(run: Run, extra: str) -> list[Row]:
-    p, about = run.payload, run.about
-    published = knn_paper() if has_published_column(about) else None
-    return [Row(HEAD_NAMES["knn"], f"k = {about.get('k')}{extra}", _figures(p["per_class"], "auroc", None),
-                Figure(p["mean"]["auroc"]), Published(published, "PANDA") if published is not None else None)]
-
-
-def plume_rows(run: Run, extra: str) -> list[Row]:
-    """Two rows, named apart: the model after the last epoch, and the best test AUROC over the
-    epochs (the paper's protocol, which picks the epoch on the test set). The paper's figure
-    sits beside the latter, the row with the same protocol."""
-    p, about = run.payload, run.about
-    several = (about.get("seeds") or 1) > 1
-    label = variant_label(about)
-    final = Row(HEAD_NAMES["plume"], f"{label}; final epoch{extra}",
-                _figures(p["per_class"], "auroc", "auroc_std" if several else None),
-                Figure(p["mean"]["auroc"], p["mean"].get("auroc_std") if several else None))
-    if "best_epoch_auroc" not in p["mean"]:
-        return [final]
-    paper = plume_paper_mean(str(about.get("perturbation")), str(about.get("guidance"))) if has_published_column(about) else None
-    best = Row(HEAD_NAMES["plume"], f"{label}; best epoch (picked on the test set){extra}",
-               _figures(p["per_class"], "best_epoch_auroc", "best_epoch_auroc_std" if several else None),
-               Figure(p["mean"]["best_epoch_auroc"], p["mean"].get("best_epoch_auroc_std") if several else None),
-               Published(paper, "PLUME") if paper is not None else None)
-    return [final, best]
-
-
-def _anomem_one_class_key(about: dict) -> str | None:
-    if about.get("scales") == "multi" and about.get("memory") == "learnt":
-        return "one_class"
-    return {("last", "learnt"): "memory_last_scale", ("last", "kmeans"): "kmeans_last_scale"}.get(
-        (about.get("scales"), about.get("memory")))
-
-
-def _anomem_published(about: dict, key: str | None) -> Published | None:
-    value = anomem_paper(key) if key and has_published_column(about) else None
-    return Published(value, "AnoMem") if value is not None else None
-
-
-STAGE_A = {"retrain": ", stage A retrained with the anomalies (paper)",
-           "reuse": ", stage B only on the one-class stage A"}
-
-
-def anomem_rows(run: Run, extra: str) -> list[Row]:
-    """One-class (std over seeds), each semi-supervised gamma (std over draws) and kNN on the
-    same training images, the like-for-like baseline the stage computes."""
-    p, about = run.payload, run.about
-    several = (about.get("seeds") or 1) > 1
-    rows = [Row(HEAD_NAMES["anomem"], f"one-class; {anomem_setting(about)}{extra}",
-                _figures(p["per_class"], "auroc", "auroc_std" if several else None),
-                Figure(p["mean"]["auroc"], p["mean"].get("auroc_std") if several else None),
-                _anomem_published(about, _anomem_one_class_key(about)))]
-    for gamma, semi in p.get("semi_supervised", {}).items():
-        draws = semi.get("draws", 1) > 1
-        rows.append(Row(HEAD_NAMES["anomem"],
-                        f"semi-supervised, gamma = {gamma}, {plural(semi.get('draws'), 'draw')}"
-                        f"{STAGE_A.get(semi.get('stage_a'), '')}; {anomem_setting(about)}{extra}",
-                        _figures(semi["per_class"], "auroc", "auroc_std" if draws else None),
-                        Figure(semi["mean"]["auroc"], semi["mean"].get("auroc_std") if draws else None),
-                        _anomem_published(about, _gamma_key(gamma))))
-    same = p.get("knn_same_rows")
-    if same:
-        rows.append(Row(HEAD_NAMES["knn"], f"k = {same.get('k')}, AnoMem's training images (those with views)",
-                        _figures(same["per_class"], "auroc", None), Figure(same["mean"]["auroc"])))
-    return rows
-
-
-def other_rows(run: Run, extra: str) -> list[Row]:
-    """A head this module does not know: its final AUROC, so that it is not left out."""
-    p = run.payload
-    several = (run.about.get("seeds") or 1) > 1
-    return [Row(run.head, extra.lstrip("; ") or "-",
-                _figures(p["per_class"], "auroc", "auroc_std" if several else None),
-                Figure(p["mean"]["auroc"], p["mean"].get("auroc_std") if several else None))]
-
-
-ROWS = {"knn": knn_rows, "plume": plume_rows, "anomem": anomem_rows}
-
-
-# Settings that describe a head's run besides its variant; those shared by every run of the head
-# in a group go to the caption, the others to the rows, so that two rows never read the same.
-SETTINGS = {
-    "plume": {"lam": "lambda = {}", "epochs": "{} epochs", "dim": "D = {}", "batch_mode": "batch mode {}",
-              "identity_loss": "identity loss {}", "lr": "lr {}", "seeds": "{}"},
-    "anomem": {"slots": "{} memory slots", "proj_dim": "{} dims", "beta": "beta {}", "epochs": "{} epochs (stage A)",
-               "sup_epochs": "{} epochs (stage B)", "seeds": "{}",
-               "views": "trained on the {} training images with views"},
-}
-
-
 def head_settings(about: dict) -> dict[str, str]:
+    """A run's settings in words, by the ``SETTINGS`` of its head: a format of ``about[key]``
+    (left out where the key is missing), or a function of ``about`` (left out where it gives None)."""
     about = dict(about)
-    if "slots_intermediate" in about:
-        about["slots"] = f"{about['slots_intermediate']} + {about.get('slots_last')}"
     if "seeds" in about:
         about["seeds"] = plural(about["seeds"], "seed")
-    formats = SETTINGS.get(str(about.get("head")), {})
-    return {k: fmt.format(about[k]) for k, fmt in formats.items() if k in about}
+    report = head_report(str(about.get("head")))
+    formats = report.SETTINGS if report is not None else {}
+    settings = {}
+    for key, fmt in formats.items():
+        text = fmt(about) if callable(fmt) else fmt.format(about[key]) if key in about else None
+        if text is not None:
+            settings[key] = text
+    return settings
 
 
 def _join(settings: dict[str, str]) -> str:
@@ -322,7 +218,7 @@ def group_rows(group: Group) -> list[Row]:
     rows = []
     for run in group.runs:
         differing = distinguishing(run, varying)
-        for row in ROWS.get(run.head, other_rows)(run, f"; {differing}" if differing else ""):
+        for row in run_rows(run, f"; {differing}" if differing else ""):
             # Runs that share a part (AnoMem's one-class run is repeated in every semi-supervised
             # file) would give the very same row twice.
             if row not in rows:
@@ -366,22 +262,18 @@ def caption(group: Group) -> str:
         seen.add(run.head)
         shared = {k: v for k, v in head_settings(run.about).items() if k not in varying.get(run.head, ())}
         if shared:
-            lines.append(f"{HEAD_NAMES.get(run.head, run.head)}: {_join(shared)}.")
+            lines.append(f"{display_name(run.head)}: {_join(shared)}.")
     lines.append("Sources: " + ", ".join(dict.fromkeys(str(run.source) for run in group.runs)) + ".")
     return " ".join(lines)
 
 
 def published_notes(rows: list[Row]) -> dict[str, str]:
     """The paper, backbone and protocol behind each tag used in the published column."""
-    paper = paper_results()
-    texts = {
-        "PANDA": f"PANDA paper, DN2 kNN without adaptation: {paper['panda']['backbone']}.",
-        "PLUME": f"PLUME paper, table 1c (lambda = 5), mean over classes: {paper['plume']['backbone']}; "
-                 f"{paper['plume']['protocol']}.",
-        "AnoMem": f"AnoMem paper, mean over classes: {paper['anomem']['backbone']}.",
-    }
-    tags = dict.fromkeys(row.published.tag for row in rows if row.published is not None)
-    return {tag: texts[tag] + " Copied from the paper, not measured here." for tag in tags}
+    notes: dict[str, str] = {}
+    for row in rows:
+        if row.published is not None:
+            notes.setdefault(row.published.tag, row.published.note + " Copied from the paper, not measured here.")
+    return notes
 
 
 # --- Markdown -------------------------------------------------------------------------------

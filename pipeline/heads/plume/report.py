@@ -1,0 +1,122 @@
+"""The PLUME head in the results table (``python -m pipeline.report``): its name, title,
+settings, rows and published figures (table 1c of the PLUME paper), and the ablation table
+of ``python -m stages.plume_ablation`` and ``python -m pipeline.report plume-table``.
+Reads metrics payloads only: no torch, no head class."""
+
+from __future__ import annotations
+
+from pipeline.report.published import Published, has_published_column, paper_section, published
+from pipeline.report.rows import Figure, Row, Run, figures
+
+DISPLAY_NAME = "PLUME"
+ORDER = 1
+SETTINGS = {"lam": "lambda = {}", "epochs": "{} epochs", "dim": "D = {}", "batch_mode": "batch mode {}",
+            "identity_loss": "identity loss {}", "lr": "lr {}", "seeds": "{}"}
+ROC_CURVES = "final model"
+
+# Table 1c / 8 of the PLUME paper: (perturbation, guidance) -> key in paper_results.json.
+PLUME_ABLATION_KEYS = {
+    ("gaussian", "none"): "gaussian_noise_no_guidance",
+    ("gaussian", "contrastive"): "gaussian_noise_contrastive",
+    ("addmult", "none"): "addmult_no_guidance",
+    ("addmult", "contrastive"): "addmult_contrastive",
+    ("add", "contrastive"): "add_contrastive",
+    ("mult", "contrastive"): "mult_contrastive",
+    ("linear", "none"): "linearmap_no_guidance",
+    ("linear", "mean"): "linearmap_mean_contrastive",
+    ("linear", "contrastive"): "linearmap_contrastive",
+}
+PLUME_NAMES = {"linear": "LinearMap", "addmult": "AddMult", "add": "Add", "mult": "Mult", "gaussian": "Gaussian"}
+GUIDANCE_NAMES = {"contrastive": "contrastive", "mean": "mean", "none": "-"}
+
+
+def plume_paper_mean(perturbation: str, guidance: str) -> float | None:
+    """Published CIFAR-10 mean AUROC (%) of a PLUME ablation variant (ResNet50, lambda = 5)."""
+    key = PLUME_ABLATION_KEYS.get((perturbation, guidance))
+    return paper_section("plume")["ablation_cifar10_mean_lambda5"].get(key) if key else None
+
+
+def _paper(about: dict) -> Published | None:
+    if not has_published_column(about):
+        return None
+    paper = paper_section("plume")
+    note = (f"PLUME paper, table 1c (lambda = 5), mean over classes: {paper['backbone']}; "
+            f"{paper['protocol']}.")
+    return published(plume_paper_mean(str(about.get("perturbation")), str(about.get("guidance"))), "PLUME", note)
+
+
+def variant_label(about: dict) -> str:
+    perturbation, guidance = about.get("perturbation"), about.get("guidance")
+    guidance_words = "no guidance" if guidance == "none" else f"{GUIDANCE_NAMES.get(guidance, guidance)} guidance"
+    return f"{PLUME_NAMES.get(perturbation, perturbation)}, {guidance_words}"
+
+
+def title(about: dict) -> str:
+    return f"{DISPLAY_NAME} {variant_label(about)}"
+
+
+def rows(run: Run, extra: str) -> list[Row]:
+    """Two rows, named apart: the model after the last epoch, and the best test AUROC over the
+    epochs (the paper's protocol, which picks the epoch on the test set). The paper's figure
+    sits beside the latter, the row with the same protocol."""
+    p, about = run.payload, run.about
+    several = run.several_seeds
+    label = variant_label(about)
+    final = Row(DISPLAY_NAME, f"{label}; final epoch{extra}",
+                figures(p["per_class"], "auroc", "auroc_std" if several else None),
+                Figure(p["mean"]["auroc"], p["mean"].get("auroc_std") if several else None))
+    if "best_epoch_auroc" not in p["mean"]:
+        return [final]
+    best = Row(DISPLAY_NAME, f"{label}; best epoch (picked on the test set){extra}",
+               figures(p["per_class"], "best_epoch_auroc", "best_epoch_auroc_std" if several else None),
+               Figure(p["mean"]["best_epoch_auroc"], p["mean"].get("best_epoch_auroc_std") if several else None),
+               _paper(about))
+    return [final, best]
+
+
+# --- the ablation table (table 1c of the paper) ---------------------------------------------
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def plume_ablation_table(variants: dict[str, dict], knn: dict | None = None, paper_column: bool = True) -> str:
+    """Markdown table laid out like table 1c of the PLUME paper: one row per variant, AUROC
+    per class (final epoch, mean +/- std over seeds), the mean, the best-epoch mean, and the
+    paper's mean for the same variant. ``variants`` maps "perturbation/guidance" to metrics
+    payloads as written by ``pipeline.evaluate.write_results``; ``knn`` is a kNN payload."""
+    first = next(iter(variants.values()))
+    classes = list(first["per_class"])
+    about = first["about"]
+    paper_label = "paper mean (ResNet50, best epoch, 5 runs)"
+    header = ["Perturbation", "Guidance", *classes, "Mean (final epoch)", "Mean (best epoch)"]
+    if paper_column:
+        header.append(paper_label)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, payload in variants.items():
+        perturbation, guidance = name.split("/")
+        per_class = payload["per_class"]
+        cells = [PLUME_NAMES.get(perturbation, perturbation), GUIDANCE_NAMES.get(guidance, guidance)]
+        for c in classes:
+            m = per_class[c]
+            cells.append(_pct(m["auroc"]) + (f" ± {_pct(m['auroc_std'])}" if about.get("seeds", 1) > 1 else ""))
+        mean = payload["mean"]
+        cells.append(f"**{_pct(mean['auroc'])}**" + (f" ± {_pct(mean['auroc_std'])}" if about.get("seeds", 1) > 1 else ""))
+        cells.append(_pct(mean["best_epoch_auroc"]))
+        if paper_column:
+            paper = plume_paper_mean(perturbation, guidance)
+            cells.append("" if paper is None else f"{paper:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if knn is not None:
+        cells = ["kNN (DN2)", f"k = {knn['about'].get('k')}", *(_pct(knn["per_class"][c]["auroc"]) for c in classes),
+                 f"**{_pct(knn['mean']['auroc'])}**", "(no training)"]
+        if paper_column:
+            cells.append("")
+        lines.append("| " + " | ".join(cells) + " |")
+    caption = (f"AUROC %, {about['dataset']}, {about['backbone']} @ {about['image_size']} "
+               f"({about['preprocessing']}), one-vs-all; PLUME lambda = {about.get('lam')}, "
+               f"{about.get('epochs')} epochs, D = {about.get('dim')}, batch mode {about.get('batch_mode')}, "
+               f"lr {about.get('lr')}, {about.get('seeds')} seed(s). Final epoch = the model after the last "
+               f"epoch; best epoch = the best test AUROC seen during training (the paper's protocol, which "
+               f"reads the test set).")
+    return caption + "\n\n" + "\n".join(lines) + "\n"

@@ -1,0 +1,71 @@
+"""What a results table is made of: runs (a metrics file, or one variant of an ablation file)
+and their rows of AUROC per class. The head report modules (``pipeline/heads/<name>/report.py``)
+turn a ``Run`` into ``Row``s with these; ``pipeline.report.table`` groups and renders them.
+Nothing here knows a head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.report.published import Published
+
+
+@dataclass(frozen=True)
+class Figure:
+    """An AUROC as a fraction; ``std`` over seeds or draws, None for a single run."""
+
+    value: float
+    std: float | None = None
+
+    def percent(self) -> str:
+        text = f"{100 * self.value:.1f}"
+        return text if self.std is None else f"{text} ± {100 * self.std:.1f}"
+
+
+@dataclass
+class Row:
+    head: str
+    setting: str
+    per_class: dict[str, Figure]
+    mean: Figure
+    published: Published | None = None
+
+
+@dataclass
+class Run:
+    """One trained configuration: a metrics file, or one variant of an ablation file."""
+
+    about: dict
+    payload: dict
+    source: Path
+    name: str = ""  # the ablation variant ("linear/contrastive"), empty otherwise
+    roc_dir: Path | None = None
+    curves_dir: Path | None = None
+
+    @property
+    def head(self) -> str:
+        return str(self.about.get("head"))
+
+    @property
+    def several_seeds(self) -> bool:
+        return (self.about.get("seeds") or 1) > 1
+
+
+def figures(per_class: dict, key: str, std_key: str | None) -> dict[str, Figure]:
+    """``{class: Figure(m[key], m[std_key])}`` of a payload's ``per_class`` (no std without ``std_key``)."""
+    return {name: Figure(m[key], m.get(std_key) if std_key else None) for name, m in per_class.items()}
+
+
+def plural(count: Any, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def other_rows(run: Run, extra: str) -> list[Row]:
+    """A head with no report module: its final AUROC, so that it is not left out."""
+    p = run.payload
+    several = run.several_seeds
+    return [Row(run.head, extra.lstrip("; ") or "-",
+                figures(p["per_class"], "auroc", "auroc_std" if several else None),
+                Figure(p["mean"]["auroc"], p["mean"].get("auroc_std") if several else None))]
