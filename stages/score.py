@@ -24,7 +24,8 @@ from pipeline.cli import progress, resolve_device, write_text
 from pipeline.datasets import IMAGE_EXTENSIONS, FileImages, first_few, unreadable_images
 from pipeline.errors import PipelineError
 from pipeline.preprocess import Preprocessing
-from pipeline.heads.saving import SavedHead, load_head
+from pipeline.heads.registry import load_head
+from pipeline.heads.saving import SavedHead
 
 # What decides the features' numbers; an HDF5 file that records any of it must agree with the head.
 COMPARED = ("backbone", "preprocessing")

@@ -48,7 +48,7 @@ def test_every_head_follows_the_contract(name, tmp_path):
     # One file format for all heads; the loaded head scores the same.
     path = head.save(tmp_path / f"{name}.head", about={"class_name": "a"}, **({"gallery_dtype": "float32"}
                                                                              if name == "knn" else {}))
-    loaded = Head.load(path)
+    loaded = cls.load(path)
     assert type(loaded) is cls and loaded.get_params() == head.get_params()
     np.testing.assert_allclose(loaded.score_samples(test), scores, rtol=1e-6)
     # A clone of a fitted head is unfitted, and set_params changes one parameter.

@@ -34,7 +34,13 @@ def imported_modules(root: Path, path: Path) -> set[str]:
     if path.name == "__init__.py":
         package = package.rsplit(".", 1)[0] + ".__init__"
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    # Imports under `if TYPE_CHECKING:` never run.
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -45,8 +51,14 @@ def imported_modules(root: Path, path: Path) -> set[str]:
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            if re.fullmatch(r"(pipeline|stages)(\.\w+)+", node.value.split(":")[0]):
-                names.add(node.value.split(":")[0])
+            name = node.value.split(":")[0]
+            if re.fullmatch(r"(pipeline|stages)(\.\w+)+", name):
+                names.add(name)
+                # A package named in a string (the registry's) is imported part by part: all of it.
+                folder = root.joinpath(*name.split("."))
+                if (folder / "__init__.py").is_file():
+                    names.update(".".join(f.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+                                 for f in folder.rglob("*.py"))
     found = set()
     for name in names:
         parts = name.split(".")

@@ -4,7 +4,7 @@
     head.fit(Features(train))                    # or head.fit(train_array)
     scores = head.score_samples(test)            # higher = more anomalous (as PyOD's decision_function)
     flags = head.predict(test)                   # 1 = anomalous: score > head.threshold_
-    head.save("heads/cat.head"); Head.load("heads/cat.head")
+    head.save("heads/cat.head"); KNNHead.load("heads/cat.head")
 
 A head is a dataclass whose fields are its parameters (``get_params``/``set_params`` and
 ``clone`` read them from ``__init__``, as scikit-learn does); what ``fit`` learns is kept in
@@ -174,12 +174,18 @@ class Head(BaseEstimator):
 
         return write_head(path, self, about=about or {}, **state_options)
 
-    @staticmethod
-    def load(path: str | Path, device: str = "cpu") -> "Head":
-        """A head saved by ``save`` or ``--save-heads``, of whatever kind."""
-        from pipeline.heads.saving import load_head
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "Head":
+        """A head of this class saved by ``save`` or ``--save-heads`` (a file of any kind:
+        ``pipeline.heads.registry.load_head``)."""
+        from pipeline.heads.saving import read_head_file
 
-        return load_head(path, device).head
+        def this_class(kind: object) -> type:
+            if kind != cls.name:
+                raise PipelineError(f"{path} holds a {kind} head, not a {cls.name} head.")
+            return cls
+
+        return read_head_file(path, this_class, device).head
 
 
 def _quantile(scores: np.ndarray, quantile: float, what: str) -> float:

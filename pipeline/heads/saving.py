@@ -1,7 +1,7 @@
 """Saved heads: a fitted head in one file, with the cache it was trained on and a threshold.
 
     head.save("heads/cat.head", about={"class_name": "cat"})   # or save_trained_head(...)
-    saved = load_head("heads/cat.head")
+    saved = registry.load_head("heads/cat.head")
     flags = saved.score(features) > saved.threshold
 
 File format: one ``torch.save`` file holding only tensors and plain containers, read back with
@@ -29,7 +29,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import click
 import numpy as np
@@ -38,8 +38,9 @@ import torch
 from pipeline.cache import FeatureCache, library_versions
 from pipeline.cli import safe_filename
 from pipeline.errors import PipelineError
-from pipeline.heads.base import Features, Head
-from pipeline.heads.registry import HEADS, head_class
+
+if TYPE_CHECKING:
+    from pipeline.heads.base import Head
 
 FORMAT = "frozen-feature-ad head"
 FORMAT_VERSION = 1
@@ -49,12 +50,6 @@ DEFAULT_QUANTILE = 0.95
 threshold_quantile_option = click.option(
     "--threshold-quantile", default=DEFAULT_QUANTILE, show_default=True, type=click.FloatRange(0, 1),
     help="With --save-heads: the quantile of the training scores taken as the anomaly threshold.")
-
-
-def _kind(name: Any, where: str = "") -> type:
-    if name not in HEADS:
-        raise PipelineError(f"{where}unknown head kind {name!r}; this version knows: {', '.join(HEADS)}.")
-    return head_class(name)
 
 
 @dataclass
@@ -98,7 +93,7 @@ class SavedHead:
     def score(self, features: np.ndarray, maps: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Scores of pooled ``features`` (N, D), with the cache's intermediate ``maps`` for a
         head that reads them."""
-        return np.asarray(self.head.score_samples(Features(features, maps or {})), dtype=np.float64)
+        return np.asarray(self.head.score_samples({"pooled": features, **(maps or {})}), dtype=np.float64)
 
 
 def head_filename(class_name: str) -> str:
@@ -193,7 +188,7 @@ def save_trained_head(path: str | Path, head: Head, *, class_name: str, cache: F
     in float16 included)."""
     state = head._state(**state_options)
     restored = type(head)._from_state(_plain(state, f"the {head.name} state"), device=device)
-    scores = restored.training_scores(Features.of(train_features))
+    scores = restored.training_scores(train_features)
     quantile = head.threshold_quantile if threshold_quantile is None else threshold_quantile
     return _write(path, head, state, class_name=class_name, cache=cache, cache_path=cache_path,
                   threshold_quantile=0.95 if quantile is None else quantile, train_scores=scores)
@@ -211,8 +206,9 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0][:200] if text else ''}"
 
 
-def load_head(path: str | Path, device: str = "cpu") -> SavedHead:
-    """Read a head file; every problem is a PipelineError naming the file."""
+def read_head_file(path: str | Path, head_class: Callable[[str], type], device: str = "cpu") -> SavedHead:
+    """Read a head file, its class found by ``head_class(kind)`` (``registry.load_head`` for any
+    kind, ``Head.load`` for its own); every problem is a PipelineError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"no saved head at {path}. Save heads with python -m stages.knn (or stages.plume, "
@@ -232,7 +228,7 @@ def load_head(path: str | Path, device: str = "cpu") -> SavedHead:
         raise PipelineError(f"{path} has head format {payload.get('format_version')}; this version reads format "
                             f"{FORMAT_VERSION}. Save the head again with this version.")
     kind = payload.get("kind")
-    cls = _kind(kind, f"{path}: ")
+    cls = head_class(kind)
     try:
         info = json.loads(payload["info"])
         head = cls._from_state(payload["state"], device=device)
@@ -266,7 +262,6 @@ class HeadSaver:
 
     @classmethod
     def for_cache(cls, directory: str | Path, kind: str, cache: FeatureCache, **kwargs: Any) -> "HeadSaver":
-        _kind(kind)
         _check_quantile(kwargs.get("threshold_quantile", DEFAULT_QUANTILE))
         # Absolute paths: with --scheduler the saver travels to workers started elsewhere.
         return cls(str(Path(directory).resolve()), kind, str(Path(cache.path).resolve()), cache.metadata, **kwargs)
