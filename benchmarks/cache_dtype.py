@@ -25,9 +25,9 @@ def size_on_disk(path: Path) -> int:
 @click.command()
 @click.argument("cache_path", type=click.Path(exists=True, file_okay=False))
 def main(cache_path: str) -> None:
-    from pipeline.cache import ArraySpec, FeatureCache
     from pipeline.evaluate import evaluate_one_vs_all
     from pipeline.heads import KNNHead
+    from pipeline.store.cache import ArraySpec, FeatureCache
 
     source = FeatureCache.open(cache_path)
     work = Path(tempfile.mkdtemp(prefix="bench-dtype-"))

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from pipeline.cache import FeatureCache, once_per_process
 from pipeline.cli import cache_label, progress, write_json
-from pipeline.datasets import OneVsAll, one_vs_all
+from pipeline.extract.datasets import OneVsAll, one_vs_all
 from pipeline.metrics import detection_metrics, roc_points, summarise
+from pipeline.store.cache import FeatureCache, once_per_process
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -292,7 +292,7 @@ class MultiScaleData:
 
     @classmethod
     def read(cls, cache: FeatureCache, scales: Sequence[str] | None = None) -> "MultiScaleData":
-        from pipeline.views import open_views
+        from pipeline.extract.views import open_views
 
         views_store = open_views(cache)
         names = ["pooled"] + cache.map_names() if scales is None else list(scales)

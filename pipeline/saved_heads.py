@@ -39,12 +39,12 @@ import click
 import numpy as np
 import torch
 
-from pipeline.cache import FeatureCache, library_versions
 from pipeline.errors import PipelineError
 from pipeline.heads.anomem.head import AnoMemHead
 from pipeline.heads.knn.head import KNNHead
 from pipeline.heads.plume.head import PlumeHead
 from pipeline.heads.knn.engine import knn_loo_scores
+from pipeline.store.cache import FeatureCache, library_versions
 
 FORMAT = "frozen-feature-ad head"
 FORMAT_VERSION = 1

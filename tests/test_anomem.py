@@ -14,14 +14,14 @@ from click.testing import CliRunner
 from sklearn.cluster import KMeans
 from sklearn.metrics import roc_auc_score
 
-from pipeline.cache import FeatureCache
-from pipeline.datasets import load_dataset
 from pipeline.errors import PipelineError
 from pipeline.evaluate import MultiScaleData, draw_anomalies
+from pipeline.extract.datasets import load_dataset
+from pipeline.extract.views import Augmentation, extract_views, open_views, views_path
 from pipeline.heads.anomem import AnoMemConfig, AnoMemHead, positions
 from pipeline.heads.anomem_model import (HopfieldMemory, ScaleClassifier, double_hinge, memorise, nt_xent,
                                          variance_loss)
-from pipeline.views import Augmentation, extract_views, open_views, views_path
+from pipeline.store.cache import FeatureCache
 
 # --- the maths ---------------------------------------------------------------------------
 
@@ -201,7 +201,7 @@ def test_anomalies_are_drawn_from_other_classes_in_the_asked_ratio():
 
 @pytest.fixture(scope="module")
 def cache_with_views(synthetic_cache, tmp_path_factory):
-    from pipeline.backbones import load_backbone
+    from pipeline.extract.backbones import load_backbone
 
     folder = tmp_path_factory.mktemp("views")
     path = folder / "synthetic.zarr"
@@ -213,7 +213,7 @@ def cache_with_views(synthetic_cache, tmp_path_factory):
 
 
 def test_views_are_cached_beside_the_features_and_are_reproducible(cache_with_views, tmp_path):
-    from pipeline.backbones import load_backbone
+    from pipeline.extract.backbones import load_backbone
 
     cache = cache_with_views
     views = open_views(cache)
@@ -243,7 +243,7 @@ def test_views_are_cached_beside_the_features_and_are_reproducible(cache_with_vi
 
 
 def test_views_of_an_interrupted_run_resume_to_the_same_numbers(cache_with_views, tmp_path):
-    from pipeline.backbones import load_backbone
+    from pipeline.extract.backbones import load_backbone
 
     path = tmp_path / "resume.zarr"
     shutil.copytree(cache_with_views.path, path)

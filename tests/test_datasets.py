@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.datasets import (
+from pipeline.errors import PipelineError
+from pipeline.extract.datasets import (
     DATASETS,
     ImageDataset,
     load_dataset,
     one_vs_all,
     resolve_classes,
 )
-from pipeline.errors import PipelineError
 
 
 def _md5(path: Path) -> str:

@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.errors import PipelineError
+from pipeline.extract.preprocess import Preprocessing
 from pipeline.heads.knn import KNNHead
 from pipeline.heads.plume import PlumeConfig, PlumeHead
 from pipeline.knn import knn_loo_distances, knn_loo_scores
-from pipeline.preprocess import Preprocessing
 from pipeline.saved_heads import (FORMAT, FORMAT_VERSION, HeadSaver, head_filename, load_head, save_head,
                                   save_trained_head, training_scores)
 
@@ -156,8 +156,8 @@ def write_png(path, array) -> None:
 @pytest.fixture(scope="module")
 def image_cache(tmp_path_factory):
     """An image folder (two classes, mixed sizes, one grayscale image) and its cache at 32x32."""
-    from pipeline.datasets import load_dataset
-    from pipeline.extract import extract
+    from pipeline.extract.command import extract
+    from pipeline.extract.datasets import load_dataset
 
     root = tmp_path_factory.mktemp("images") / "folder"
     rng = np.random.default_rng(0)
@@ -180,7 +180,7 @@ def read_csv(path) -> list[dict]:
 
 
 def test_score_command_on_images_equals_the_head_on_extracted_features(image_cache, tmp_path):
-    from pipeline.datasets import load_dataset
+    from pipeline.extract.datasets import load_dataset
     from stages.score import main
 
     root, cache = image_cache

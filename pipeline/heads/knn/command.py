@@ -9,14 +9,14 @@ import functools
 
 import click
 
-from pipeline.cache import FeatureCache
 from pipeline.cli import parse_expectations, resolve_device
-from pipeline.datasets import resolve_classes
 from pipeline.distributed import open_client, scheduler_option
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate_one_vs_all, format_summary, write_results
+from pipeline.extract.datasets import resolve_classes
 from pipeline.heads import KNNHead
 from pipeline.saved_heads import HeadSaver, saved_heads_note, threshold_quantile_option
+from pipeline.store.cache import FeatureCache
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Callable
 
 import click
 
-from pipeline.cache import FeatureCache
 from pipeline.cli import parse_expectations, resolve_device
-from pipeline.datasets import resolve_classes
 from pipeline.distributed import open_client, scheduler_option
 from pipeline.evaluate import evaluate_trained_one_vs_all, format_summary, write_results
+from pipeline.extract.datasets import resolve_classes
 from pipeline.heads.plume.head import BATCH_MODES, PlumeConfig, PlumeHead
 from pipeline.heads.plume.model import GUIDANCES, PERTURBATIONS
 from pipeline.saved_heads import HeadSaver, saved_heads_note, threshold_quantile_option
+from pipeline.store.cache import FeatureCache
 
 if TYPE_CHECKING:
     from distributed import Client
