@@ -25,7 +25,7 @@ def size_on_disk(path: Path) -> int:
 @click.command()
 @click.argument("cache_path", type=click.Path(exists=True, file_okay=False))
 def main(cache_path: str) -> None:
-    from pipeline.cache import ArraySpec, FeatureCache
+    from pipeline.store.cache import ArraySpec, FeatureCache
     from pipeline.evaluate import evaluate_one_vs_all
     from pipeline.heads.knn.head import KNNHead
 

@@ -31,14 +31,14 @@ def main(data_dir: str, train_per_class: int, test_per_class: int, image_size: i
     from torch.utils.data import DataLoader, Subset
     from torchvision.datasets import ImageFolder
 
-    from pipeline.backbones import load_backbone
-    from pipeline.datasets import image_folder_subset, load_dataset
+    from pipeline.extract.backbones import load_backbone
+    from pipeline.extract.datasets import image_folder_subset, load_dataset
     from pipeline.evaluate import evaluate_one_vs_all
-    from pipeline.extract import extract
+    from pipeline.extract.command import extract
     from pipeline.heads.knn.head import KNNHead
     from pipeline.heads.knn.engine import knn_scores
     from pipeline.metrics import detection_metrics
-    from pipeline.preprocess import Preprocessing
+    from pipeline.extract.preprocess import Preprocessing
 
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     folder = image_folder_subset(data_dir, work / "images", train_per_class, test_per_class)

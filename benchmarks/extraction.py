@@ -32,10 +32,10 @@ def main(data_dir: str, images: int, image_size: int, batch_size: int, workers: 
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
-    from pipeline.backbones import load_backbone
-    from pipeline.datasets import image_folder_subset, load_dataset
-    from pipeline.extract import extract
-    from pipeline.preprocess import Preprocessing
+    from pipeline.extract.backbones import load_backbone
+    from pipeline.extract.command import extract
+    from pipeline.extract.datasets import image_folder_subset, load_dataset
+    from pipeline.extract.preprocess import Preprocessing
 
     work = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     per_class = max(1, images // (2 * len([p for p in (Path(data_dir) / "train").iterdir() if p.is_dir()])))

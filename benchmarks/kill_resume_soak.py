@@ -38,8 +38,8 @@ import numpy as np
 @click.option("--seed", default=0, show_default=True)
 def main(data_dir: str, per_class: int, kills: int, image_size: int, chunk_rows: int, min_delay: float,
          max_delay: float, seed: int) -> None:
-    from pipeline.cache import FeatureCache
-    from pipeline.datasets import image_folder_subset
+    from pipeline.extract.datasets import image_folder_subset
+    from pipeline.store.cache import FeatureCache
 
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="soak-"))

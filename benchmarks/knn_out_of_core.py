@@ -30,7 +30,7 @@ import numpy as np
 CHILD = r"""
 import sys, time
 import numpy as np
-from pipeline.cache import FeatureCache
+from pipeline.store.cache import FeatureCache
 from pipeline.heads.knn.head import KNNHead
 from pipeline.heads.knn.engine import knn_scores
 mode, path, save = sys.argv[1:4]
@@ -68,7 +68,7 @@ def measure_rss(command: list[str]) -> tuple[float, float, str]:
 
 
 def make_cache(path: Path, rows: int, dim: int, queries: int, chunk_rows: int):
-    from pipeline.cache import ArraySpec, FeatureCache
+    from pipeline.store.cache import ArraySpec, FeatureCache
 
     specs = [ArraySpec("features", (dim,), "float16"), ArraySpec("labels", (), "int64")]
     metadata = {"dataset": {"name": "synthetic-gallery", "classes": ["normal", "anomaly"], "n_train": rows,

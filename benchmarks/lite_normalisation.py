@@ -7,11 +7,11 @@ both normalisations and prints kNN (k = 2) one-vs-all AUROC per class and the me
 """
 import tempfile, numpy as np
 from pathlib import Path
-from pipeline.datasets import image_folder_subset, load_dataset
+from pipeline.extract.datasets import image_folder_subset, load_dataset
 from pipeline.evaluate import evaluate_one_vs_all
-from pipeline.extract import extract
+from pipeline.extract.command import extract
 from pipeline.heads.knn.head import KNNHead
-from pipeline.preprocess import Preprocessing
+from pipeline.extract.preprocess import Preprocessing
 work = Path(tempfile.mkdtemp())
 ds = load_dataset("imagefolder", image_folder_subset("data/cifar10-jpg", work / "img", 150, 100))
 for norm in ("imagenet", "inception"):

@@ -36,7 +36,7 @@ def run(command: list[str], env: dict | None = None) -> tuple[float, str]:
 
 
 def compare_arrays(a: Path, b: Path) -> list[str]:
-    from pipeline.cache import FeatureCache
+    from pipeline.store.cache import FeatureCache
 
     first, second = FeatureCache.open(a), FeatureCache.open(b)
     report = []

@@ -28,7 +28,7 @@ import numpy as np
 @click.option("--cache", "cache_path", required=True, type=click.Path(exists=True, file_okay=False))
 @click.argument("head_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 def main(cache_path: str, head_dirs: tuple[str, ...]) -> None:
-    from pipeline.cache import FeatureCache
+    from pipeline.store.cache import FeatureCache
     from pipeline.heads.registry import load_head
 
     cache = FeatureCache.open(cache_path)

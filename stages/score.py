@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.backbones import get_spec, load_backbone
+from pipeline.extract.backbones import get_spec, load_backbone
 from pipeline.cli import progress, resolve_device, write_text
-from pipeline.datasets import IMAGE_EXTENSIONS, FileImages, first_few, unreadable_images
+from pipeline.extract.datasets import IMAGE_EXTENSIONS, FileImages, first_few, unreadable_images
 from pipeline.errors import PipelineError
-from pipeline.preprocess import Preprocessing
+from pipeline.extract.preprocess import Preprocessing
 from pipeline.heads.registry import load_head
 from pipeline.heads.saving import SavedHead
 
@@ -84,7 +84,7 @@ def image_features(saved: SavedHead, paths: list[Path], device: torch.device, ba
                    weights_file: str | None = None, workers: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Pooled features (N, D) and the cache's maps, computed as pipeline.extract computed the
     head's training cache: same model layout, precision, map pooling and storage rounding."""
-    from pipeline.extract import PRECISIONS, PreprocessedBatches, run_backbone
+    from pipeline.extract.command import PRECISIONS, PreprocessedBatches, run_backbone
 
     model, preprocessing = load_matching_backbone(saved, weights_file)
     model = model.to(device, memory_format=torch.channels_last)

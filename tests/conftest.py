@@ -14,9 +14,9 @@ os.environ.setdefault("PIPELINE_PROGRESS", "0")
 @pytest.fixture(scope="session")
 def synthetic_cache(tmp_path_factory):
     """A small real extraction: synthetic images through EfficientNet-Lite0 at 32x32."""
-    from pipeline.datasets import load_dataset
-    from pipeline.extract import extract
-    from pipeline.preprocess import Preprocessing
+    from pipeline.extract.command import extract
+    from pipeline.extract.datasets import load_dataset
+    from pipeline.extract.preprocess import Preprocessing
 
     out = tmp_path_factory.mktemp("caches") / "synthetic.zarr"
     return extract(load_dataset("synthetic"), "efficientnet_lite0", Preprocessing(image_size=32), out,

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from sklearn.cluster import KMeans
 from sklearn.metrics import roc_auc_score
 
-from pipeline.cache import FeatureCache
-from pipeline.datasets import load_dataset
+from pipeline.store.cache import FeatureCache
+from pipeline.extract.datasets import load_dataset
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate_one_vs_all, read_data
 from pipeline.protocol import draw_anomalies
@@ -28,7 +28,7 @@ def bundle(train: dict, views: dict) -> Features:
     return Features(train["pooled"], {k: v for k, v in train.items() if k != "pooled"}, views)
 from pipeline.heads.anomem.model import (HopfieldMemory, ScaleClassifier, double_hinge, memorise, nt_xent,
                                          variance_loss)
-from pipeline.views import Augmentation, extract_views, open_views, views_path
+from pipeline.extract.views import Augmentation, extract_views, open_views, views_path
 
 # --- the maths ---------------------------------------------------------------------------
 
@@ -208,7 +208,7 @@ def test_anomalies_are_drawn_from_other_classes_in_the_asked_ratio():
 
 @pytest.fixture(scope="module")
 def cache_with_views(synthetic_cache, tmp_path_factory):
-    from pipeline.backbones import load_backbone
+    from pipeline.extract.backbones import load_backbone
 
     folder = tmp_path_factory.mktemp("views")
     path = folder / "synthetic.zarr"
@@ -220,7 +220,7 @@ def cache_with_views(synthetic_cache, tmp_path_factory):
 
 
 def test_views_are_cached_beside_the_features_and_are_reproducible(cache_with_views, tmp_path):
-    from pipeline.backbones import load_backbone
+    from pipeline.extract.backbones import load_backbone
 
     cache = cache_with_views
     views = open_views(cache)
@@ -250,7 +250,7 @@ def test_views_are_cached_beside_the_features_and_are_reproducible(cache_with_vi
 
 
 def test_views_of_an_interrupted_run_resume_to_the_same_numbers(cache_with_views, tmp_path):
-    from pipeline.backbones import load_backbone
+    from pipeline.extract.backbones import load_backbone
 
     path = tmp_path / "resume.zarr"
     shutil.copytree(cache_with_views.path, path)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from pipeline.backbones import BACKBONES, FeatureExtractor, _convnext_stages, _vgg_stages, get_spec, load_backbone
 from pipeline.errors import PipelineError
+from pipeline.extract.backbones import BACKBONES, FeatureExtractor, _convnext_stages, _vgg_stages, get_spec, load_backbone
 
 
 def test_efficientnet_lite0_pooled_feature_matches_the_reference_model():

@@ -4,9 +4,9 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.cache import ArraySpec, FeatureCache
 from pipeline.errors import PipelineError
-from pipeline.hdf5 import export_hdf5, import_hdf5
+from pipeline.store.cache import ArraySpec, FeatureCache
+from pipeline.store.hdf5 import export_hdf5, import_hdf5
 
 META = {"dataset": {"name": "toy", "classes": ["a", "b"]}, "backbone": {"name": "net"},
         "preprocessing": {"image_size": 32, "resize": "resize"}}

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.datasets import (
+from pipeline.extract.datasets import (
     DATASETS,
     ImageDataset,
     load_dataset,

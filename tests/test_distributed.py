@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.cache import ArraySpec, FeatureCache
+from pipeline.store.cache import ArraySpec, FeatureCache
 from pipeline.distributed import SchedulerSpec, open_client, parse_scheduler
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate_one_vs_all
@@ -146,9 +146,9 @@ def test_dask_rows_of_a_cache_are_checked(synthetic_cache):
 # --- sharded extraction ---------------------------------------------------------------
 
 def _extract(out, **kwargs):
-    from pipeline.datasets import load_dataset
-    from pipeline.extract import extract
-    from pipeline.preprocess import Preprocessing
+    from pipeline.extract.datasets import load_dataset
+    from pipeline.extract.command import extract
+    from pipeline.extract.preprocess import Preprocessing
 
     return extract(load_dataset("synthetic"), "efficientnet_lite0", Preprocessing(image_size=32), out,
                    maps=("intermediate",), chunk_rows=16, batch_size=8, workers=0, **kwargs)
@@ -177,7 +177,7 @@ def test_two_shards_make_the_same_cache_as_one_run(synthetic_cache, tmp_path):
 
 
 def test_parse_shard_and_bad_shards(tmp_path):
-    from pipeline.extract import main, parse_shard
+    from pipeline.extract.command import main, parse_shard
 
     assert parse_shard("1/4") == (1, 4) and parse_shard(None) is None
     for value in ("4/4", "1", "a/b", "-1/2"):
@@ -190,7 +190,7 @@ def test_parse_shard_and_bad_shards(tmp_path):
 WRITE_CHUNKS = """
 import sys
 import numpy as np
-from pipeline.cache import FeatureCache
+from pipeline.store.cache import FeatureCache
 cache = FeatureCache.open(sys.argv[1], require_complete=False)
 for chunk in range(int(sys.argv[2]), 40, 2):
     rows = cache.chunk_slices("train")[chunk]

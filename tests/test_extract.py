@@ -8,12 +8,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.backbones import load_backbone
-from pipeline.cache import FeatureCache
-from pipeline.datasets import load_dataset
+from pipeline.extract.backbones import load_backbone
+from pipeline.store.cache import FeatureCache
+from pipeline.extract.datasets import load_dataset
 from pipeline.errors import PipelineError
-from pipeline.extract import extract
-from pipeline.preprocess import Preprocessing
+from pipeline.extract.command import extract
+from pipeline.extract.preprocess import Preprocessing
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -124,7 +124,7 @@ def test_knn_stage_writes_metrics_and_plots_and_refuses_a_mismatched_cache(synth
 
 
 def test_mixed_precision_is_recorded_and_barely_moves_auroc(tmp_path):
-    from pipeline.datasets import load_synthetic
+    from pipeline.extract.datasets import load_synthetic
     from pipeline.evaluate import evaluate_one_vs_all
     from pipeline.heads.knn.head import KNNHead
 

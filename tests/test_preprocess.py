@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.preprocess import Preprocessing
+from pipeline.extract.preprocess import Preprocessing
 
 
 def test_grayscale_is_repeated_and_imagenet_normalisation_applied():

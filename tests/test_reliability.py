@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cache import FeatureCache
-from pipeline.cache import main as cache_cli
-from pipeline.datasets import load_dataset
 from pipeline.errors import PipelineError
-from pipeline.extract import extract
-from pipeline.preprocess import Preprocessing
+from pipeline.extract.command import extract
+from pipeline.extract.datasets import load_dataset
+from pipeline.extract.preprocess import Preprocessing
+from pipeline.store.cache import FeatureCache
+from pipeline.store.command import main as cache_cli
 
 SMALL = dict(chunk_rows=16, batch_size=8, workers=0)
 
@@ -35,7 +35,7 @@ def test_extraction_is_deterministic(synthetic_cache, tmp_path):
 def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
     path = tmp_path / "locked.zarr"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom pipeline.cache import writer_lock\n"
+        "import sys, time\nfrom pipeline.store.cache import writer_lock\n"
         f"with writer_lock({str(path)!r}):\n    print('locked', flush=True)\n    time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -17,7 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.heads.knn.head import KNNHead
 from pipeline.heads.plume.head import PlumeHead
 from pipeline.heads.knn.engine import knn_loo_distances, knn_loo_scores
-from pipeline.preprocess import Preprocessing
+from pipeline.extract.preprocess import Preprocessing
 from pipeline.heads.registry import load_head
 from pipeline.heads.saving import (FORMAT, FORMAT_VERSION, HeadSaver, head_filename, save_head,
                                   save_trained_head)
@@ -162,8 +162,8 @@ def write_png(path, array) -> None:
 @pytest.fixture(scope="module")
 def image_cache(tmp_path_factory):
     """An image folder (two classes, mixed sizes, one grayscale image) and its cache at 32x32."""
-    from pipeline.datasets import load_dataset
-    from pipeline.extract import extract
+    from pipeline.extract.datasets import load_dataset
+    from pipeline.extract.command import extract
 
     root = tmp_path_factory.mktemp("images") / "folder"
     rng = np.random.default_rng(0)
@@ -186,7 +186,7 @@ def read_csv(path) -> list[dict]:
 
 
 def test_score_command_on_images_equals_the_head_on_extracted_features(image_cache, tmp_path):
-    from pipeline.datasets import load_dataset
+    from pipeline.extract.datasets import load_dataset
     from stages.score import main
 
     root, cache = image_cache

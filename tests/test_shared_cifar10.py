@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.datasets import load_dataset
+from pipeline.extract.datasets import load_dataset
 from pipeline.evaluate import evaluate_one_vs_all
-from pipeline.extract import extract
+from pipeline.extract.command import extract
 from pipeline.heads.knn.head import KNNHead
-from pipeline.preprocess import Preprocessing
+from pipeline.extract.preprocess import Preprocessing
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg.tar.gz"
 pytestmark = pytest.mark.skipif(not ARCHIVE.exists(), reason="../shared/datasets/cifar10-jpg.tar.gz is absent")

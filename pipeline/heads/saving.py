@@ -35,7 +35,7 @@ import click
 import numpy as np
 import torch
 
-from pipeline.cache import FeatureCache, library_versions
+from pipeline.store.cache import FeatureCache, library_versions
 from pipeline.cli import safe_filename
 from pipeline.errors import PipelineError
 

@@ -17,7 +17,7 @@ from pipeline import params
 from pipeline.distributed import scheduler_option
 
 if TYPE_CHECKING:
-    from pipeline.cache import FeatureCache
+    from pipeline.store.cache import FeatureCache
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -69,7 +69,7 @@ def common_options(section: str, what_saved: str) -> Callable[[Callable], Callab
 
 def open_cache(cache_path: str, expect: tuple[str, ...], classes: str) -> tuple["FeatureCache", list[int]]:
     """The cache, refused unless its metadata matches ``expect``, and the chosen class indices."""
-    from pipeline.cache import FeatureCache
+    from pipeline.store.cache import FeatureCache
     from pipeline.cli import parse_expectations
     from pipeline.protocol import resolve_classes
 

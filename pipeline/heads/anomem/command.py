@@ -15,7 +15,7 @@ from pipeline.heads.anomem import MEMORY_CHOICES, SCALE_CHOICES
 from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for
 
 if TYPE_CHECKING:
-    from pipeline.cache import FeatureCache
+    from pipeline.store.cache import FeatureCache
     from pipeline.heads.anomem.head import AnoMemHead
 
 # Parameters that do not decide the metrics, left out of the metrics file's description.
@@ -38,7 +38,7 @@ def parse_gammas(value: str) -> list[float]:
 
 def view_rows_of(cache: "FeatureCache"):
     """The training rows that have cached views (AnoMem trains on those alone)."""
-    from pipeline.views import open_views
+    from pipeline.extract.views import open_views
 
     return open_views(cache).read("train", "rows")
 

@@ -16,7 +16,7 @@ from pipeline.heads.stage import CONTEXT, _apply, common_options, open_cache, sa
 if TYPE_CHECKING:
     from distributed import Client
 
-    from pipeline.cache import FeatureCache
+    from pipeline.store.cache import FeatureCache
     from pipeline.evaluate import AfterFit
 
 

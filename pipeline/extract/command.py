@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from pipeline.backbones import BACKBONES, load_backbone
-from pipeline.cache import (DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, differences, library_versions,
-                            writer_lock)
 from pipeline.cli import progress, resolve_device
-from pipeline.datasets import DATASETS, ImageDataset, drop_unreadable, load_dataset
 from pipeline.errors import PipelineError
-from pipeline.preprocess import INTERPOLATIONS, NORMALISATIONS, RESIZE_MODES, Preprocessing
+from pipeline.extract.backbones import BACKBONES, load_backbone
+from pipeline.extract.datasets import DATASETS, ImageDataset, drop_unreadable, load_dataset
+from pipeline.extract.preprocess import INTERPOLATIONS, NORMALISATIONS, RESIZE_MODES, Preprocessing
+from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, differences, library_versions,
+                            writer_lock)
 
 
 def default_cache_path(dataset: str, backbone: str, image_size: int) -> Path:
@@ -321,7 +321,7 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
         if shard is not None:
             raise PipelineError("--views cannot be combined with --shard: run the views once the shards are done "
                                 "(the same command without --shard).")
-        from pipeline.views import Augmentation, extract_views
+        from pipeline.extract.views import Augmentation, extract_views
 
         # Files left out by --skip-bad are left out of the views too (a second full decode
         # only when some were).

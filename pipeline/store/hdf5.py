@@ -18,8 +18,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.cache import DEFAULT_CHUNK_ROWS, SPLITS, ArraySpec, FeatureCache, library_versions
 from pipeline.errors import PipelineError
+from pipeline.store.cache import DEFAULT_CHUNK_ROWS, SPLITS, ArraySpec, FeatureCache, library_versions
 
 
 def export_hdf5(cache: FeatureCache, path: str | Path) -> None:

@@ -26,11 +26,11 @@ import torch
 import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader
 
-from pipeline.cache import ArraySpec, FeatureCache, attrs_lock, differences, writer_lock
 from pipeline.cli import progress, resolve_device
-from pipeline.datasets import ImageDataset
 from pipeline.errors import PipelineError
-from pipeline.preprocess import Preprocessing
+from pipeline.extract.datasets import ImageDataset
+from pipeline.extract.preprocess import Preprocessing
+from pipeline.store.cache import ArraySpec, FeatureCache, attrs_lock, differences, writer_lock
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def extract_views(dataset: ImageDataset, cache: FeatureCache, loaded, *, views: 
     its backbone, preprocessing (normalisation; the crop replaces the resize), maps and
     precision. ``loaded`` is what ``load_backbone`` returned for it.
     """
-    from pipeline.extract import PRECISIONS, ChunkWriter, _user_facing_errors, open_or_create, run_backbone
+    from pipeline.extract.command import PRECISIONS, ChunkWriter, _user_facing_errors, open_or_create, run_backbone
 
     if views < 1:
         raise PipelineError(f"--views must be at least 1, got {views}.")

@@ -1,0 +1,8 @@
+"""The feature store: Zarr caches of features (format, chunks, checksums, locks), HDF5 import
+and export, and their command (``python -m pipeline.cache``). It knows no backbone and no head."""
+
+from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, FORMAT_VERSION, SPLITS, ArraySpec, FeatureCache, attrs_lock,
+                                  differences, library_versions, once_per_process, writer_lock)
+
+__all__ = ["DEFAULT_CHUNK_ROWS", "FORMAT_VERSION", "SPLITS", "ArraySpec", "FeatureCache", "attrs_lock", "differences",
+           "library_versions", "once_per_process", "writer_lock"]

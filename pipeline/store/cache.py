@@ -1,0 +1,496 @@
+"""The feature cache: one Zarr store per dataset x backbone x preprocessing.
+
+Layout of a store::
+
+    <name>.zarr/
+      zarr.json                 attrs: metadata (how it was made), chunks (finished chunks and
+                                their SHA-256 per array), complete
+      train/features            (N, D)         pooled features, float32 or float16
+      train/labels              (N,)           int64 class indices
+      train/maps/<layer>        (N, C, g, g)   optional intermediate maps, float16 by default
+      test/...                  the same for the test split
+
+Every array is chunked along the sample axis with the same number of rows, so that
+extraction can write, and record as done, one chunk of samples at a time. ``complete`` is
+set only after the last chunk: an interrupted run never leaves a store that looks finished,
+and a new run with the same metadata resumes from the chunks recorded in ``chunks``. The
+checksums let every read, and ``python -m pipeline.cache verify``, detect damaged chunks.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from pipeline.errors import PipelineError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "test")
+# Features are dense floats that compress poorly; byte-shuffled LZ4 still saves ~10-20% and
+# decompresses faster than the disk reads it saves, so reading is not slowed down.
+COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+# ~5 MB of float32 at D = 1280: large enough for fast sequential reads, small enough that an
+# interrupted extraction loses little work.
+DEFAULT_CHUNK_ROWS = 1024
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import torch
+    import torchvision
+
+    import pipeline
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "zarr": zarr.__version__, "numpy": numpy.__version__, "pipeline": pipeline.__version__}
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One per-sample array of a split: its name, the shape of one sample, its dtype."""
+
+    name: str
+    sample_shape: tuple[int, ...]
+    dtype: str
+
+
+def differences(expected: dict, actual: dict, prefix: str = "") -> list[str]:
+    """Human-readable differences for every key of ``expected`` that ``actual`` disagrees with."""
+    found = []
+    for key, want in expected.items():
+        where = f"{prefix}{key}"
+        have = actual.get(key) if isinstance(actual, dict) else None
+        if isinstance(want, dict) and isinstance(have, dict):
+            found += differences(want, have, where + ".")
+        elif have != want:
+            found.append(f"{where} is {have!r} in the cache but {want!r} was asked for")
+    return found
+
+
+def _digest(data: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+
+
+@contextmanager
+def writer_lock(path: str | Path, shard: tuple[int, int] | None = None) -> Iterator[None]:
+    """Hold a lock on ``<path>.lock`` while writing a cache.
+
+    A whole extraction holds it exclusively. Shards of a sharded extraction (``shard`` =
+    (index, count)) hold it shared, so they run together but never beside a whole
+    extraction, and each also holds ``<path>.shard-<index>-of-<count>.lock`` exclusively, so
+    one shard is never run twice at once. POSIX record locks (lockf) are released by the
+    kernel when the holder dies, even by SIGKILL, and, unlike flock locks, are not inherited
+    by forked DataLoader workers, which could otherwise keep a killed run's lock alive.
+    """
+    with ExitStack() as stack:
+        if shard is None:
+            stack.enter_context(_lock_file(Path(str(path) + ".lock"), exclusive=True, path=path))
+        else:
+            stack.enter_context(_lock_file(Path(str(path) + ".lock"), exclusive=False, path=path))
+            stack.enter_context(_lock_file(Path(f"{path}.shard-{shard[0]}-of-{shard[1]}.lock"), exclusive=True,
+                                           path=path, what=f"shard {shard[0]}/{shard[1]} of "))
+        yield
+
+
+@contextmanager
+def _lock_file(lock_path: Path, exclusive: bool, path: str | Path, what: str = "") -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.lockf(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except OSError:  # EAGAIN or EACCES: held by another process
+            handle.seek(0)
+            holder = handle.read().strip() or "another process (a sharded extraction, if run with --shard)"
+            raise PipelineError(f"{what}{path} is being written by {holder}. Two extractions must not write "
+                                f"one cache (except shards of one sharded extraction, each with its own "
+                                f"--shard I/N); wait for that one to finish (or stop it) and run again.") from None
+        if exclusive:  # a shared holder must not overwrite the others' note
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+        try:
+            yield
+        finally:
+            if exclusive:
+                handle.seek(0)
+                handle.truncate()
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
+# Updates of a store's attributes (the chunk records, ``complete``) are read-modify-write of
+# one zarr.json. Shards of a sharded extraction write one store at once, each in its own
+# process, so every update re-reads the attributes and writes them back under a short
+# exclusive lock on ``<cache>.attrs.lock``: no process can lose another's chunk records.
+# (lockf locks belong to a process, so threads of one process are kept apart by a
+# threading lock as well; and it is a file of its own, since closing any descriptor of a
+# file drops the process's lockf locks on it, which would drop the writer lock.)
+_attrs_thread_lock = threading.Lock()
+
+
+@contextmanager
+def attrs_lock(path: str | Path) -> Iterator[None]:
+    """Held around every read-modify-write of a store's attributes (short: one zarr.json write)."""
+    lock_path = Path(str(path) + ".attrs.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with _attrs_thread_lock, open(lock_path, "a+") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)  # blocking: holders keep it for milliseconds
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
+_per_process: dict[str, tuple[int, dict]] = {}
+
+
+def once_per_process(path: str | Path, build: Callable[["FeatureCache"], Any] | None = None,
+                     require_complete: bool = True):
+    """The store at ``path`` (or ``build(store)``, e.g. its test split), opened once per process
+    and reused by the later tasks a Dask worker runs there.
+
+    Keyed by the modification time of the store's metadata, so a store re-extracted between two
+    runs on a long-lived cluster is read afresh (and the stale entry dropped, for memory).
+    """
+    resolved = str(Path(path).resolve())
+    stamp = (Path(path) / "zarr.json").stat().st_mtime_ns
+    held = _per_process.get(resolved)
+    if held is None or held[0] != stamp:
+        held = _per_process[resolved] = (stamp, {})
+    key = (build, require_complete)
+    if key not in held[1]:
+        cache = FeatureCache.open(path, require_complete=require_complete)
+        held[1][key] = cache if build is None else build(cache)
+    return held[1][key]
+
+
+def _read_rows_task(path: str, split: str, name: str, chunk: int, local: np.ndarray | None) -> np.ndarray:
+    """A Dask task: one chunk's rows, checked against its checksum, read by whichever process
+    computes it."""
+    data = once_per_process(path, require_complete=False).read_chunk(split, name, chunk)
+    return data if local is None else data[local]
+
+
+class FeatureCache:
+    """Read and write access to one feature store."""
+
+    def __init__(self, path: str | Path, group: zarr.Group) -> None:
+        self.path = Path(path)
+        self.group = group
+
+    # --- creating and opening ---------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | Path, metadata: dict, arrays: dict[str, list[ArraySpec]],
+               split_sizes: dict[str, int], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> "FeatureCache":
+        """A new, empty, incomplete store (an existing one at ``path`` is replaced).
+
+        The store is built beside ``path`` and renamed into place, so a run killed while
+        creating it leaves either the old store or a complete empty one, never half of one.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        group = zarr.open_group(str(partial), mode="w")
+        for split, specs in arrays.items():
+            n = split_sizes[split]
+            for spec in specs:
+                group.create_array(
+                    f"{split}/{spec.name}", shape=(n, *spec.sample_shape), dtype=spec.dtype,
+                    chunks=(max(1, min(chunk_rows, n)), *spec.sample_shape),
+                    compressors=COMPRESSOR if spec.name != "labels" else "auto",
+                )
+        group.attrs.update({"format_version": FORMAT_VERSION, "metadata": metadata,
+                            "chunk_rows": chunk_rows, "chunks": {s: {} for s in arrays}, "complete": False})
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(partial, path)
+        return cls(path, zarr.open_group(str(path), mode="r+"))
+
+    @classmethod
+    def open(cls, path: str | Path, require_complete: bool = True) -> "FeatureCache":
+        path = Path(path)
+        if not path.exists():
+            raise PipelineError(f"no feature cache at {path}. Make it with python -m pipeline.extract "
+                                f"(or dvc repro), or import features with python -m pipeline.cache import-hdf5.")
+        try:
+            group = zarr.open_group(str(path), mode="r+")
+            version = group.attrs["format_version"]
+        except Exception as error:
+            raise PipelineError(f"{path} is not a feature cache made by this project "
+                                f"({type(error).__name__}: {error}).") from error
+        if version != FORMAT_VERSION:
+            raise PipelineError(f"{path} has cache format {version}; this version reads format {FORMAT_VERSION}. "
+                                f"Re-run the extraction.")
+        cache = cls(path, group)
+        if require_complete and not cache.is_complete:
+            raise PipelineError(f"the feature cache {path} is incomplete (its extraction was interrupted, "
+                                f"is still running, or damaged chunks were set aside by verify --repair). Run the "
+                                f"same python -m pipeline.extract command again (or dvc repro) to finish it; "
+                                f"finished chunks are kept.")
+        return cache
+
+    # --- metadata ---------------------------------------------------------------------
+
+    @property
+    def metadata(self) -> dict:
+        return dict(self.group.attrs["metadata"])
+
+    @property
+    def is_complete(self) -> bool:
+        return bool(self.group.attrs.get("complete", False))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata["dataset"]["classes"])
+
+    def check_matches(self, expected: dict) -> None:
+        """Refuse, with the list of differences, a cache made differently from ``expected``."""
+        found = differences(expected, self.metadata)
+        if found:
+            raise PipelineError(
+                f"the feature cache {self.path} was made differently from what the parameters say: "
+                f"{'; '.join(found)}. Re-run the extraction with these parameters (dvc repro, or "
+                f"python -m pipeline.extract) or point the head at the cache that matches them."
+            )
+
+    # --- chunks and their checksums -----------------------------------------------------
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self.group.attrs["chunk_rows"])
+
+    def chunk_slices(self, split: str) -> list[slice]:
+        n = self.size(split)
+        return [slice(start, min(start + self.chunk_rows, n)) for start in range(0, n, self.chunk_rows)]
+
+    def _checksums(self, split: str) -> dict[str, dict[str, str]]:
+        return dict(self.group.attrs["chunks"].get(split, {}))
+
+    def done_chunks(self, split: str) -> set[int]:
+        return {int(chunk) for chunk in self._checksums(split)}
+
+    def write_chunk(self, split: str, chunk: int, values: dict[str, np.ndarray]) -> None:
+        """Write every array's rows of one chunk, then record the chunk and its checksums.
+
+        Recording comes last (zarr writes each file atomically), so a chunk that is
+        recorded is always fully written.
+        """
+        rows = self.chunk_slices(split)[chunk]
+        checksums = {}
+        for name, data in values.items():
+            array = self.array(split, name)
+            data = np.ascontiguousarray(data, dtype=array.dtype)
+            if data.shape[0] != rows.stop - rows.start:
+                raise ValueError(f"chunk {chunk} of {split}/{name} needs {rows.stop - rows.start} rows")
+            array[rows] = data
+            checksums[name] = _digest(data)
+        missing = set(self.array_names(split)) - set(checksums)
+        if missing:
+            raise ValueError(f"chunk {chunk} of {split} lacks arrays {sorted(missing)}")
+
+        def record(attrs: dict) -> dict:
+            chunks = dict(attrs["chunks"])
+            merged = {**chunks.get(split, {}), str(chunk): checksums}
+            # In chunk order, so a sharded extraction records them as a single run does.
+            chunks[split] = dict(sorted(merged.items(), key=lambda item: int(item[0])))
+            return {"chunks": chunks}
+
+        self._update_attrs(record)
+
+    def _update_attrs(self, change) -> None:
+        """Apply ``change(current attrs) -> new attrs`` to the attributes as they are on disk now
+        (another shard may have recorded chunks since this process last read them)."""
+        with attrs_lock(self.path):
+            fresh = zarr.open_group(str(self.path), mode="r+")
+            updates = change(dict(fresh.attrs))
+            if updates:
+                fresh.attrs.update(updates)
+            self.group = fresh
+
+    def refresh(self) -> "FeatureCache":
+        """Re-read the attributes from disk (chunks recorded by other processes)."""
+        self.group = zarr.open_group(str(self.path), mode="r+")
+        return self
+
+    def missing_chunks(self) -> dict[str, list[int]]:
+        """Chunks not yet recorded, per split, as they are on disk now."""
+        self.refresh()
+        return {split: sorted(set(range(len(self.chunk_slices(split)))) - self.done_chunks(split))
+                for split in self.splits}
+
+    def mark_complete(self, when_all_done: bool = False) -> bool:
+        """Set ``complete`` once every chunk is recorded. A missing chunk is an error, or, with
+        ``when_all_done`` (a shard finishing before the others), leaves the cache as it is and
+        returns False. The check and the mark happen under the attributes lock, so of shards
+        finishing together the one whose chunk completes the store marks it."""
+        outcome = {}
+
+        def complete(attrs: dict) -> dict:
+            missing = {s: set(range(len(self.chunk_slices(s)))) - {int(c) for c in attrs["chunks"].get(s, {})}
+                       for s in self.splits}
+            missing = {s: m for s, m in missing.items() if m}
+            outcome["done"] = not missing
+            if missing and not when_all_done:
+                split, chunks = next(iter(missing.items()))
+                raise PipelineError(f"cannot mark {self.path} complete: {split} chunks {sorted(chunks)} are missing.")
+            return {"complete": True} if not missing else {}
+
+        self._update_attrs(complete)
+        return outcome["done"]
+
+    def verify(self) -> list[str]:
+        """Every problem found: missing or damaged chunks, arrays that disagree with the metadata."""
+        return [message for _, _, message in self._problems()]
+
+    def _problems(self) -> list[tuple[str, int | None, str]]:
+        problems = []
+        dataset = self.metadata.get("dataset", {})
+        for split in self.splits:
+            expected = dataset.get(f"n_{split}")
+            if expected is not None and expected != self.size(split):
+                problems.append((split, None, f"{split} has {self.size(split)} samples but the metadata says {expected}"))
+            for name in self.array_names(split):
+                if self.array(split, name).shape[0] != self.size(split):
+                    problems.append((split, None, f"{split}/{name} has {self.array(split, name).shape[0]} rows, "
+                                                  f"labels have {self.size(split)}"))
+            checksums = self._checksums(split)
+            for chunk in range(len(self.chunk_slices(split))):
+                if str(chunk) not in checksums:
+                    problems.append((split, chunk, f"{split} chunk {chunk}: missing (never finished)"))
+                    continue
+                for name in self.array_names(split):
+                    try:
+                        self.read_chunk(split, name, chunk)
+                    except PipelineError as error:
+                        problems.append((split, chunk, f"{split} chunk {chunk}: {error.message}"))
+        return problems
+
+    def set_aside(self, split: str, chunks: set[int]) -> None:
+        """Forget chunks (so the extraction recomputes them) and mark the cache incomplete."""
+        def forget(attrs: dict) -> dict:
+            recorded = dict(attrs["chunks"])
+            recorded[split] = {c: sums for c, sums in recorded.get(split, {}).items() if int(c) not in chunks}
+            return {"chunks": recorded, "complete": False}
+
+        self._update_attrs(forget)
+
+    # --- data -------------------------------------------------------------------------
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if s in self.group]
+
+    def size(self, split: str) -> int:
+        return int(self.group[f"{split}/labels"].shape[0])
+
+    def array(self, split: str, name: str = "features") -> zarr.Array:
+        key = f"{split}/{name}"
+        if key not in self.group:
+            raise PipelineError(f"the feature cache {self.path} has no array {key}.")
+        return self.group[key]
+
+    def map_names(self, split: str = "train") -> list[str]:
+        return sorted(self.group[f"{split}/maps"].array_keys()) if f"{split}/maps" in self.group else []
+
+    def array_names(self, split: str) -> list[str]:
+        # Extra per-sample arrays (the views store's "rows") are checked like the others.
+        extra = sorted(set(self.group[split].array_keys()) - {"features", "labels"}) if split in self.group else []
+        return ["features", "labels"] + extra + [f"maps/{m}" for m in self.map_names(split)]
+
+    def read_chunk(self, split: str, name: str, chunk: int) -> np.ndarray:
+        """One chunk's rows of an array, checked against the checksum recorded when it was written."""
+        rows = self.chunk_slices(split)[chunk]
+        repair = (f"Run python -m pipeline.cache verify --repair {self.path}, then the extraction command "
+                  f"again, to recompute the damaged chunks.")
+        try:
+            data = np.asarray(self.array(split, name)[rows])
+        except Exception as error:
+            raise PipelineError(f"{split}/{name} rows {rows.start}-{rows.stop - 1} of {self.path} cannot be read "
+                                f"({type(error).__name__}: {error}). {repair}") from error
+        recorded = self._checksums(split).get(str(chunk), {}).get(name)
+        if recorded is not None and recorded != _digest(data):
+            raise PipelineError(f"{split}/{name} rows {rows.start}-{rows.stop - 1} of {self.path} do not match the "
+                                f"checksum recorded when they were written (the file was changed or damaged). {repair}")
+        return data
+
+    def _row_index(self, split: str, rows: np.ndarray | slice | None) -> np.ndarray:
+        if rows is None:
+            return np.arange(self.size(split))
+        return np.arange(self.size(split))[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+
+    def iter_rows(self, split: str, name: str = "features",
+                  rows: np.ndarray | slice | None = None) -> Iterator[np.ndarray]:
+        """The selected rows, chunk by chunk in row order (one chunk in memory at a time)."""
+        index = self._row_index(split, rows)
+        chunk_of = index // self.chunk_rows
+        for chunk in np.unique(chunk_of):
+            data = self.read_chunk(split, name, int(chunk))
+            yield data[index[chunk_of == chunk] - int(chunk) * self.chunk_rows]
+
+    def read(self, split: str, name: str = "features", rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """Rows of an array (all, a slice, or an index array), every chunk read checked."""
+        index = self._row_index(split, rows)
+        if len(index) == 0:
+            return np.asarray(self.array(split, name)[0:0])
+        parts = np.concatenate(list(self.iter_rows(split, name, index)))
+        # iter_rows yields in chunk order; put the rows back in the order asked for.
+        order = np.argsort(np.argsort(index // self.chunk_rows, kind="stable"), kind="stable")
+        return parts[order]
+
+    def features(self, split: str, rows: np.ndarray | slice | None = None, dtype: Any = np.float32) -> np.ndarray:
+        """Pooled features of a split as NumPy (all rows, a slice, or an index array)."""
+        return np.asarray(self.read(split, "features", rows), dtype=dtype)
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.read(split, "labels")
+
+    def dask(self, split: str, name: str = "features"):
+        """A Dask array over the Zarr chunks, for out-of-core work."""
+        import dask.array as da
+
+        return da.from_zarr(self.array(split, name))
+
+    def dask_rows(self, split: str, name: str = "features", rows: np.ndarray | slice | None = None):
+        """The selected rows as a Dask array with one block per cache chunk, for out-of-core work.
+
+        Unlike ``dask``, every block is checked against its recorded checksum. Each task opens
+        the store by path in the process that computes it (so on a cluster the path must be on
+        storage the workers share) and holds one chunk; the graph holds only paths and indices.
+        """
+        import dask
+        import dask.array as da
+
+        index = self._row_index(split, rows)
+        array = self.array(split, name)
+        chunk_of = index // self.chunk_rows
+        blocks = []
+        for chunk in np.unique(chunk_of):
+            local = index[chunk_of == chunk] - int(chunk) * self.chunk_rows
+            rows_in_chunk = self.chunk_slices(split)[int(chunk)]
+            whole = np.array_equal(local, np.arange(rows_in_chunk.stop - rows_in_chunk.start))
+            task = dask.delayed(_read_rows_task, pure=True)(str(self.path), split, name, int(chunk),
+                                                            None if whole else local)
+            blocks.append(da.from_delayed(task, shape=(len(local), *array.shape[1:]), dtype=array.dtype))
+        if not blocks:
+            return da.zeros((0, *array.shape[1:]), dtype=array.dtype)
+        return da.concatenate(blocks)
+
+    def iter_chunks(self, split: str, name: str = "features") -> Iterator[tuple[slice, np.ndarray]]:
+        for chunk, rows in enumerate(self.chunk_slices(split)):
+            yield rows, self.read_chunk(split, name, chunk)

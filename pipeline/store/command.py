@@ -1,0 +1,84 @@
+"""The feature cache's command line: ``python -m pipeline.cache info|verify|export-hdf5|import-hdf5``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.errors import PipelineError
+from pipeline.store.cache import FeatureCache
+from pipeline.store.hdf5 import export_hdf5, import_hdf5
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """Inspect feature caches and move features in and out of HDF5."""
+
+
+@main.command()
+@click.argument("cache_path", type=click.Path(file_okay=False))
+def info(cache_path: str) -> None:
+    """Print how CACHE_PATH was made, its arrays and whether it is complete."""
+    import json
+
+    cache = FeatureCache.open(cache_path, require_complete=False)
+    click.echo(json.dumps(cache.metadata, indent=2))
+    for split in cache.splits:
+        arrays = [f"{name} {cache.array(split, name).shape} {cache.array(split, name).dtype}"
+                  for name in ["features", "labels"] + [f"maps/{m}" for m in cache.map_names(split)]]
+        done = len(cache.done_chunks(split))
+        click.echo(f"{split}: {'; '.join(arrays)}; {done}/{len(cache.chunk_slices(split))} chunks written")
+    click.echo("complete" if cache.is_complete else "INCOMPLETE: re-run the extraction command to finish it")
+
+
+@main.command()
+@click.argument("cache_path", type=click.Path(file_okay=False))
+@click.option("--repair", is_flag=True,
+              help="Set damaged chunks aside and mark the cache incomplete, so that running the "
+                   "extraction command again recomputes just those chunks.")
+def verify(cache_path: str, repair: bool) -> None:
+    """Check every chunk of CACHE_PATH against its recorded checksum, and the arrays against
+    the metadata. Exits with status 1 if anything is missing or damaged."""
+    cache = FeatureCache.open(cache_path, require_complete=False)
+    problems = cache._problems()
+    for _, _, problem in problems:
+        click.echo(f"  {problem}")
+    if not problems:
+        click.echo(f"{cache_path}: all {sum(len(cache.chunk_slices(s)) for s in cache.splits)} chunks present and "
+                   f"intact{'' if cache.is_complete else ', but not marked complete'}.")
+        return
+    if repair:
+        for split in cache.splits:
+            cache.set_aside(split, {chunk for s, chunk, _ in problems if s == split and chunk is not None})
+        click.echo(f"{len(problems)} problems; damaged chunks set aside. Run the extraction command again "
+                   f"(or dvc repro) to recompute them.")
+        raise SystemExit(1)
+    raise PipelineError(
+        f"{cache_path} has {len(problems)} problems (listed above). Run python -m pipeline.cache verify --repair "
+        f"{cache_path} and then the extraction command again to recompute the damaged chunks.")
+
+
+@main.command("export-hdf5")
+@click.argument("cache_path", type=click.Path(file_okay=False))
+@click.argument("hdf5_path", type=click.Path(dir_okay=False))
+def export_command(cache_path: str, hdf5_path: str) -> None:
+    """Write the pooled features and labels of CACHE_PATH to HDF5_PATH."""
+    export_hdf5(FeatureCache.open(cache_path), hdf5_path)
+    click.echo(f"wrote {hdf5_path}")
+
+
+@main.command("import-hdf5")
+@click.argument("hdf5_path", type=click.Path(dir_okay=False))
+@click.argument("cache_path", type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace an existing cache at CACHE_PATH.")
+def import_command(hdf5_path: str, cache_path: str, overwrite: bool) -> None:
+    """Make a feature cache at CACHE_PATH from features computed elsewhere (HDF5_PATH holds
+    /train/features, /train/labels, /test/features, /test/labels; optional attrs classes,
+    dataset, backbone)."""
+    if Path(cache_path).exists() and not overwrite:
+        raise PipelineError(f"{cache_path} already exists; pass --overwrite to replace it.")
+    cache = import_hdf5(hdf5_path, cache_path)
+    click.echo(f"wrote {cache_path}: train {cache.array('train').shape}, test {cache.array('test').shape}, "
+               f"{len(cache.classes)} classes")
+
