@@ -29,7 +29,7 @@ import numpy as np
 @click.argument("head_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 def main(cache_path: str, head_dirs: tuple[str, ...]) -> None:
     from pipeline.store.cache import FeatureCache
-    from pipeline.heads.registry import load_head
+    from pipeline.heads.loading import load_head
 
     cache = FeatureCache.open(cache_path)
     labels = cache.labels("test")

@@ -11,7 +11,6 @@ is recorded by a callback this module passes to ``fit`` (``curves``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -22,6 +21,7 @@ from sklearn.base import clone
 from pipeline.store.cache import FeatureCache, once_per_process
 from pipeline.cli import cache_label, progress, safe_filename, write_json
 from pipeline.heads.base import Features, Head
+from pipeline import metrics_file
 from pipeline.metrics import detection_metrics, roc_points, summarise
 from pipeline.protocol import draw_anomalies, one_vs_all
 
@@ -295,9 +295,10 @@ def write_plots(results: dict[str, dict], plots_dir: str | Path | None, curves_d
 
 def write_results(results: dict[str, dict], metadata: dict, head: dict, metrics_path: str | Path,
                   plots_dir: str | Path | None, curves_dir: str | Path | None = None) -> dict:
-    """Metrics JSON for ``dvc metrics`` and the files for ``dvc plots``."""
+    """Metrics JSON for ``dvc metrics`` (numbers; the description beside it, ``metrics_file``)
+    and the files for ``dvc plots``."""
     payload = metrics_payload(results, metadata, head)
-    write_json(metrics_path, payload)
+    metrics_file.write(metrics_path, payload)
     write_plots(results, plots_dir, curves_dir)
     return payload
 
@@ -314,4 +315,4 @@ def format_summary(payload: dict) -> str:
 
 
 def load_metrics(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+    return metrics_file.read(path)

@@ -24,7 +24,7 @@ from pipeline.cli import progress, resolve_device, write_text
 from pipeline.extract.datasets import IMAGE_EXTENSIONS, FileImages, first_few, unreadable_images
 from pipeline.errors import PipelineError
 from pipeline.extract.preprocess import Preprocessing
-from pipeline.heads.registry import load_head
+from pipeline.heads.loading import load_head
 from pipeline.heads.saving import SavedHead
 
 # What decides the features' numbers; an HDF5 file that records any of it must agree with the head.

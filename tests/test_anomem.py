@@ -297,7 +297,7 @@ def test_anomem_stage_explains_a_cache_without_views(synthetic_cache, tmp_path):
 
 
 def test_saved_anomem_head_scores_like_the_trained_one(cache_with_views, tmp_path):
-    from pipeline.heads.registry import load_head
+    from pipeline.heads.loading import load_head
     from pipeline.heads.anomem.command import main
 
     result = CliRunner().invoke(main, ["--cache", str(cache_with_views.path), "--epochs", "2", "--classes", "class1",

@@ -1,5 +1,6 @@
 """End to end: the real dvc.yaml and params.yaml, on the synthetic dataset at 32 px."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +64,7 @@ def test_repro_is_incremental_and_metrics_diff_shows_changes(project):
     assert "metrics/anomem_efficientnet_lite0.json" in shown and "semi_supervised.0.1.mean.auroc" in shown
 
     assert "Running stage" not in dvc(project, "repro")
+    stale_after_edits(project)
 
     sh(project, "git", "add", "-A")
     sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "k=2")
@@ -68,18 +72,20 @@ def test_repro_is_incremental_and_metrics_diff_shows_changes(project):
     out = dvc(project, "repro")
     assert "Running stage 'knn@efficientnet_lite0'" in out
     assert "Running stage 'extract" not in out and "Running stage 'plume" not in out
+    assert "knn.k" in dvc(project, "params", "diff")
     diff = dvc(project, "metrics", "diff")
-    assert "about.k" in diff and "5" in diff
+    assert "mean.auroc" in diff and "about" not in diff  # metrics files hold numbers only
+    assert json.loads((project / "metrics" / "knn_efficientnet_lite0.about.json").read_text())["about"]["k"] == 5
 
     set_params(project / "params.yaml", **{"plume.guidance": "none"})
     out = dvc(project, "repro")
     assert "Running stage 'plume@efficientnet_lite0'" in out and "Running stage 'knn" not in out
-    assert "about.guidance" in dvc(project, "metrics", "diff")
+    assert "plume.guidance" in dvc(project, "params", "diff")
 
     set_params(project / "params.yaml", **{"anomem.memory": "kmeans"})
     out = dvc(project, "repro")
     assert "Running stage 'anomem@efficientnet_lite0'" in out and "Running stage 'plume" not in out
-    assert "about.memory" in dvc(project, "metrics", "diff")
+    assert "anomem.memory" in dvc(project, "params", "diff")
 
     set_params(project / "params.yaml", **{"preprocess.image_size": 48})
     out = dvc(project, "repro")
@@ -89,3 +95,22 @@ def test_repro_is_incremental_and_metrics_diff_shows_changes(project):
     plots = dvc(project, "plots", "show", "-o", str(project / "plots_html"))
     assert (project / "plots_html" / "index.html").exists(), plots
     assert (project / "plots" / "plume_efficientnet_lite0_training").is_dir()
+
+
+def stale_after_edits(project):
+    """An edit to any file a stage imports makes every stage that imports it stale
+    (``dvc status``, which is what ``dvc repro`` re-runs)."""
+    from test_layout_deps import closure, stage_commands
+
+    stages = {name: closure(project, module) for name, (module, _) in stage_commands(project).items()}
+    files = sorted(set().union(*stages.values()))
+    for path in files:
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# edited\n")
+        try:
+            status = json.loads(sh(project, sys.executable, "-m", "dvc", "status", "--json").strip() or "{}")
+        finally:
+            path.write_bytes(original)
+        stale = {name.split(":")[-1].split("@")[0] for name in status}
+        expected = {name for name, imported in stages.items() if path in imported}
+        assert expected <= stale, (path, stale)

@@ -18,7 +18,7 @@ from pipeline.heads.knn.head import KNNHead
 from pipeline.heads.plume.head import PlumeHead
 from pipeline.heads.knn.engine import knn_loo_distances, knn_loo_scores
 from pipeline.extract.preprocess import Preprocessing
-from pipeline.heads.registry import load_head
+from pipeline.heads.loading import load_head
 from pipeline.heads.saving import (FORMAT, FORMAT_VERSION, HeadSaver, head_filename, save_head,
                                   save_trained_head)
 

@@ -177,7 +177,7 @@ class Head(BaseEstimator):
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "Head":
         """A head of this class saved by ``save`` or ``--save-heads`` (a file of any kind:
-        ``pipeline.heads.registry.load_head``)."""
+        ``pipeline.heads.loading.load_head``)."""
         from pipeline.heads.saving import read_head_file
 
         def this_class(kind: object) -> type:

@@ -5,11 +5,9 @@ one line here."""
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from types import ModuleType
 
 from pipeline.errors import PipelineError
-from pipeline.heads.saving import SavedHead, read_head_file
 
 HEADS = {
     "knn": "pipeline.heads.knn",
@@ -33,12 +31,3 @@ def report_module(name: str) -> ModuleType | None:
     """``report.py`` of ``name`` (its rows, title and settings), or None for an unknown head."""
     return _part(name, "report") if name in HEADS else None
 
-
-def load_head(path: str | Path, device: str = "cpu") -> SavedHead:
-    """A head file of any registered kind, with what it was trained on and its threshold."""
-    def known(kind: object) -> type:
-        if kind not in HEADS:
-            raise PipelineError(f"{path}: unknown head kind {kind!r}; this version knows: {', '.join(HEADS)}.")
-        return head_class(str(kind))
-
-    return read_head_file(path, known, device)

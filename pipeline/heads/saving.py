@@ -1,7 +1,7 @@
 """Saved heads: a fitted head in one file, with the cache it was trained on and a threshold.
 
     head.save("heads/cat.head", about={"class_name": "cat"})   # or save_trained_head(...)
-    saved = registry.load_head("heads/cat.head")
+    saved = loading.load_head("heads/cat.head")
     flags = saved.score(features) > saved.threshold
 
 File format: one ``torch.save`` file holding only tensors and plain containers, read back with
@@ -207,7 +207,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def read_head_file(path: str | Path, head_class: Callable[[str], type], device: str = "cpu") -> SavedHead:
-    """Read a head file, its class found by ``head_class(kind)`` (``registry.load_head`` for any
+    """Read a head file, its class found by ``head_class(kind)`` (``loading.load_head`` for any
     kind, ``Head.load`` for its own); every problem is a PipelineError naming the file."""
     path = Path(path)
     if not path.is_file():

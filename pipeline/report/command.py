@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from pipeline import metrics_file
 from pipeline.cli import write_text
 from pipeline.errors import PipelineError
 from pipeline.heads.registry import report_module
@@ -33,7 +34,7 @@ def plume_table(metrics: tuple[str, ...], knn_metrics: str | None, out: str | No
     """Table 1c layout from one or more PLUME ablation metrics files (for variants run
     separately, for example in parallel processes)."""
     payloads = ablation_payloads(list(metrics))
-    knn = json.loads(Path(knn_metrics).read_text()) if knn_metrics else None
+    knn = metrics_file.read(knn_metrics) if knn_metrics else None
     # The PLUME ablation table is PLUME's, in its report module.
     table = report_module("plume").plume_ablation_table(
         payloads, knn, paper_column=has_published_column(next(iter(payloads.values()))["about"]))
@@ -66,7 +67,8 @@ def metrics_files(paths: tuple[str, ...]) -> list[Path]:
     """The files given, with a folder standing for the *.json files in it (DVC cannot glob)."""
     files: list[Path] = []
     for path in map(Path, paths):
-        files.extend(sorted(path.glob("*.json")) if path.is_dir() else [path])
+        files.extend(sorted(f for f in path.glob("*.json") if not metrics_file.is_sidecar(f)) if path.is_dir()
+                     else [path])
     if not files:
         raise PipelineError(f"no metrics files in {', '.join(paths)}.")
     return files
@@ -113,6 +115,23 @@ def build(metrics: tuple[str, ...], plots_dirs: tuple[str, ...], curves_dirs: tu
     write_text(out_md, markdown)
     write_text(out_html, page)
     click.echo(f"{len(runs)} runs in {len(groups)} table(s): {out_md}, {out_html}")
+
+
+@main.command("summary")
+@click.argument("metrics", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--params", "params_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Keep only the runs of this params file's dataset, backbones and image size (as build does).")
+@click.option("--width", default=100, show_default=True, type=click.IntRange(60, 400),
+              help="Widest line to print; classes that do not fit go to further blocks.")
+def summary(metrics: tuple[str, ...], params_file: str | None, width: int) -> None:
+    """Print every head's AUROC per class and the mean, one compact table per dataset,
+    backbone and image size (the full report: build)."""
+    from pipeline.report.terminal import terminal_table
+
+    runs = [run for file in metrics_files(metrics) for run in runs_of(file)]
+    if params_file:
+        runs = current_runs(runs, params_file)
+    click.echo("\n\n".join(terminal_table(group, width) for group in group_runs(runs)))
 
 
 def made_with(about: dict, params: dict) -> bool:

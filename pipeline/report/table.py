@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from pipeline import metrics_file
 from pipeline.errors import PipelineError
 from pipeline.heads import registry
 from pipeline.report.published import has_published_column
@@ -57,7 +58,7 @@ def ablation_payloads(paths: list[str | Path]) -> dict[str, dict]:
     """Variants from one or more ablation metrics files (python -m stages.plume_ablation), in order."""
     payloads: dict[str, dict] = {}
     for path in paths:
-        data = json.loads(Path(path).read_text())
+        data = metrics_file.read(path)
         if "variants" not in data:
             raise PipelineError(f"{path} is not a PLUME ablation metrics file (no 'variants' section).")
         for name, payload in data["variants"].items():
@@ -70,7 +71,7 @@ def read_payload(path: str | Path) -> dict:
     """A metrics file as written by the head stages, or a PipelineError saying why it is not one."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = metrics_file.read(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise PipelineError(f"cannot read {path} as JSON: {error}") from error
     about = data.get("about") if isinstance(data, dict) else None

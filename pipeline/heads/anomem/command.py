@@ -124,7 +124,8 @@ def main(cache_path, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, 
     drawn from the other classes' training images (semi-supervised)."""
     import numpy as np
 
-    from pipeline.cli import resolve_device, write_json
+    from pipeline import metrics_file
+    from pipeline.cli import resolve_device
     from pipeline.distributed import open_client
     from pipeline.evaluate import evaluate_one_vs_all, format_summary, metrics_payload, write_plots
     from pipeline.heads.anomem.head import AnoMemHead
@@ -159,7 +160,7 @@ def main(cache_path, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, 
         payload["semi_supervised"] = semi
     if knn_baseline:
         payload["knn_same_rows"] = knn_same_rows(cache, chosen, knn_baseline, head.device)
-    write_json(metrics_path, payload)
+    metrics_file.write(metrics_path, payload)
     write_plots(one_class, plots_dir)
     click.echo(format_summary(payload))
     if saver is not None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli import resolve_device, write_json, write_text
+from pipeline import metrics_file
+from pipeline.cli import resolve_device, write_text
 from pipeline.distributed import open_client
 from pipeline.evaluate import load_metrics, metrics_payload, write_plots
 from pipeline.heads.plume import GUIDANCES, PERTURBATIONS
@@ -72,7 +73,7 @@ def main(cache_path, variants, seeds, classes, device, expect, scheduler, knn_me
             click.echo(f"{name}: mean AUROC {100 * payloads[name]['mean']['auroc']:.2f}% (final epoch), "
                        f"{100 * payloads[name]['mean']['best_epoch_auroc']:.2f}% (best epoch)")
     about = next(iter(payloads.values()))["about"]
-    write_json(metrics_path, {"variants": {name: {"mean": p["mean"], "per_class": p["per_class"]}
+    metrics_file.write(metrics_path, {"variants": {name: {"mean": p["mean"], "per_class": p["per_class"]}
                                            for name, p in payloads.items()},
                               "about": {k: v for k, v in about.items() if k not in ("perturbation", "guidance")}})
     table = plume_ablation_table(payloads, knn=load_metrics(knn_metrics) if knn_metrics else None,
