@@ -5,7 +5,7 @@ into rows of AUROC per class, and renders them as Markdown. ``pipeline.results_p
 the same rows, with ROC and training curves, as a self-contained HTML page.
 
 Published figures come from ``paper_results.json`` through the helpers of
-``pipeline.report``; they only appear for CIFAR-10 and always carry a tag naming the paper,
+``pipeline.published``; they only appear for CIFAR-10 and always carry a tag naming the paper,
 whose backbone and protocol are spelled out in the notes under the table.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.report import (GUIDANCE_NAMES, PLUME_NAMES, _gamma_key, ablation_payloads, anomem_paper,
-                             has_published_column, knn_paper, paper_results, plume_paper_mean)
+from pipeline.published import (GUIDANCE_NAMES, PLUME_NAMES, ablation_payloads, anomem_paper, gamma_key,
+                                has_published_column, knn_paper, paper_results, plume_paper_mean)
 
 HEAD_NAMES = {"knn": "kNN (DN2)", "plume": "PLUME", "anomem": "AnoMem"}
 HEAD_ORDER = {"knn": 0, "plume": 1, "anomem": 2}
@@ -258,7 +258,7 @@ def anomem_rows(run: Run, extra: str) -> list[Row]:
                         f"{STAGE_A.get(semi.get('stage_a'), '')}; {anomem_setting(about)}{extra}",
                         _figures(semi["per_class"], "auroc", "auroc_std" if draws else None),
                         Figure(semi["mean"]["auroc"], semi["mean"].get("auroc_std") if draws else None),
-                        _anomem_published(about, _gamma_key(gamma))))
+                        _anomem_published(about, gamma_key(gamma))))
     same = p.get("knn_same_rows")
     if same:
         rows.append(Row(HEAD_NAMES["knn"], f"k = {same.get('k')}, AnoMem's training images (those with views)",
