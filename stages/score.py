@@ -83,7 +83,7 @@ def image_features(saved: SavedHead, paths: list[Path], device: torch.device, ba
                    weights_file: str | None = None, workers: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Pooled features (N, D) and the cache's maps, computed as pipeline.extract computed the
     head's training cache: same model layout, precision, map pooling and storage rounding."""
-    from pipeline.extract.command import PRECISIONS, PreprocessedBatches, run_backbone
+    from pipeline.extract.loop import PRECISIONS, PreprocessedBatches, run_backbone
 
     model, preprocessing = load_matching_backbone(saved, weights_file)
     model = model.to(device, memory_format=torch.channels_last)

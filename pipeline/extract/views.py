@@ -29,8 +29,9 @@ from torch.utils.data import DataLoader
 from pipeline.cli import progress, resolve_device
 from pipeline.errors import PipelineError
 from pipeline.extract.datasets import ImageDataset
+from pipeline.extract.loop import PRECISIONS, ChunkWriter, run_backbone, user_facing_errors
 from pipeline.extract.preprocess import Preprocessing
-from pipeline.store.cache import ArraySpec, FeatureCache, attrs_lock, differences, writer_lock
+from pipeline.store.cache import ArraySpec, FeatureCache, attrs_lock, differences, open_or_create, writer_lock
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,6 @@ def extract_views(dataset: ImageDataset, cache: FeatureCache, loaded, *, views: 
     its backbone, preprocessing (normalisation; the crop replaces the resize), maps and
     precision. ``loaded`` is what ``load_backbone`` returned for it.
     """
-    from pipeline.extract.command import PRECISIONS, ChunkWriter, _user_facing_errors, open_or_create, run_backbone
-
     if views < 1:
         raise PipelineError(f"--views must be at least 1, got {views}.")
     out = views_path(cache.path)
@@ -152,7 +151,7 @@ def extract_views(dataset: ImageDataset, cache: FeatureCache, loaded, *, views: 
              ArraySpec("labels", (), "int64"), ArraySpec("rows", (), "int64")]
     specs += [ArraySpec(f"maps/{name}", (views, info["channels"], info["grid"], info["grid"]), info["dtype"])
               for name, info in maps_info.items()]
-    with writer_lock(out), _user_facing_errors(out):
+    with writer_lock(out), user_facing_errors(out):
         device_ = resolve_device(device)
         precision = parent["features"].get("compute_precision", "float32")
         autocast = torch.autocast(device_.type, dtype=PRECISIONS[precision], enabled=precision != "float32")
