@@ -10,15 +10,15 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset
 
-from pipeline.cli import progress, resolve_device
+from pipeline.cli import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.extract.backbones import BACKBONES, load_backbone
 from pipeline.extract.datasets import DATASETS, ImageDataset, drop_unreadable, load_dataset
-from pipeline.extract.loop import PRECISIONS, ChunkWriter, PreprocessedBatches, run_backbone, user_facing_errors
+from pipeline.extract.loop import (ChunkBuffer, ChunkWriter, PreprocessedBatches, backbone_batches, check_precision,
+                                   chunk_batches, user_facing_errors)
 from pipeline.extract.preprocess import INTERPOLATIONS, NORMALISATIONS, RESIZE_MODES, Preprocessing
 from pipeline.extract.views import Augmentation, extract_views
 from pipeline.store.cache import DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, open_or_create, writer_lock
@@ -60,11 +60,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         raise PipelineError(f"--shard {shard[0]}/{shard[1]}: the index must be between 0 and {shard[1] - 1}.")
     with writer_lock(out, shard), user_facing_errors(out):
         device_ = resolve_device(device)
-        if precision not in PRECISIONS:
-            raise PipelineError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
-        # Mixed precision runs the convolutions in 16 bits (fast on GPUs); features are stored as
-        # --dtype says. The precision is recorded, since it changes the numbers slightly.
-        autocast = torch.autocast(device_.type, dtype=PRECISIONS[precision], enabled=precision != "float32")
+        check_precision(precision)
         model, weights = loaded or load_backbone(backbone, preprocessing.image_size, weights_tag, weights_file)
         model = model.to(device_, memory_format=torch.channels_last)
         maps = tuple(model.spec.intermediate if m == "intermediate" else m for m in maps)
@@ -95,29 +91,24 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
             everything = [(split, chunk) for split in sizes for chunk in range(len(cache.chunk_slices(split)))]
             mine = set(everything[shard[0]::shard[1]])
             todo = {split: [chunk for chunk in chunks if (split, chunk) in mine] for split, chunks in todo.items()}
-        total = sum(cache.chunk_slices(s)[i].stop - cache.chunk_slices(s)[i].start for s in todo for i in todo[s])
+        plan = [(split, chunk, rows, last) for split, chunks in todo.items()
+                for chunk, rows, last in chunk_batches(cache.chunk_slices(split), chunks, batch_size)]
+        # One loader over both splits: its workers start once.
+        inputs = ConcatDataset([PreprocessedBatches(dataset.split(split).images,
+                                                    [rows for s, _, rows, _ in plan if s == split], preprocessing)
+                                for split in todo])
+        total = sum(len(rows) for _, _, rows, _ in plan)
         started = time.perf_counter()
-        with progress(total=total, desc=f"extract {backbone}", unit="img") as bar, ChunkWriter() as writer:
-            for split, chunks in todo.items():
-                images, labels = dataset.split(split).images, dataset.split(split).labels
-                # Batches never straddle a chunk, so each chunk is written as soon as it is full.
-                plan = [(chunk, list(range(s.start, s.stop))[b:b + batch_size])
-                        for chunk in chunks for s in [cache.chunk_slices(split)[chunk]]
-                        for b in range(0, s.stop - s.start, batch_size)]
-                loader = DataLoader(PreprocessedBatches(images, [rows for _, rows in plan], preprocessing), batch_size=None,
-                                    num_workers=workers, pin_memory=device_.type == "cuda",
-                                    prefetch_factor=4 if workers else None)
-                buffers: dict[str, list[np.ndarray]] = {}
-                for (chunk, rows), batch in zip(plan, loader):
-                    for name, values in run_backbone(model, batch, map_info, device_, autocast).items():
-                        buffers.setdefault(name, []).append(values)
-                    bar.update(len(rows))
-                    chunk_slice = cache.chunk_slices(split)[chunk]
-                    if rows[-1] == chunk_slice.stop - 1:
-                        values = {name: np.concatenate(parts) for name, parts in buffers.items()}
-                        values["labels"] = labels[chunk_slice]
-                        writer.submit(cache.write_chunk, split, chunk, values)
-                        buffers = {}
+        buffer = ChunkBuffer()
+        with ChunkWriter() as writer:
+            batches = backbone_batches(model, inputs, [rows for _, _, rows, _ in plan], map_info, device_,
+                                       precision=precision, workers=workers, desc=f"extract {backbone}")
+            for (split, chunk, _, last), (_, outputs) in zip(plan, batches):
+                buffer.add(outputs)
+                if last:
+                    values = buffer.take()
+                    values["labels"] = dataset.split(split).labels[cache.chunk_slices(split)[chunk]]
+                    writer.submit(cache.write_chunk, split, chunk, values)
         writer.wait()
         elapsed = time.perf_counter() - started
         if shard is not None and not cache.mark_complete(when_all_done=True):
