@@ -17,12 +17,11 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from pipeline.extract.backbones import get_spec, load_backbone
-from pipeline.cli import progress, resolve_device, write_text
-from pipeline.extract.datasets import IMAGE_EXTENSIONS, FileImages, first_few, unreadable_images
+from pipeline.cli import resolve_device, write_text
 from pipeline.errors import PipelineError
+from pipeline.extract.backbones import get_spec, load_backbone
+from pipeline.extract.datasets import IMAGE_EXTENSIONS, FileImages, first_few, unreadable_images
 from pipeline.extract.preprocess import Preprocessing
 from pipeline.heads.loading import load_head
 from pipeline.heads.saving import SavedHead
@@ -84,31 +83,26 @@ def image_features(saved: SavedHead, paths: list[Path], device: torch.device, ba
                    weights_file: str | None = None, workers: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Pooled features (N, D) and the cache's maps, computed as pipeline.extract computed the
     head's training cache: same model layout, precision, map pooling and storage rounding."""
-    from pipeline.extract.command import PRECISIONS, PreprocessedBatches, run_backbone
+    from pipeline.extract.loop import PRECISIONS, PreprocessedBatches, backbone_batches
 
     model, preprocessing = load_matching_backbone(saved, weights_file)
-    model = model.to(device, memory_format=torch.channels_last)
     about = saved.cache_metadata.get("features", {})
     precision = about.get("compute_precision", "float32")
     if precision not in PRECISIONS:
         raise PipelineError(f"the head's cache records compute precision {precision!r}, which this version does "
                             f"not know ({', '.join(PRECISIONS)}).")
-    autocast = torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "float32")
     maps = saved.maps
     missing = [name for name in maps if name not in model.stage_names]
     if missing:
         raise PipelineError(f"the head's cache has maps {missing} that {model.spec.name} does not produce.")
     batches = [list(range(start, min(start + batch_size, len(paths)))) for start in range(0, len(paths), batch_size)]
-    loader = DataLoader(PreprocessedBatches(FileImages([str(p) for p in paths]), batches, preprocessing),
-                        batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
+    inputs = PreprocessedBatches(FileImages([str(p) for p in paths]), batches, preprocessing)
     pooled, pooled_maps = [], {name: [] for name in maps}
-    with progress(total=len(paths), desc=f"extract {model.spec.name}", unit="img") as bar:
-        for batch in loader:
-            out = run_backbone(model, batch, maps, device, autocast)
-            pooled.append(out["features"])
-            for name, info in maps.items():
-                pooled_maps[name].append(out[f"maps/{name}"].astype(info.get("dtype", "float16")))
-            bar.update(len(batch))
+    for _, out in backbone_batches(model, inputs, batches, maps, device, precision=precision, workers=workers,
+                                   desc=f"extract {model.spec.name}"):
+        pooled.append(out["features"])
+        for name, info in maps.items():
+            pooled_maps[name].append(out[f"maps/{name}"].astype(info.get("dtype", "float16")))
     # Stored in the cache's dtype, as the training features were: the same rounding.
     features = np.concatenate(pooled).astype(about.get("dtype", "float32")).astype(np.float32)
     return features, {name: np.concatenate(parts) for name, parts in pooled_maps.items()}

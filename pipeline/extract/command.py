@@ -6,92 +6,26 @@
 
 from __future__ import annotations
 
-import errno
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import click
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset
 
-from pipeline.cli import progress, resolve_device
+from pipeline.cli import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.extract.backbones import BACKBONES, load_backbone
 from pipeline.extract.datasets import DATASETS, ImageDataset, drop_unreadable, load_dataset
+from pipeline.extract.loop import (ChunkBuffer, ChunkWriter, PreprocessedBatches, backbone_batches, check_precision,
+                                   chunk_batches, user_facing_errors)
 from pipeline.extract.preprocess import INTERPOLATIONS, NORMALISATIONS, RESIZE_MODES, Preprocessing
-from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, differences, library_versions,
-                            writer_lock)
+from pipeline.extract.views import Augmentation, extract_views
+from pipeline.store.cache import DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, open_or_create, writer_lock
 
 
 def default_cache_path(dataset: str, backbone: str, image_size: int) -> Path:
     return Path("cache") / f"{dataset}_{backbone}_{image_size}.zarr"
-
-
-class ChunkWriter:
-    """Writes chunks in a background thread, one at a time, while the next batches compute.
-
-    Compression and file writes release the GIL, so they overlap with the forward pass. At
-    most one chunk waits, which bounds memory; an error in a write is raised in the caller.
-    """
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer")
-        self._pending: Future | None = None
-
-    def submit(self, fn, *args) -> None:
-        self.wait()
-        self._pending = self._pool.submit(fn, *args)
-
-    def wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
-    def __enter__(self) -> "ChunkWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            if exc[0] is None:
-                self.wait()
-            elif self._pending is not None:
-                # Let an in-flight write finish: it is recorded only when complete.
-                self._pending.exception()
-        finally:
-            self._pool.shutdown(wait=True)
-
-
-class PreprocessedBatches(torch.utils.data.Dataset):
-    """Yields whole preprocessed batches, so DataLoader workers do the decoding and resizing."""
-
-    def __init__(self, images, batches: list[list[int]], preprocessing: Preprocessing) -> None:
-        self.images, self.batches, self.preprocessing = images, batches, preprocessing
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.preprocessing([self.images[i] for i in self.batches[index]])
-
-
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def run_backbone(model: torch.nn.Module, batch: torch.Tensor, maps: dict[str, dict], device: torch.device,
-                 autocast) -> dict[str, np.ndarray]:
-    """One forward pass as every cache stores it: ``features`` (pooled, float32) and each
-    ``maps/<name>`` average-pooled to its ``grid`` (float32; the store rounds to its dtype)."""
-    with torch.inference_mode(), autocast:
-        out = model(batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), tuple(maps))
-    result = {"features": out["pooled"].float().cpu().numpy()}
-    for name, info in maps.items():
-        result[f"maps/{name}"] = F.adaptive_avg_pool2d(out[name].float(), info["grid"]).cpu().numpy()
-    return result
 
 
 def cache_metadata(dataset: ImageDataset, backbone: str, weights, preprocessing: Preprocessing,
@@ -104,41 +38,6 @@ def cache_metadata(dataset: ImageDataset, backbone: str, weights, preprocessing:
         "features": {"pooled": "global average of the last feature map", "dtype": feature_dtype, "maps": maps,
                      "compute_precision": precision},
     }
-
-
-def open_or_create(out: Path, metadata: dict, arrays: dict[str, list[ArraySpec]], sizes: dict[str, int],
-                   chunk_rows: int, overwrite: bool) -> FeatureCache:
-    """Resume a cache made with the same metadata; refuse (or, if told, replace) any other."""
-    if out.exists():
-        try:
-            existing = FeatureCache.open(out, require_complete=False)
-            found = differences(metadata, existing.metadata)
-        except PipelineError:
-            existing, found = None, ["it is not a readable feature cache"]
-        if existing is not None and not found and existing.chunk_rows == chunk_rows:
-            return existing
-        if not overwrite:
-            raise PipelineError(
-                f"{out} already exists but was made differently: {'; '.join(found) or 'other chunk size'}. "
-                f"Pass --overwrite to replace it, or choose another --out."
-            )
-    return FeatureCache.create(out, {**metadata, "versions": library_versions()}, arrays, sizes, chunk_rows)
-
-
-@contextmanager
-def _user_facing_errors(out: Path) -> Iterator[None]:
-    """A full disk or Ctrl-C ends the run with what to do next, not a traceback."""
-    try:
-        yield
-    except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise PipelineError(f"the disk holding {out} is full ({error}). The chunks finished so far are kept "
-                            f"and the cache is not marked complete: free some space and run the same "
-                            f"command again to resume.") from error
-    except KeyboardInterrupt:
-        raise PipelineError(f"interrupted. The chunks finished so far are kept in {out}; run the same command "
-                            f"again to resume.") from None
 
 
 def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, out: Path, *,
@@ -159,13 +58,9 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
     out = Path(out)
     if shard is not None and not 0 <= shard[0] < shard[1]:
         raise PipelineError(f"--shard {shard[0]}/{shard[1]}: the index must be between 0 and {shard[1] - 1}.")
-    with writer_lock(out, shard), _user_facing_errors(out):
+    with writer_lock(out, shard), user_facing_errors(out):
         device_ = resolve_device(device)
-        if precision not in PRECISIONS:
-            raise PipelineError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
-        # Mixed precision runs the convolutions in 16 bits (fast on GPUs); features are stored as
-        # --dtype says. The precision is recorded, since it changes the numbers slightly.
-        autocast = torch.autocast(device_.type, dtype=PRECISIONS[precision], enabled=precision != "float32")
+        check_precision(precision)
         model, weights = loaded or load_backbone(backbone, preprocessing.image_size, weights_tag, weights_file)
         model = model.to(device_, memory_format=torch.channels_last)
         maps = tuple(model.spec.intermediate if m == "intermediate" else m for m in maps)
@@ -196,29 +91,24 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
             everything = [(split, chunk) for split in sizes for chunk in range(len(cache.chunk_slices(split)))]
             mine = set(everything[shard[0]::shard[1]])
             todo = {split: [chunk for chunk in chunks if (split, chunk) in mine] for split, chunks in todo.items()}
-        total = sum(cache.chunk_slices(s)[i].stop - cache.chunk_slices(s)[i].start for s in todo for i in todo[s])
+        plan = [(split, chunk, rows, last) for split, chunks in todo.items()
+                for chunk, rows, last in chunk_batches(cache.chunk_slices(split), chunks, batch_size)]
+        # One loader over both splits: its workers start once.
+        inputs = ConcatDataset([PreprocessedBatches(dataset.split(split).images,
+                                                    [rows for s, _, rows, _ in plan if s == split], preprocessing)
+                                for split in todo])
+        total = sum(len(rows) for _, _, rows, _ in plan)
         started = time.perf_counter()
-        with progress(total=total, desc=f"extract {backbone}", unit="img") as bar, ChunkWriter() as writer:
-            for split, chunks in todo.items():
-                images, labels = dataset.split(split).images, dataset.split(split).labels
-                # Batches never straddle a chunk, so each chunk is written as soon as it is full.
-                plan = [(chunk, list(range(s.start, s.stop))[b:b + batch_size])
-                        for chunk in chunks for s in [cache.chunk_slices(split)[chunk]]
-                        for b in range(0, s.stop - s.start, batch_size)]
-                loader = DataLoader(PreprocessedBatches(images, [rows for _, rows in plan], preprocessing), batch_size=None,
-                                    num_workers=workers, pin_memory=device_.type == "cuda",
-                                    prefetch_factor=4 if workers else None)
-                buffers: dict[str, list[np.ndarray]] = {}
-                for (chunk, rows), batch in zip(plan, loader):
-                    for name, values in run_backbone(model, batch, map_info, device_, autocast).items():
-                        buffers.setdefault(name, []).append(values)
-                    bar.update(len(rows))
-                    chunk_slice = cache.chunk_slices(split)[chunk]
-                    if rows[-1] == chunk_slice.stop - 1:
-                        values = {name: np.concatenate(parts) for name, parts in buffers.items()}
-                        values["labels"] = labels[chunk_slice]
-                        writer.submit(cache.write_chunk, split, chunk, values)
-                        buffers = {}
+        buffer = ChunkBuffer()
+        with ChunkWriter() as writer:
+            batches = backbone_batches(model, inputs, [rows for _, _, rows, _ in plan], map_info, device_,
+                                       precision=precision, workers=workers, desc=f"extract {backbone}")
+            for (split, chunk, _, last), (_, outputs) in zip(plan, batches):
+                buffer.add(outputs)
+                if last:
+                    values = buffer.take()
+                    values["labels"] = dataset.split(split).labels[cache.chunk_slices(split)[chunk]]
+                    writer.submit(cache.write_chunk, split, chunk, values)
         writer.wait()
         elapsed = time.perf_counter() - started
         if shard is not None and not cache.mark_complete(when_all_done=True):
@@ -321,8 +211,6 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
         if shard is not None:
             raise PipelineError("--views cannot be combined with --shard: run the views once the shards are done "
                                 "(the same command without --shard).")
-        from pipeline.extract.views import Augmentation, extract_views
-
         # Files left out by --skip-bad are left out of the views too (a second full decode
         # only when some were).
         if len(data.train.labels) != cache.size("train"):

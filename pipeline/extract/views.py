@@ -24,13 +24,13 @@ import click
 import numpy as np
 import torch
 import torchvision.transforms.v2 as T
-from torch.utils.data import DataLoader
 
-from pipeline.cli import progress, resolve_device
+from pipeline.cli import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.extract.datasets import ImageDataset
+from pipeline.extract.loop import ChunkBuffer, ChunkWriter, backbone_batches, chunk_batches, user_facing_errors
 from pipeline.extract.preprocess import Preprocessing
-from pipeline.store.cache import ArraySpec, FeatureCache, attrs_lock, differences, writer_lock
+from pipeline.store.cache import ArraySpec, FeatureCache, attrs_lock, differences, open_or_create, writer_lock
 
 
 @dataclass(frozen=True)
@@ -132,8 +132,6 @@ def extract_views(dataset: ImageDataset, cache: FeatureCache, loaded, *, views: 
     its backbone, preprocessing (normalisation; the crop replaces the resize), maps and
     precision. ``loaded`` is what ``load_backbone`` returned for it.
     """
-    from pipeline.extract.command import PRECISIONS, ChunkWriter, _user_facing_errors, open_or_create, run_backbone
-
     if views < 1:
         raise PipelineError(f"--views must be at least 1, got {views}.")
     out = views_path(cache.path)
@@ -152,40 +150,34 @@ def extract_views(dataset: ImageDataset, cache: FeatureCache, loaded, *, views: 
              ArraySpec("labels", (), "int64"), ArraySpec("rows", (), "int64")]
     specs += [ArraySpec(f"maps/{name}", (views, info["channels"], info["grid"], info["grid"]), info["dtype"])
               for name, info in maps_info.items()]
-    with writer_lock(out), _user_facing_errors(out):
+    with writer_lock(out), user_facing_errors(out):
         device_ = resolve_device(device)
-        precision = parent["features"].get("compute_precision", "float32")
-        autocast = torch.autocast(device_.type, dtype=PRECISIONS[precision], enabled=precision != "float32")
         with attrs_lock(out):
             store = open_or_create(out, metadata, {"train": specs}, {"train": len(rows)}, cache.chunk_rows, overwrite)
         if store.is_complete:
             click.echo(f"{out} is already complete; nothing to do.")
             return store
-        model = loaded[0].to(device_, memory_format=torch.channels_last)
         chunks = sorted(set(range(len(store.chunk_slices("train")))) - store.done_chunks("train"))
-        plan = [(chunk, list(rows[s.start:s.stop][b:b + batch_size]))
-                for chunk in chunks for s in [store.chunk_slices("train")[chunk]]
-                for b in range(0, s.stop - s.start, batch_size)]
-        loader = DataLoader(_ViewBatches(train.images, [r for _, r in plan], preprocessing, augmentation, views, seed),
-                            batch_size=None, num_workers=workers, pin_memory=device_.type == "cuda",
-                            prefetch_factor=4 if workers else None)
-        total = sum(len(r) for _, r in plan) * views
+        plan = chunk_batches(store.chunk_slices("train"), chunks, batch_size, rows)
+        inputs = _ViewBatches(train.images, [batch_rows for _, batch_rows, _ in plan], preprocessing, augmentation,
+                              views, seed)
+        total = sum(len(batch_rows) for _, batch_rows, _ in plan) * views
         started = time.perf_counter()
-        buffers: dict[str, list[np.ndarray]] = {}
-        with progress(total=total, desc=f"views x{views}", unit="img") as bar, ChunkWriter() as writer:
-            for (chunk, batch_rows), batch in zip(plan, loader):
+        buffer = ChunkBuffer()
+        with ChunkWriter() as writer:
+            batches = backbone_batches(loaded[0], inputs, [batch_rows for _, batch_rows, _ in plan], maps_info,
+                                       device_, precision=parent["features"].get("compute_precision", "float32"),
+                                       workers=workers, desc=f"views x{views}", images_per_row=views)
+            for (chunk, _, last), (batch_rows, outputs) in zip(plan, batches):
                 n = len(batch_rows)
-                for name, values in run_backbone(model, batch, maps_info, device_, autocast).items():
-                    # (views * n, ...) view-major -> (n, views, ...)
-                    buffers.setdefault(name, []).append(values.reshape(views, n, *values.shape[1:]).swapaxes(0, 1))
-                buffers.setdefault("rows", []).append(np.asarray(batch_rows))
-                bar.update(n * views)
-                chunk_slice = store.chunk_slices("train")[chunk]
-                if batch_rows[-1] == rows[chunk_slice.stop - 1]:
-                    values = {name: np.concatenate(parts) for name, parts in buffers.items()}
+                # (views * n, ...) view-major -> (n, views, ...)
+                per_row = {name: values.reshape(views, n, *values.shape[1:]).swapaxes(0, 1)
+                           for name, values in outputs.items()}
+                buffer.add({**per_row, "rows": np.asarray(batch_rows, dtype=np.int64)})
+                if last:
+                    values = buffer.take()
                     values["labels"] = train.labels[values["rows"]]
                     writer.submit(store.write_chunk, "train", chunk, values)
-                    buffers = {}
         writer.wait()
         store.mark_complete()
         elapsed = time.perf_counter() - started

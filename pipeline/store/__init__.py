@@ -2,7 +2,8 @@
 and export, and their command (``python -m pipeline.cache``). It knows no backbone and no head."""
 
 from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, FORMAT_VERSION, SPLITS, ArraySpec, FeatureCache, attrs_lock,
-                                  differences, library_versions, once_per_process, writer_lock)
+                                  differences, library_versions, once_per_process, open_or_create,
+                                  writer_lock)
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "FORMAT_VERSION", "SPLITS", "ArraySpec", "FeatureCache", "attrs_lock", "differences",
-           "library_versions", "once_per_process", "writer_lock"]
+           "library_versions", "once_per_process", "open_or_create", "writer_lock"]

@@ -494,3 +494,22 @@ class FeatureCache:
     def iter_chunks(self, split: str, name: str = "features") -> Iterator[tuple[slice, np.ndarray]]:
         for chunk, rows in enumerate(self.chunk_slices(split)):
             yield rows, self.read_chunk(split, name, chunk)
+
+
+def open_or_create(out: Path, metadata: dict, arrays: dict[str, list[ArraySpec]], sizes: dict[str, int],
+                   chunk_rows: int, overwrite: bool) -> FeatureCache:
+    """Resume a cache made with the same metadata; refuse (or, if told, replace) any other."""
+    if out.exists():
+        try:
+            existing = FeatureCache.open(out, require_complete=False)
+            found = differences(metadata, existing.metadata)
+        except PipelineError:
+            existing, found = None, ["it is not a readable feature cache"]
+        if existing is not None and not found and existing.chunk_rows == chunk_rows:
+            return existing
+        if not overwrite:
+            raise PipelineError(
+                f"{out} already exists but was made differently: {'; '.join(found) or 'other chunk size'}. "
+                f"Pass --overwrite to replace it, or choose another --out."
+            )
+    return FeatureCache.create(out, {**metadata, "versions": library_versions()}, arrays, sizes, chunk_rows)

@@ -1,0 +1,169 @@
+"""The one backbone loop, used by extraction, augmented views and scoring new images, and what
+the two cache writers share around it (batches cut at chunk ends, chunks gathered and written
+in the background, errors that say how to resume).
+
+Every feature this project computes goes through ``backbone_batches``, so a head scoring new
+images sees features computed exactly as its training cache's were: the same compute
+precision, memory layout, map pooling and batching machinery.
+"""
+
+from __future__ import annotations
+
+import errno
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.cli import progress
+from pipeline.errors import PipelineError
+from pipeline.extract.preprocess import Preprocessing
+
+# Compute precision of the forward pass -> autocast dtype (None: plain float32, no autocast).
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise PipelineError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+
+
+class PreprocessedBatches(Dataset):
+    """Item i is the preprocessed batch of ``images[j] for j in batches[i]``, so that DataLoader
+    workers do the decoding and resizing while the backbone runs."""
+
+    def __init__(self, images: Sequence, batches: Sequence[Sequence[int]], preprocessing: Preprocessing) -> None:
+        self.images, self.batches, self.preprocessing = images, batches, preprocessing
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.preprocessing([self.images[i] for i in self.batches[index]])
+
+
+def run_backbone(model: torch.nn.Module, batch: torch.Tensor, maps: Mapping[str, Mapping], device: torch.device,
+                 autocast: torch.autocast) -> dict[str, np.ndarray]:
+    """One forward pass as every cache stores it: ``features`` (pooled, float32) and each
+    ``maps/<name>`` average-pooled to its ``grid`` (float32; the store rounds to its dtype)."""
+    with torch.inference_mode(), autocast:
+        out = model(batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), tuple(maps))
+    result = {"features": out["pooled"].float().cpu().numpy()}
+    for name, info in maps.items():
+        result[f"maps/{name}"] = F.adaptive_avg_pool2d(out[name].float(), info["grid"]).cpu().numpy()
+    return result
+
+
+def backbone_batches(model: torch.nn.Module, inputs: Dataset, batch_rows: Sequence[Sequence[int]],
+                     maps: Mapping[str, Mapping], device: torch.device, *, precision: str = "float32",
+                     workers: int = 0, desc: str = "extract", images_per_row: int = 1
+                     ) -> Iterator[tuple[Sequence[int], dict[str, np.ndarray]]]:
+    """Run ``model`` over every batch of ``inputs`` and yield, in order, ``(rows, outputs)``:
+    the rows ``batch_rows[i]`` that item i of ``inputs`` holds, and ``run_backbone``'s outputs.
+
+    ``workers`` DataLoader processes prepare the next batches (four each in flight) while the
+    backbone runs in channels-last layout, under autocast when ``precision`` is not float32
+    (it is recorded in the cache, since it changes the numbers slightly). The progress bar counts
+    ``images_per_row`` images per row (the augmented views run several copies of each image).
+    """
+    check_precision(precision)
+    # Mixed precision runs the convolutions in 16 bits (fast on GPUs); the features come out float32.
+    autocast = torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "float32")
+    model = model.to(device, memory_format=torch.channels_last)
+    loader = DataLoader(inputs, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if workers else None)
+    total = sum(len(rows) for rows in batch_rows) * images_per_row
+    with progress(total=total, desc=desc, unit="img") as bar:
+        for rows, batch in zip(batch_rows, loader):
+            outputs = run_backbone(model, batch, maps, device, autocast)
+            bar.update(len(rows) * images_per_row)
+            yield rows, outputs
+
+
+def chunk_batches(chunk_slices: Sequence[slice], chunks: Iterable[int], batch_size: int,
+                  rows: Sequence[int] | None = None) -> list[tuple[int, list[int], bool]]:
+    """``(chunk, batch rows, last batch of its chunk)`` for batches of at most ``batch_size``
+    rows that never straddle a chunk, so each chunk is written as soon as it is full.
+
+    Row ``i`` of a store holds ``rows[i]`` of the dataset (all rows in order when None). A
+    chunk's batches are the same whichever chunks are asked for, so a resumed or sharded run
+    computes every chunk from the same batches as a single run.
+    """
+    plan = []
+    for chunk in chunks:
+        span = chunk_slices[chunk]
+        chunk_rows = list(range(span.start, span.stop)) if rows is None else [int(r) for r in rows[span]]
+        for start in range(0, len(chunk_rows), batch_size):
+            plan.append((chunk, chunk_rows[start:start + batch_size], start + batch_size >= len(chunk_rows)))
+    return plan
+
+
+class ChunkBuffer:
+    """Batches' arrays gathered until their chunk is full, then taken as one array per name."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, list[np.ndarray]] = {}
+
+    def add(self, values: Mapping[str, np.ndarray]) -> None:
+        for name, array in values.items():
+            self._parts.setdefault(name, []).append(array)
+
+    def take(self) -> dict[str, np.ndarray]:
+        taken = {name: np.concatenate(parts) for name, parts in self._parts.items()}
+        self._parts = {}
+        return taken
+
+
+class ChunkWriter:
+    """Writes chunks in a background thread, one at a time, while the next batches compute.
+
+    Compression and file writes release the GIL, so they overlap with the forward pass. At
+    most one chunk waits, which bounds memory; an error in a write is raised in the caller.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer")
+        self._pending: Future | None = None
+
+    def submit(self, fn, *args) -> None:
+        self.wait()
+        self._pending = self._pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __enter__(self) -> "ChunkWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self.wait()
+            elif self._pending is not None:
+                # Let an in-flight write finish: it is recorded only when complete.
+                self._pending.exception()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+@contextmanager
+def user_facing_errors(out: Path) -> Iterator[None]:
+    """A full disk or Ctrl-C ends the run with what to do next, not a traceback."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise PipelineError(f"the disk holding {out} is full ({error}). The chunks finished so far are kept "
+                            f"and the cache is not marked complete: free some space and run the same "
+                            f"command again to resume.") from error
+    except KeyboardInterrupt:
+        raise PipelineError(f"interrupted. The chunks finished so far are kept in {out}; run the same command "
+                            f"again to resume.") from None
