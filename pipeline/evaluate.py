@@ -101,7 +101,7 @@ def read_features(cache: FeatureCache, split: str, rows: np.ndarray | None = Non
     map_arrays = {n: cache.read(split, f"maps/{n}", rows).astype(np.float32) for n in names}
     view_arrays = None
     if views:
-        from pipeline.extract.views import load_views
+        from pipeline.store.views import load_views
 
         stored = load_views(cache, rows, ["features", *(f"maps/{n}" for n in names)])
         view_arrays = {"pooled": stored.pop("features"), **{k.removeprefix("maps/"): v for k, v in stored.items()}}
@@ -112,7 +112,7 @@ def read_data(cache: FeatureCache, maps: bool, views: bool, train_in_memory: boo
     train_labels = cache.labels("train")
     train_rows = np.arange(len(train_labels))
     if views:
-        from pipeline.extract.views import open_views
+        from pipeline.store.views import open_views
 
         train_rows = open_views(cache).read("train", "rows")
     train = read_features(cache, "train", train_rows, maps, views) if train_in_memory else None

@@ -19,7 +19,8 @@ from pipeline.extract.command import main as extract_cli
 from pipeline.extract.datasets import load_dataset
 from pipeline.extract.loop import chunk_batches
 from pipeline.extract.preprocess import Preprocessing
-from pipeline.extract.views import Augmentation, views_path
+from pipeline.extract.views import Augmentation
+from pipeline.store.views import views_path
 from pipeline.store.cache import FeatureCache
 
 SMALL = dict(image_size=32, chunk_rows=8, batch_size=4)
@@ -110,13 +111,14 @@ def folder_and_cache(tmp_path_factory):
 
 def test_scoring_images_computes_the_training_cache_features_bit_for_bit(folder_and_cache, tmp_path):
     from pipeline.heads.knn.head import KNNHead
-    from pipeline.saved_heads import load_head, save_trained_head
+    from pipeline.heads.loading import load_head
+    from pipeline.heads.saving import save_trained_head
     from stages.score import image_features
     from stages.score import main as score_cli
 
     root, cache = folder_and_cache
     train = cache.features("train")[cache.labels("train") == 0]
-    path = save_trained_head(tmp_path / "a.head", KNNHead(k=2).fit(train), kind="knn", class_name="a",
+    path = save_trained_head(tmp_path / "a.head", KNNHead(k=2).fit(train), class_name="a",
                              cache=cache, train_features=train)
     saved = load_head(path)
     # The score command sorts the paths, the image folder lists class by class, file by file:

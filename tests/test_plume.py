@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from pipeline import metrics_file
 from pipeline.errors import PipelineError
 from pipeline.heads.plume.head import PlumeHead, lr_range_test
 from pipeline.heads.plume.model import (Classifier, InputNorm, Perturbator, contrastive_loss,
@@ -187,7 +188,7 @@ def test_plume_command_writes_final_and_best_epoch_metrics_and_curves(synthetic_
                                        "--metrics", str(metrics), "--plots", str(plots),
                                        "--curves", str(plots / "curves")])
     assert result.exit_code == 0, result.output
-    payload = json.loads(metrics.read_text())
+    payload = metrics_file.read(metrics)
     assert set(payload["per_class"]) == {synthetic_cache.classes[0], synthetic_cache.classes[1]}
     for m in [payload["mean"], *payload["per_class"].values()]:
         assert {"auroc", "auroc_std", "best_epoch_auroc", "best_epoch_auroc_std", "aupr", "fpr_at_95_tpr"} <= set(m)

@@ -30,7 +30,8 @@ from pipeline.errors import PipelineError
 from pipeline.extract.datasets import ImageDataset
 from pipeline.extract.loop import ChunkBuffer, ChunkWriter, backbone_batches, chunk_batches, user_facing_errors
 from pipeline.extract.preprocess import Preprocessing
-from pipeline.store.cache import ArraySpec, FeatureCache, attrs_lock, differences, open_or_create, writer_lock
+from pipeline.store.cache import ArraySpec, FeatureCache, attrs_lock, open_or_create, writer_lock
+from pipeline.store.views import views_path
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,6 @@ class Augmentation:
             T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=self.jitter_probability),
             T.RandomGrayscale(self.grayscale_probability),
         ])
-
-
-def views_path(cache_path: str | Path) -> Path:
-    """cache/x.zarr -> cache/x.views.zarr"""
-    cache_path = Path(cache_path)
-    stem = cache_path.name[:-len(".zarr")] if cache_path.name.endswith(".zarr") else cache_path.name
-    return cache_path.with_name(stem + ".views.zarr")
 
 
 def choose_rows(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
@@ -105,21 +99,6 @@ class _ViewBatches(torch.utils.data.Dataset):
                 for i in rows:
                     out.append(self.augment(Preprocessing.rgb(self.images[i])).float().div_(255.0))
         return self.preprocessing.normalise(torch.stack(out))
-
-
-def open_views(cache: FeatureCache) -> FeatureCache:
-    """The views store of ``cache``, refused if it was made from a different cache."""
-    path = views_path(cache.path)
-    if not path.exists():
-        raise PipelineError(f"{cache.path} has no augmented views beside it ({path}). Make them with "
-                            f"python -m pipeline.extract ... --views 2 (the same options as the cache), "
-                            f"or dvc repro.")
-    views = FeatureCache.open(path)
-    found = differences(cache.metadata, views.metadata.get("views_of", {}))
-    if found:
-        raise PipelineError(f"the views in {path} were made from a different cache than {cache.path}: "
-                            f"{'; '.join(found)}. Re-run the extraction with --views.")
-    return views
 
 
 def extract_views(dataset: ImageDataset, cache: FeatureCache, loaded, *, views: int = 2,
@@ -184,16 +163,3 @@ def extract_views(dataset: ImageDataset, cache: FeatureCache, loaded, *, views: 
         click.echo(f"wrote {out}: {len(rows)} training images x {views} views ({total} forward passes in "
                    f"{elapsed:.1f} s, {total / max(elapsed, 1e-9):.1f} images/s).")
         return store
-
-
-def load_views(cache: FeatureCache, rows: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-    """The views of the given training rows of ``cache`` (each must have views): name -> (n, V, ...)."""
-    store = open_views(cache)
-    view_rows = store.read("train", "rows")
-    position = {int(r): i for i, r in enumerate(view_rows)}
-    missing = [int(r) for r in rows if int(r) not in position]
-    if missing:
-        raise PipelineError(f"{len(missing)} of the requested training rows have no cached views "
-                            f"(the views were made with --views-per-class); use the rows that do.")
-    index = np.array([position[int(r)] for r in rows], dtype=np.int64)
-    return {name: store.read("train", name, index) for name in names}

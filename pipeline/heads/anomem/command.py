@@ -38,7 +38,7 @@ def parse_gammas(value: str) -> list[float]:
 
 def view_rows_of(cache: "FeatureCache"):
     """The training rows that have cached views (AnoMem trains on those alone)."""
-    from pipeline.extract.views import open_views
+    from pipeline.store.views import open_views
 
     return open_views(cache).read("train", "rows")
 
