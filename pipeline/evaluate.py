@@ -11,15 +11,16 @@ is recorded by a callback this module passes to ``fit`` (``curves``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import numbers
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from sklearn.base import clone
 
 from pipeline.store.cache import FeatureCache, once_per_process
-from pipeline.cli import cache_label, progress, safe_filename, write_json
+from pipeline.cli import cache_label, detail, is_verbose, progress, safe_filename, write_json
 from pipeline.heads.base import Features, Head
 from pipeline import metrics_file
 from pipeline.metrics import detection_metrics, roc_points, summarise
@@ -155,12 +156,16 @@ def fit_and_score(run: Run, data: EvaluationData | None = None, on_epoch: Callab
     curve: list[dict] = []
 
     def record_epoch(fitted: Head, record: dict) -> None:
-        auroc = detection_metrics(protocol.test_is_anomaly, fitted.score_samples(data.test))["auroc"]
-        curve.append({"seed": seed, **record, "test_auroc": auroc})
+        entry = {"seed": seed, **record}
+        if plan.track_epochs:
+            entry["test_auroc"] = detection_metrics(protocol.test_is_anomaly, fitted.score_samples(data.test))["auroc"]
+            curve.append(entry)
         if on_epoch is not None:
-            on_epoch(curve[-1])
+            on_epoch(entry)
 
-    head.fit(train, labels, callback=record_epoch if plan.track_epochs else None)
+    # Without tracked epochs the callback only reports them (with -v); it never changes the training.
+    wants_epochs = plan.track_epochs or (on_epoch is not None and is_verbose())
+    head.fit(train, labels, callback=record_epoch if wants_epochs else None)
     if first and plan.after_fit is not None:
         plan.after_fit(c, head, train)
     scores = head.score_samples(data.test)
@@ -218,12 +223,27 @@ def evaluate_one_vs_all(cache: FeatureCache, head: Head, classes: Sequence[int],
             for run in runs:
                 label = f"{names[run.normal_class]} seed {seeds[run.index]}"
                 bar.set_postfix_str(label)
-                done.append(fit_and_score(run, data, on_epoch=lambda r, label=label: bar.set_postfix_str(
-                    f"{label} epoch {r['epoch']} AUROC {100 * r['test_auroc']:.1f}")))
+
+                def on_epoch(record: dict, label: str = label) -> None:
+                    auroc = f" AUROC {100 * record['test_auroc']:.1f}" if "test_auroc" in record else ""
+                    bar.set_postfix_str(f"{label} epoch {record['epoch']}{auroc}")
+                    detail(f"{desc} {label} {epoch_line(record)}")
+
+                done.append(fit_and_score(run, data, on_epoch=on_epoch))
                 bar.update(1)
     stochastic = "seed" in head.get_params()
     n = len(seeds)
     return {names[c]: _combine(done[k * n:(k + 1) * n], stochastic) for k, c in enumerate(classes)}
+
+
+def epoch_line(record: dict) -> str:
+    """``epoch 3: loss 0.6931, ce 0.5, ..., test AUROC 91.2%`` for the -v lines."""
+    values = [f"{name} {value:.4g}" for name, value in record.items()
+              if name not in ("epoch", "seed", "test_auroc") and isinstance(value, numbers.Real)
+              and not isinstance(value, bool)]
+    if "test_auroc" in record:
+        values.append(f"test AUROC {100 * record['test_auroc']:.1f}%")
+    return f"epoch {record['epoch']}: {', '.join(values)}"
 
 
 def _combine(parts: list[dict], stochastic: bool) -> dict:

@@ -18,7 +18,7 @@ import click
 import numpy as np
 import torch
 
-from pipeline.cli import resolve_device, write_text
+from pipeline.cli import resolve_device, verbosity_options, write_text
 from pipeline.errors import PipelineError
 from pipeline.extract.backbones import get_spec, load_backbone
 from pipeline.extract.datasets import IMAGE_EXTENSIONS, FileImages, first_few, unreadable_images
@@ -211,6 +211,7 @@ def write_scores(out: str | Path, names: list[str], scores: np.ndarray, threshol
 @click.option("--weights", "weights_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="The backbone weights file the training cache was made with, if it was not the default "
                    "(checked against the SHA-256 the head records).")
+@verbosity_options
 def main(head_path, images_dir, features_file, out_path, threshold_quantile, calibration_dir, device, batch_size,
          workers, skip_bad, weights_file):
     """Score images or features with a saved head and flag those above its threshold."""

@@ -223,6 +223,97 @@ def test_mnist_like_from_idx_files(tmp_path, key, cls_name):
     np.testing.assert_array_equal(ds.test.images[3].numpy()[0], test_images[3])
 
 
+def _mnist_arrays(seed: int = 4) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"train-images-idx3-ubyte": rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8),
+            "train-labels-idx1-ubyte": np.array([3, 1, 4, 1, 5], dtype=np.uint8),
+            "t10k-images-idx3-ubyte": rng.integers(0, 256, size=(3, 28, 28), dtype=np.uint8),
+            "t10k-labels-idx1-ubyte": np.array([9, 2, 6], dtype=np.uint8)}
+
+
+def _write_gzipped_idx(folder: Path, arrays: dict[str, np.ndarray]) -> None:
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        _write_idx(folder / name, array)
+        (folder / f"{name}.gz").write_bytes(gzip.compress((folder / name).read_bytes()))
+        (folder / name).unlink()
+
+
+@pytest.mark.parametrize("key,cls_name", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_mnist_like_from_gzipped_idx_files_as_downloaded(tmp_path, key, cls_name):
+    """Only the .gz files, as downloaded: decompressed beside themselves, no network."""
+    arrays = _mnist_arrays()
+    raw = tmp_path / cls_name / "raw"
+    _write_gzipped_idx(raw, arrays)
+    ds = load_dataset(key, tmp_path)
+    np.testing.assert_array_equal(ds.train.labels, arrays["train-labels-idx1-ubyte"])
+    np.testing.assert_array_equal(ds.test.images[2].numpy()[0], arrays["t10k-images-idx3-ubyte"][2])
+    # Decompressed into place, the .gz kept, no temporary file left behind.
+    assert sorted(p.name for p in raw.iterdir()) == sorted([*arrays, *(f"{n}.gz" for n in arrays)])
+    assert load_dataset(key, tmp_path).identity == ds.identity
+
+
+def test_missing_mnist_files_are_named_with_their_folder(tmp_path):
+    arrays = _mnist_arrays()
+    raw = tmp_path / "MNIST" / "raw"
+    _write_gzipped_idx(raw, {k: v for k, v in arrays.items() if not k.startswith("t10k-labels")})
+    with pytest.raises(PipelineError) as error:
+        load_dataset("mnist", tmp_path)
+    message = _message(error)
+    assert f"{raw}/" in message and "missing: t10k-labels-idx1-ubyte." in message
+    assert "train-images-idx3-ubyte, train-labels-idx1-ubyte" in message and ".gz" in message
+    assert "--download true" in message and "imagefolder" in message
+    # Files in a folder of their own (here straight in --data-dir): the message says where to move them.
+    empty = tmp_path / "elsewhere"
+    _write_gzipped_idx(empty, arrays)
+    with pytest.raises(PipelineError) as error:
+        load_dataset("fashion_mnist", empty)
+    message = _message(error)
+    assert f"{empty / 'FashionMNIST' / 'raw'}/" in message
+    assert f"in {empty}/: move them to {empty / 'FashionMNIST' / 'raw'}/" in message
+
+
+def test_damaged_gzip_is_named(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    _write_gzipped_idx(raw, _mnist_arrays())
+    gz = raw / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:40])
+    with pytest.raises(PipelineError) as error:
+        load_dataset("mnist", tmp_path)
+    assert str(gz) in _message(error) and "cannot decompress" in _message(error)
+    assert not (raw / "train-images-idx3-ubyte").exists() and not list(raw.glob(".*.tmp"))
+
+
+def test_cifar10_from_the_downloaded_archive(cifar10_dir):
+    """Only cifar-10-python.tar.gz, as downloaded: unpacked into place, then read (MD5 sums checked)."""
+    import tarfile
+
+    root, (train_data, _), _ = cifar10_dir
+    with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(root / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    expected = load_dataset("cifar10", root).identity
+    import shutil
+
+    shutil.rmtree(root / "cifar-10-batches-py")
+    ds = load_dataset("cifar10", root)
+    assert ds.identity == expected
+    np.testing.assert_array_equal(ds.train.images[1].numpy(), train_data[1].reshape(3, 32, 32))
+    assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+
+
+def test_unreadable_files_are_not_reported_missing(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in _mnist_arrays():
+        (raw / name).write_bytes(b"not an idx file")
+    with pytest.raises(PipelineError) as error:
+        load_dataset("mnist", tmp_path)
+    message = _message(error)
+    assert f"files in {raw} could not be read" in message and "not found" not in message
+
+
 # --- SVHN ------------------------------------------------------------------------------
 
 

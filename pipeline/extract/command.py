@@ -13,7 +13,7 @@ import click
 import torch
 from torch.utils.data import ConcatDataset
 
-from pipeline.cli import resolve_device
+from pipeline.cli import resolve_device, verbosity_options
 from pipeline.errors import PipelineError
 from pipeline.extract.backbones import BACKBONES, load_backbone
 from pipeline.extract.datasets import DATASETS, ImageDataset, drop_unreadable, load_dataset
@@ -184,6 +184,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
               help="Seed of the drawn images and of the augmentations; the same seed gives the same views.")
 @click.option("--views-crop-scale", default=0.08, show_default=True, type=click.FloatRange(0.01, 1.0),
               help="Smallest area fraction of the random resized crop (SimCLR: 0.08).")
+@verbosity_options
 def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image_size, resize, interpolation,
          normalisation, maps, map_grid, feature_dtype, precision, batch_size, workers, device, chunk_rows, out,
          overwrite, skip_bad, shard, views, views_per_class, views_seed, views_crop_scale):

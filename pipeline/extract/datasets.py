@@ -147,23 +147,34 @@ def _torchvision_failure(title: str, data_dir: Path, download: bool, error: Exce
     )
 
 
-def _torchvision_call(title: str, data_dir: Path, download: bool, make: Callable):
+def _torchvision_call(title: str, data_dir: Path, download: bool, make: Callable, files=None):
+    if files is not None:  # decompress what is compressed; without --download, name what is missing
+        from pipeline.extract.torchvision_files import files_in_place
+
+        files_in_place(title, files, data_dir, download)
     try:
         return make()
     except PipelineError:
         raise
     except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
+        if files is not None and not download:  # the files are there, but unreadable
+            from pipeline.extract.torchvision_files import unreadable
+
+            raise unreadable(title, files, error) from error
         raise _torchvision_failure(title, data_dir, download, error) from error
 
 
 def load_cifar10(data_dir: Path, download: bool) -> ImageDataset:
     from torchvision.datasets import CIFAR10
 
+    from pipeline.extract.torchvision_files import cifar_files
+
     def make(train: bool):
         return CIFAR10(str(data_dir), train=train, download=download)
 
-    train = _torchvision_call("CIFAR-10", data_dir, download, lambda: make(True))
-    test = _torchvision_call("CIFAR-10", data_dir, download, lambda: make(False))
+    files = cifar_files(CIFAR10, data_dir)
+    train = _torchvision_call("CIFAR-10", data_dir, download, lambda: make(True), files)
+    test = _torchvision_call("CIFAR-10", data_dir, download, lambda: make(False), files)
     return ImageDataset(
         name="cifar10",
         classes=list(train.classes),
@@ -177,11 +188,14 @@ def load_cifar100_superclasses(data_dir: Path, download: bool) -> ImageDataset:
     """CIFAR-100 with its 20 superclasses as labels, the one-class protocol of the papers."""
     from torchvision.datasets import CIFAR100
 
+    from pipeline.extract.torchvision_files import cifar_files
+
     def make(train: bool):
         return CIFAR100(str(data_dir), train=train, download=download)
 
-    train = _torchvision_call("CIFAR-100", data_dir, download, lambda: make(True))
-    test = _torchvision_call("CIFAR-100", data_dir, download, lambda: make(False))
+    files = cifar_files(CIFAR100, data_dir)
+    train = _torchvision_call("CIFAR-100", data_dir, download, lambda: make(True), files)
+    test = _torchvision_call("CIFAR-100", data_dir, download, lambda: make(False), files)
     # torchvision exposes only the fine labels; the coarse ones are in the same pickles.
     folder = Path(data_dir) / CIFAR100.base_folder
 
@@ -206,9 +220,12 @@ def _mnist_like(cls_name: str, title: str, key: str):
     def load(data_dir: Path, download: bool) -> ImageDataset:
         import torchvision.datasets as tvd
 
+        from pipeline.extract.torchvision_files import mnist_files
+
         cls = getattr(tvd, cls_name)
-        train = _torchvision_call(title, data_dir, download, lambda: cls(str(data_dir), train=True, download=download))
-        test = _torchvision_call(title, data_dir, download, lambda: cls(str(data_dir), train=False, download=download))
+        files = mnist_files(cls, data_dir)
+        train = _torchvision_call(title, data_dir, download, lambda: cls(str(data_dir), train=True, download=download), files)
+        test = _torchvision_call(title, data_dir, download, lambda: cls(str(data_dir), train=False, download=download), files)
         return ImageDataset(
             name=key,
             classes=list(train.classes),
@@ -225,8 +242,11 @@ def _mnist_like(cls_name: str, title: str, key: str):
 def load_svhn(data_dir: Path, download: bool) -> ImageDataset:
     from torchvision.datasets import SVHN
 
-    train = _torchvision_call("SVHN", data_dir, download, lambda: SVHN(str(data_dir), split="train", download=download))
-    test = _torchvision_call("SVHN", data_dir, download, lambda: SVHN(str(data_dir), split="test", download=download))
+    from pipeline.extract.torchvision_files import svhn_files
+
+    files = svhn_files(SVHN, data_dir)
+    train = _torchvision_call("SVHN", data_dir, download, lambda: SVHN(str(data_dir), split="train", download=download), files)
+    test = _torchvision_call("SVHN", data_dir, download, lambda: SVHN(str(data_dir), split="test", download=download), files)
     return ImageDataset(
         name="svhn",
         classes=[str(c) for c in range(10)],

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable
 import click
 
 from pipeline import params
+from pipeline.cli import verbosity_options
 from pipeline.distributed import scheduler_option
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ def _apply(command: Callable, options: list[Callable]) -> Callable:
 
 
 def cache_options(section: str) -> Callable[[Callable], Callable]:
-    """--cache, --classes, --device, --expect and --scheduler, defaults from ``params.yaml[section]``."""
+    """--cache, --classes, --device, --expect, --scheduler (defaults from ``params.yaml[section]``)
+    and -q/--quiet, -v/--verbose (``pipeline.cli.verbosity_options``)."""
     return lambda command: _apply(command, [
         click.option("--cache", "cache_path", required=True, type=click.Path(file_okay=False),
                      help="Feature cache made by python -m pipeline.extract (or imported from HDF5)."),
@@ -40,6 +42,7 @@ def cache_options(section: str) -> Callable[[Callable], Callable]:
                      help="Refuse a cache whose metadata differs, e.g. backbone.name=resnet50 or "
                           "preprocessing.image_size=224 (repeatable)."),
         scheduler_option,
+        verbosity_options,
     ])
 
 

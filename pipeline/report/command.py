@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from pipeline import metrics_file
-from pipeline.cli import write_text
+from pipeline.cli import verbosity_options, write_text
 from pipeline.errors import PipelineError
 from pipeline.heads.registry import report_module
 from pipeline.report.page import html_report
@@ -21,6 +20,7 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@verbosity_options
 def main() -> None:
     """Tables of this project's results beside the published figures."""
 
@@ -30,6 +30,7 @@ def main() -> None:
 @click.option("--knn-metrics", default=None, type=click.Path(exists=True, dir_okay=False),
               help="A kNN metrics file on the same cache, added as a row.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the Markdown table here too.")
+@verbosity_options
 def plume_table(metrics: tuple[str, ...], knn_metrics: str | None, out: str | None) -> None:
     """Table 1c layout from one or more PLUME ablation metrics files (for variants run
     separately, for example in parallel processes)."""
@@ -91,6 +92,7 @@ def metrics_files(paths: tuple[str, ...]) -> list[Path]:
 @click.option("--params", "params_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="A DVC params file (params.yaml): keep only the runs of its dataset, backbones and image "
                    "size; files left over from earlier settings (a backbone since removed) are named and left out.")
+@verbosity_options
 def build(metrics: tuple[str, ...], plots_dirs: tuple[str, ...], curves_dirs: tuple[str, ...], out_md: str,
           out_html: str, readme: str | None, params_file: str | None) -> None:
     """One table of every head and class from metrics files of any head (or folders of them),

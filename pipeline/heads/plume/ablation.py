@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from pipeline import metrics_file
-from pipeline.cli import resolve_device, write_text
+from pipeline.cli import info, resolve_device, write_text
 from pipeline.distributed import open_client
 from pipeline.evaluate import load_metrics, metrics_payload, write_plots
 from pipeline.heads.plume import GUIDANCES, PERTURBATIONS
@@ -70,7 +70,7 @@ def main(cache_path, variants, seeds, classes, device, expect, scheduler, knn_me
             if plots_dir is not None:
                 variant_dir = Path(plots_dir) / f"{perturbation}_{guidance}"
                 write_plots(results, variant_dir / "roc", variant_dir / "training")
-            click.echo(f"{name}: mean AUROC {100 * payloads[name]['mean']['auroc']:.2f}% (final epoch), "
+            info(f"{name}: mean AUROC {100 * payloads[name]['mean']['auroc']:.2f}% (final epoch), "
                        f"{100 * payloads[name]['mean']['best_epoch_auroc']:.2f}% (best epoch)")
     about = next(iter(payloads.values()))["about"]
     metrics_file.write(metrics_path, {"variants": {name: {"mean": p["mean"], "per_class": p["per_class"]}

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.cli import detail, progress
 from pipeline.errors import PipelineError
 from pipeline.heads.base import EpochCallback, Features, Head
 from pipeline.heads.plume import BATCH_MODES, GUIDANCES, PERTURBATIONS
@@ -87,6 +88,7 @@ class PlumeHead(Head):
         generator = torch.Generator().manual_seed(self.seed)
         if self.lr == "auto":
             self.lr_used_ = lr_range_test(self, perturbator, x_all, batch_size, generator)
+            detail(f"PLUME seed {self.seed}: the learning-rate range test chose lr {self.lr_used_:.3g}")
         else:
             self.lr_used_ = float(self.lr)
         params = [p for m in modules for p in m.parameters()]
@@ -212,23 +214,28 @@ def lr_range_test(head: PlumeHead, perturbator: Perturbator | None, x_all: torch
     smoothed, best_loss, best_lr = None, math.inf, start_lr
     for m in modules:
         m.train()
-    for step in range(steps):
-        lr = start_lr * factor ** step
-        for group in optimiser.param_groups:
-            group["lr"] = lr
-        index = torch.randint(len(x_all), (batch_size,), generator=generator).to(x_all.device)
-        loss = head._losses(x_all[index], perturbator)["loss"]
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            break
-        smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
-        if smoothed < best_loss:
-            best_loss, best_lr = smoothed, lr
-        elif smoothed > 4 * best_loss and step > 10:
-            break
+    # leave=False: a step inside the classes' progress; in a log it prints only if it runs long.
+    with progress(total=steps, desc="PLUME lr range test", unit="step", leave=False) as bar:
+        for step in range(steps):
+            lr = start_lr * factor ** step
+            for group in optimiser.param_groups:
+                group["lr"] = lr
+            index = torch.randint(len(x_all), (batch_size,), generator=generator).to(x_all.device)
+            loss = head._losses(x_all[index], perturbator)["loss"]
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                break
+            smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
+            improved = smoothed < best_loss
+            if improved:
+                best_loss, best_lr = smoothed, lr
+            bar.set_postfix_str(f"lr {lr:.2g}, smoothed loss {smoothed:.4g}", refresh=False)
+            bar.update(1)
+            if not improved and smoothed > 4 * best_loss and step > 10:
+                break
     for m, state in zip(modules, saved):
         m.load_state_dict(state)
     return best_lr / 10

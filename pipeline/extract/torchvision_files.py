@@ -1,0 +1,158 @@
+"""The files torchvision reads for its datasets, as users have them: copied by hand, often
+still compressed as downloaded (MNIST's ``.gz`` files, CIFAR's ``.tar.gz``). They are
+decompressed into place (atomically, no network needed); files that are missing are named,
+with the folder torchvision looks in.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class TorchvisionFiles:
+    """The files torchvision reads for a dataset under --data-dir, and the compressed forms
+    they come in when downloaded by hand: each file gzipped (MNIST, Fashion-MNIST) or all of
+    them in one tar.gz archive (CIFAR) that unpacks into ``folder``."""
+
+    folder: Path
+    names: tuple[str, ...]
+    gzipped: bool = False
+    archive: Path | None = None
+
+    def missing(self) -> list[str]:
+        return [name for name in self.names if not (self.folder / name).is_file()]
+
+    def describe(self) -> str:
+        text = f"{', '.join(self.names)} in {self.folder}{os.sep}"
+        if self.gzipped:
+            text += " (each may also be gzipped, NAME.gz, as downloaded)"
+        if self.archive is not None:
+            text += f" (or the archive {self.archive.name} as downloaded, in {self.archive.parent}{os.sep})"
+        return text
+
+
+def mnist_files(cls, data_dir: Path) -> TorchvisionFiles:
+    """``<data_dir>/<class name>/raw/``, or the ``processed/`` files of torchvision's old layout
+    if they are there (torchvision still reads them)."""
+    raw = Path(data_dir) / cls.__name__ / "raw"
+    processed = raw.parent / "processed"
+    if all((processed / name).is_file() for name in (cls.training_file, cls.test_file)):
+        return TorchvisionFiles(processed, (cls.training_file, cls.test_file))
+    return TorchvisionFiles(raw, tuple(name.removesuffix(".gz") for name, _ in cls.resources), gzipped=True)
+
+
+def cifar_files(cls, data_dir: Path) -> TorchvisionFiles:
+    names = tuple(name for name, _ in cls.train_list + cls.test_list) + (cls.meta["filename"],)
+    return TorchvisionFiles(Path(data_dir) / cls.base_folder, names, archive=Path(data_dir) / cls.filename)
+
+
+def svhn_files(cls, data_dir: Path) -> TorchvisionFiles:
+    return TorchvisionFiles(Path(data_dir), tuple(cls.split_list[split][1] for split in ("train", "test")))
+
+
+def _gunzip(source: Path, target: Path) -> None:
+    """``source`` decompressed to ``target`` atomically (a partial file never has its name)."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with gzip.open(source, "rb") as compressed, open(tmp, "wb") as plain:
+            shutil.copyfileobj(compressed, plain, 1 << 20)
+        os.replace(tmp, target)
+    except (OSError, EOFError, zlib.error) as error:
+        tmp.unlink(missing_ok=True)
+        raise PipelineError(f"cannot decompress {source} into {target} ({type(error).__name__}: {error}). If the "
+                            f"file is truncated or damaged, copy or download it again; or put the decompressed "
+                            f"{target.name} there yourself.") from None
+
+
+def _unpack(archive: Path, folder: Path) -> None:
+    """The files of ``folder`` that are missing, taken from a tar archive that holds
+    ``folder.name``/: unpacked beside it in a temporary folder, then moved into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", dir=archive.parent))
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(tmp, filter="data")
+        unpacked = tmp / folder.name
+        if not unpacked.is_dir():
+            raise PipelineError(f"{archive} holds no {folder.name}/ folder; is it the archive torchvision downloads?")
+        if not folder.exists():
+            os.replace(unpacked, folder)
+        else:
+            for item in unpacked.iterdir():
+                if not (folder / item.name).exists():
+                    os.replace(item, folder / item.name)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise PipelineError(f"cannot unpack {archive} into {folder.parent} ({type(error).__name__}: {error}). If "
+                            f"the archive is truncated or damaged, copy or download it again; or unpack it there "
+                            f"yourself.") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+TORCHVISION_MNIST_FOLDERS = ("MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST")
+
+
+def _found_elsewhere(files: TorchvisionFiles, data_dir: Path) -> str:
+    """A hint naming expected files that lie in another folder near --data-dir (a common slip:
+    the files straight in --data-dir, or in data/mnist instead of data/MNIST/raw)."""
+    wanted = set(files.names) | {f"{name}.gz" for name in files.names}
+    if files.archive is not None:
+        wanted.add(files.archive.name)
+    folders = [Path(data_dir)]
+    try:
+        children = sorted(p for p in Path(data_dir).iterdir() if p.is_dir())[:50]
+    except OSError:
+        children = []
+    # Not the folders torchvision keeps other datasets of the same file names in (MNIST's are
+    # Fashion-MNIST's names too).
+    children = [child for child in children if child.name not in TORCHVISION_MNIST_FOLDERS
+                or child.resolve() == files.folder.parent.resolve()]
+    folders += children + [child / "raw" for child in children]
+    for folder in folders:
+        if folder.resolve() == files.folder.resolve():
+            continue
+        found = sorted(name for name in wanted
+                       if (folder / name).is_file() and (folder / name).resolve() != (files.archive or folder).resolve())
+        if found:
+            target = files.archive.parent if files.archive is not None and found == [files.archive.name] else files.folder
+            return (f" Found {', '.join(found)} in {folder}{os.sep}: move {'them' if len(found) > 1 else 'it'} "
+                    f"to {target}{os.sep}.")
+    return ""
+
+
+def files_in_place(title: str, files: TorchvisionFiles, data_dir: Path, download: bool) -> None:
+    """Decompress or unpack what was copied compressed (no network needed); without
+    --download, refuse missing files naming the folder and the files torchvision reads."""
+    for name in files.missing() if files.gzipped else ():
+        if (files.folder / f"{name}.gz").is_file():
+            _gunzip(files.folder / f"{name}.gz", files.folder / name)
+    if files.archive is not None and files.missing() and files.archive.is_file():
+        _unpack(files.archive, files.folder)
+    missing = files.missing()
+    if missing and not download:
+        raise PipelineError(
+            f"{title} was not found in {data_dir} and downloading is off: torchvision reads {files.describe()}; "
+            f"missing: {', '.join(missing)}.{_found_elsewhere(files, data_dir)} Either run with network access "
+            f"and --download true, or put those files there (for example copied from a machine that has "
+            f"downloaded them), or lay the images out as train/<class>/* and test/<class>/* and use "
+            f"--dataset imagefolder --data-dir <that folder>."
+        )
+
+
+def unreadable(title: str, files: TorchvisionFiles, error: Exception) -> PipelineError:
+    """The error for files that are in place but that torchvision cannot read."""
+    return PipelineError(
+        f"{title}'s files in {files.folder} could not be read ({type(error).__name__}: {error}). They may be "
+        f"truncated or damaged (torchvision checks the MD5 sums of CIFAR's and SVHN's): copy them into "
+        f"--data-dir again, or remove them and run with --download true; or lay the images out as "
+        f"train/<class>/* and test/<class>/* and use --dataset imagefolder --data-dir <that folder>."
+    )
