@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Sequence
 
 import click
 import torch
@@ -20,8 +21,9 @@ from pipeline.extract.datasets import DATASETS, ImageDataset, drop_unreadable, l
 from pipeline.extract.loop import (ChunkBuffer, ChunkWriter, PreprocessedBatches, backbone_batches, check_precision,
                                    chunk_batches, user_facing_errors)
 from pipeline.extract.preprocess import INTERPOLATIONS, NORMALISATIONS, RESIZE_MODES, Preprocessing
-from pipeline.extract.views import Augmentation, extract_views
-from pipeline.store.cache import DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, open_or_create, writer_lock
+from pipeline.extract.views import Augmentation, extract_views, views_path
+from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, check_replaceable,
+                                  open_or_create, writer_lock)
 
 
 def default_cache_path(dataset: str, backbone: str, image_size: int) -> Path:
@@ -46,7 +48,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
             batch_size: int = 64, workers: int = 1, device: str = "auto",
             chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False, skip_bad: bool = False,
             precision: str = "float32", loaded: tuple | None = None,
-            shard: tuple[int, int] | None = None) -> FeatureCache:
+            shard: tuple[int, int] | None = None, protected: Sequence[str | Path] = ()) -> FeatureCache:
     """Run the backbone over both splits, writing chunk by chunk; resumable.
 
     ``loaded`` is what ``load_backbone`` returned, when the caller has loaded it already.
@@ -54,10 +56,14 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
     per GPU, or per machine sharing the cache's filesystem) can fill one cache together; the
     shard that records the last chunk marks the cache complete. Every chunk is computed from
     the same batches as in a single run, so the arrays are the same as a single run's.
+    ``out`` is never written over the ``protected`` folders (the data directory) or the image
+    folder, nor over anything but a feature cache made by this project.
     """
     out = Path(out)
     if shard is not None and not 0 <= shard[0] < shard[1]:
         raise PipelineError(f"--shard {shard[0]}/{shard[1]}: the index must be between 0 and {shard[1] - 1}.")
+    protected = [*protected, *([dataset.root] if dataset.root is not None else [])]
+    check_replaceable(out, protected)  # before the lock files beside it and any work
     with writer_lock(out, shard), user_facing_errors(out):
         device_ = resolve_device(device)
         check_precision(precision)
@@ -80,7 +86,8 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         # Under the attributes lock, so that of shards starting together one creates the store
         # and the others open it (they must all be given the same options).
         with attrs_lock(out):
-            cache = open_or_create(out, metadata, {s: specs for s in sizes}, sizes, chunk_rows, overwrite)
+            cache = open_or_create(out, metadata, {s: specs for s in sizes}, sizes, chunk_rows, overwrite,
+                                   protected)
         if cache.is_complete:
             click.echo(f"{out} is already complete; nothing to do.")
             return cache
@@ -192,6 +199,11 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
     into a Zarr feature cache. An interrupted run resumes where it stopped when run again."""
     preprocessing = Preprocessing(image_size, resize, interpolation, normalisation)
     out_path = Path(out) if out else default_cache_path(dataset, backbone, image_size)
+    # Before loading anything: --out (and the views store beside it) must not be the data, a
+    # folder holding it, or anything but a feature cache made by this project, whatever
+    # --overwrite says.
+    for path in [out_path, views_path(out_path)] if views else [out_path]:
+        check_replaceable(path, [data_dir])
     # Check weights and data up front and report every missing piece in one message.
     problems, data, loaded = [], None, None
     try:
@@ -207,7 +219,7 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
     cache = extract(data, backbone, preprocessing, out_path, weights_tag=weights_tag, weights_file=weights_file,
                     maps=maps, map_grid=map_grid, feature_dtype=feature_dtype, batch_size=batch_size,
                     workers=workers, device=device, chunk_rows=chunk_rows, overwrite=overwrite, skip_bad=skip_bad,
-                    precision=precision, loaded=loaded, shard=shard)
+                    precision=precision, loaded=loaded, shard=shard, protected=[data_dir])
     if views:
         if shard is not None:
             raise PipelineError("--views cannot be combined with --shard: run the views once the shards are done "
@@ -219,7 +231,7 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
         extract_views(data, cache, loaded, views=views,
                       per_class=views_per_class, seed=views_seed,
                       augmentation=Augmentation(crop_scale_min=views_crop_scale), batch_size=batch_size,
-                      workers=workers, device=device, overwrite=overwrite)
+                      workers=workers, device=device, overwrite=overwrite, protected=[data_dir])
 
 
 def _per_class(value: str) -> int | None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
 
 import click
 import numpy as np
@@ -102,13 +104,14 @@ class _ViewBatches(torch.utils.data.Dataset):
 
 def extract_views(dataset: ImageDataset, cache: FeatureCache, loaded, *, views: int = 2,
                   per_class: int | None = None, seed: int = 0, augmentation: Augmentation = Augmentation(),
-                  batch_size: int = 64, workers: int = 1, device: str = "auto", overwrite: bool = False
-                  ) -> FeatureCache:
+                  batch_size: int = 64, workers: int = 1, device: str = "auto", overwrite: bool = False,
+                  protected: Sequence[str | Path] = ()) -> FeatureCache:
     """Run the backbone over ``views`` augmented copies of (some of) the training images.
 
     ``cache`` is the complete plain cache of the same dataset and options: the views take
     its backbone, preprocessing (normalisation; the crop replaces the resize), maps and
-    precision. ``loaded`` is what ``load_backbone`` returned for it.
+    precision. ``loaded`` is what ``load_backbone`` returned for it. The views store replaces
+    only a store made by this project, never the ``protected`` folders (the data directory).
     """
     if views < 1:
         raise PipelineError(f"--views must be at least 1, got {views}.")
@@ -131,7 +134,8 @@ def extract_views(dataset: ImageDataset, cache: FeatureCache, loaded, *, views: 
     with writer_lock(out), user_facing_errors(out):
         device_ = resolve_device(device)
         with attrs_lock(out):
-            store = open_or_create(out, metadata, {"train": specs}, {"train": len(rows)}, cache.chunk_rows, overwrite)
+            store = open_or_create(out, metadata, {"train": specs}, {"train": len(rows)}, cache.chunk_rows, overwrite,
+                                   protected)
         if store.is_complete:
             click.echo(f"{out} is already complete; nothing to do.")
             return store

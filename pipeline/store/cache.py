@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -30,7 +31,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import zarr
@@ -39,6 +40,11 @@ from zarr.codecs import BloscCodec
 from pipeline.errors import PipelineError
 
 FORMAT_VERSION = 1
+# Written into a store's attributes before anything else, so that a folder can be recognised as a
+# store made by this project before it is ever replaced or removed.
+STORE_FORMAT = "frozen-feature-ad feature cache"
+# The attributes of stores made before the marker existed; together they still say "ours".
+_LEGACY_ATTRIBUTES = {"format_version", "metadata", "chunk_rows", "chunks", "complete"}
 SPLITS = ("train", "test")
 # Features are dense floats that compress poorly; byte-shuffled LZ4 still saves ~10-20% and
 # decompresses faster than the disk reads it saves, so reading is not slowed down.
@@ -83,6 +89,83 @@ def differences(expected: dict, actual: dict, prefix: str = "") -> list[str]:
 
 def _digest(data: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+
+
+def _guarded(target: Path, folder: Path, what: str) -> str | None:
+    """``target`` (resolved) described as ``what`` when it is ``folder`` or holds it, else None."""
+    folder = folder.resolve()
+    if target == folder:
+        return f"is {what}"
+    if target in folder.parents:
+        return f"holds {what}"
+    return None
+
+
+def protected_problem(path: str | Path, protected: Sequence[str | Path] = ()) -> str | None:
+    """Why a store must never be written at ``path``, or None: it is, or holds, the current
+    working directory or one of the ``protected`` folders (the data directory)."""
+    target = Path(path).resolve()
+    found = [_guarded(target, Path.cwd(), f"the current working directory {Path.cwd()}")]
+    found += [_guarded(target, Path(folder), f"the data directory {folder}") for folder in protected]
+    return next((problem for problem in found if problem), None)
+
+
+def not_a_store_problem(path: str | Path) -> str | None:
+    """Why the existing ``path`` is not recognisably a store made by this project, or None.
+
+    A store is a folder holding only zarr.json and split groups, whose attributes carry this
+    project's format marker (or, for stores made before it, all of this project's attributes).
+    Anything else may be someone's data, so it is never deleted or replaced.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        return "is a symbolic link"
+    if not path.is_dir():
+        return "is not a folder"
+    entries = sorted(entry.name for entry in path.iterdir())
+    if not entries:
+        return None  # an empty folder holds nothing to lose
+    try:
+        node = json.loads((path / "zarr.json").read_text())
+        attributes = node.get("attributes") or {}
+    except (OSError, ValueError, AttributeError):
+        return "has no readable zarr.json"
+    if node.get("node_type") != "group" or not (attributes.get("format") == STORE_FORMAT
+                                                 or _LEGACY_ATTRIBUTES <= set(attributes)):
+        return "has a zarr.json without this project's feature-cache attributes"
+    foreign = [name for name in entries if name != "zarr.json" and name not in SPLITS]
+    if foreign:
+        return f"also holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which a feature cache never does"
+    return None
+
+
+def occupied(path: str | Path) -> bool:
+    """Whether something is at ``path``: anything but nothing or an empty folder."""
+    path = Path(path)
+    return path.is_symlink() or (path.exists() and not (path.is_dir() and not any(path.iterdir())))
+
+
+def check_replaceable(path: str | Path, protected: Sequence[str | Path] = ()) -> None:
+    """Refuse, naming the path and why, to delete or replace anything at ``path`` but a store
+    made by this project (nothing there is fine), and ever the ``protected`` folders."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    problem = protected_problem(path, protected)
+    if problem:
+        raise PipelineError(f"{path} {problem}: a feature cache is never written there, since that would delete "
+                            f"it. Choose another path for the cache.")
+    problem = not_a_store_problem(path)
+    if problem:
+        raise PipelineError(f"{path} {problem}: it is not a feature cache made by this project, so it was left "
+                            f"untouched (only such a cache is ever replaced). Choose another path for the cache.")
+
+
+def remove_store(path: str | Path, protected: Sequence[str | Path] = ()) -> None:
+    """Delete the store at ``path``, if there is one; anything else is refused (``check_replaceable``)."""
+    check_replaceable(path, protected)
+    if Path(path).exists():
+        shutil.rmtree(path)
 
 
 @contextmanager
@@ -196,17 +279,20 @@ class FeatureCache:
 
     @classmethod
     def create(cls, path: str | Path, metadata: dict, arrays: dict[str, list[ArraySpec]],
-               split_sizes: dict[str, int], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> "FeatureCache":
-        """A new, empty, incomplete store (an existing one at ``path`` is replaced).
+               split_sizes: dict[str, int], chunk_rows: int = DEFAULT_CHUNK_ROWS,
+               protected: Sequence[str | Path] = ()) -> "FeatureCache":
+        """A new, empty, incomplete store (an existing store at ``path`` is replaced; anything
+        else there, and the ``protected`` folders, are refused: see ``replace_problem``).
 
         The store is built beside ``path`` and renamed into place, so a run killed while
         creating it leaves either the old store or a complete empty one, never half of one.
         """
         path = Path(path)
+        check_replaceable(path, protected)  # before any work: nothing is built for a path that cannot be
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        group = zarr.open_group(str(partial), mode="w")
+        remove_store(partial, protected)  # what a run killed while creating a store left behind
+        group = zarr.open_group(str(partial), mode="w-", attributes={"format": STORE_FORMAT})
         for split, specs in arrays.items():
             n = split_sizes[split]
             for spec in specs:
@@ -217,8 +303,7 @@ class FeatureCache:
                 )
         group.attrs.update({"format_version": FORMAT_VERSION, "metadata": metadata,
                             "chunk_rows": chunk_rows, "chunks": {s: {} for s in arrays}, "complete": False})
-        if path.exists():
-            shutil.rmtree(path)
+        remove_store(path, protected)
         os.replace(partial, path)
         return cls(path, zarr.open_group(str(path), mode="r+"))
 
@@ -497,14 +582,17 @@ class FeatureCache:
 
 
 def open_or_create(out: Path, metadata: dict, arrays: dict[str, list[ArraySpec]], sizes: dict[str, int],
-                   chunk_rows: int, overwrite: bool) -> FeatureCache:
-    """Resume a cache made with the same metadata; refuse (or, if told, replace) any other."""
-    if out.exists():
+                   chunk_rows: int, overwrite: bool, protected: Sequence[str | Path] = ()) -> FeatureCache:
+    """Resume a cache made with the same metadata; refuse (or, if told, replace) another cache;
+    refuse anything that is not a cache made by this project, and the ``protected`` folders."""
+    out = Path(out)
+    check_replaceable(out, protected)
+    if occupied(out):
         try:
             existing = FeatureCache.open(out, require_complete=False)
             found = differences(metadata, existing.metadata)
-        except PipelineError:
-            existing, found = None, ["it is not a readable feature cache"]
+        except PipelineError as error:  # ours, but of another format version
+            existing, found = None, [error.message]
         if existing is not None and not found and existing.chunk_rows == chunk_rows:
             return existing
         if not overwrite:
@@ -512,4 +600,5 @@ def open_or_create(out: Path, metadata: dict, arrays: dict[str, list[ArraySpec]]
                 f"{out} already exists but was made differently: {'; '.join(found) or 'other chunk size'}. "
                 f"Pass --overwrite to replace it, or choose another --out."
             )
-    return FeatureCache.create(out, {**metadata, "versions": library_versions()}, arrays, sizes, chunk_rows)
+    return FeatureCache.create(out, {**metadata, "versions": library_versions()}, arrays, sizes, chunk_rows,
+                               protected)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from pipeline.errors import PipelineError
-from pipeline.store.cache import FeatureCache
+from pipeline.store.cache import FeatureCache, check_replaceable, occupied
 from pipeline.store.hdf5 import export_hdf5, import_hdf5
 
 
@@ -71,13 +69,16 @@ def export_command(cache_path: str, hdf5_path: str) -> None:
 @main.command("import-hdf5")
 @click.argument("hdf5_path", type=click.Path(dir_okay=False))
 @click.argument("cache_path", type=click.Path(file_okay=False))
-@click.option("--overwrite", is_flag=True, help="Replace an existing cache at CACHE_PATH.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing feature cache at CACHE_PATH (anything else there is never replaced).")
 def import_command(hdf5_path: str, cache_path: str, overwrite: bool) -> None:
     """Make a feature cache at CACHE_PATH from features computed elsewhere (HDF5_PATH holds
     /train/features, /train/labels, /test/features, /test/labels; optional attrs classes,
     dataset, backbone)."""
-    if Path(cache_path).exists() and not overwrite:
-        raise PipelineError(f"{cache_path} already exists; pass --overwrite to replace it.")
+    # Anything but a feature cache made by this project is refused, --overwrite or not.
+    check_replaceable(cache_path)
+    if occupied(cache_path) and not overwrite:
+        raise PipelineError(f"{cache_path} is a feature cache already; pass --overwrite to replace it.")
     cache = import_hdf5(hdf5_path, cache_path)
     click.echo(f"wrote {cache_path}: train {cache.array('train').shape}, test {cache.array('test').shape}, "
                f"{len(cache.classes)} classes")

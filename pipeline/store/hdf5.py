@@ -14,12 +14,14 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import h5py
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.store.cache import DEFAULT_CHUNK_ROWS, SPLITS, ArraySpec, FeatureCache, library_versions
+from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, SPLITS, ArraySpec, FeatureCache, check_replaceable,
+                                  library_versions, not_a_store_problem, remove_store)
 
 
 def export_hdf5(cache: FeatureCache, path: str | Path) -> None:
@@ -66,21 +68,26 @@ def _check_split(f: h5py.File, split: str, path: Path) -> tuple[h5py.Dataset, np
     return features, labels.astype(np.int64)
 
 
-def import_hdf5(path: str | Path, out: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> FeatureCache:
+def import_hdf5(path: str | Path, out: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                protected: Sequence[str | Path] = ()) -> FeatureCache:
     """Validate an HDF5 feature file and write it as a complete feature cache at ``out``.
 
     The cache is built beside ``out`` and moved into place only when complete, so a
-    rejected file leaves nothing behind (and an existing cache at ``out`` untouched).
+    rejected file leaves nothing behind (and an existing cache at ``out`` untouched). Only a
+    feature cache made by this project is ever replaced: anything else at ``out`` (or at the
+    temporary ``<out>.importing``), and the ``protected`` folders, are refused.
     """
     out = Path(out)
     building = out.with_name(out.name + ".importing")
+    check_replaceable(out, protected)  # before any work
+    remove_store(building, protected)  # what an import killed half-way left behind
     try:
         _import_hdf5(Path(path), building, chunk_rows)
     except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
+        if building.exists() and not_a_store_problem(building) is None:
+            shutil.rmtree(building)
         raise
-    if out.exists():
-        shutil.rmtree(out)
+    remove_store(out, protected)
     os.replace(building, out)
     return FeatureCache.open(out)
 
