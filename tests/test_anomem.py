@@ -344,7 +344,6 @@ def test_anomem_jobs_on_a_local_cluster_equal_in_process(cache_with_views, tmp_p
     """Each (class, draw) as a Dask job: the same metrics as in process at the workers' thread
     count (1 with local:2 on 2 cores; float32 sums round differently with other counts), the
     one-class heads shipped back and, for stage-A reuse, shipped out again."""
-    import functools
 
     import torch
 
