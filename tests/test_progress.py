@@ -211,7 +211,7 @@ def test_extract_quiet_and_the_missing_files_error(tmp_path, plain_lines):
 
     _gzipped_mnist(tmp_path / "data")
     common = ["--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--backbone", "efficientnet_lite0",
-              "--image-size", "32", "--batch-size", "3", "--workers", "0", "--device", "cpu"]
+              "--image-size", "32", "--batch-size", "3", "--workers", "0", "--device", "cpu", "--views", "0"]
     quiet = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "q.zarr"), "-q"])
     assert quiet.exit_code == 0, quiet.output
     assert quiet.stderr == "" and quiet.stdout.count("\n") == 1 and quiet.stdout.startswith("wrote ")

