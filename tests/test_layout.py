@@ -134,3 +134,19 @@ def test_the_store_imports_nothing_from_extraction_or_heads():
         forbidden = sorted(m for m in reached if m.split(".")[:2] in (["pipeline", "extract"], ["pipeline", "heads"])
                            or m.startswith("stages"))
         assert not forbidden, f"{module} imports (directly or through others) {forbidden}"
+
+
+def test_the_extract_stage_depends_on_every_file_it_imports():
+    import yaml
+
+    modules = project_modules()
+    graph = import_graph()
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["extract"]["do"]
+    deps = [REPO / dep for dep in stage["deps"]]
+    entry = "pipeline.extract.__main__"  # what python -m pipeline.extract runs
+    needed = {entry} | closure(graph, entry)
+    # Importing a module runs the __init__ of every package above it.
+    needed |= {".".join(name.split(".")[:i]) for name in needed for i in range(1, name.count(".") + 1)}
+    uncovered = sorted(str(modules[name].relative_to(REPO)) for name in needed
+                       if not any(modules[name] == dep or dep in modules[name].parents for dep in deps))
+    assert not uncovered, f"dvc.yaml's extract stage does not depend on {uncovered}"
