@@ -444,7 +444,32 @@ def test_imagefolder_loads_classes_labels_and_pixels(folder_root):
     for channel in range(3):
         np.testing.assert_array_equal(gray[channel].numpy(), arrays["test/ant/gray.png"])
 
-    assert ds.identity["files_sha256"] == load_dataset("imagefolder", root).identity["files_sha256"]
+    assert ds.identity["content_sha256"] == load_dataset("imagefolder", root).identity["content_sha256"]
+
+
+def test_imagefolder_identity_is_a_digest_of_paths_and_contents(folder_root, tmp_path):
+    import os
+    import shutil
+
+    root, _ = folder_root
+    ds = load_dataset("imagefolder", root)
+    # A plain reference: every image, train then test, by relative path and BLAKE2b of its bytes.
+    reference = hashlib.sha256()
+    for path in ds.train.images.paths + ds.test.images.paths:
+        reference.update(f"{os.path.relpath(path, root)}\0{hashlib.blake2b(Path(path).read_bytes()).hexdigest()}\n"
+                         .encode())
+    assert ds.identity["content_sha256"] == reference.hexdigest()
+    # A copy elsewhere (new paths above the folder, new time stamps) is the same dataset.
+    copy = shutil.copytree(root, tmp_path / "elsewhere" / "images")
+    assert load_dataset("imagefolder", copy).identity == ds.identity
+    # One byte changed in place, size and modification time kept: another dataset.
+    image = root / "train/zebra/b.png"
+    stat, data = image.stat(), bytearray(image.read_bytes())
+    data[-20] ^= 0x01
+    image.write_bytes(bytes(data))
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert image.stat().st_size == stat.st_size and image.stat().st_mtime_ns == stat.st_mtime_ns
+    assert load_dataset("imagefolder", root).identity["content_sha256"] != ds.identity["content_sha256"]
 
 
 def test_imagefolder_mismatched_classes(folder_root):

@@ -139,3 +139,92 @@ def test_mixed_precision_is_recorded_and_barely_moves_auroc(tmp_path):
     aurocs = [np.mean([r["metrics"]["auroc"] for r in evaluate_one_vs_all(c, KNNHead(k=2), [0, 1, 2]).values()])
               for c in caches]
     assert abs(aurocs[0] - aurocs[1]) < 0.02, aurocs
+
+
+# --- stale features: an image folder edited in place -------------------------------------------
+
+def write_image_folder(root, per_class=3):
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def edit_in_place(path):
+    """Change the pixels of an image without changing its size in bytes or its modification time."""
+    from PIL import Image
+
+    stat = path.stat()
+    pixels = np.asarray(Image.open(path)).copy()
+    pixels[4:12, 4:12] = 255 - pixels[4:12, 4:12]
+    Image.fromarray(pixels).save(path)
+    data = path.read_bytes()[:stat.st_size]
+    path.write_bytes(data + b"\0" * (stat.st_size - len(data)))  # PNG readers ignore bytes after IEND
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+
+
+def test_an_image_edited_in_place_is_detected_and_overwrite_re_extracts_it(tmp_path):
+    from pipeline.extract.command import main
+
+    root = write_image_folder(tmp_path / "images")
+    out = tmp_path / "images.zarr"
+    command = ["--dataset", "imagefolder", "--data-dir", str(root), "--image-size", "32", "--chunk-rows", "4",
+               "--batch-size", "4", "--workers", "0", "--out", str(out)]
+    assert CliRunner().invoke(main, command).exit_code == 0
+    before = FeatureCache.open(out)
+    old_features, old_digest = before.features("train"), before.metadata["dataset"]["content_sha256"]
+    edited = root / "train" / "b" / "1.png"
+    row = load_dataset("imagefolder", root).train.images.paths.index(str(edited))
+    edit_in_place(edited)
+
+    # The same command no longer takes the cache for this folder's.
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1 and "already complete" not in result.output
+    assert "dataset.content_sha256" in result.output and "made differently" in result.output
+    result = CliRunner().invoke(main, [*command, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert "already complete" not in result.output and "(12 images extracted" in result.output
+    after = FeatureCache.open(out)
+    assert after.metadata["dataset"]["content_sha256"] != old_digest
+    new_features = after.features("train")
+    others = np.arange(len(new_features)) != row
+    np.testing.assert_array_equal(new_features[others], old_features[others])
+    assert not np.allclose(new_features[row], old_features[row])
+    # The edited image's features are the backbone's on the edited pixels.
+    model, _ = load_backbone("efficientnet_lite0", 32)
+    with torch.inference_mode():
+        direct = model(Preprocessing(image_size=32)([load_dataset("imagefolder", root).train.images[row]]))["pooled"]
+    np.testing.assert_allclose(new_features[row], direct[0].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_overwrite_extracts_a_complete_cache_again_and_resumes_an_unfinished_one(synthetic_cache, tmp_path):
+    from pipeline.extract.command import main
+
+    path = tmp_path / "again.zarr"
+    shutil.copytree(synthetic_cache.path, path)
+    command = ["--dataset", "synthetic", "--image-size", "32", "--maps", "intermediate", "--chunk-rows", "16",
+               "--batch-size", "8", "--workers", "0", "--out", str(path)]
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 0 and "already complete; nothing to do" in result.output
+    chunk0 = path / "train" / "features" / "c" / "0" / "0"
+    os.utime(chunk0, ns=(0, 0))
+    result = CliRunner().invoke(main, [*command, "--overwrite"])
+    assert result.exit_code == 0 and "already complete" not in result.output, result.output
+    total = synthetic_cache.size("train") + synthetic_cache.size("test")
+    assert f"({total} images extracted" in result.output and chunk0.stat().st_mtime_ns != 0
+    again = FeatureCache.open(path)
+    for split in ("train", "test"):
+        for name in synthetic_cache.array_names(split):
+            np.testing.assert_array_equal(again.read(split, name), synthetic_cache.read(split, name))
+    # An unfinished cache made the same way (say, an interrupted dvc repro) is resumed, not restarted.
+    again.set_aside("train", {1})
+    os.utime(chunk0, ns=(0, 0))
+    result = CliRunner().invoke(main, [*command, "--overwrite"])
+    assert result.exit_code == 0 and "(16 images extracted" in result.output, result.output
+    assert chunk0.stat().st_mtime_ns == 0 and FeatureCache.open(path).verify() == []

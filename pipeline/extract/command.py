@@ -179,7 +179,10 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
               help="Samples per Zarr chunk, the unit of resuming.")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Cache path (default: cache/<dataset>_<backbone>_<image-size>.zarr).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing cache that was made differently.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing cache made differently, and extract a complete one again from scratch "
+                   "(an unfinished one made the same way is resumed). Only a feature cache made by this "
+                   "project is ever replaced.")
 @click.option("--skip-bad", is_flag=True,
               help="Leave out image files that cannot be decoded (listed in the cache metadata) "
                    "instead of stopping with the list of them.")

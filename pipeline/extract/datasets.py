@@ -11,6 +11,7 @@ import hashlib
 import os
 import pickle
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -280,16 +281,12 @@ def load_imagefolder(data_dir: Path, download: bool) -> ImageDataset:
             f"{sorted(set(classes) - set(test_classes))}, only in test: {sorted(set(test_classes) - set(classes))}."
         )
     splits = {}
-    digest = hashlib.sha256()
     for split in ("train", "test"):
         try:
             samples = make_dataset(str(root / split), class_to_idx, extensions=IMAGE_EXTENSIONS)
         except FileNotFoundError as error:  # torchvision's message names the empty class folder
             raise PipelineError(f"{error} Every class folder needs at least one image.") from error
-        paths = [path for path, _ in samples]
-        for path in paths:
-            digest.update(f"{os.path.relpath(path, root)}\0{os.path.getsize(path)}\n".encode())
-        splits[split] = ImageSplit(FileImages(paths), [label for _, label in samples])
+        splits[split] = ImageSplit(FileImages([path for path, _ in samples]), [label for _, label in samples])
     return ImageDataset(
         name="imagefolder",
         classes=classes,
@@ -297,9 +294,38 @@ def load_imagefolder(data_dir: Path, download: bool) -> ImageDataset:
         test=splits["test"],
         # The folder's name, not its absolute path, so a cache can be resumed on another machine.
         identity={"source": "image folder", "folder": root.resolve().name,
-                  "files_sha256": digest.hexdigest()},
+                  "content_sha256": files_digest(splits["train"].images.paths + splits["test"].images.paths, root)},
         root=root,
     )
+
+
+# Files hashed at once. File reads and hashing release the GIL, so the reads overlap: about 2x
+# faster than one at a time on a local disk with a cold page cache, more on network storage.
+DIGEST_THREADS = 8
+
+
+def file_digest(path: str | Path) -> str:
+    """BLAKE2b of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.blake2b()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def files_digest(paths: Sequence[str], root: str | Path, threads: int = DIGEST_THREADS) -> str:
+    """SHA-256 over every file's path relative to ``root`` and the BLAKE2b of its bytes, in order.
+
+    It changes whenever any file's content does, also for a file edited in place with the same
+    size (and even the same time stamp, as ``cp -p`` or ``rsync -t`` leave it), so a cache of
+    an image folder is never taken for one of the edited folder. Content, not time stamps, so a
+    copy of the folder on another machine is recognised as the same dataset.
+    """
+    digest = hashlib.sha256()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="digest") as pool:
+        for path, content in zip(paths, pool.map(file_digest, paths)):
+            digest.update(f"{os.path.relpath(path, root)}\0{content}\n".encode())
+    return digest.hexdigest()
 
 
 def load_synthetic(data_dir: Path, download: bool, n_classes: int = 3, n_train: int = 24,

@@ -13,7 +13,7 @@ import errno
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -130,7 +130,7 @@ class ChunkWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer")
         self._pending: Future | None = None
 
-    def submit(self, fn, *args) -> None:
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
         self.wait()
         self._pending = self._pool.submit(fn, *args)
 

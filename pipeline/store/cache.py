@@ -583,8 +583,13 @@ class FeatureCache:
 
 def open_or_create(out: Path, metadata: dict, arrays: dict[str, list[ArraySpec]], sizes: dict[str, int],
                    chunk_rows: int, overwrite: bool, protected: Sequence[str | Path] = ()) -> FeatureCache:
-    """Resume a cache made with the same metadata; refuse (or, if told, replace) another cache;
-    refuse anything that is not a cache made by this project, and the ``protected`` folders."""
+    """The store to fill at ``out``.
+
+    An unfinished store made with the same metadata is resumed (its recorded chunks are what
+    this run would write). A complete one is returned as it is, or, with ``overwrite``, made
+    again from scratch. A store made differently is refused, or replaced with ``overwrite``.
+    Anything that is not a store made by this project, and the ``protected`` folders, are refused.
+    """
     out = Path(out)
     check_replaceable(out, protected)
     if occupied(out):
@@ -593,9 +598,10 @@ def open_or_create(out: Path, metadata: dict, arrays: dict[str, list[ArraySpec]]
             found = differences(metadata, existing.metadata)
         except PipelineError as error:  # ours, but of another format version
             existing, found = None, [error.message]
-        if existing is not None and not found and existing.chunk_rows == chunk_rows:
+        same = existing is not None and not found and existing.chunk_rows == chunk_rows
+        if same and not (overwrite and existing.is_complete):
             return existing
-        if not overwrite:
+        if not same and not overwrite:
             raise PipelineError(
                 f"{out} already exists but was made differently: {'; '.join(found) or 'other chunk size'}. "
                 f"Pass --overwrite to replace it, or choose another --out."
