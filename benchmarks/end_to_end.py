@@ -34,7 +34,7 @@ def main(data_dir: str, train_per_class: int, test_per_class: int, image_size: i
     from pipeline.extract.backbones import load_backbone
     from pipeline.extract.datasets import image_folder_subset, load_dataset
     from pipeline.evaluate import evaluate_one_vs_all
-    from pipeline.extract.command import extract
+    from pipeline.extract.extraction import extract
     from pipeline.heads.knn.head import KNNHead
     from pipeline.heads.knn.engine import knn_scores
     from pipeline.metrics import detection_metrics

@@ -9,7 +9,7 @@ import tempfile, numpy as np
 from pathlib import Path
 from pipeline.extract.datasets import image_folder_subset, load_dataset
 from pipeline.evaluate import evaluate_one_vs_all
-from pipeline.extract.command import extract
+from pipeline.extract.extraction import extract
 from pipeline.heads.knn.head import KNNHead
 from pipeline.extract.preprocess import Preprocessing
 work = Path(tempfile.mkdtemp())

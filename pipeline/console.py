@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     **{name: (f"{package}.command:main", f"Train and evaluate the {name} head on a feature cache.")
        for name, package in HEADS.items()},
     "plume-ablation": ("pipeline.heads.plume.ablation:main", "Several PLUME variants side by side (table 1c)."),
-    "score": ("stages.score:main", "Score new images or features with a saved head."),
+    "score": ("pipeline.scoring:main", "Score new images or features with a saved head."),
     "report": ("pipeline.report.command:main", "Build the results tables and the HTML report from metrics files."),
 }
 

@@ -14,7 +14,7 @@ os.environ.setdefault("PIPELINE_PROGRESS", "0")
 @pytest.fixture(scope="session")
 def synthetic_cache(tmp_path_factory):
     """A small real extraction: synthetic images through EfficientNet-Lite0 at 32x32."""
-    from pipeline.extract.command import extract
+    from pipeline.extract.extraction import extract
     from pipeline.extract.datasets import load_dataset
     from pipeline.extract.preprocess import Preprocessing
 

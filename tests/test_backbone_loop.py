@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.extract.backbones import load_backbone
-from pipeline.extract.command import extract
+from pipeline.extract.extraction import extract
 from pipeline.extract.command import main as extract_cli
 from pipeline.extract.datasets import load_dataset
 from pipeline.extract.loop import chunk_batches
@@ -113,8 +113,8 @@ def test_scoring_images_computes_the_training_cache_features_bit_for_bit(folder_
     from pipeline.heads.knn.head import KNNHead
     from pipeline.heads.loading import load_head
     from pipeline.heads.saving import save_trained_head
-    from stages.score import image_features
-    from stages.score import main as score_cli
+    from pipeline.scoring import image_features
+    from pipeline.scoring import main as score_cli
 
     root, cache = folder_and_cache
     train = cache.features("train")[cache.labels("train") == 0]

@@ -146,7 +146,7 @@ def test_dask_rows_of_a_cache_are_checked(synthetic_cache):
 
 def _extract(out, **kwargs):
     from pipeline.extract.datasets import load_dataset
-    from pipeline.extract.command import extract
+    from pipeline.extract.extraction import extract
     from pipeline.extract.preprocess import Preprocessing
 
     return extract(load_dataset("synthetic"), "efficientnet_lite0", Preprocessing(image_size=32), out,

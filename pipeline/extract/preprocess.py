@@ -13,6 +13,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from pipeline.errors import PipelineError, choice_error
+from pipeline.extract.names import RESIZE_MODES
 
 NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -20,7 +21,6 @@ NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = 
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "none": None,
 }
-RESIZE_MODES = ("resize", "resize_crop")
 INTERPOLATIONS = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,

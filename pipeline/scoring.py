@@ -1,0 +1,271 @@
+"""Score new images (or features) with a head saved by --save-heads of stages.knn, stages.plume or stages.anomem
+(``python -m stages.score``, ``ffad score``).
+
+    python -m stages.score --head heads/cat.head --images new_photos/ --out scores.csv
+    python -m stages.score --head heads/cat.head --features new.h5 --out scores.csv
+
+Images are turned into features exactly as the head's training cache was made (backbone,
+weights, preprocessing, compute precision and storage type, all read from the head file).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+import click
+import numpy as np
+
+from pipeline.cli import resolve_device, verbosity_options, write_text
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:  # imported where used, so that --help loads no torch
+    import torch
+
+    from pipeline.heads.saving import SavedHead
+
+# What decides the features' numbers; an HDF5 file that records any of it must agree with the head.
+COMPARED = ("backbone", "preprocessing")
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    """Every image under ``folder`` (recursively), sorted, so the output order is reproducible."""
+    from pipeline.extract.datasets import IMAGE_EXTENSIONS
+
+    folder = Path(folder)
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise PipelineError(f"no images under {folder} (looked recursively for {', '.join(IMAGE_EXTENSIONS)}).")
+    return paths
+
+
+def load_matching_backbone(saved: SavedHead, weights_file: str | None = None):
+    """The head's backbone with its weights, refused unless they are the very weights (SHA-256)
+    the training cache was made with."""
+    from pipeline.extract.backbones import get_spec, load_backbone
+    from pipeline.extract.preprocess import Preprocessing
+
+    backbone, where = saved.backbone, f"the head {saved.path}"
+    name = backbone.get("name")
+    try:
+        get_spec(name)
+    except PipelineError:
+        raise PipelineError(f"{where} was trained on features of backbone {name!r}, which this version cannot run "
+                            f"(imported features?); score features made the same way with --features FILE.h5 "
+                            f"instead.") from None
+    try:
+        preprocessing = Preprocessing(**saved.preprocessing)
+    except (TypeError, PipelineError) as error:
+        raise PipelineError(f"{where} records no usable preprocessing ({saved.preprocessing!r}: {error}); "
+                            f"score features made the same way with --features FILE.h5 instead.") from None
+    model, weights = load_backbone(name, preprocessing.image_size, backbone.get("weights"), weights_file)
+    recorded = backbone.get("weights_sha256")
+    if recorded and weights.sha256 != recorded:
+        raise PipelineError(f"{where} was trained with {name} weights of SHA-256 {recorded[:12]}..., but the "
+                            f"weights loaded now ({weights.file}) have SHA-256 {str(weights.sha256)[:12]}...: "
+                            f"its features would not be comparable. Pass the training weights with --weights FILE.")
+    return model, preprocessing
+
+
+def readable_images(paths: list[Path], skip_bad: bool, workers: int = 0) -> list[Path]:
+    """``paths`` less the files that cannot be decoded: refused (listing them) unless ``skip_bad``."""
+    from pipeline.extract.datasets import FileImages, first_few, unreadable_images
+
+    bad = unreadable_images(FileImages([str(p) for p in paths]), workers)
+    if not bad:
+        return paths
+    listed = [f"{paths[i]} ({reason})" for i, reason in bad]
+    if not skip_bad:
+        raise PipelineError(f"cannot read image {first_few(listed)}. Replace or remove "
+                            f"{'them' if len(listed) > 1 else 'it'}, or pass --skip-bad to leave unreadable "
+                            f"files out of the scores.")
+    click.echo(f"left out {len(bad)} unreadable image files: {'; '.join(listed)}", err=True)
+    drop = {i for i, _ in bad}
+    return [p for i, p in enumerate(paths) if i not in drop]
+
+
+def image_features(saved: SavedHead, paths: list[Path], device: torch.device, batch_size: int = 64,
+                   weights_file: str | None = None, workers: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Pooled features (N, D) and the cache's maps, computed as pipeline.extract computed the
+    head's training cache: same model layout, precision, map pooling and storage rounding."""
+    from pipeline.extract.datasets import FileImages
+    from pipeline.extract.loop import PRECISIONS, PreprocessedBatches, backbone_batches
+
+    model, preprocessing = load_matching_backbone(saved, weights_file)
+    about = saved.cache_metadata.get("features", {})
+    precision = about.get("compute_precision", "float32")
+    if precision not in PRECISIONS:
+        raise PipelineError(f"the head's cache records compute precision {precision!r}, which this version does "
+                            f"not know ({', '.join(PRECISIONS)}).")
+    maps = saved.maps
+    missing = [name for name in maps if name not in model.stage_names]
+    if missing:
+        raise PipelineError(f"the head's cache has maps {missing} that {model.spec.name} does not produce.")
+    batches = [list(range(start, min(start + batch_size, len(paths)))) for start in range(0, len(paths), batch_size)]
+    inputs = PreprocessedBatches(FileImages([str(p) for p in paths]), batches, preprocessing)
+    pooled, pooled_maps = [], {name: [] for name in maps}
+    for _, out in backbone_batches(model, inputs, batches, maps, device, precision=precision, workers=workers,
+                                   desc=f"extract {model.spec.name}"):
+        pooled.append(out["features"])
+        for name, info in maps.items():
+            pooled_maps[name].append(out[f"maps/{name}"].astype(info.get("dtype", "float16")))
+    # Stored in the cache's dtype, as the training features were: the same rounding.
+    features = np.concatenate(pooled).astype(about.get("dtype", "float32")).astype(np.float32)
+    return features, {name: np.concatenate(parts) for name, parts in pooled_maps.items()}
+
+
+def metadata_differences(saved: SavedHead, other: dict) -> list[str]:
+    """What the features' recorded backbone and preprocessing say that the head's do not
+    (keys recorded on one side only are not compared)."""
+    found = []
+    for section in COMPARED:
+        mine, theirs = saved.cache_metadata.get(section) or {}, other.get(section) or {}
+        for key in sorted(set(mine) & set(theirs)):
+            if mine[key] != theirs[key]:
+                found.append(f"{section}.{key} is {theirs[key]!r} there but {mine[key]!r} for the head")
+    return found
+
+
+def read_feature_file(saved: SavedHead, path: str | Path) -> tuple[list[str], np.ndarray]:
+    """Row names and features of an HDF5 file with /features (N, D) and optional /paths (N,);
+    refused if D or its recorded backbone / preprocessing (attrs) differ from the head's."""
+    import h5py
+
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise PipelineError(f"{path} is not a readable HDF5 file ({error}).") from None
+    with f:
+        if "features" not in f or not isinstance(f["features"], h5py.Dataset):
+            raise PipelineError(f"{path} has no /features dataset (it has: {', '.join(f.keys()) or 'nothing'}). "
+                                f"Give an HDF5 file with /features (N, D) and optionally /paths (N,).")
+        features = f["features"]
+        if features.ndim != 2 or features.dtype.kind != "f":
+            raise PipelineError(f"/features in {path} must be a 2-D float array (samples, dimensions), got shape "
+                                f"{features.shape} and type {features.dtype}.")
+        if saved.feature_dim is not None and features.shape[1] != saved.feature_dim:
+            raise PipelineError(f"/features in {path} has {features.shape[1]} dimensions, but the head {saved.path} "
+                                f"was trained on {saved.feature_dim}-d features ({saved.backbone.get('name')}).")
+        recorded = json.loads(_text(f.attrs.get("metadata", "{}")) or "{}")
+        if "backbone" in f.attrs and "name" not in recorded.get("backbone", {}):
+            recorded.setdefault("backbone", {})["name"] = _text(f.attrs["backbone"])
+        found = metadata_differences(saved, recorded)
+        if found:
+            raise PipelineError(f"the features in {path} were made differently from the head {saved.path}'s: "
+                                f"{'; '.join(found)}. Extract them with the head's backbone and preprocessing.")
+        values = np.asarray(features[()], dtype=np.float32)
+        if "paths" in f:
+            names = [_text(p) for p in f["paths"][()]]
+            if len(names) != len(values):
+                raise PipelineError(f"/paths in {path} has {len(names)} entries but /features has {len(values)} rows.")
+        else:
+            names = [f"{path.name}#{i}" for i in range(len(values))]
+    if not len(values):
+        raise PipelineError(f"/features in {path} has no rows.")
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if len(bad):
+        raise PipelineError(f"/features in {path} contains NaN or Inf (first at row {bad[0]}).")
+    return names, values
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def write_scores(out: str | Path, names: list[str], scores: np.ndarray, threshold: float) -> int:
+    """CSV of path, score, flag (anomalous when score > threshold); returns how many are flagged."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "score", "flag"])
+    flagged = 0
+    for name, score in zip(names, scores):
+        anomalous = bool(score > threshold)
+        flagged += anomalous
+        writer.writerow([name, repr(float(score)), "anomalous" if anomalous else "normal"])
+    write_text(out, buffer.getvalue())
+    return flagged
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False),
+              help="A head file written by --save-heads of python -m stages.knn, stages.plume or stages.anomem "
+                   "(DIR/<class>.head).")
+@click.option("--images", "images_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Folder of images to score (searched recursively; jpg, png, bmp, gif, tif, webp), turned into "
+                   "features with the backbone, weights and preprocessing the head's training cache used.")
+@click.option("--features", "features_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Or an HDF5 file of features made the same way: /features (N, D), optional /paths (N,) and "
+                   "optional attrs metadata (JSON) / backbone, checked against the head's.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="CSV to write: path, score, flag (anomalous or normal at the threshold).")
+@click.option("--threshold-quantile", default=None, type=click.FloatRange(0, 1),
+              help="Flag at this quantile of the head's training scores instead of the one chosen when it "
+                   "was saved (default: the saved threshold).")
+@click.option("--calibrate", "calibration_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Folder of normal images the head was not trained on: the threshold is taken at the quantile "
+                   "of their scores instead of the training scores' (which run low for PLUME and AnoMem, whose "
+                   "training scores are of the images they were fitted on).")
+@click.option("--device", default="auto", show_default=True, help="auto (GPU if there is one), cpu, cuda, cuda:<i>.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096),
+              help="Images per forward pass.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(0, 64),
+              help="Processes decoding and resizing images beside the forward pass (0: in this process).")
+@click.option("--skip-bad", is_flag=True,
+              help="Leave image files that cannot be decoded out of the scores (listed on stderr) instead of "
+                   "stopping.")
+@click.option("--weights", "weights_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="The backbone weights file the training cache was made with, if it was not the default "
+                   "(checked against the SHA-256 the head records).")
+@verbosity_options
+def main(head_path, images_dir, features_file, out_path, threshold_quantile, calibration_dir, device, batch_size,
+         workers, skip_bad, weights_file):
+    """Score images or features with a saved head and flag those above its threshold."""
+    if (images_dir is None) == (features_file is None):
+        raise PipelineError("give exactly one of --images FOLDER and --features FILE.h5.")
+    device_ = resolve_device(device)
+    from pipeline.heads.loading import load_head
+
+    saved = load_head(head_path, device=str(device_))
+
+    if features_file is not None and saved.multi_scale:
+        raise PipelineError(f"the {saved.kind} head {head_path} also needs intermediate maps, which a "
+                            f"--features file does not carry; score --images instead.")
+
+    def readable(folder: str | None) -> list[Path]:
+        if folder is None:
+            return []
+        paths = readable_images(find_images(folder), skip_bad, workers)
+        if not paths:
+            raise PipelineError(f"none of the images under {folder} can be read.")
+        return paths
+
+    # The images to score and the calibration images go through the backbone in one pass.
+    paths, calibration = readable(images_dir), readable(calibration_dir)
+    if paths or calibration:
+        features, maps = image_features(saved, paths + calibration, device_, batch_size, weights_file, workers)
+        image_scores = saved.score(features, maps)
+        scores, reference = image_scores[:len(paths)], image_scores[len(paths):]
+    if images_dir is not None:
+        names, what = [str(p) for p in paths], "images"
+    else:
+        names, features = read_feature_file(saved, features_file)
+        scores, what = saved.score(features, {}), "feature rows"
+    quantile = saved.threshold_quantile if threshold_quantile is None else threshold_quantile
+    if calibration_dir is not None:
+        threshold = float(np.quantile(reference, quantile))
+        rule = f"{len(reference)} calibration images' scores (normal images under {calibration_dir})"
+    else:
+        threshold = saved.threshold if threshold_quantile is None else saved.threshold_at(threshold_quantile)
+        rule = f"{saved.kind} head's {len(saved.train_scores)} training scores"
+    flagged = write_scores(out_path, names, scores, threshold)
+    click.echo(f"{len(names)} {what} scored, {flagged} flagged anomalous: score > threshold {threshold:.6g}, the "
+               f"{quantile:g}-quantile of the {rule} (class {saved.class_name}); wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()
