@@ -333,6 +333,3 @@ def format_summary(payload: dict) -> str:
     return (f"{about['head']} on {about['dataset']} / {about['backbone']} @ {about['image_size']}: mean AUROC "
             f"{100 * mean['auroc']:.2f}%{best} over {len(payload['per_class'])} classes ({per_class}).")
 
-
-def load_metrics(path: str | Path) -> dict:
-    return metrics_file.read(path)

@@ -99,7 +99,7 @@ def test_unknown_names_list_the_valid_ones():
 
 
 def test_knn_stage_writes_metrics_and_plots_and_refuses_a_mismatched_cache(synthetic_cache, tmp_path):
-    from pipeline.evaluate import load_metrics
+    from pipeline import metrics_file
     from pipeline.heads.knn.command import main
 
     runner = CliRunner()
@@ -108,7 +108,7 @@ def test_knn_stage_writes_metrics_and_plots_and_refuses_a_mismatched_cache(synth
                                   "--plots", str(tmp_path / "plots"), "--expect", "backbone.name=efficientnet_lite0",
                                   "--expect", "preprocessing.image_size=32"])
     assert result.exit_code == 0, result.output
-    payload = load_metrics(metrics)
+    payload = metrics_file.read(metrics)
     assert set(payload["per_class"]) == {"class0", "class1", "class2"}
     assert payload["about"]["backbone"] == "efficientnet_lite0" and payload["about"]["image_size"] == 32
     # The synthetic classes differ in colour and stripes: pretrained features separate them.

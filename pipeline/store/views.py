@@ -15,6 +15,8 @@ from pipeline.store.cache import FeatureCache, differences
 def views_path(cache_path: str | Path) -> Path:
     """cache/x.zarr -> cache/x.views.zarr"""
     cache_path = Path(cache_path)
+    if cache_path.name in ("", ".", ".."):  # "." has no name to put ".views" beside
+        cache_path = cache_path.resolve()
     stem = cache_path.name[:-len(".zarr")] if cache_path.name.endswith(".zarr") else cache_path.name
     return cache_path.with_name(stem + ".views.zarr")
 

@@ -14,7 +14,6 @@ import click
 from pipeline import metrics_file
 from pipeline.cli import info, resolve_device, write_text
 from pipeline.distributed import open_client
-from pipeline.evaluate import load_metrics, metrics_payload, write_plots
 from pipeline.heads.plume import GUIDANCES, PERTURBATIONS
 from pipeline.heads.plume.command import head_label, run_plume, training_options
 from pipeline.heads.plume.report import plume_ablation_table
@@ -55,6 +54,8 @@ def main(cache_path, variants, seeds, classes, device, expect, scheduler, knn_me
     """Train every PLUME variant on every chosen class and seed and lay the AUROCs out like the
     paper's ablation table (final epoch and, separately named, best epoch)."""
     cache, chosen = open_cache(cache_path, expect, classes)
+    from pipeline.evaluate import metrics_payload, write_plots
+
     device_ = str(resolve_device(device))
     lr_note = "range test" if settings["lr"] == "auto" else settings["lr"]
     shared = {k: v for k, v in settings.items() if k != "lr"}
@@ -76,7 +77,7 @@ def main(cache_path, variants, seeds, classes, device, expect, scheduler, knn_me
     metrics_file.write(metrics_path, {"variants": {name: {"mean": p["mean"], "per_class": p["per_class"]}
                                            for name, p in payloads.items()},
                               "about": {k: v for k, v in about.items() if k not in ("perturbation", "guidance")}})
-    table = plume_ablation_table(payloads, knn=load_metrics(knn_metrics) if knn_metrics else None,
+    table = plume_ablation_table(payloads, knn=metrics_file.read(knn_metrics) if knn_metrics else None,
                                  paper_column=has_published_column(about))
     if table_path:
         write_text(table_path, table)
