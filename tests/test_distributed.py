@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import shutil
 import sys
 
 import numpy as np
@@ -235,3 +236,23 @@ def test_two_shard_processes_at_once(tmp_path):
             assert reference.array(split, name)[:].tobytes() == sharded.array(split, name)[:].tobytes(), (split, name)
     check = subprocess.run([sys.executable, "-m", "pipeline.cache", "verify", str(out)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_workers_started_elsewhere_get_absolute_paths_and_a_clear_error(synthetic_cache, tmp_path, monkeypatch):
+    """Jobs carry resolved paths, so workers started in another folder find the cache given as
+    a relative path; a worker that cannot see the cache names itself and the path."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with open_client("local:1") as remote:  # its worker starts in `elsewhere`
+        monkeypatch.chdir(synthetic_cache.path.parent)
+        relative = FeatureCache.open(synthetic_cache.path.name)
+        serial = evaluate_one_vs_all(synthetic_cache, KNNHead(k=2), [0, 1])
+        assert evaluate_one_vs_all(relative, KNNHead(k=2), [0, 1], client=remote) == serial
+        assert evaluate_one_vs_all(relative, KNNHead(k=2), [0, 1], train_access="dask", client=remote) == serial
+        moved = tmp_path / "moved.zarr"
+        shutil.copytree(synthetic_cache.path, moved)
+        gone = FeatureCache.open(moved)
+        shutil.rmtree(moved)  # seen by this process when opened, not by the worker now
+        with pytest.raises(PipelineError, match=rf"{moved}.*cannot be read on .*process .*every worker sees"):
+            evaluate_one_vs_all(gone, KNNHead(k=2), [0], client=remote)

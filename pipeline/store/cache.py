@@ -250,7 +250,13 @@ def once_per_process(path: str | Path, build: Callable[["FeatureCache"], Any] | 
     runs on a long-lived cluster is read afresh (and the stale entry dropped, for memory).
     """
     resolved = str(Path(path).resolve())
-    stamp = (Path(path) / "zarr.json").stat().st_mtime_ns
+    try:
+        stamp = (Path(path) / "zarr.json").stat().st_mtime_ns
+    except OSError:
+        # Here in a Dask worker, usually: name where it looked from, not a FileNotFoundError.
+        raise PipelineError(f"the feature cache {resolved} cannot be read on {socket.gethostname()} (process "
+                            f"{os.getpid()}): no store there. The workers of a Dask cluster open the cache "
+                            f"themselves, so it must be at that path on storage every worker sees.") from None
     held = _per_process.get(resolved)
     if held is None or held[0] != stamp:
         held = _per_process[resolved] = (stamp, {})
@@ -569,7 +575,7 @@ class FeatureCache:
             local = index[chunk_of == chunk] - int(chunk) * self.chunk_rows
             rows_in_chunk = self.chunk_slices(split)[int(chunk)]
             whole = np.array_equal(local, np.arange(rows_in_chunk.stop - rows_in_chunk.start))
-            task = dask.delayed(_read_rows_task, pure=True)(str(self.path), split, name, int(chunk),
+            task = dask.delayed(_read_rows_task, pure=True)(str(Path(self.path).resolve()), split, name, int(chunk),
                                                             None if whole else local)
             blocks.append(da.from_delayed(task, shape=(len(local), *array.shape[1:]), dtype=array.dtype))
         if not blocks:
