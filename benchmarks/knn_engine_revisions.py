@@ -2,7 +2,7 @@
 
     python benchmarks/knn_engine_revisions.py --old 1cb1a3d [--gallery 5000] [--queries 10000] [--dim 2048]
 
-For changes to pipeline/knn.py: loads that file as it was at ``--old`` (with ``git show``)
+For changes to the kNN engine (pipeline/heads/knn/engine.py, formerly pipeline/knn.py): loads that file as it was at ``--old`` (with ``git show``)
 beside the current one, runs both and faiss ``IndexFlatL2`` on the same random data in
 shuffled interleaved rounds, and prints each one's median time and the median over rounds of
 its time / the current engine's time in the same round, with the range. Checks that both
@@ -24,8 +24,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def module_at(revision: str, path: str = "pipeline/knn.py"):
-    source = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=ROOT, capture_output=True, text=True)
+# The engine's file now, and before the heads moved into packages.
+ENGINE_PATHS = ("pipeline/heads/knn/engine.py", "pipeline/knn.py")
+
+
+def module_at(revision: str):
+    for path in ENGINE_PATHS:
+        source = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=ROOT, capture_output=True, text=True)
+        if not source.returncode:
+            break
     if source.returncode:
         raise click.ClickException(f"git show {revision}:{path} failed: {source.stderr.strip()}")
     file = Path(tempfile.mkdtemp()) / f"knn_{revision}.py"
@@ -37,7 +44,7 @@ def module_at(revision: str, path: str = "pipeline/knn.py"):
 
 
 @click.command()
-@click.option("--old", required=True, help="Git revision whose pipeline/knn.py is the baseline.")
+@click.option("--old", required=True, help="Git revision whose kNN engine is the baseline.")
 @click.option("--gallery", default=5000, show_default=True)
 @click.option("--queries", default=10000, show_default=True)
 @click.option("--dim", default=2048, show_default=True)

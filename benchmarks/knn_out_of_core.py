@@ -41,7 +41,7 @@ import resource
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 started = time.perf_counter()
 if mode == "out-of-core":
-    scores = KNNHead(k=2).fit(cache.dask_rows("train")).score(queries)
+    scores = KNNHead(k=2, threshold_quantile=None).fit(cache.dask_rows("train")).score_samples(queries)
 else:
     scores = knn_scores(cache.features("train"), queries, k=2)
 print(f"{time.perf_counter() - started:.1f} {before:.3f}")

@@ -28,8 +28,8 @@ from pathlib import Path
 import click
 import torch
 
-from pipeline.heads import plume_model
-from pipeline.heads.plume.head import PlumeConfig, PlumeHead
+from pipeline.heads.plume import model as plume_model
+from pipeline.heads.plume.head import PlumeHead
 from pipeline.heads.plume.model import explicit_linear_perturbation, linear_perturbation
 
 IMPLEMENTATIONS = {"rank_one": linear_perturbation, "explicit_bmm": explicit_linear_perturbation}
@@ -65,11 +65,11 @@ def linear_map(fn):
 
 def training_step_timer(n: int, d: int, device: torch.device):
     features = torch.randn(4 * n, d).numpy()
-    head = PlumeHead(PlumeConfig(dim="native", epochs=1, batch_size=n, lr=1e-4, device=str(device)))
+    head = PlumeHead(dim="native", epochs=1, batch_size=n, lr=1e-4, device=str(device), threshold_quantile=None)
     # One epoch of one step builds the modules; the timed steps below reuse them.
     head.fit(features[:n])
     perturbator = plume_model.Perturbator(d, "linear").to(device)
-    params = [*head.classifier.parameters(), *perturbator.parameters()]
+    params = [*head.classifier_.parameters(), *perturbator.parameters()]
     optimiser = torch.optim.AdamW(params, lr=1e-4)
     batch = torch.as_tensor(features[:n], device=device)
 
