@@ -2,8 +2,9 @@
 curves and PLUME training curves drawn as inline SVG. Nothing is fetched (no scripts, style
 sheets or fonts from elsewhere), so the page reads the same offline and years later.
 
-Each table sits in its own box, which scrolls sideways when the classes do not fit, with the
-Head, Setting and Mean columns held in place (CSS ``position: sticky``). Radio buttons at the
+Each table sits in its own box, which scrolls when the classes do not fit (or the rows, past
+the window's height), with the header row and the Head, Setting and Mean columns held in place
+(CSS ``position: sticky``). Radio buttons at the
 top of the page (CSS only, no script) switch every table between AUROC, AUPR and FPR at 95% TPR;
 their labels sit above each table."""
 
@@ -25,17 +26,19 @@ STYLE = """
 body { font-family: "DejaVu Sans", "Helvetica Neue", Arial, sans-serif; margin: 24px; color: #222; }
 h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 36px; } h3 { font-size: 15px; }
 p.caption { max-width: 1200px; font-size: 13px; line-height: 1.45; }
-div.table-box { overflow-x: auto; max-width: 100%; margin: 6px 0 8px; }
+/* A long table scrolls in a box no taller than the window, so that its sideways scroll bar is in sight. */
+div.table-box { overflow: auto; max-width: 100%; max-height: 85vh; margin: 6px 0 8px; }
 table { border-collapse: separate; border-spacing: 0; font-size: 12px; }
 th, td { border-right: 1px solid #ccc; border-bottom: 1px solid #ccc; padding: 3px 6px; text-align: right;
          white-space: nowrap; background: #fff; }
 tr:first-child > * { border-top: 1px solid #ccc; }
 tr > :first-child { border-left: 1px solid #ccc; }
-th { background: #f2f2f2; vertical-align: bottom; }
+th { background: #f2f2f2; vertical-align: bottom; position: sticky; top: 0; z-index: 2; }
 tr:hover > td { background: #f3f7fc; }
 th.head, td.head, th.setting, td.setting { text-align: left; white-space: normal; }
 /* Head, Setting and Mean stay in place while the classes scroll by. */
 .head, .setting, .mean { position: sticky; z-index: 1; box-sizing: border-box; }
+th.head, th.setting, th.mean { z-index: 3; }
 .head { left: 0; width: 90px; min-width: 90px; }
 .setting { left: 90px; width: 300px; min-width: 300px; }
 .mean { left: 390px; width: 96px; min-width: 96px; box-shadow: inset -2px 0 0 #999; }
