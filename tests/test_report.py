@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -21,23 +23,31 @@ def about(dataset: str, head: str, **extra) -> dict:
 
 def knn_payload(dataset: str = CIFAR, classes: list[str] = CLASSES) -> dict:
     aurocs = [0.91, 0.82, 0.73][:len(classes)]
-    return {"mean": {"auroc": sum(aurocs) / len(aurocs)},
-            "per_class": {c: {"auroc": a, "aupr": 0.9} for c, a in zip(classes, aurocs)},
+    auprs = [0.991, 0.982, 0.973][:len(classes)]
+    fprs = [0.25, 0.5, 0.75][:len(classes)]
+    return {"mean": {"auroc": sum(aurocs) / len(aurocs), "aupr": sum(auprs) / len(auprs),
+                     "fpr_at_95_tpr": sum(fprs) / len(fprs)},
+            "per_class": {c: {"auroc": a, "aupr": p, "fpr_at_95_tpr": f}
+                          for c, a, p, f in zip(classes, aurocs, auprs, fprs)},
             "about": about(dataset, "knn", k=2)}
 
 
 def plume_payload(seeds: int = 3) -> dict:
+    # AUPR and FPR of the final model only (means over seeds, no spread), as pipeline.evaluate writes them.
     per_class = {c: {"auroc": 0.61 + i / 10, "auroc_std": 0.012, "best_epoch_auroc": 0.66 + i / 10,
-                     "best_epoch_auroc_std": 0.021} for i, c in enumerate(CLASSES)}
-    return {"mean": {"auroc": 0.71, "auroc_std": 0.004, "best_epoch_auroc": 0.76, "best_epoch_auroc_std": 0.007},
+                     "best_epoch_auroc_std": 0.021, "aupr": 0.951 + i / 100, "fpr_at_95_tpr": 0.6 - i / 10}
+                 for i, c in enumerate(CLASSES)}
+    return {"mean": {"auroc": 0.71, "auroc_std": 0.004, "best_epoch_auroc": 0.76, "best_epoch_auroc_std": 0.007,
+                     "aupr": 0.961, "fpr_at_95_tpr": 0.5, "best_epoch": 2.0},
             "per_class": per_class,
             "about": about(CIFAR, "plume", perturbation="linear", guidance="contrastive", lam=5.0, epochs=2,
                            dim="native", batch_mode="joint", identity_loss="sum", lr=0.001, seeds=seeds)}
 
 
 def anomem_payload() -> dict:
-    return {"mean": {"auroc": 0.55, "auroc_std": 0.0},
-            "per_class": {c: {"auroc": 0.55, "auroc_std": 0.0} for c in CLASSES},
+    # AUPR and FPR for the one-class run only: the semi-supervised and kNN-on-the-same-images rows hold AUROC.
+    return {"mean": {"auroc": 0.55, "auroc_std": 0.0, "aupr": 0.92, "fpr_at_95_tpr": 0.9},
+            "per_class": {c: {"auroc": 0.55, "auroc_std": 0.0, "aupr": 0.92, "fpr_at_95_tpr": 0.9} for c in CLASSES},
             "semi_supervised": {"0.01": {"mean": {"auroc": 0.88, "auroc_std": 0.033},
                                          "per_class": {c: {"auroc": 0.88, "auroc_std": 0.044} for c in CLASSES},
                                          "draws": 2}},
@@ -68,9 +78,85 @@ def build(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def md_tables(markdown: str) -> list[list[list[str]]]:
+    """Every Markdown table of a text, each as its rows of cells, the header row first."""
+    tables: list[list[list[str]]] = []
+    previous = ""
+    for line in markdown.splitlines():
+        if line.startswith("| "):
+            if not previous.startswith(("| ", "|---")):
+                tables.append([])
+            tables[-1].append([cell.strip() for cell in line.strip("|").split(" | ")])
+        previous = line
+    return tables
+
+
 def table_rows(markdown: str) -> list[list[str]]:
-    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in markdown.splitlines()
-            if line.startswith("| ") and not line.startswith("| Head")]
+    """The body rows of the first table of a text (the AUROC table of a group)."""
+    return md_tables(markdown)[0][1:]
+
+
+def md_groups(markdown: str) -> list[str]:
+    """The report's groups (their '## ' sections), each from its heading on."""
+    return re.split(r"^## ", markdown, flags=re.M)[1:]
+
+
+class _Views(HTMLParser):
+    """The HTML page's tables by metric view: {metric key: [table [row [cell text]]]}; and the
+    radio buttons and labels that switch them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.views: dict[str, list[list[list[str]]]] = {}
+        self.inputs: list[dict] = []
+        self.labels: dict[str, str] = {}
+        self.cell_classes: dict[str, list[tuple[str, str]]] = {}
+        self._view, self._depth, self._cell, self._label = None, 0, None, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "input":
+            self.inputs.append(attrs)
+        elif tag == "label":
+            self._label = attrs["for"]
+            self.labels[self._label] = ""
+        elif tag == "div":
+            if self._view is not None:
+                self._depth += 1
+            elif (attrs.get("class") or "").startswith("view view-"):
+                self._view, self._depth = attrs["class"].split("view-")[1], 0
+        elif self._view is not None and tag == "table":
+            self.views.setdefault(self._view, []).append([])
+        elif self._view is not None and tag == "tr":
+            self.views[self._view][-1].append([])
+        elif self._view is not None and tag in ("td", "th"):
+            self._cell = (tag, attrs.get("class") or "")
+            self.views[self._view][-1][-1].append("")
+
+    def handle_endtag(self, tag):
+        if tag == "label":
+            self._label = None
+        elif tag == "div" and self._view is not None:
+            if self._depth == 0:
+                self._view = None
+            else:
+                self._depth -= 1
+        elif tag in ("td", "th") and self._cell is not None:
+            self.cell_classes.setdefault(self._view, []).append(
+                (self.views[self._view][-1][-1][-1], self._cell[1]))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._label is not None:
+            self.labels[self._label] += data
+        if self._cell is not None:
+            self.views[self._view][-1][-1][-1] += data
+
+
+def html_views(page: str) -> _Views:
+    parser = _Views()
+    parser.feed(page)
+    return parser
 
 
 @pytest.fixture
@@ -93,23 +179,23 @@ def test_one_table_holds_every_head_and_class_with_std_and_labelled_paper_figure
                          str(project / "r.html"))
     assert code == 0, output
     markdown = (project / "r.md").read_text()
-    header = next(line for line in markdown.splitlines() if line.startswith("| Head"))
-    assert header.split(" | ")[2:5] == CLASSES  # every class, in payload order
-    assert "published (paper's backbone & protocol, not ours)" in header
+    header = md_tables(markdown)[0][0]
+    # The mean beside the setting, then the paper's figure, then every class in payload order.
+    assert header == ["Head", "Setting", "Mean", "published (paper's backbone & protocol, not ours)", *CLASSES]
     rows = {(r[0], r[1]): r[2:] for r in table_rows(markdown)}
-    assert rows[("kNN (DN2)", "k = 2")] == ["91.0", "82.0", "73.0", "**82.0**", "92.5 [PANDA]"]
+    assert rows[("kNN (DN2)", "k = 2")] == ["**82.0**", "92.5 [PANDA]", "91.0", "82.0", "73.0"]
     # Three seeds: mean ± std per class and for the mean; the paper's figure beside the row of its protocol.
     assert rows[("PLUME", "LinearMap, contrastive guidance; final epoch")] == [
-        "61.0 ± 1.2", "71.0 ± 1.2", "81.0 ± 1.2", "**71.0 ± 0.4**", ""]
+        "**71.0 ± 0.4**", "", "61.0 ± 1.2", "71.0 ± 1.2", "81.0 ± 1.2"]
     assert rows[("PLUME", "LinearMap, contrastive guidance; best epoch (picked on the test set)")] == [
-        "66.0 ± 2.1", "76.0 ± 2.1", "86.0 ± 2.1", "**76.0 ± 0.7**", "83.4 [PLUME]"]
+        "**76.0 ± 0.7**", "83.4 [PLUME]", "66.0 ± 2.1", "76.0 ± 2.1", "86.0 ± 2.1"]
     # One seed: no std; two draws: std over draws.
-    assert rows[("AnoMem", "one-class; multi-scale, learnt memory")] == ["55.0"] * 3 + ["**55.0**", "91.5 [AnoMem]"]
+    assert rows[("AnoMem", "one-class; multi-scale, learnt memory")] == ["**55.0**", "91.5 [AnoMem]"] + ["55.0"] * 3
     assert rows[("AnoMem", "semi-supervised, gamma = 0.01, 2 draws; multi-scale, learnt memory")] == [
-        "88.0 ± 4.4"] * 3 + ["**88.0 ± 3.3**", "92.5 [AnoMem]"]
-    assert rows[("kNN (DN2)", "k = 2, AnoMem's training images (those with views)")] == ["77.0"] * 3 + ["**77.0**", ""]
+        "**88.0 ± 3.3**", "92.5 [AnoMem]"] + ["88.0 ± 4.4"] * 3
+    assert rows[("kNN (DN2)", "k = 2, AnoMem's training images (those with views)")] == ["**77.0**", ""] + ["77.0"] * 3
     assert len(rows) == 6
-    caption = markdown.split("## ")[1]
+    caption = md_groups(markdown)[0]
     for words in (CIFAR, "efficientnet_lite0", "224x224", "resize/bilinear/imagenet", "one-vs-all", "3 seeds"):
         assert words in caption
     assert "[PANDA] PANDA paper" in markdown and "resnet152" in markdown and "not measured here" in markdown
@@ -122,11 +208,12 @@ def test_paper_column_only_for_cifar10_and_groups_by_features(tmp_path: Path) ->
     code, output = build(str(digits), str(cifar), str(ablation), "--out-md", str(tmp_path / "r.md"),
                          "--out-html", str(tmp_path / "r.html"))
     assert code == 0, output
-    digits_part, cifar_part = (tmp_path / "r.md").read_text().split("## ")[1:]
+    digits_part, cifar_part = md_groups((tmp_path / "r.md").read_text())
     assert digits_part.startswith("digits: efficientnet_lite0 @ 224x224")
     assert "published" not in digits_part and "[PANDA]" not in digits_part
+    assert md_tables(digits_part)[0][0] == ["Head", "Setting", "Mean", "0", "1"]
     assert "published (paper's backbone & protocol, not ours)" in cifar_part
-    rows = {(r[0], r[1]): r[-1] for r in table_rows(cifar_part)}
+    rows = {(r[0], r[1]): r[3] for r in table_rows(cifar_part)}
     assert rows[("PLUME", "Gaussian, no guidance; best epoch (picked on the test set)")] == "77.5 [PLUME]"
     assert rows[("PLUME", "LinearMap, mean guidance; best epoch (picked on the test set)")] == "76.9 [PLUME]"
     assert rows[("PLUME", "LinearMap, mean guidance; final epoch")] == ""
@@ -166,7 +253,92 @@ def test_html_is_self_contained_escaped_and_draws_every_curve(project: Path) -> 
     assert len(roc_files) == 9 and page.count('<path class="roc"') == len(roc_files)
     assert page.count('<path class="training"') == 3
     assert "test AUROC per epoch (mean of 3 seeds)" in page and "false positive rate" in page
-    assert page.count("<table>") == 1 and "92.5 [PANDA]" in page
+    assert page.count("<table>") == 3 and page.count("92.5 [PANDA]") == 1  # the papers' figure: AUROC only
+
+
+def test_the_mean_column_comes_before_the_classes_in_every_table(project: Path) -> None:
+    code, output = build(str(project / "metrics"), "--out-md", str(project / "r.md"), "--out-html",
+                         str(project / "r.html"))
+    assert code == 0, output
+    published = "published (paper's backbone & protocol, not ours)"
+    headers = [table[0] for table in md_tables((project / "r.md").read_text())]
+    # AUROC (with the papers' figure beside the mean), then AUPR and FPR@95%TPR (the papers publish AUROC only).
+    assert headers == [["Head", "Setting", "Mean", published, *CLASSES], ["Head", "Setting", "Mean", *CLASSES],
+                       ["Head", "Setting", "Mean", *CLASSES]]
+    views = html_views((project / "r.html").read_text())
+    assert views.views["auroc"][0][0] == ["Head", "Setting", "Mean", published, *CLASSES]
+    assert views.views["aupr"][0][0] == views.views["fpr_at_95_tpr"][0][0] == ["Head", "Setting", "Mean", *CLASSES]
+    # Head, Setting and Mean are the columns held in place while the classes scroll.
+    header_classes = [c for text, c in views.cell_classes["auroc"][:4]]
+    assert header_classes == ["head", "setting", "mean", "published"]
+    page = (project / "r.html").read_text()
+    assert '<div class="table-box">' in page and "position: sticky" in page and "overflow: auto" in page
+
+
+def test_html_switches_between_auroc_aupr_and_fpr_with_the_figures_of_the_metrics_file(project: Path) -> None:
+    code, output = build(str(project / "metrics"), "--out-md", str(project / "r.md"), "--out-html",
+                         str(project / "r.html"))
+    assert code == 0, output
+    page = (project / "r.html").read_text()
+    views = html_views(page)
+    assert list(views.views) == ["auroc", "aupr", "fpr_at_95_tpr"]
+    rows = {metric: {(r[0], r[1]): r[2:] for r in tables[0][1:]} for metric, tables in views.views.items()}
+    knn, plume = ("kNN (DN2)", "k = 2"), ("PLUME", "LinearMap, contrastive guidance; final epoch")
+    # knn_payload: AUROC .91/.82/.73, AUPR .991/.982/.973, FPR .25/.5/.75, and their means.
+    assert rows["auroc"][knn] == ["82.0", "92.5 [PANDA]", "91.0", "82.0", "73.0"]
+    assert rows["aupr"][knn] == ["98.2", "99.1", "98.2", "97.3"]
+    assert rows["fpr_at_95_tpr"][knn] == ["50.0", "25.0", "50.0", "75.0"]
+    # Three seeds: AUROC ± std; AUPR and FPR are means over seeds, with no spread recorded.
+    assert rows["auroc"][plume] == ["71.0 ± 0.4", "", "61.0 ± 1.2", "71.0 ± 1.2", "81.0 ± 1.2"]
+    assert rows["aupr"][plume] == ["96.1", "95.1", "96.1", "97.1"]
+    assert rows["fpr_at_95_tpr"][plume] == ["50.0", "60.0", "50.0", "40.0"]
+    # Every view has the same rows in the same order, so switching keeps each row in its place.
+    assert [list(r) for r in rows.values()] == [list(rows["auroc"])] * 3
+    # One set of radio buttons, AUROC chosen, with a label above each table; CSS only, nothing fetched.
+    assert [(i["type"], i["name"], i["id"]) for i in views.inputs] == [
+        ("radio", "metric", "metric-auroc"), ("radio", "metric", "metric-aupr"),
+        ("radio", "metric", "metric-fpr_at_95_tpr")]
+    assert ["checked" in i for i in views.inputs] == [True, False, False]
+    assert views.labels == {"metric-auroc": "AUROC (%)", "metric-aupr": "AUPR (%)",
+                            "metric-fpr_at_95_tpr": "FPR@95%TPR (%, lower is better)"}
+    assert "#metric-aupr:checked ~ section div.view-aupr { display: block; }" in page
+    assert "lower is better" in page and "anomalies as the positive class" in page
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+
+
+def test_a_row_without_aupr_or_fpr_shows_a_dash(project: Path) -> None:
+    code, output = build(str(project / "metrics"), "--out-md", str(project / "r.md"), "--out-html",
+                         str(project / "r.html"))
+    assert code == 0, output
+    views = html_views((project / "r.html").read_text())
+    semi = ("AnoMem", "semi-supervised, gamma = 0.01, 2 draws; multi-scale, learnt memory")
+    same = ("kNN (DN2)", "k = 2, AnoMem's training images (those with views)")
+    best = ("PLUME", "LinearMap, contrastive guidance; best epoch (picked on the test set)")
+    one_class = ("AnoMem", "one-class; multi-scale, learnt memory")
+    for metric in ("aupr", "fpr_at_95_tpr"):
+        rows = {(r[0], r[1]): r[2:] for r in views.views[metric][0][1:]}
+        # AnoMem's semi-supervised rows, its kNN on the same images and PLUME's best epoch record AUROC only.
+        for key in (semi, same, best):
+            assert rows[key] == ["–"] * 4, (metric, key)
+        assert rows[one_class] == (["92.0"] * 4 if metric == "aupr" else ["90.0"] * 4)
+        cells = views.cell_classes[metric]
+        assert ("–", "missing") in cells and ("–", "mean missing") in cells
+    markdown = (project / "r.md").read_text()
+    aupr = md_tables(markdown)[1]
+    assert {(r[0], r[1]): r[2:] for r in aupr[1:]}[semi] == ["–"] * 4  # not "**–**"
+    assert "### AUPR (%), " in markdown and "### FPR@95%TPR (%, lower is better), " in markdown
+
+
+def test_only_auroc_without_a_switch_when_no_metrics_file_holds_aupr_or_fpr(tmp_path: Path) -> None:
+    ablation = write(tmp_path / "ablation.json", ablation_payload())  # AUROC only
+    code, output = build(str(ablation), "--out-md", str(tmp_path / "r.md"), "--out-html", str(tmp_path / "r.html"))
+    assert code == 0, output
+    markdown, page = (tmp_path / "r.md").read_text(), (tmp_path / "r.html").read_text()
+    assert len(md_tables(markdown)) == 1 and "### AUPR" not in markdown
+    views = html_views(page)
+    assert list(views.views) == ["auroc"] and views.inputs == [] and views.labels == {}
+    # With no radio button, no rule hides the view.
+    assert "input.metric-choice ~ section div.view { display: none; }" in page and "<input" not in page
 
 
 def test_plots_dirs_can_be_given_per_file(tmp_path: Path) -> None:
@@ -224,6 +396,9 @@ def test_readme_section_between_markers_is_replaced_and_the_rest_kept():
     text = f"# Title\n\nintro\n{README_START}\nold table\n{README_END}\n\n## After\n"
     out = replace_between_markers(text, "# Results\n\nnew table\n")
     assert out == f"# Title\n\nintro\n{README_START}\nnew table\n{README_END}\n\n## After\n"
+    # Every heading one level down, under the README's own "## Results".
+    out = replace_between_markers(text, "# Results\n\nintro\n\n## group\n\n### AUPR (%), group\n\n| a |\n")
+    assert f"{README_START}\nintro\n\n### group\n\n#### AUPR (%), group\n\n| a |\n{README_END}" in out
     import pytest
 
     with pytest.raises(PipelineError, match="results:start"):
@@ -278,7 +453,7 @@ def test_a_head_in_the_registry_gets_its_rows_from_its_report_module_and_an_unkn
                          "--out-html", str(tmp_path / "r.html"))
     assert code == 0, output
     markdown = (tmp_path / "r.md").read_text()
-    rows = [(r[0], r[1], r[-2], r[-1]) for r in table_rows(markdown)]
+    rows = [(r[0], r[1], r[2], r[3]) for r in table_rows(markdown)]
     # The fake head's own rows (ORDER -1: first), told apart by its varying setting, with its paper's
     # figure; kNN as always; heads without a report module last (in file order), with the generic row.
     assert rows == [("Fake head", "fake setting; width 3", "**82.0**", "12.5 [FAKE]"),

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import click
@@ -172,8 +174,8 @@ def replace_between_markers(text: str, tables: str, where: str = "the file") -> 
         raise PipelineError(f"{where} needs one line {README_START} and, after it, one line {README_END} "
                             f"around the part the report replaces.")
     body = tables.split("\n", 2)[2] if tables.startswith("# ") else tables
-    # One level down: the README's own "## Results" section holds the tables.
-    body = "\n".join("#" + line if line.startswith("## ") else line for line in body.splitlines())
+    # One level down: the README's own "## Results" section holds the tables (## and ### headings).
+    body = "\n".join("#" + line if re.match(r"#{2,5} ", line) else line for line in body.splitlines())
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
     return f"{head}{README_START}\n{body.strip()}\n{README_END}{tail}"

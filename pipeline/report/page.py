@@ -1,6 +1,12 @@
 """The results as one self-contained HTML page: the tables of ``pipeline.report.table``, ROC
 curves and PLUME training curves drawn as inline SVG. Nothing is fetched (no scripts, style
-sheets or fonts from elsewhere), so the page reads the same offline and years later."""
+sheets or fonts from elsewhere), so the page reads the same offline and years later.
+
+Each table sits in its own box, which scrolls when the classes do not fit (or the rows, past
+the window's height), with the header row and the Head, Setting and Mean columns held in place
+(CSS ``position: sticky``). Radio buttons at the
+top of the page (CSS only, no script) switch every table between AUROC, AUPR and FPR at 95% TPR;
+their labels sit above each table."""
 
 from __future__ import annotations
 
@@ -11,21 +17,42 @@ from pathlib import Path
 from pipeline.cli import safe_filename
 from pipeline.errors import PipelineError
 from pipeline.report.svg_chart import Axis, Series, line_chart, padded_range
-from pipeline.report.rows import Run
-from pipeline.report.table import (PUBLISHED_HEADER, Group, caption, distinguishing, group_classes, group_rows,
-                                   published_notes, roc_curves, run_title, table_cells, varying_settings)
+from pipeline.report.rows import MISSING, Row, Run
+from pipeline.report.table import (AUROC, HEAD_COL, MEAN_COL, METRICS, PUBLISHED_COL, SETTING_COL, Group, Metric,
+                                   caption, distinguishing, group_classes, group_metrics, group_rows, published_notes,
+                                   published_shown, roc_curves, run_title, table_cells, varying_settings)
 
 STYLE = """
 body { font-family: "DejaVu Sans", "Helvetica Neue", Arial, sans-serif; margin: 24px; color: #222; }
 h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 36px; } h3 { font-size: 15px; }
 p.caption { max-width: 1200px; font-size: 13px; line-height: 1.45; }
-table { border-collapse: collapse; font-size: 12px; margin: 8px 0; }
-th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; white-space: nowrap; }
-th { background: #f2f2f2; }
-td.text, th.text { text-align: left; white-space: normal; min-width: 240px; max-width: 360px; }
+/* A long table scrolls in a box no taller than the window, so that its sideways scroll bar is in sight. */
+div.table-box { overflow: auto; max-width: 100%; max-height: 85vh; margin: 6px 0 8px; }
+table { border-collapse: separate; border-spacing: 0; font-size: 12px; }
+th, td { border-right: 1px solid #ccc; border-bottom: 1px solid #ccc; padding: 3px 6px; text-align: right;
+         white-space: nowrap; background: #fff; }
+tr:first-child > * { border-top: 1px solid #ccc; }
+tr > :first-child { border-left: 1px solid #ccc; }
+th { background: #f2f2f2; vertical-align: bottom; position: sticky; top: 0; z-index: 2; }
+tr:hover > td { background: #f3f7fc; }
+th.head, td.head, th.setting, td.setting { text-align: left; white-space: normal; }
+/* Head, Setting and Mean stay in place while the classes scroll by. */
+.head, .setting, .mean { position: sticky; z-index: 1; box-sizing: border-box; }
+th.head, th.setting, th.mean { z-index: 3; }
+.head { left: 0; width: 90px; min-width: 90px; }
+.setting { left: 90px; width: 300px; min-width: 300px; }
+.mean { left: 390px; width: 96px; min-width: 96px; box-shadow: inset -2px 0 0 #999; }
 td.mean { font-weight: bold; }
+td.missing { text-align: center; color: #999; }
 td.published, th.published { background: #fff7e0; font-style: italic; color: #555; }
-th.published { white-space: normal; max-width: 150px; }
+th.published { white-space: normal; min-width: 130px; max-width: 150px; }
+p.metric-words { font-size: 12px; color: #444; margin: 4px 0; max-width: 1200px; }
+div.metric-tabs { font-size: 12px; margin: 10px 0 4px; }
+div.metric-tabs label { display: inline-block; border: 1px solid #aaa; border-radius: 4px; padding: 3px 10px;
+                        margin-left: 4px; background: #f7f7f7; cursor: pointer; }
+/* The radio buttons themselves are out of sight (fixed, so that choosing one never scrolls the page). */
+input.metric-choice { position: fixed; top: 0; left: 0; opacity: 0; pointer-events: none; }
+input.metric-choice ~ section div.view { display: none; }
 ul.notes { font-size: 12px; max-width: 1200px; }
 div.charts { display: flex; flex-wrap: wrap; gap: 12px; }
 svg.chart { border: 1px solid #e4e4e4; background: #fff; font-size: 11px; }
@@ -117,31 +144,56 @@ def training_chart(run: Run, classes: list[str], varying: dict[str, set[str]]) -
 
 # --- page -----------------------------------------------------------------------------------
 
-def _cell(text: str, index: int, header: list[str], published: bool, tag: str = "td") -> str:
-    classes = []
-    if index < 2:
-        classes.append("text")
-    if tag == "td" and index == len(header) - (2 if published else 1):
-        classes.append("mean")
-    if published and index == len(header) - 1:
+COLUMN_CLASSES = {HEAD_COL: "head", SETTING_COL: "setting", MEAN_COL: "mean"}
+
+
+def _cell(text: str, index: int, published: bool, tag: str = "td") -> str:
+    classes = [COLUMN_CLASSES[index]] if index in COLUMN_CLASSES else []
+    if published and index == PUBLISHED_COL:
         classes.append("published")
+    if tag == "td" and text == MISSING:
+        classes.append("missing")
     attr = f' class="{" ".join(classes)}"' if classes else ""
     return f"<{tag}{attr}>{escape(text)}</{tag}>"
 
 
-def html_table(group: Group) -> str:
-    rows = group_rows(group)
-    header, body = table_cells(group, rows, group_classes(rows))
-    published = header[-1] == PUBLISHED_HEADER
-    lines = ["<table>", "<tr>" + "".join(_cell(h, i, header, published, "th") for i, h in enumerate(header)) + "</tr>"]
-    lines += ["<tr>" + "".join(_cell(c, i, header, published) for i, c in enumerate(cells)) + "</tr>" for cells in body]
-    lines.append("</table>")
-    notes = published_notes(rows)
+def html_table(group: Group, rows: list[Row], classes: list[str], metric: Metric = AUROC) -> str:
+    """One metric's table, in a box of its own that scrolls sideways, Head, Setting and Mean held."""
+    header, body = table_cells(group, rows, classes, metric)
+    published = published_shown(group, metric)
+    lines = ['<div class="table-box">', "<table>",
+             "<tr>" + "".join(_cell(h, i, published, "th") for i, h in enumerate(header)) + "</tr>"]
+    lines += ["<tr>" + "".join(_cell(c, i, published) for i, c in enumerate(cells)) + "</tr>" for cells in body]
+    lines += ["</table>", "</div>"]
+    notes = published_notes(rows) if published else {}
     if notes:
         lines.append("<p>Published figures, with the paper's backbone and protocol, not this project's:</p>")
         lines.append('<ul class="notes">' + "".join(f"<li>[{escape(t)}] {escape(n)}</li>" for t, n in notes.items())
                      + "</ul>")
     return "\n".join(lines)
+
+
+def _choice_id(metric: Metric) -> str:
+    return f"metric-{metric.key}"
+
+
+def metric_tabs(metrics: list[Metric]) -> str:
+    """The labels of the page's metric radio buttons, above a table (every table's switch together)."""
+    labels = "".join(f'<label for="{_choice_id(m)}">{escape(m.label)}</label>' for m in metrics)
+    return f'<div class="metric-tabs">Table of: {labels}</div>'
+
+
+def metric_views(group: Group, metrics: list[Metric]) -> str:
+    """The group's table once per metric of the page, each in a view the radio buttons show or hide."""
+    tables = group_metrics(group)
+    classes = group_classes(tables[AUROC])
+    views = []
+    for metric in metrics:
+        inner = (html_table(group, tables[metric], classes, metric) if metric in tables else
+                 f'<p class="missing">No {escape(metric.name)} in these metrics files.</p>')
+        views.append(f'<div class="view view-{metric.key}">\n<p class="metric-words">{escape(metric.words)}</p>\n'
+                     f"{inner}\n</div>")
+    return "\n".join(([metric_tabs(metrics)] if len(metrics) > 1 else []) + views)
 
 
 def _charts(heading: str, charts: list[str]) -> str:
@@ -153,14 +205,14 @@ def _run_name(run: Run, varying: dict[str, set[str]]) -> str:
     return f"{run_title(run)}{f' ({differing})' if differing else ''} from {run.source}"
 
 
-def html_group(group: Group) -> str:
+def html_group(group: Group, metrics: list[Metric] = (AUROC,)) -> str:
     classes = group_classes(group_rows(group))
     varying = varying_settings(group.runs)
     rocs = [c for c in (roc_chart(run, classes, varying) for run in group.runs) if c]
     trainings = [c for c in (training_chart(run, classes, varying) for run in group.runs) if c]
     missing = [_run_name(run, varying) for run in group.runs if run.roc_dir is None or not run.roc_dir.is_dir()]
     parts = [f"<section>\n<h2>{escape(group.heading())}</h2>", f'<p class="caption">{escape(caption(group))}</p>',
-             html_table(group), _charts("ROC curves, one line per normal class", rocs),
+             metric_views(group, list(metrics)), _charts("ROC curves, one line per normal class", rocs),
              _charts("PLUME training: test AUROC after each epoch, one line per normal class", trainings)]
     if missing:
         parts.append(f'<p class="missing">No ROC curve files found for: {escape("; ".join(missing))}.</p>')
@@ -168,12 +220,33 @@ def html_group(group: Group) -> str:
     return "\n".join(p for p in parts if p)
 
 
+def metric_choices(metrics: list[Metric]) -> tuple[str, str]:
+    """The radio buttons (AUROC chosen) and the CSS that shows the chosen metric's tables and marks
+    its labels; none for a single metric."""
+    if len(metrics) < 2:
+        return "", ""
+    inputs = "\n".join(f'<input type="radio" name="metric" class="metric-choice" id="{_choice_id(m)}" '
+                       f'aria-label="{escape(m.label)}"{" checked" if m == AUROC else ""}>' for m in metrics)
+    css = []
+    for m in metrics:
+        chosen = f"#{_choice_id(m)}:checked ~ section"
+        css += [f"{chosen} div.view-{m.key} {{ display: block; }}",
+                f'{chosen} label[for="{_choice_id(m)}"] {{ background: #2b4a6f; border-color: #2b4a6f; color: #fff; }}',
+                f'#{_choice_id(m)}:focus-visible ~ section label[for="{_choice_id(m)}"] '
+                f"{{ outline: 2px solid #4a90d9; }}"]
+    return inputs, "\n".join(css) + "\n"
+
+
 def html_report(groups: list[Group]) -> str:
+    shown = {metric for group in groups for metric in group_metrics(group)}
+    metrics = [metric for metric in METRICS if metric in shown]
     intro = ("AUROC (%) of every head, one-vs-all, per class and the mean over classes: one table per dataset, "
-             "backbone and image size, then the curves behind them. Figures in the shaded column are copied from "
-             "the papers, with their own backbones and protocols; they were not measured here. Made by "
-             "python -m pipeline.report build.")
-    body = "\n".join(html_group(g) for g in groups)
+             "backbone and image size, then the curves behind them. The buttons above each table switch every "
+             "table to AUPR or FPR at 95% TPR (lower is better) where the metrics files hold them. Figures in the "
+             "shaded column are copied from the papers (AUROC), with their own backbones and protocols; they were "
+             "not measured here. Made by python -m pipeline.report build.")
+    inputs, choice_css = metric_choices(metrics)
+    body = "\n".join(html_group(g, metrics) for g in groups)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Results</title>\n'
-            f"<style>{STYLE}</style>\n</head>\n<body>\n<h1>Results</h1>\n<p class=\"caption\">{escape(intro)}</p>\n"
-            f"{body}\n</body>\n</html>\n")
+            f"<style>{STYLE}{choice_css}</style>\n</head>\n<body>\n<h1>Results</h1>\n"
+            f"<p class=\"caption\">{escape(intro)}</p>\n{inputs}\n{body}\n</body>\n</html>\n")

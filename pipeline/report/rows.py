@@ -1,10 +1,11 @@
 """What a results table is made of: runs (a metrics file, or one variant of an ablation file)
-and their rows of AUROC per class. The head report modules (``pipeline/heads/<name>/report.py``)
-turn a ``Run`` into ``Row``s with these; ``pipeline.report.table`` groups and renders them.
-Nothing here knows a head."""
+and their rows of AUROC (or AUPR, FPR at 95% TPR) per class. The head report modules
+(``pipeline/heads/<name>/report.py``) turn a ``Run`` into ``Row``s with these;
+``pipeline.report.table`` groups and renders them. Nothing here knows a head."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,26 @@ from typing import Any
 from pipeline.report.published import Published
 
 
+# A cell whose metrics file holds no figure for it.
+MISSING = "–"
+
+
 @dataclass(frozen=True)
 class Figure:
-    """An AUROC as a fraction; ``std`` over seeds or draws, None for a single run."""
+    """An AUROC (or another metric) as a fraction; ``std`` over seeds or draws, None for a
+    single run. ``value`` is NaN where the metrics file holds no figure for the metric shown
+    (``pipeline.report.table.metric_run``): it reads "–"."""
 
     value: float
     std: float | None = None
 
+    @property
+    def missing(self) -> bool:
+        return math.isnan(self.value)
+
     def percent(self) -> str:
+        if self.missing:
+            return MISSING
         text = f"{100 * self.value:.1f}"
         return text if self.std is None else f"{text} ± {100 * self.std:.1f}"
 

@@ -1,18 +1,24 @@
 """One table of every head's results, grouped by dataset, backbone and image size.
 
 Reads the metrics payloads the head stages write (and PLUME ablation files, one run per
-variant), groups the runs and renders their rows as Markdown. ``pipeline.report.page`` draws
-the same rows, with ROC and training curves, as a self-contained HTML page.
+variant), groups the runs and renders their rows as Markdown: one table per metric (AUROC,
+then AUPR and FPR at 95% TPR where the metrics files hold them), the mean beside the
+setting. ``pipeline.report.page`` draws the same rows, with ROC and training curves, as a
+self-contained HTML page.
 
 What a head's rows, title and settings say is its own report module's business
 (``pipeline/heads/<name>/report.py``, found through ``pipeline.heads.registry``); a head
-without one still gets a row of its AUROCs. Published figures come from ``paper_results.json``
-(``pipeline.report.published``); they only appear for CIFAR-10 and always carry a tag naming
-the paper, whose backbone and protocol are spelled out in the notes under the table.
+without one still gets a row of its AUROCs. The head modules read AUROC; the other metrics'
+rows are theirs too, read from a view of the payload with that metric in AUROC's place
+(``metric_run``), so that every metric's table has the same rows in the same order.
+Published figures come from ``paper_results.json`` (``pipeline.report.published``); they
+only appear for CIFAR-10's AUROC table and always carry a tag naming the paper, whose
+backbone and protocol are spelled out in the notes under the table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -24,13 +30,36 @@ from pipeline import metrics_file
 from pipeline.errors import PipelineError
 from pipeline.heads import registry
 from pipeline.report.published import has_published_column
-from pipeline.report.rows import Row, Run, other_rows, plural
+from pipeline.report.rows import MISSING, Row, Run, other_rows, plural
 
 PUBLISHED_HEADER = "published (paper's backbone & protocol, not ours)"
 RESIZE_WORDS = {"resize": "resized straight to {size}x{size}",
                 "resize_crop": "short side resized to {size}*256/224, centre crop {size}x{size}"}
 NORMALISATION_WORDS = {"imagenet": "ImageNet mean/std normalisation", "inception": "inputs scaled to [-1, 1]",
                        "none": "no normalisation"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric of the metrics files (``key``, a fraction per class and for the mean), as the
+    report names it (``name``) and says what it means (``words``)."""
+
+    key: str
+    name: str
+    label: str
+    words: str
+
+
+METRICS = (
+    Metric("auroc", "AUROC", "AUROC (%)", "AUROC in percent, higher is better (50 is chance)."),
+    Metric("aupr", "AUPR", "AUPR (%)", "AUPR (average precision) in percent, anomalies as the positive class, "
+           "higher is better (chance is the share of anomalies in the test set, 90% with ten classes "
+           "one-vs-all)."),
+    Metric("fpr_at_95_tpr", "FPR@95%TPR", "FPR@95%TPR (%, lower is better)",
+           "FPR at 95% TPR in percent: the share of normal test images flagged at the threshold that finds 95% "
+           "of the anomalies; lower is better."),
+)
+AUROC = METRICS[0]
 
 
 @dataclass
@@ -136,6 +165,33 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return list(groups.values())
 
 
+def metric_payload(data: Any, key: str) -> Any:
+    """A payload as the head report modules read it, with metric ``key`` in AUROC's place: in
+    every dict of figures (one with an ``auroc``), ``auroc`` becomes its ``key`` (NaN where it
+    has none: the cell reads "–"), ``auroc_std`` its ``key``_std (or nothing), and likewise
+    ``best_epoch_auroc``. Everything else is kept, so a head's rows come out the same."""
+    if isinstance(data, list):
+        return [metric_payload(item, key) for item in data]
+    if not isinstance(data, dict):
+        return data
+    if not isinstance(data.get("auroc"), (int, float)):
+        return {name: value if name == "about" else metric_payload(value, key) for name, value in data.items()}
+    figures = {name: value for name, value in data.items() if not name.startswith(("auroc", "best_epoch_auroc"))}
+    for prefix in ("", "best_epoch_"):
+        if f"{prefix}auroc" in data:
+            figures[f"{prefix}auroc"] = data.get(f"{prefix}{key}", math.nan)
+            if f"{prefix}{key}_std" in data:
+                figures[f"{prefix}auroc_std"] = data[f"{prefix}{key}_std"]
+    return figures
+
+
+def metric_run(run: Run, metric: Metric) -> Run:
+    """The run as its head's report module should read it to give rows of ``metric``."""
+    if metric.key == "auroc":
+        return run
+    return dataclasses.replace(run, payload=metric_payload(run.payload, metric.key))
+
+
 # --- heads --------------------------------------------------------------------------------
 
 def head_report(head: str) -> ModuleType | None:
@@ -214,17 +270,37 @@ def distinguishing(run: Run, varying: dict[str, set[str]]) -> str:
     return _join({k: v for k, v in head_settings(run.about).items() if k in varying.get(run.head, ())})
 
 
-def group_rows(group: Group) -> list[Row]:
+def group_rows(group: Group, metric: Metric = AUROC) -> list[Row]:
+    """The group's rows of ``metric``: the same rows, in the same order, for every metric."""
     varying = varying_settings(group.runs)
-    rows = []
+    seen, rows = [], []
     for run in group.runs:
         differing = distinguishing(run, varying)
-        for row in run_rows(run, f"; {differing}" if differing else ""):
+        extra = f"; {differing}" if differing else ""
+        by_auroc = run_rows(run, extra)
+        shown = by_auroc if metric.key == "auroc" else run_rows(metric_run(run, metric), extra)
+        if len(shown) != len(by_auroc):
+            raise PipelineError(f"{run.source}: the {run.head} report module gives {len(by_auroc)} AUROC rows but "
+                                f"{len(shown)} {metric.name} rows.")
+        for key, row in zip(by_auroc, shown):
             # Runs that share a part (AnoMem's one-class run is repeated in every semi-supervised
             # file) would give the very same row twice.
-            if row not in rows:
+            if key not in seen:
+                seen.append(key)
                 rows.append(row)
     return rows
+
+
+def has_figures(rows: list[Row]) -> bool:
+    """Whether any cell of these rows holds a figure (not every one "–")."""
+    return any(not f.missing for row in rows for f in (row.mean, *row.per_class.values()))
+
+
+def group_metrics(group: Group) -> dict[Metric, list[Row]]:
+    """The rows of each metric the group's metrics files hold (AUROC always, the others where
+    some row has them)."""
+    tables = {metric: group_rows(group, metric) for metric in METRICS}
+    return {metric: rows for metric, rows in tables.items() if metric.key == "auroc" or has_figures(rows)}
 
 
 def group_classes(rows: list[Row]) -> list[str]:
@@ -253,8 +329,10 @@ def caption(group: Group) -> str:
              f"{group.image_size}x{group.image_size} input; preprocessing {group.preprocessing} "
              f"({preprocessing_words(group.preprocessing, group.image_size)}); protocol {', '.join(protocols)} "
              f"(each class in turn is normal, the head trains on its training images and scores the whole "
-             f"test set). AUROC in percent; ± is the standard deviation over seeds (PLUME, AnoMem one-class) "
-             f"or draws of labelled anomalies (AnoMem semi-supervised) where there are several."]
+             f"test set). Figures in percent; ± is the standard deviation of the AUROC over seeds (PLUME, "
+             f"AnoMem one-class) or draws of labelled anomalies (AnoMem semi-supervised) where there are "
+             f"several; AUPR and FPR@95%TPR are means over seeds, without a spread. {MISSING}: the metrics file "
+             f"holds no such figure for that row."]
     varying = varying_settings(group.runs)
     seen: set[str] = set()
     for run in group.runs:
@@ -284,41 +362,63 @@ def _md(text: str) -> str:
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def table_cells(group: Group, rows: list[Row], classes: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Header and body cells as plain text, shared by the Markdown and HTML renderings."""
-    header = ["Head", "Setting", *classes, "Mean"]
-    if group.published_column:
-        header.append(PUBLISHED_HEADER)
+# Where the columns sit: the mean beside the setting, then the published figure (AUROC only,
+# the papers' metric), then the classes.
+HEAD_COL, SETTING_COL, MEAN_COL, PUBLISHED_COL = 0, 1, 2, 3
+
+
+def published_shown(group: Group, metric: Metric = AUROC) -> bool:
+    """The published column: CIFAR-10's AUROC table (the papers publish AUROC)."""
+    return group.published_column and metric.key == "auroc"
+
+
+def table_cells(group: Group, rows: list[Row], classes: list[str],
+                metric: Metric = AUROC) -> tuple[list[str], list[list[str]]]:
+    """Header and body cells as plain text, shared by the Markdown and HTML renderings:
+    Head, Setting, Mean, (published), then the classes."""
+    published = published_shown(group, metric)
+    header = ["Head", "Setting", "Mean", *([PUBLISHED_HEADER] if published else []), *classes]
     body = []
     for row in rows:
-        cells = [row.head, row.setting, *(row.per_class[c].percent() if c in row.per_class else "–" for c in classes),
-                 row.mean.percent()]
-        if group.published_column:
+        cells = [row.head, row.setting, row.mean.percent()]
+        if published:
             cells.append(row.published.text() if row.published is not None else "")
+        cells.extend(row.per_class[c].percent() if c in row.per_class else MISSING for c in classes)
         body.append(cells)
     return header, body
 
 
-def markdown_group(group: Group) -> str:
-    rows = group_rows(group)
-    classes = group_classes(rows)
-    header, body = table_cells(group, rows, classes)
-    mean_col = len(header) - (2 if group.published_column else 1)
+def markdown_table(group: Group, rows: list[Row], classes: list[str], metric: Metric) -> str:
+    header, body = table_cells(group, rows, classes, metric)
     lines = ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" * len(header)]
     for cells in body:
         cells = [_md(c) for c in cells]
-        cells[mean_col] = f"**{cells[mean_col]}**"
+        if cells[MEAN_COL] != MISSING:
+            cells[MEAN_COL] = f"**{cells[MEAN_COL]}**"
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_group(group: Group) -> str:
+    tables = group_metrics(group)
+    rows = tables[AUROC]
+    classes = group_classes(rows)
     notes = [f"- [{tag}] {_md(text)}" for tag, text in published_notes(rows).items()]
-    parts = [f"## {_md(group.heading())}", _md(caption(group)), "\n".join(lines)]
+    parts = [f"## {_md(group.heading())}", _md(caption(group)), markdown_table(group, rows, classes, AUROC)]
     if notes:
         parts.append("Published figures (the paper's backbone and protocol, not this project's):\n\n"
                      + "\n".join(notes))
+    for metric, metric_rows in tables.items():
+        if metric != AUROC:
+            parts += [f"### {_md(metric.label)}, {_md(group.heading())}", _md(metric.words),
+                      markdown_table(group, metric_rows, classes, metric)]
     return "\n\n".join(parts) + "\n"
 
 
 def markdown_report(groups: list[Group]) -> str:
     intro = ("# Results\n\nAUROC (%) of every head, one-vs-all, per class and the mean over classes, one table per "
-             "dataset, backbone and image size. Made by `python -m pipeline.report build`; ROC and training curves "
-             "are in the HTML page built beside this file.\n")
+             "dataset, backbone and image size, the mean beside the setting; under each, the same rows' AUPR and "
+             "FPR at 95% TPR (lower is better) where the metrics files hold them. Made by "
+             "`python -m pipeline.report build`; ROC and training curves are in the HTML page built beside this "
+             "file.\n")
     return "\n".join([intro, *(markdown_group(g) for g in groups)])
