@@ -28,6 +28,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,50 @@ def differences(expected: dict, actual: dict, prefix: str = "") -> list[str]:
 
 def _digest(data: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, in words, for messages."""
+    names = {dict: "a mapping", list: "a list", str: "a text", bool: "true/false", int: "a number",
+             float: "a number", type(None): "null"}
+    return f"{names.get(type(value), type(value).__name__)} ({json.dumps(value, default=str)[:60]})"
+
+
+def class_names_problem(classes: Any) -> str | None:
+    """Why ``classes`` is not a usable class list, or None. A class list is a non-empty list of
+    distinct, non-empty names: each name labels metrics, plots and saved heads, so two classes
+    of one name would share them (and one would be lost)."""
+    if not isinstance(classes, list):
+        return f"is {_kind(classes)}, not a list of names"
+    if not classes:
+        return "is empty"
+    for name in classes:
+        if not isinstance(name, str):
+            return f"holds {_kind(name)}, which is not a name (text)"
+    empty = [i for i, name in enumerate(classes) if not name.strip()]
+    if empty:
+        return f"holds an empty name (class {empty[0]})"
+    repeated = [name for name, count in Counter(classes).items() if count > 1]
+    if repeated:
+        return (f"names {', '.join(repr(name) for name in repeated[:5])} more than once (two classes of one "
+                f"name would share their metrics, plots and saved heads)")
+    return None
+
+
+METADATA_SECTIONS = ("dataset", "backbone", "preprocessing", "features")
+
+
+def metadata_problem(metadata: Any) -> str | None:
+    """Why ``metadata`` cannot be a feature cache's metadata, or None: a mapping whose sections
+    (dataset, backbone, preprocessing, features) are mappings, with a usable class list."""
+    if not isinstance(metadata, dict):
+        return f"metadata is {_kind(metadata)}, not a mapping"
+    for section in METADATA_SECTIONS:
+        if section in metadata and not isinstance(metadata[section], dict):
+            return f"metadata.{section} is {_kind(metadata[section])}, not a mapping"
+    classes = metadata.get("dataset", {}).get("classes")
+    problem = class_names_problem(classes) if classes is not None else None
+    return f"metadata.dataset.classes {problem}" if problem else None
 
 
 def _guarded(target: Path, folder: Path, what: str) -> str | None:
@@ -288,6 +333,9 @@ class FeatureCache:
         creating it leaves either the old store or a complete empty one, never half of one.
         """
         path = Path(path)
+        problem = metadata_problem(metadata)
+        if problem:
+            raise PipelineError(f"cannot make the feature cache {path}: its {problem}.")
         check_replaceable(path, protected)  # before any work: nothing is built for a path that cannot be
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
