@@ -27,6 +27,9 @@ def info(cache_path: str) -> None:
                   for name in ["features", "labels"] + [f"maps/{m}" for m in cache.map_names(split)]]
         done = len(cache.done_chunks(split))
         click.echo(f"{split}: {'; '.join(arrays)}; {done}/{len(cache.chunk_slices(split))} chunks written")
+    edited = cache.metadata_edited()
+    if edited:
+        click.echo(f"EDITED: {edited}; see python -m pipeline.cache verify {cache_path}")
     click.echo("complete" if cache.is_complete else "INCOMPLETE: re-run the extraction command to finish it")
 
 
@@ -36,22 +39,39 @@ def info(cache_path: str) -> None:
               help="Set damaged chunks aside and mark the cache incomplete, so that running the "
                    "extraction command again recomputes just those chunks.")
 def verify(cache_path: str, repair: bool) -> None:
-    """Check every chunk of CACHE_PATH against its recorded checksum, and the arrays against
-    the metadata. Exits with status 1 if anything is missing or damaged."""
+    """Check every chunk of CACHE_PATH against its recorded checksum, the metadata against the
+    checksum recorded when the cache was made, and the arrays against the metadata. Exits with
+    status 1 if anything is missing, damaged or edited."""
+    from pipeline.store.cache import remake_hint
+
     cache = FeatureCache.open(cache_path, require_complete=False)
     problems = cache._problems()
     for _, _, problem in problems:
         click.echo(f"  {problem}")
+    if not cache.metadata_checked:
+        click.echo(f"note: {cache_path} was made before the metadata's checksum was recorded, so an edit of its "
+                   f"metadata (zarr.json) cannot be detected; making it again records one.")
     if not problems:
         click.echo(f"{cache_path}: all {sum(len(cache.chunk_slices(s)) for s in cache.splits)} chunks present and "
-                   f"intact{'' if cache.is_complete else ', but not marked complete'}.")
+                   f"intact{'' if cache.is_complete else ', but not marked complete'}"
+                   f"{', metadata as made' if cache.metadata_checked else ''}.")
         return
-    if repair:
-        for split in cache.splits:
-            cache.set_aside(split, {chunk for s, chunk, _ in problems if s == split and chunk is not None})
+    chunks = {split: {chunk for s, chunk, _ in problems if s == split and chunk is not None} for split in cache.splits}
+    # Missing or damaged chunks are recomputed by the extraction; anything else (edited metadata,
+    # arrays that disagree with it) is not, and only making the cache again mends it.
+    whole = len(problems) - sum(len(c) for c in chunks.values())
+    if repair and any(chunks.values()):
+        for split, damaged in chunks.items():
+            if damaged:
+                cache.set_aside(split, damaged)
         click.echo(f"{len(problems)} problems; damaged chunks set aside. Run the extraction command again "
                    f"(or dvc repro) to recompute them.")
-        raise SystemExit(1)
+        if not whole:
+            raise SystemExit(1)
+    if whole:
+        raise PipelineError(
+            f"{cache_path} has {len(problems)} problems (listed above), {whole} of which setting chunks aside cannot "
+            f"mend. {remake_hint(cache_path)}")
     raise PipelineError(
         f"{cache_path} has {len(problems)} problems (listed above). Run python -m pipeline.cache verify --repair "
         f"{cache_path} and then the extraction command again to recompute the damaged chunks.")
