@@ -32,15 +32,18 @@ if TYPE_CHECKING:  # imported where used, so that --help loads no torch
 COMPARED = ("backbone", "preprocessing")
 
 
-def find_images(folder: str | Path) -> list[Path]:
-    """Every image under ``folder`` (recursively), sorted, so the output order is reproducible."""
-    from pipeline.extract.datasets import IMAGE_EXTENSIONS
+def find_images(folder: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every image under ``folder`` (recursively), sorted, so the output order is reproducible,
+    and the entries refused with their reason: the listing rule of extraction
+    (``pipeline.extract.listing``: links to files followed, links to folders never; a broken or
+    looping link refused like an unreadable image)."""
+    from pipeline.extract.listing import IMAGE_EXTENSIONS, list_images
 
     folder = Path(folder)
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not paths:
+    files, refused = list_images(folder)
+    if not files and not refused:
         raise PipelineError(f"no images under {folder} (looked recursively for {', '.join(IMAGE_EXTENSIONS)}).")
-    return paths
+    return sorted(Path(p) for p in files), [(Path(p), reason) for p, reason in refused]
 
 
 def load_matching_backbone(saved: SavedHead, weights_file: str | None = None):
@@ -71,19 +74,21 @@ def load_matching_backbone(saved: SavedHead, weights_file: str | None = None):
     return model, preprocessing
 
 
-def readable_images(paths: list[Path], skip_bad: bool, workers: int = 0) -> list[Path]:
-    """``paths`` less the files that cannot be decoded: refused (listing them) unless ``skip_bad``."""
+def readable_images(paths: list[Path], skip_bad: bool, workers: int = 0,
+                    refused: list[tuple[Path, str]] = ()) -> list[Path]:
+    """``paths`` less the files that cannot be decoded: refused (listing them, and the entries
+    ``find_images`` refused) unless ``skip_bad``."""
     from pipeline.extract.datasets import FileImages, first_few, unreadable_images
 
     bad = unreadable_images(FileImages([str(p) for p in paths]), workers)
-    if not bad:
+    if not bad and not refused:
         return paths
-    listed = [f"{paths[i]} ({reason})" for i, reason in bad]
+    listed = [f"{path} ({reason})" for path, reason in refused] + [f"{paths[i]} ({reason})" for i, reason in bad]
     if not skip_bad:
         raise PipelineError(f"cannot read image {first_few(listed)}. Replace or remove "
                             f"{'them' if len(listed) > 1 else 'it'}, or pass --skip-bad to leave unreadable "
                             f"files out of the scores.")
-    click.echo(f"left out {len(bad)} unreadable image files: {'; '.join(listed)}", err=True)
+    click.echo(f"left out {len(listed)} unreadable image files: {'; '.join(listed)}", err=True)
     drop = {i for i, _ in bad}
     return [p for i, p in enumerate(paths) if i not in drop]
 
@@ -239,7 +244,8 @@ def main(head_path, images_dir, features_file, out_path, threshold_quantile, cal
     def readable(folder: str | None) -> list[Path]:
         if folder is None:
             return []
-        paths = readable_images(find_images(folder), skip_bad, workers)
+        found, refused = find_images(folder)
+        paths = readable_images(found, skip_bad, workers, refused)
         if not paths:
             raise PipelineError(f"none of the images under {folder} can be read.")
         return paths
