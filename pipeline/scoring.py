@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
-from pipeline.cli import resolve_device, verbosity_options, write_text
+from pipeline.cli import check_outputs, resolve_device, verbosity_options, write_text
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:  # imported where used, so that --help loads no torch
@@ -156,8 +156,11 @@ def read_feature_file(saved: SavedHead, path: str | Path) -> tuple[list[str], np
         if saved.feature_dim is not None and features.shape[1] != saved.feature_dim:
             raise PipelineError(f"/features in {path} has {features.shape[1]} dimensions, but the head {saved.path} "
                                 f"was trained on {saved.feature_dim}-d features ({saved.backbone.get('name')}).")
-        recorded = json.loads(_text(f.attrs.get("metadata", "{}")) or "{}")
+        recorded = _recorded_metadata(f, path)
         if "backbone" in f.attrs and "name" not in recorded.get("backbone", {}):
+            if not isinstance(f.attrs["backbone"], (str, bytes)):
+                raise PipelineError(f"the backbone attribute of {path} must be text (the backbone's name), got "
+                                    f"{type(f.attrs['backbone']).__name__}.")
             recorded.setdefault("backbone", {})["name"] = _text(f.attrs["backbone"])
         found = metadata_differences(saved, recorded)
         if found:
@@ -165,7 +168,11 @@ def read_feature_file(saved: SavedHead, path: str | Path) -> tuple[list[str], np
                                 f"{'; '.join(found)}. Extract them with the head's backbone and preprocessing.")
         values = np.asarray(features[()], dtype=np.float32)
         if "paths" in f:
-            names = [_text(p) for p in f["paths"][()]]
+            paths = f["paths"]
+            if not isinstance(paths, h5py.Dataset) or paths.ndim != 1 or paths.dtype.kind not in "OSU":
+                raise PipelineError(f"/paths in {path} must be a 1-D array of texts (one name per row), got "
+                                    f"{_described(paths)}.")
+            names = [_text(p) for p in paths[()]]
             if len(names) != len(values):
                 raise PipelineError(f"/paths in {path} has {len(names)} entries but /features has {len(values)} rows.")
         else:
@@ -179,7 +186,34 @@ def read_feature_file(saved: SavedHead, path: str | Path) -> tuple[list[str], np
 
 
 def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _described(node) -> str:
+    import h5py
+
+    if isinstance(node, h5py.Dataset):
+        return f"shape {node.shape} and type {node.dtype}"
+    return "a group"
+
+
+def _recorded_metadata(f, path: Path) -> dict:
+    """The metadata attribute of a feature file (as export-hdf5 writes it), {} if absent; the
+    sections compared with the head's must be mappings."""
+    raw = f.attrs.get("metadata")
+    if raw is None:
+        return {}
+    what = (f"the metadata attribute of {path} must be JSON text of an object (the cache metadata, as "
+            f"python -m pipeline.cache export-hdf5 writes it), with {' and '.join(COMPARED)} sections that are objects")
+    if not isinstance(raw, (str, bytes)):
+        raise PipelineError(f"{what}; got {type(raw).__name__}.")
+    try:
+        recorded = json.loads(_text(raw) or "{}")
+    except ValueError as error:
+        raise PipelineError(f"{what}; it is not valid JSON ({error}).") from None
+    if not isinstance(recorded, dict) or any(not isinstance(recorded.get(s, {}), dict) for s in COMPARED):
+        raise PipelineError(f"{what}; got {json.dumps(recorded)[:80]}.")
+    return recorded
 
 
 def write_scores(out: str | Path, names: list[str], scores: np.ndarray, threshold: float) -> int:
@@ -232,6 +266,7 @@ def main(head_path, images_dir, features_file, out_path, threshold_quantile, cal
     """Score images or features with a saved head and flag those above its threshold."""
     if (images_dir is None) == (features_file is None):
         raise PipelineError("give exactly one of --images FOLDER and --features FILE.h5.")
+    check_outputs(files={"--out": out_path})
     device_ = resolve_device(device)
     from pipeline.heads.loading import load_head
 

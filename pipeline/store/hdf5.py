@@ -168,12 +168,19 @@ def _import_hdf5(path: Path, out: Path, chunk_rows: int) -> FeatureCache:
         if len(set(dims.values())) != 1:
             raise PipelineError(f"train and test features of {path} have different dimensions: {dims}.")
         metadata = _metadata(f, path)
-        classes, source = _json_attr(f, "classes", path, "a JSON list of class names", names_array=True), "classes attribute"
+        source = "classes attribute"
+        classes = _json_attr(f, "classes", path, "a JSON list of class names", names_array=True)
         if classes is None:
             classes, source = metadata["dataset"].get("classes"), "metadata attribute's dataset.classes"
-        if classes is None:
-            largest = max(int(labels.max()) for _, labels in splits.values())
-            classes = [str(c) for c in range(largest + 1)]
+        if classes is None:  # named by their indices, 0 to the largest label
+            rows = sum(len(labels) for _, labels in splits.values())
+            lowest = min(labels.min() for _, labels in splits.values())
+            largest = max(labels.max() for _, labels in splits.values())
+            if lowest < 0 or largest >= rows:
+                raise PipelineError(f"the labels of {path} run from {lowest} to {largest}, which cannot be class "
+                                    f"indices of {rows} samples. Give labels from 0 to the number of classes - 1, "
+                                    f"or name the classes with a classes attribute (a JSON list, label i is class i).")
+            classes = [str(c) for c in range(int(largest) + 1)]
         problem = class_names_problem(classes)
         if problem:
             raise PipelineError(f"the {source} of {path} {problem}. Give the classes as a JSON list of "
