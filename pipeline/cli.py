@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -100,6 +101,8 @@ def verbosity_options(command: Callable) -> Callable:
     the resolved settings and per-epoch lines, on stderr). The options set the level that
     ``progress``, ``info`` and ``detail`` read; they are not passed to the command."""
 
+    command = os_errors_as_messages(command)
+
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         if kwargs and is_verbose():
@@ -115,6 +118,75 @@ def verbosity_options(command: Callable) -> Callable:
     return click.option("-q", "--quiet", is_flag=True, expose_value=False, is_eager=True,
                         callback=_verbosity_callback,
                         help="No progress output; print only the final result lines (and errors).")(run)
+
+
+# --- what the file system refuses ---------------------------------------------------------------
+
+def os_error_message(error: OSError) -> str:
+    """One paragraph for an error of the file system (read-only, no permission, full, a file
+    where a folder belongs): what was refused, where, and what to do."""
+    where = " -> ".join(str(name) for name in (error.filename, error.filename2) if name is not None)
+    what = f"{error.strerror or error}{f': {where}' if where else ''}"
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = "Choose a place this user can write (or change its permissions) and run again."
+    elif error.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "Free some space and run again."
+    elif error.errno in (errno.ENOTDIR, errno.EEXIST):
+        hint = "A file stands where a folder is needed: choose another path."
+    elif error.errno == errno.EISDIR:
+        hint = "A folder stands where a file is needed: choose another path."
+    else:
+        hint = "Check the path and run again."
+    return f"{what}. {hint}"
+
+
+def os_errors_as_messages(command: Callable) -> Callable:
+    """Let a command end on an OSError (a read-only folder, a full disk, a path that is a file)
+    with one ``Error:`` paragraph instead of a traceback; what the command checks itself is
+    reported before any work, this is the net under everything else."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except OSError as error:
+            raise PipelineError(os_error_message(error)) from error
+
+    return run
+
+
+def output_problem(path: str | Path, kind: str = "file") -> str | None:
+    """Why ``path`` cannot be written as a ``kind`` ("file", "folder", or "store": a folder
+    written together with files beside it), or None: a folder where a file is needed or the
+    reverse, a file in the way of a folder to make, a read-only place."""
+    path = Path(path)
+    if os.path.lexists(path):
+        if kind == "file" and path.is_dir():
+            return "is a folder, not a file"
+        if kind != "file" and not path.is_dir():
+            return "is a file, not a folder"
+    places = [path] if kind == "folder" or (kind == "store" and path.is_dir()) else []
+    places += [path.parent] if kind != "folder" else []
+    for place in places:
+        probe = place
+        while not os.path.lexists(probe) and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            return f"cannot be made: {probe} is {'a broken link' if probe.is_symlink() else 'a file'}, not a folder"
+        if not os.access(probe, os.W_OK | os.X_OK):
+            return f"cannot be written: {probe} is read-only (a read-only file system, or no permission)"
+    return None
+
+
+def check_outputs(files: dict | None = None, folders: dict | None = None, stores: dict | None = None) -> None:
+    """Refuse, before any work, output paths that cannot be written, naming the option:
+    ``files={"--metrics": path}``, ``folders={"--plots": path}``, ``stores={"--out": path}``
+    (paths that are None are not given)."""
+    for kind, paths in (("file", files), ("folder", folders), ("store", stores)):
+        for option, path in (paths or {}).items():
+            problem = None if path is None else output_problem(path, kind)
+            if problem:
+                raise PipelineError(f"{option} {path} {problem}; choose another path.")
 
 
 # --- progress -------------------------------------------------------------------------------
@@ -304,14 +376,24 @@ def parse_expectations(items: tuple[str, ...] | list[str]) -> dict:
 
     expected: dict = {}
     for item in items:
-        if "=" not in item:
+        key, _, value = item.partition("=")
+        parts = [part.strip() for part in key.split(".")]
+        if "=" not in item or not all(parts):
             raise PipelineError(f"--expect takes KEY=VALUE with a dotted key such as backbone.name=resnet50, got {item!r}.")
-        key, value = item.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as error:
+            reason = str(error).splitlines()[0]
+            raise PipelineError(f"--expect {item!r}: the value is not a YAML scalar ({reason}); quote it, "
+                                f"e.g. {key}='{value}'.") from None
         node = expected
-        parts = key.strip().split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+            if not isinstance(node.setdefault(part, {}), dict):
+                raise PipelineError(f"--expect {item!r} contradicts another --expect that gives {part} a value.")
+            node = node[part]
+        if isinstance(node.get(parts[-1]), dict):
+            raise PipelineError(f"--expect {item!r} contradicts another --expect that names keys under {key}.")
+        node[parts[-1]] = parsed
     return expected
 
 

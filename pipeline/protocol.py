@@ -56,6 +56,9 @@ def resolve_classes(selection: str | Sequence[str], classes: list[str]) -> list[
             chosen.append(int(item))
         else:
             raise choice_error("class", item, classes)
+    if not chosen:
+        raise PipelineError(f"--classes names no class ({selection!r}); give all, or comma-separated class names "
+                            f"or indices: {', '.join(classes)}.")
     return list(dict.fromkeys(chosen))  # each class once, in the order given
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
-from pipeline.cli import resolve_device, verbosity_options, write_text
+from pipeline.cli import check_outputs, resolve_device, verbosity_options, write_text
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:  # imported where used, so that --help loads no torch
@@ -32,15 +32,18 @@ if TYPE_CHECKING:  # imported where used, so that --help loads no torch
 COMPARED = ("backbone", "preprocessing")
 
 
-def find_images(folder: str | Path) -> list[Path]:
-    """Every image under ``folder`` (recursively), sorted, so the output order is reproducible."""
-    from pipeline.extract.datasets import IMAGE_EXTENSIONS
+def find_images(folder: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every image under ``folder`` (recursively), sorted, so the output order is reproducible,
+    and the entries refused with their reason: the listing rule of extraction
+    (``pipeline.extract.listing``: links to files followed, links to folders never; a broken or
+    looping link refused like an unreadable image)."""
+    from pipeline.extract.listing import IMAGE_EXTENSIONS, list_images
 
     folder = Path(folder)
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not paths:
+    files, refused = list_images(folder)
+    if not files and not refused:
         raise PipelineError(f"no images under {folder} (looked recursively for {', '.join(IMAGE_EXTENSIONS)}).")
-    return paths
+    return sorted(Path(p) for p in files), [(Path(p), reason) for p, reason in refused]
 
 
 def load_matching_backbone(saved: SavedHead, weights_file: str | None = None):
@@ -71,19 +74,21 @@ def load_matching_backbone(saved: SavedHead, weights_file: str | None = None):
     return model, preprocessing
 
 
-def readable_images(paths: list[Path], skip_bad: bool, workers: int = 0) -> list[Path]:
-    """``paths`` less the files that cannot be decoded: refused (listing them) unless ``skip_bad``."""
+def readable_images(paths: list[Path], skip_bad: bool, workers: int = 0,
+                    refused: list[tuple[Path, str]] = ()) -> list[Path]:
+    """``paths`` less the files that cannot be decoded: refused (listing them, and the entries
+    ``find_images`` refused) unless ``skip_bad``."""
     from pipeline.extract.datasets import FileImages, first_few, unreadable_images
 
     bad = unreadable_images(FileImages([str(p) for p in paths]), workers)
-    if not bad:
+    if not bad and not refused:
         return paths
-    listed = [f"{paths[i]} ({reason})" for i, reason in bad]
+    listed = [f"{path} ({reason})" for path, reason in refused] + [f"{paths[i]} ({reason})" for i, reason in bad]
     if not skip_bad:
         raise PipelineError(f"cannot read image {first_few(listed)}. Replace or remove "
                             f"{'them' if len(listed) > 1 else 'it'}, or pass --skip-bad to leave unreadable "
                             f"files out of the scores.")
-    click.echo(f"left out {len(bad)} unreadable image files: {'; '.join(listed)}", err=True)
+    click.echo(f"left out {len(listed)} unreadable image files: {'; '.join(listed)}", err=True)
     drop = {i for i, _ in bad}
     return [p for i, p in enumerate(paths) if i not in drop]
 
@@ -151,8 +156,11 @@ def read_feature_file(saved: SavedHead, path: str | Path) -> tuple[list[str], np
         if saved.feature_dim is not None and features.shape[1] != saved.feature_dim:
             raise PipelineError(f"/features in {path} has {features.shape[1]} dimensions, but the head {saved.path} "
                                 f"was trained on {saved.feature_dim}-d features ({saved.backbone.get('name')}).")
-        recorded = json.loads(_text(f.attrs.get("metadata", "{}")) or "{}")
+        recorded = _recorded_metadata(f, path)
         if "backbone" in f.attrs and "name" not in recorded.get("backbone", {}):
+            if not isinstance(f.attrs["backbone"], (str, bytes)):
+                raise PipelineError(f"the backbone attribute of {path} must be text (the backbone's name), got "
+                                    f"{type(f.attrs['backbone']).__name__}.")
             recorded.setdefault("backbone", {})["name"] = _text(f.attrs["backbone"])
         found = metadata_differences(saved, recorded)
         if found:
@@ -160,7 +168,11 @@ def read_feature_file(saved: SavedHead, path: str | Path) -> tuple[list[str], np
                                 f"{'; '.join(found)}. Extract them with the head's backbone and preprocessing.")
         values = np.asarray(features[()], dtype=np.float32)
         if "paths" in f:
-            names = [_text(p) for p in f["paths"][()]]
+            paths = f["paths"]
+            if not isinstance(paths, h5py.Dataset) or paths.ndim != 1 or paths.dtype.kind not in "OSU":
+                raise PipelineError(f"/paths in {path} must be a 1-D array of texts (one name per row), got "
+                                    f"{_described(paths)}.")
+            names = [_text(p) for p in paths[()]]
             if len(names) != len(values):
                 raise PipelineError(f"/paths in {path} has {len(names)} entries but /features has {len(values)} rows.")
         else:
@@ -174,7 +186,34 @@ def read_feature_file(saved: SavedHead, path: str | Path) -> tuple[list[str], np
 
 
 def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _described(node) -> str:
+    import h5py
+
+    if isinstance(node, h5py.Dataset):
+        return f"shape {node.shape} and type {node.dtype}"
+    return "a group"
+
+
+def _recorded_metadata(f, path: Path) -> dict:
+    """The metadata attribute of a feature file (as export-hdf5 writes it), {} if absent; the
+    sections compared with the head's must be mappings."""
+    raw = f.attrs.get("metadata")
+    if raw is None:
+        return {}
+    what = (f"the metadata attribute of {path} must be JSON text of an object (the cache metadata, as "
+            f"python -m pipeline.cache export-hdf5 writes it), with {' and '.join(COMPARED)} sections that are objects")
+    if not isinstance(raw, (str, bytes)):
+        raise PipelineError(f"{what}; got {type(raw).__name__}.")
+    try:
+        recorded = json.loads(_text(raw) or "{}")
+    except ValueError as error:
+        raise PipelineError(f"{what}; it is not valid JSON ({error}).") from None
+    if not isinstance(recorded, dict) or any(not isinstance(recorded.get(s, {}), dict) for s in COMPARED):
+        raise PipelineError(f"{what}; got {json.dumps(recorded)[:80]}.")
+    return recorded
 
 
 def write_scores(out: str | Path, names: list[str], scores: np.ndarray, threshold: float) -> int:
@@ -227,6 +266,7 @@ def main(head_path, images_dir, features_file, out_path, threshold_quantile, cal
     """Score images or features with a saved head and flag those above its threshold."""
     if (images_dir is None) == (features_file is None):
         raise PipelineError("give exactly one of --images FOLDER and --features FILE.h5.")
+    check_outputs(files={"--out": out_path})
     device_ = resolve_device(device)
     from pipeline.heads.loading import load_head
 
@@ -239,7 +279,8 @@ def main(head_path, images_dir, features_file, out_path, threshold_quantile, cal
     def readable(folder: str | None) -> list[Path]:
         if folder is None:
             return []
-        paths = readable_images(find_images(folder), skip_bad, workers)
+        found, refused = find_images(folder)
+        paths = readable_images(found, skip_bad, workers, refused)
         if not paths:
             raise PipelineError(f"none of the images under {folder} can be read.")
         return paths

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from pipeline import params
-from pipeline.cli import verbosity_options
+from pipeline.cli import check_outputs, verbosity_options
 from pipeline.errors import PipelineError
 from pipeline.extract.names import (BACKBONE_NAMES, DATASET_NAMES, INTERPOLATION_NAMES, NORMALISATION_NAMES,
                                     PRECISION_NAMES, RESIZE_MODES)
@@ -114,6 +114,7 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
     # --overwrite says.
     for path in [out_path, views_path(out_path)] if views else [out_path]:
         check_replaceable(path, [data_dir])
+        check_outputs(stores={"--out": path})
     # Check weights and data up front and report every missing piece in one message.
     problems, data, loaded = [], None, None
     try:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError, choice_error
+from pipeline.extract.listing import IMAGE_EXTENSIONS, folder_link_reason, list_images
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 TORCHVISION_DECODES = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 
 
@@ -89,6 +89,9 @@ class ImageDataset:
     test: ImageSplit
     identity: dict = field(default_factory=dict)
     root: Path | None = None  # where an image folder lives; not recorded, it differs between machines
+    # Entries of an image folder that were not listed (a broken or looping link, a link to a
+    # folder): (split, path, reason). drop_unreadable reports them with the unreadable images.
+    refused: list[tuple[str, str, str]] = field(default_factory=list)
 
     def split(self, name: str) -> ImageSplit:
         return {"train": self.train, "test": self.test}[name]
@@ -259,8 +262,12 @@ def load_svhn(data_dir: Path, download: bool) -> ImageDataset:
 
 
 def load_imagefolder(data_dir: Path, download: bool) -> ImageDataset:
-    """A user's images laid out as ``train/<class>/*`` and ``test/<class>/*``."""
-    from torchvision.datasets.folder import find_classes, make_dataset
+    """A user's images laid out as ``train/<class>/*`` and ``test/<class>/*``.
+
+    Listed by ``listing.list_images``: links to image files are followed, links to folders
+    (class folders included) never are; what cannot be listed is refused with the unreadable
+    images (``drop_unreadable``)."""
+    from pipeline.store.cache import class_names_problem
 
     root = Path(data_dir)
     for split in ("train", "test"):
@@ -270,23 +277,43 @@ def load_imagefolder(data_dir: Path, download: bool) -> ImageDataset:
                 f"{root}/train/<class>/<image> and {root}/test/<class>/<image>, with the same class "
                 f"folder names in both."
             )
-    try:
-        classes, class_to_idx = find_classes(str(root / "train"))
-        test_classes, _ = find_classes(str(root / "test"))
-    except FileNotFoundError as error:
-        raise PipelineError(f"{error}. Put each class's images in its own subfolder of train/ and test/.") from error
-    if sorted(test_classes) != sorted(classes):
-        raise PipelineError(
-            f"train/ and test/ of {root} have different class folders: only in train: "
-            f"{sorted(set(classes) - set(test_classes))}, only in test: {sorted(set(test_classes) - set(classes))}."
-        )
-    splits = {}
+    refused: list[tuple[str, str, str]] = []
+    found = {}
     for split in ("train", "test"):
         try:
-            samples = make_dataset(str(root / split), class_to_idx, extensions=IMAGE_EXTENSIONS)
-        except FileNotFoundError as error:  # torchvision's message names the empty class folder
-            raise PipelineError(f"{error} Every class folder needs at least one image.") from error
-        splits[split] = ImageSplit(FileImages([path for path, _ in samples]), [label for _, label in samples])
+            entries = sorted(os.scandir(root / split), key=lambda entry: entry.name)
+        except OSError as error:
+            raise PipelineError(f"cannot read {root / split} ({error.strerror}).") from error
+        found[split] = [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
+        refused += [(split, entry.path, folder_link_reason(entry.path)) for entry in entries
+                    if entry.is_symlink() and entry.is_dir()]
+        if not found[split] and not refused:
+            raise PipelineError(f"Couldn't find any class folder in {root / split}. Put each class's images in its "
+                                f"own subfolder of train/ and test/.")
+    classes = found["train"]
+    if sorted(found["test"]) != sorted(classes):
+        raise PipelineError(
+            f"train/ and test/ of {root} have different class folders: only in train: "
+            f"{sorted(set(classes) - set(found['test']))}, only in test: {sorted(set(found['test']) - set(classes))}."
+        )
+    problem = class_names_problem(classes)
+    if problem:
+        raise PipelineError(f"the class folders of {root} (their names are the class names) cannot be used: the list "
+                            f"{problem}. Rename the folders.")
+    splits = {}
+    for split in ("train", "test"):
+        paths, labels, empty = [], [], []
+        for label, name in enumerate(classes):
+            files, bad = list_images(root / split / name)
+            paths += files
+            labels += [label] * len(files)
+            refused += [(split, path, reason) for path, reason in bad]
+            if not files and not bad:
+                empty.append(name)
+        if empty:  # torchvision's message, which the documentation quotes
+            raise PipelineError(f"Found no valid file for the classes {', '.join(empty)}. Supported extensions are: "
+                                f"{', '.join(IMAGE_EXTENSIONS)} Every class folder needs at least one image.")
+        splits[split] = ImageSplit(FileImages(paths), labels)
     return ImageDataset(
         name="imagefolder",
         classes=classes,
@@ -296,6 +323,7 @@ def load_imagefolder(data_dir: Path, download: bool) -> ImageDataset:
         identity={"source": "image folder", "folder": root.resolve().name,
                   "content_sha256": files_digest(splits["train"].images.paths + splits["test"].images.paths, root)},
         root=root,
+        refused=refused,
     )
 
 
@@ -313,6 +341,14 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _file_digest_or_reason(path: str) -> str:
+    """``file_digest``, or why the file cannot be read (the decode check then reports it)."""
+    try:
+        return file_digest(path)
+    except OSError as error:
+        return f"unreadable: {error.strerror}"
+
+
 def files_digest(paths: Sequence[str], root: str | Path, threads: int = DIGEST_THREADS) -> str:
     """SHA-256 over every file's path relative to ``root`` and the BLAKE2b of its bytes, in order.
 
@@ -323,7 +359,7 @@ def files_digest(paths: Sequence[str], root: str | Path, threads: int = DIGEST_T
     """
     digest = hashlib.sha256()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="digest") as pool:
-        for path, content in zip(paths, pool.map(file_digest, paths)):
+        for path, content in zip(paths, pool.map(_file_digest_or_reason, paths)):
             digest.update(f"{os.path.relpath(path, root)}\0{content}\n".encode())
     return digest.hexdigest()
 
@@ -417,11 +453,13 @@ def drop_unreadable(dataset: ImageDataset, skip_bad: bool, workers: int = 0) -> 
     """Refuse a dataset with unreadable files (listing them) or, with ``skip_bad``, leave them
     out and record their paths in the dataset identity (and so in the cache metadata)."""
     bad = {split: unreadable_images(dataset.split(split).images, workers) for split in ("train", "test")}
-    if not any(bad.values()):
+    if not any(bad.values()) and not dataset.refused:
         return dataset
     root = dataset.root or Path(".")
-    listed = [(split, os.path.relpath(dataset.split(split).images.paths[i], root), reason)
-              for split, failures in bad.items() for i, reason in failures]
+    # Entries the listing refused (broken or looping links, links to folders) come first, by path.
+    listed = [(split, os.path.relpath(path, root), reason) for split, path, reason in dataset.refused]
+    listed += [(split, os.path.relpath(dataset.split(split).images.paths[i], root), reason)
+               for split, failures in bad.items() for i, reason in failures]
     if not skip_bad:
         shown = first_few([f"{path} ({reason})" for _, path, reason in listed])
         raise PipelineError(f"{len(listed)} image files cannot be read: {shown}. Replace or remove them, "
@@ -433,6 +471,7 @@ def drop_unreadable(dataset: ImageDataset, skip_bad: bool, workers: int = 0) -> 
         keep = [i for i in range(len(source.labels)) if i not in drop]
         splits[split] = ImageSplit(FileImages([source.images.paths[i] for i in keep]), source.labels[keep])
     identity = {**dataset.identity, "skipped_files": [f"{split}: {path} ({reason})" for split, path, reason in listed]}
+    # The refused entries are recorded in skipped_files; the dataset returned has none left.
     return ImageDataset(dataset.name, dataset.classes, splits["train"], splits["test"], identity, dataset.root)
 
 

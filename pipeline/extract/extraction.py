@@ -11,7 +11,7 @@ import click
 import torch
 from torch.utils.data import ConcatDataset
 
-from pipeline.cli import resolve_device
+from pipeline.cli import resolve_device, safe_filename
 from pipeline.errors import PipelineError
 from pipeline.extract.backbones import load_backbone
 from pipeline.extract.datasets import ImageDataset, drop_unreadable
@@ -23,7 +23,8 @@ from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, a
 
 
 def default_cache_path(dataset: str, backbone: str, image_size: int) -> Path:
-    return Path("cache") / f"{dataset}_{backbone}_{image_size}.zarr"
+    # Names checked against the registries by the command; made safe here too, for other callers.
+    return Path("cache") / safe_filename(f"{dataset}_{backbone}_{image_size}", ".zarr")
 
 
 def cache_metadata(dataset: ImageDataset, backbone: str, weights, preprocessing: Preprocessing,

@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from pipeline import metrics_file
+from pipeline.cli import safe_filename
 from pipeline.errors import PipelineError
 from pipeline.heads import registry
 from pipeline.report.published import has_published_column
@@ -135,7 +136,8 @@ def runs_of(path: str | Path, plots_dir: Path | None = None, curves_dir: Path | 
         # The file's shared 'about' leaves out what tells the variants apart: their names say it.
         perturbation, _, guidance = name.partition("/")
         payload["about"] = {**payload["about"], "perturbation": perturbation, "guidance": guidance}
-        variant_dir = plots_dir / name.replace("/", "_") if plots_dir is not None else None
+        # Named as stages.plume_ablation names it (a name read from a file never leads outside plots_dir).
+        variant_dir = plots_dir / safe_filename(name.replace("/", "_")) if plots_dir is not None else None
         runs.append(Run(payload["about"], payload, path, name=name,
                         roc_dir=variant_dir / "roc" if variant_dir is not None else None,
                         curves_dir=variant_dir / "training" if variant_dir is not None else None))

@@ -3,8 +3,8 @@
 Layout of a store::
 
     <name>.zarr/
-      zarr.json                 attrs: metadata (how it was made), chunks (finished chunks and
-                                their SHA-256 per array), complete
+      zarr.json                 attrs: metadata (how it was made) and its SHA-256, chunks
+                                (finished chunks and their SHA-256 per array), complete
       train/features            (N, D)         pooled features, float32 or float16
       train/labels              (N,)           int64 class indices
       train/maps/<layer>        (N, C, g, g)   optional intermediate maps, float16 by default
@@ -14,7 +14,10 @@ Every array is chunked along the sample axis with the same number of rows, so th
 extraction can write, and record as done, one chunk of samples at a time. ``complete`` is
 set only after the last chunk: an interrupted run never leaves a store that looks finished,
 and a new run with the same metadata resumes from the chunks recorded in ``chunks``. The
-checksums let every read, and ``python -m pipeline.cache verify``, detect damaged chunks.
+checksums let every read, and ``python -m pipeline.cache verify``, detect damaged chunks; the
+metadata's checksum (``metadata_sha256``, recorded when the store is made) lets verify and the
+heads detect a metadata edited by hand (a class list renamed or reordered, say), which would
+otherwise label every score wrongly without a sign.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +93,90 @@ def differences(expected: dict, actual: dict, prefix: str = "") -> list[str]:
 
 def _digest(data: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+
+
+def metadata_digest(metadata: Any) -> str:
+    """SHA-256 of the metadata as canonical JSON (keys sorted), so the order in which zarr.json
+    lists the keys does not matter, but every value does."""
+    return hashlib.sha256(json.dumps(metadata, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, in words, for messages."""
+    names = {dict: "a mapping", list: "a list", str: "a text", bool: "true/false", int: "a number",
+             float: "a number", type(None): "null"}
+    return f"{names.get(type(value), type(value).__name__)} ({json.dumps(value, default=str)[:60]})"
+
+
+def class_names_problem(classes: Any) -> str | None:
+    """Why ``classes`` is not a usable class list, or None. A class list is a non-empty list of
+    distinct, non-empty names: each name labels metrics, plots and saved heads, so two classes
+    of one name would share them (and one would be lost)."""
+    if not isinstance(classes, list):
+        return f"is {_kind(classes)}, not a list of names"
+    if not classes:
+        return "is empty"
+    for name in classes:
+        if not isinstance(name, str):
+            return f"holds {_kind(name)}, which is not a name (text)"
+    empty = [i for i, name in enumerate(classes) if not name.strip()]
+    if empty:
+        return f"holds an empty name (class {empty[0]})"
+    repeated = [name for name, count in Counter(classes).items() if count > 1]
+    if repeated:
+        return (f"names {', '.join(repr(name) for name in repeated[:5])} more than once (two classes of one "
+                f"name would share their metrics, plots and saved heads)")
+    return None
+
+
+METADATA_SECTIONS = ("dataset", "backbone", "preprocessing", "features")
+
+
+def metadata_problem(metadata: Any) -> str | None:
+    """Why ``metadata`` cannot be a feature cache's metadata, or None: a mapping whose sections
+    (dataset, backbone, preprocessing, features) are mappings, with a usable class list."""
+    if not isinstance(metadata, dict):
+        return f"metadata is {_kind(metadata)}, not a mapping"
+    for section in METADATA_SECTIONS:
+        if section in metadata and not isinstance(metadata[section], dict):
+            return f"metadata.{section} is {_kind(metadata[section])}, not a mapping"
+    classes = metadata.get("dataset", {}).get("classes")
+    problem = class_names_problem(classes) if classes is not None else None
+    return f"metadata.dataset.classes {problem}" if problem else None
+
+
+def attributes_problem(attrs: Any) -> str | None:
+    """Why a store's attributes (its zarr.json) cannot be this project's, or None: the
+    bookkeeping a reader relies on (chunk size, chunk records, completeness) with the right
+    types, and usable metadata."""
+    chunk_rows = attrs.get("chunk_rows")
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        return f"chunk_rows is {_kind(chunk_rows)}, not a positive number of rows"
+    chunks = attrs.get("chunks")
+    if not isinstance(chunks, dict):
+        return f"chunks is {_kind(chunks)}, not a mapping of finished chunks per split"
+    for split, record in chunks.items():
+        if not isinstance(record, dict):
+            return f"chunks.{split} is {_kind(record)}, not a mapping of finished chunks"
+        for chunk, sums in record.items():
+            if not chunk.isdigit():
+                return f"chunks.{split} has the entry {chunk!r}, not a chunk number"
+            if not isinstance(sums, dict) or not all(isinstance(value, str) for value in sums.values()):
+                return f"chunks.{split}.{chunk} is {_kind(sums)}, not a mapping of array names to checksums"
+    if not isinstance(attrs.get("complete", False), bool):
+        return f"complete is {_kind(attrs.get('complete'))}, not true or false"
+    if not isinstance(attrs.get("metadata_sha256", ""), str):
+        return f"metadata_sha256 is {_kind(attrs.get('metadata_sha256'))}, not a checksum"
+    if "metadata" not in attrs:
+        return "there is no metadata"
+    return metadata_problem(attrs["metadata"])
+
+
+def remake_hint(path: str | Path, lead: str = "Make it again") -> str:
+    """How to make a cache again, when nothing in it can be repaired."""
+    return (f"{lead}: the python -m pipeline.extract command that made it, with --overwrite (dvc repro -f "
+            f"for a DVC stage), or, for imported features, python -m pipeline.cache import-hdf5 --overwrite "
+            f"FILE.h5 {path}.")
 
 
 def _guarded(target: Path, folder: Path, what: str) -> str | None:
@@ -294,6 +382,9 @@ class FeatureCache:
         creating it leaves either the old store or a complete empty one, never half of one.
         """
         path = Path(path)
+        problem = metadata_problem(metadata)
+        if problem:
+            raise PipelineError(f"cannot make the feature cache {path}: its {problem}.")
         check_replaceable(path, protected)  # before any work: nothing is built for a path that cannot be
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
@@ -309,6 +400,8 @@ class FeatureCache:
                 )
         group.attrs.update({"format_version": FORMAT_VERSION, "metadata": metadata,
                             "chunk_rows": chunk_rows, "chunks": {s: {} for s in arrays}, "complete": False})
+        # The checksum of the metadata as stored (read back, so as JSON gives it to every reader).
+        group.attrs["metadata_sha256"] = metadata_digest(group.attrs["metadata"])
         remove_store(path, protected)
         os.replace(partial, path)
         return cls(path, zarr.open_group(str(path), mode="r+"))
@@ -326,15 +419,30 @@ class FeatureCache:
             raise PipelineError(f"{path} is not a feature cache made by this project "
                                 f"({type(error).__name__}: {error}).") from error
         if version != FORMAT_VERSION:
-            raise PipelineError(f"{path} has cache format {version}; this version reads format {FORMAT_VERSION}. "
+            raise PipelineError(f"{path} has cache format {version!r}; this version reads format {FORMAT_VERSION}. "
                                 f"Re-run the extraction.")
+        problem = attributes_problem(group.attrs) or cls._arrays_problem(group)
+        if problem:
+            raise PipelineError(f"the feature cache {path} is damaged or was edited by hand: {problem} (in "
+                                f"{path / 'zarr.json'}). {remake_hint(path)}")
         cache = cls(path, group)
         if require_complete and not cache.is_complete:
             raise PipelineError(f"the feature cache {path} is incomplete (its extraction was interrupted, "
                                 f"is still running, or damaged chunks were set aside by verify --repair). Run the "
                                 f"same python -m pipeline.extract command again (or dvc repro) to finish it; "
                                 f"finished chunks are kept.")
+        if require_complete:  # read for use: its metadata must be the one it was made with
+            cache.check_metadata()
         return cache
+
+    @staticmethod
+    def _arrays_problem(group: zarr.Group) -> str | None:
+        for split in SPLITS:
+            if split in group:
+                for name in ("features", "labels"):
+                    if f"{split}/{name}" not in group:
+                        return f"the array {split}/{name} is missing"
+        return None
 
     # --- metadata ---------------------------------------------------------------------
 
@@ -348,7 +456,32 @@ class FeatureCache:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.metadata["dataset"]["classes"])
+        classes = self.metadata.get("dataset", {}).get("classes")
+        if classes is None:
+            raise PipelineError(f"the feature cache {self.path} records no class names (metadata.dataset.classes). "
+                                f"{remake_hint(self.path)}")
+        return list(classes)
+
+    @property
+    def metadata_checked(self) -> bool:
+        """Whether the store records its metadata's checksum (stores made before it was recorded do not)."""
+        return "metadata_sha256" in self.group.attrs
+
+    def metadata_edited(self) -> str | None:
+        """Why the metadata is not the one the store was made with, or None (also when the
+        store records no checksum of it)."""
+        recorded = self.group.attrs.get("metadata_sha256")
+        if recorded is None or recorded == metadata_digest(self.group.attrs["metadata"]):
+            return None
+        return ("its metadata does not match the checksum recorded when it was made: zarr.json was edited "
+                "(a class name, say) or damaged since, so its labels and settings cannot be trusted")
+
+    def check_metadata(self) -> None:
+        """Refuse a store whose metadata was edited since it was made."""
+        problem = self.metadata_edited()
+        if problem:
+            raise PipelineError(f"the feature cache {self.path}: {problem}. Put back the original zarr.json if you "
+                                f"have it, or {remake_hint(self.path, 'make the cache again')}")
 
     def check_matches(self, expected: dict) -> None:
         """Refuse, with the list of differences, a cache made differently from ``expected``."""
@@ -449,9 +582,13 @@ class FeatureCache:
         """Every problem found: missing or damaged chunks, arrays that disagree with the metadata."""
         return [message for _, _, message in self._problems()]
 
-    def _problems(self) -> list[tuple[str, int | None, str]]:
+    def _problems(self) -> list[tuple[str | None, int | None, str]]:
         problems = []
+        edited = self.metadata_edited()
+        if edited:
+            problems.append((None, None, f"metadata: {edited}"))
         dataset = self.metadata.get("dataset", {})
+        n_classes = len(dataset["classes"]) if isinstance(dataset.get("classes"), list) else None
         for split in self.splits:
             expected = dataset.get(f"n_{split}")
             if expected is not None and expected != self.size(split):
@@ -467,9 +604,14 @@ class FeatureCache:
                     continue
                 for name in self.array_names(split):
                     try:
-                        self.read_chunk(split, name, chunk)
+                        data = self.read_chunk(split, name, chunk)
                     except PipelineError as error:
                         problems.append((split, chunk, f"{split} chunk {chunk}: {error.message}"))
+                        continue
+                    if name == "labels" and n_classes is not None and len(data) and (
+                            data.min() < 0 or data.max() >= n_classes):
+                        problems.append((split, None, f"{split} chunk {chunk}: labels {data.min()}..{data.max()} "
+                                                      f"but the metadata names {n_classes} classes"))
         return problems
 
     def set_aside(self, split: str, chunks: set[int]) -> None:
@@ -602,6 +744,7 @@ def open_or_create(out: Path, metadata: dict, arrays: dict[str, list[ArraySpec]]
         try:
             existing = FeatureCache.open(out, require_complete=False)
             found = differences(metadata, existing.metadata)
+            found += [edited] if (edited := existing.metadata_edited()) else []
         except PipelineError as error:  # ours, but of another format version
             existing, found = None, [error.message]
         same = existing is not None and not found and existing.chunk_rows == chunk_rows

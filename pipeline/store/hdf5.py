@@ -6,6 +6,9 @@ The HDF5 layout, which other tools can write with a few lines of h5py::
     /test/features   (M, D) float16/32/64     /test/labels   (M,) integer class index
     attrs (all optional): classes (JSON list of names), dataset, backbone (names),
                           metadata (JSON, the full cache metadata; written on export)
+
+Class names must be distinct and non-empty (each one names metrics, plots and saved heads); an
+import that breaks any of this is refused with what is wrong, never half-done.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import h5py
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, SPLITS, ArraySpec, FeatureCache, check_replaceable,
-                                  library_versions, not_a_store_problem, remove_store)
+from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, METADATA_SECTIONS, SPLITS, ArraySpec, FeatureCache,
+                                  check_replaceable, class_names_problem, library_versions, not_a_store_problem,
+                                  remove_store)
 
 
 def export_hdf5(cache: FeatureCache, path: str | Path) -> None:
@@ -37,35 +41,91 @@ def export_hdf5(cache: FeatureCache, path: str | Path) -> None:
                 dataset[rows] = block
             f.create_dataset(f"{split}/labels", data=cache.labels(split))
         f.attrs["classes"] = json.dumps(cache.classes)
-        f.attrs["dataset"] = cache.metadata["dataset"]["name"]
-        f.attrs["backbone"] = cache.metadata["backbone"]["name"]
+        f.attrs["dataset"] = str(cache.metadata.get("dataset", {}).get("name", "external"))
+        f.attrs["backbone"] = str(cache.metadata.get("backbone", {}).get("name", "external"))
         f.attrs["metadata"] = json.dumps(cache.metadata)
     tmp.replace(path)
 
 
-def _attr(f: h5py.File, name: str, default=None):
-    value = f.attrs.get(name, default)
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _text_attr(f: h5py.File, name: str, path: Path, default: str) -> str:
+    """A name attribute (dataset, backbone): text, or ``default`` when absent."""
+    value = f.attrs.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, (str, bytes)):
+        raise PipelineError(f"the {name} attribute of {path} must be text (a name), got {_shown(value)}.")
+    return _text(value)
+
+
+def _json_attr(f: h5py.File, name: str, path: Path, what: str, names_array: bool = False):
+    """A JSON attribute, parsed (None when absent). With ``names_array`` a 1-D array of strings
+    (h5py's way of storing a list of names) is taken as that list."""
+    value = f.attrs.get(name)
+    if value is None:
+        return None
+    if names_array and isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "OSU":
+        return [_text(item) if isinstance(item, (str, bytes)) else item for item in value.tolist()]
+    if not isinstance(value, (str, bytes)):
+        raise PipelineError(f"the {name} attribute of {path} must be JSON text ({what}), got {_shown(value)}.")
+    try:
+        return json.loads(_text(value))
+    except ValueError as error:
+        raise PipelineError(f"the {name} attribute of {path} is not valid JSON ({error}); it must be {what}.") from None
+
+
+def _shown(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and type {value.dtype}"
+    return f"{type(value).__name__} {str(value)[:60]}"
+
+
+def _metadata(f: h5py.File, path: Path) -> dict:
+    """The metadata attribute (export-hdf5 writes it) with its sections checked, and the
+    dataset and backbone attributes for what it leaves out."""
+    what = "a JSON object, the cache metadata export-hdf5 writes"
+    metadata = _json_attr(f, "metadata", path, what)
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict):
+        raise PipelineError(f"the metadata attribute of {path} must be {what}, got a JSON "
+                            f"{type(metadata).__name__}. Leave it out, or write a JSON object.")
+    for section in METADATA_SECTIONS:
+        if section in metadata and not isinstance(metadata[section], dict):
+            raise PipelineError(f"the metadata attribute of {path}: its {section} section must be a JSON object, "
+                                f"got a JSON {type(metadata[section]).__name__}.")
+    defaults = {
+        "dataset": {"name": _text_attr(f, "dataset", path, "external"), "source": f"hdf5 import of {path.name}"},
+        "backbone": {"name": _text_attr(f, "backbone", path, "external")},
+        "preprocessing": {},
+        "features": {"pooled": "imported", "maps": {}},
+    }
+    return {**metadata, **{section: {**defaults[section], **metadata.get(section, {})} for section in defaults}}
 
 
 def _check_split(f: h5py.File, split: str, path: Path) -> tuple[h5py.Dataset, np.ndarray]:
     for name in ("features", "labels"):
-        if f"{split}/{name}" not in f:
+        if not isinstance(f.get(f"{split}/{name}"), h5py.Dataset):
             raise PipelineError(f"{path} has no dataset /{split}/{name}. An importable file has /train/features "
                                 f"(N, D), /train/labels (N,), /test/features (M, D) and /test/labels (M,).")
-    features, labels = f[f"{split}/features"], f[f"{split}/labels"][()]
+    features, labels = f[f"{split}/features"], f[f"{split}/labels"]
     if features.ndim != 2:
         raise PipelineError(f"/{split}/features in {path} must be 2-D (samples, dimensions), "
                             f"got shape {features.shape}.")
     if features.dtype.kind != "f":
         raise PipelineError(f"/{split}/features in {path} must be floating point, got {features.dtype}.")
+    if features.shape[0] == 0 or features.shape[1] == 0:
+        raise PipelineError(f"/{split}/features in {path} is empty (shape {features.shape}); every split needs "
+                            f"samples with at least one dimension.")
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise PipelineError(f"/{split}/labels in {path} must be a 1-D integer array, got shape "
                             f"{labels.shape} and type {labels.dtype}.")
-    if len(labels) != features.shape[0]:
+    if labels.shape[0] != features.shape[0]:
         raise PipelineError(f"/{split}/features has {features.shape[0]} rows but /{split}/labels has "
-                            f"{len(labels)} in {path}.")
-    return features, labels.astype(np.int64)
+                            f"{labels.shape[0]} in {path}.")
+    return features, labels[()]
 
 
 def import_hdf5(path: str | Path, out: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS,
@@ -87,6 +147,9 @@ def import_hdf5(path: str | Path, out: str | Path, chunk_rows: int = DEFAULT_CHU
         if building.exists() and not_a_store_problem(building) is None:
             shutil.rmtree(building)
         raise
+    finally:
+        # The lock file the temporary store's attribute updates used: nothing is left beside ``out``.
+        Path(str(building) + ".attrs.lock").unlink(missing_ok=True)
     remove_store(out, protected)
     os.replace(building, out)
     return FeatureCache.open(out)
@@ -104,22 +167,30 @@ def _import_hdf5(path: Path, out: Path, chunk_rows: int) -> FeatureCache:
         dims = {split: features.shape[1] for split, (features, _) in splits.items()}
         if len(set(dims.values())) != 1:
             raise PipelineError(f"train and test features of {path} have different dimensions: {dims}.")
-        metadata = json.loads(_attr(f, "metadata", "{}") or "{}")
-        classes = json.loads(_attr(f, "classes", "null") or "null") or metadata.get("dataset", {}).get("classes")
-        largest = max(int(labels.max(initial=-1)) for _, labels in splits.values())
+        metadata = _metadata(f, path)
+        source = "classes attribute"
+        classes = _json_attr(f, "classes", path, "a JSON list of class names", names_array=True)
         if classes is None:
-            classes = [str(c) for c in range(largest + 1)]
+            classes, source = metadata["dataset"].get("classes"), "metadata attribute's dataset.classes"
+        if classes is None:  # named by their indices, 0 to the largest label
+            rows = sum(len(labels) for _, labels in splits.values())
+            lowest = min(labels.min() for _, labels in splits.values())
+            largest = max(labels.max() for _, labels in splits.values())
+            if lowest < 0 or largest >= rows:
+                raise PipelineError(f"the labels of {path} run from {lowest} to {largest}, which cannot be class "
+                                    f"indices of {rows} samples. Give labels from 0 to the number of classes - 1, "
+                                    f"or name the classes with a classes attribute (a JSON list, label i is class i).")
+            classes = [str(c) for c in range(int(largest) + 1)]
+        problem = class_names_problem(classes)
+        if problem:
+            raise PipelineError(f"the {source} of {path} {problem}. Give the classes as a JSON list of "
+                                f"distinct, non-empty names, one per label (label i is class i), e.g. "
+                                f"[\"good\", \"scratch\"].")
         for split, (_, labels) in splits.items():
-            if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+            if labels.min() < 0 or labels.max() >= len(classes):
                 raise PipelineError(f"/{split}/labels in {path} must lie in 0..{len(classes) - 1} "
                                     f"(one per class name), found {labels.min()}..{labels.max()}.")
-        if not metadata:
-            metadata = {
-                "dataset": {"name": _attr(f, "dataset", "external"), "source": f"hdf5 import of {path.name}"},
-                "backbone": {"name": _attr(f, "backbone", "external")},
-                "preprocessing": {},
-                "features": {"pooled": "imported", "maps": {}},
-            }
+        splits = {split: (features, labels.astype(np.int64)) for split, (features, labels) in splits.items()}
         feature_dtype = np.result_type(*(features.dtype for features, _ in splits.values()))
         feature_dtype = "float16" if feature_dtype == np.float16 else "float32"
         metadata["dataset"].update({"classes": list(classes), "n_train": len(splits["train"][1]),
@@ -131,10 +202,17 @@ def _import_hdf5(path: Path, out: Path, chunk_rows: int) -> FeatureCache:
         for split, (features, labels) in splits.items():
             for chunk, rows in enumerate(cache.chunk_slices(split)):
                 block = features[rows]
-                if not np.isfinite(block).all():
-                    bad = rows.start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-                    raise PipelineError(f"/{split}/features in {path} contains NaN or Inf (first at row {bad}); "
-                                        f"the import was not completed. Clean the features and import again.")
+                with np.errstate(over="ignore"):
+                    stored = block.astype(feature_dtype)
+                if not np.isfinite(stored).all():
+                    bad = rows.start + int(np.flatnonzero(~np.isfinite(stored).all(axis=1))[0])
+                    if not np.isfinite(block).all():
+                        raise PipelineError(f"/{split}/features in {path} contains NaN or Inf (first at row {bad}); "
+                                            f"the import was not completed. Clean the features and import again.")
+                    raise PipelineError(f"/{split}/features in {path} holds values too large for {feature_dtype} "
+                                        f"(first at row {bad}); the import was not completed. Scale the features "
+                                        f"and import again.")
+                block = stored
                 cache.write_chunk(split, chunk, {"features": block, "labels": labels[rows]})
         cache.mark_complete()
     return cache

@@ -125,12 +125,13 @@ def main(cache_path, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, 
     import numpy as np
 
     from pipeline import metrics_file
-    from pipeline.cli import resolve_device
+    from pipeline.cli import check_outputs, resolve_device
     from pipeline.distributed import open_client
     from pipeline.evaluate import evaluate_one_vs_all, format_summary, metrics_payload, write_plots
     from pipeline.heads.anomem.head import AnoMemHead
     from pipeline.heads.saving import saved_heads_note
 
+    check_outputs(files={"--metrics": metrics_path}, folders={"--plots": plots_dir, "--save-heads": save_dir})
     cache, chosen = open_cache(cache_path, expect, classes)
     head = AnoMemHead(device=str(resolve_device(device)), threshold_quantile=threshold_quantile, **settings)
     saver = saver_for(save_dir, "anomem", cache, threshold_quantile, head.device)

@@ -30,7 +30,7 @@ def main(cache_path, k, classes, device, stream, out_of_core, scheduler, expect,
          threshold_quantile, save_float32):
     """Score every test image by the sum of squared L2 distances to its K nearest normal
     training features (DN2), for each normal class in turn."""
-    from pipeline.cli import resolve_device
+    from pipeline.cli import check_outputs, resolve_device
     from pipeline.distributed import open_client
     from pipeline.evaluate import evaluate_one_vs_all, format_summary, write_results
     from pipeline.heads.knn.head import KNNHead
@@ -38,6 +38,7 @@ def main(cache_path, k, classes, device, stream, out_of_core, scheduler, expect,
 
     if stream and out_of_core:
         raise PipelineError("--stream and --out-of-core are two ways of reading a large gallery; give one of them.")
+    check_outputs(files={"--metrics": metrics_path}, folders={"--plots": plots_dir, "--save-heads": save_dir})
     cache, chosen = open_cache(cache_path, expect, classes)
     device_ = str(resolve_device(device))
     saver = saver_for(save_dir, "knn", cache, threshold_quantile, device_,

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from pipeline import metrics_file
-from pipeline.cli import info, resolve_device, write_text
+from pipeline.cli import check_outputs, info, resolve_device, safe_filename, write_text
 from pipeline.distributed import open_client
 from pipeline.heads.plume import GUIDANCES, PERTURBATIONS
 from pipeline.heads.plume.command import head_label, run_plume, training_options
@@ -53,6 +53,7 @@ def main(cache_path, variants, seeds, classes, device, expect, scheduler, knn_me
          table_path, **settings):
     """Train every PLUME variant on every chosen class and seed and lay the AUROCs out like the
     paper's ablation table (final epoch and, separately named, best epoch)."""
+    check_outputs(files={"--metrics": metrics_path, "--table": table_path}, folders={"--plots": plots_dir})
     cache, chosen = open_cache(cache_path, expect, classes)
     from pipeline.evaluate import metrics_payload, write_plots
 
@@ -69,7 +70,7 @@ def main(cache_path, variants, seeds, classes, device, expect, scheduler, knn_me
             payloads[name] = metrics_payload(results, cache.metadata, head_label(shared, perturbation, guidance, seeds,
                                                                                  lr_note))
             if plots_dir is not None:
-                variant_dir = Path(plots_dir) / f"{perturbation}_{guidance}"
+                variant_dir = Path(plots_dir) / safe_filename(f"{perturbation}_{guidance}")
                 write_plots(results, variant_dir / "roc", variant_dir / "training")
             info(f"{name}: mean AUROC {100 * payloads[name]['mean']['auroc']:.2f}% (final epoch), "
                        f"{100 * payloads[name]['mean']['best_epoch_auroc']:.2f}% (best epoch)")

@@ -121,11 +121,13 @@ def main(cache_path, perturbation, guidance, seeds, classes, device, expect, sch
     normal features) on each normal class in turn and score the test set with minus the
     classifier's logit. The test AUROC is recorded after every epoch: the reported AUROC is the
     final epoch's; the best epoch's is reported separately, since choosing it reads the test set."""
-    from pipeline.cli import resolve_device
+    from pipeline.cli import check_outputs, resolve_device
     from pipeline.distributed import open_client
     from pipeline.evaluate import format_summary, write_results
     from pipeline.heads.saving import saved_heads_note
 
+    check_outputs(files={"--metrics": metrics_path},
+                  folders={"--plots": plots_dir, "--curves": curves_dir, "--save-heads": save_dir})
     cache, chosen = open_cache(cache_path, expect, classes)
     device_ = str(resolve_device(device))
     saver = saver_for(save_dir, "plume", cache, threshold_quantile, device_)
