@@ -5,12 +5,15 @@
 Builds each situation in a temporary folder, runs the command as a user would (a fresh
 process), and prints a Markdown table: the input, the command, its exit status, whether a
 traceback was printed, and the first line of its message. The full-disk case mounts a
-small tmpfs and needs root; it is skipped otherwise.
+small tmpfs and the read-only case bind-mounts a folder read-only in a mount namespace of its
+own (unshare); both need root and are skipped otherwise.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -39,11 +42,30 @@ def images(root: Path, per_class: int = 3, classes=("a", "b")) -> Path:
     return root
 
 
-def h5(path: Path, train_features: np.ndarray) -> Path:
+def h5(path: Path, train_features: np.ndarray, **attrs) -> Path:
     with h5py.File(path, "w") as f:
         f["train/features"], f["train/labels"] = train_features, np.arange(len(train_features)) % 2
         f["test/features"], f["test/labels"] = np.ones((4, 3), np.float32), np.arange(4) % 2
+        for key, value in attrs.items():
+            f.attrs[key] = value
     return path
+
+
+def classes_h5(path: Path, classes: list[str]) -> Path:
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        for split, n in (("train", 6 * len(classes)), ("test", 4 * len(classes))):
+            f[f"{split}/features"] = rng.normal(size=(n, 5)).astype(np.float32)
+            f[f"{split}/labels"] = np.arange(n) % len(classes)
+        f.attrs["classes"] = json.dumps(classes)
+    return path
+
+
+def edit_attributes(cache: Path, change) -> Path:
+    node = json.loads((cache / "zarr.json").read_text())
+    change(node["attributes"])
+    (cache / "zarr.json").write_text(json.dumps(node, indent=2))
+    return cache
 
 
 def main() -> None:
@@ -55,7 +77,9 @@ def main() -> None:
     def case(name: str, args: list[str], setup=None) -> None:
         if setup is not None:
             setup()
-        code, out, err = run(args, repo)
+        record(name, args, *run(args, repo))
+
+    def record(name: str, args: list[str], code: int, out: str, err: str) -> None:
         text = (err.strip() or out.strip()).splitlines()
         message = next((line for line in reversed(text) if line.startswith("Error")), text[-1] if text else "")
         shown = " ".join(a if len(a) < 40 else "…/" + Path(a).name for a in args)
@@ -136,6 +160,86 @@ def main() -> None:
                                                str(work / "h3.zarr")])
     (work / "not.h5").write_text("hello")
     case("HDF5 import of a non-HDF5 file", ["pipeline.cache", "import-hdf5", str(work / "not.h5"), str(work / "h4.zarr")])
+
+    case("HDF5 import with a repeated class name", ["pipeline.cache", "import-hdf5",
+                                                     str(classes_h5(work / "dup.h5", ["a", "a"])), str(work / "h5.zarr")])
+    case("HDF5 import with an empty class name", ["pipeline.cache", "import-hdf5",
+                                                   str(classes_h5(work / "blank.h5", ["a", " "])), str(work / "h6.zarr")])
+    case("HDF5 import, classes attribute not JSON", ["pipeline.cache", "import-hdf5",
+                                                      str(h5(work / "cj.h5", np.ones((8, 3), np.float32), classes="a, b")),
+                                                      str(work / "h7.zarr")])
+    case("HDF5 import, metadata attribute not a JSON object", ["pipeline.cache", "import-hdf5",
+                                                                str(h5(work / "mj.h5", np.ones((8, 3), np.float32),
+                                                                       metadata="[1, 2]")), str(work / "h8.zarr")])
+    case("HDF5 import, features too large for float32", ["pipeline.cache", "import-hdf5",
+                                                          str(h5(work / "big.h5", np.full((8, 3), 1e300))),
+                                                          str(work / "h9.zarr")])
+    paths = classes_h5(work / "paths.h5", ["../../x", "good part", "good_part", "a/b"])
+    run(["pipeline.cache", "import-hdf5", str(paths), str(work / "paths.zarr")], repo)
+    case("class names '../../x', 'good part', 'good_part', 'a/b' (plots and heads stay in their folders)",
+         ["stages.knn", "--cache", str(work / "paths.zarr"), "--k", "2", "--metrics", str(work / "paths.json"),
+          "--plots", str(work / "paths_plots"), "--save-heads", str(work / "paths_heads")])
+
+    edited = edit_attributes(shutil.copytree(cache, work / "edited.zarr"),
+                             lambda a: a["metadata"]["dataset"].update(classes=["b", "a"]))
+    case("class list edited in zarr.json: verify", ["pipeline.cache", "verify", str(edited)])
+    case("class list edited in zarr.json: a head", ["stages.knn", "--cache", str(edited)])
+    case("zarr.json chunk_rows edited to text", ["stages.knn", "--cache", str(edit_attributes(
+        shutil.copytree(cache, work / "rows.zarr"), lambda a: a.update(chunk_rows="1024")))])
+    case("cache made before the metadata checksum: verify", ["pipeline.cache", "verify", str(edit_attributes(
+        shutil.copytree(cache, work / "legacy.zarr"), lambda a: a.pop("metadata_sha256")))])
+    (work / "a_folder").mkdir()
+    case("--metrics is a folder", ["stages.knn", "--cache", str(cache), "--metrics", str(work / "a_folder")])
+    case("--classes names no class", ["stages.knn", "--cache", str(cache), "--classes", ","])
+    case("--expect value that is not YAML", ["stages.knn", "--cache", str(cache), "--expect", "backbone.name=[x"])
+
+    # Links in image folders: to files followed, to folders never; broken or looping ones refused.
+    loop = images(work / "loop")
+    (loop / "train" / "a" / "up").symlink_to("..")
+    case("link loop in a class folder (train/a/up -> ..)", [*extract, "--dataset", "imagefolder", "--data-dir",
+                                                            str(loop), "--out", str(work / "loop.zarr")])
+    case("the same with --skip-bad", [*extract, "--dataset", "imagefolder", "--data-dir", str(loop), "--skip-bad",
+                                      "--out", str(work / "loop.zarr")])
+    broken_link = images(work / "broken_link")
+    (broken_link / "train" / "a" / "gone.jpg").symlink_to("nowhere.jpg")
+    (broken_link / "train" / "b" / "self.jpg").symlink_to("self.jpg")
+    (broken_link / "train" / "b" / "linked.jpg").symlink_to(good / "test" / "a" / "0.jpg")
+    case("broken link and self link (and a link to a file, followed)",
+         [*extract, "--dataset", "imagefolder", "--data-dir", str(broken_link), "--out", str(work / "bl.zarr")])
+    run(["stages.knn", "--cache", str(cache), "--k", "2", "--metrics", str(work / "k.json"),
+         "--save-heads", str(work / "heads")], repo)
+    to_score = work / "to_score"
+    to_score.mkdir()
+    for i in range(2):
+        shutil.copy(good / "test" / "a" / f"{i}.jpg", to_score / f"{i}.jpg")
+    (to_score / "again").symlink_to(".")
+    (to_score / "gone.jpg").symlink_to("nowhere.jpg")
+    case("scoring a folder with a link loop and a broken link", ["stages.score", "--head", str(work / "heads" / "a.head"),
+                                                                 "--images", str(to_score),
+                                                                 "--out", str(work / "s.csv")])
+    case("the same with --skip-bad", ["stages.score", "--head", str(work / "heads" / "a.head"), "--images",
+                                      str(to_score), "--out", str(work / "s.csv"), "--skip-bad"])
+
+    shared = work / "read_only"
+    shared.mkdir()
+    shutil.copytree(cache, shared / "good.zarr")
+    mount = f"mount --bind -o ro {shlex.quote(str(shared))} {shlex.quote(str(shared))}"
+    if subprocess.run(["unshare", "-m", "sh", "-c", mount], capture_output=True).returncode == 0:
+        def runner(args: list[str], cwd: Path) -> tuple[int, str, str]:
+            command = shlex.join([sys.executable, "-m", *args])
+            result = subprocess.run(["unshare", "-m", "sh", "-c", f"{mount} && exec {command}"], cwd=cwd,
+                                    capture_output=True, text=True, env=ENV)
+            return result.returncode, result.stdout, result.stderr
+
+        for name, args in (
+                ("a head on a read-only cache folder", ["stages.knn", "--cache", str(shared / "good.zarr"),
+                                                        "--metrics", str(work / "ro.json")]),
+                ("HDF5 import into a read-only folder", ["pipeline.cache", "import-hdf5",
+                                                         str(classes_h5(work / "ro.h5", ["a", "b"])),
+                                                         str(shared / "new.zarr")]),
+                ("extraction into a read-only folder", [*extract, "--dataset", "imagefolder", "--data-dir", str(good),
+                                                        "--out", str(shared / "new.zarr")])):
+            record(name, args, *runner(args, repo))
 
     tiny = work / "tiny"
     tiny.mkdir()

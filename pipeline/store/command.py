@@ -51,14 +51,17 @@ def verify(cache_path: str, repair: bool) -> None:
     problems = cache._problems()
     for _, _, problem in problems:
         click.echo(f"  {problem}")
-    if not cache.metadata_checked:
-        click.echo(f"note: {cache_path} was made before the metadata's checksum was recorded, so an edit of its "
-                   f"metadata (zarr.json) cannot be detected; making it again records one.")
+    note = (f"note: {cache_path} was made before the metadata's checksum was recorded, so an edit of its metadata "
+            f"(zarr.json) cannot be detected; making it again records one.")
     if not problems:
         click.echo(f"{cache_path}: all {sum(len(cache.chunk_slices(s)) for s in cache.splits)} chunks present and "
                    f"intact{'' if cache.is_complete else ', but not marked complete'}"
                    f"{', metadata as made' if cache.metadata_checked else ''}.")
+        if not cache.metadata_checked:
+            click.echo(note)
         return
+    if not cache.metadata_checked:
+        click.echo(note)
     chunks = {split: {chunk for s, chunk, _ in problems if s == split and chunk is not None} for split in cache.splits}
     # Missing or damaged chunks are recomputed by the extraction; anything else (edited metadata,
     # arrays that disagree with it) is not, and only making the cache again mends it.
