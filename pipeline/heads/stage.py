@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _apply(command: Callable, options: list[Callable]) -> Callable:
+def apply_options(command: Callable, options: list[Callable]) -> Callable:
     for option in reversed(options):
         command = option(command)
     return command
@@ -32,7 +32,7 @@ def _apply(command: Callable, options: list[Callable]) -> Callable:
 def cache_options(section: str) -> Callable[[Callable], Callable]:
     """--cache, --classes, --device, --expect, --scheduler (defaults from ``params.yaml[section]``)
     and -q/--quiet, -v/--verbose (``pipeline.cli.verbosity_options``)."""
-    return lambda command: _apply(command, [
+    return lambda command: apply_options(command, [
         click.option("--cache", "cache_path", required=True, type=click.Path(file_okay=False),
                      help="Feature cache made by python -m pipeline.extract (or imported from HDF5)."),
         params.option(section, "classes", help="Normal classes to evaluate: all, or comma-separated names or "
@@ -66,7 +66,7 @@ def common_options(section: str, what_saved: str) -> Callable[[Callable], Callab
                           help="With --save-heads: the quantile of the training scores taken as the anomaly "
                                "threshold."),
         ]
-        return _apply(command, options)
+        return apply_options(command, options)
     return decorate
 
 

@@ -11,7 +11,7 @@ import click
 
 from pipeline import params
 from pipeline.heads.plume import BATCH_MODES, GUIDANCES, PERTURBATIONS
-from pipeline.heads.stage import CONTEXT, _apply, common_options, open_cache, saver_for
+from pipeline.heads.stage import CONTEXT, apply_options, common_options, open_cache, saver_for
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -55,7 +55,7 @@ def parse_seeds(value: str) -> list[int]:
 
 def training_options(command: Callable) -> Callable:
     """PLUME's training parameters (every PlumeHead field but the variant), defaults from params.yaml."""
-    return _apply(command, [
+    return apply_options(command, [
         params.option("plume", "lam", type=float,
                       help="lambda: weight of the near-identity loss on alpha, beta (eq. 1). Paper: 5, 10, 20."),
         params.option("plume", "nu", type=float, help="Weight of the VAE's KL divergence (eq. 4)."),
