@@ -107,12 +107,13 @@ def perturb(x: torch.Tensor, perturbation: str, alpha: torch.Tensor | None = Non
 
 def near_identity_loss(alpha: torch.Tensor, beta: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """Eq. 1, ``||alpha - 1||^2 + ||beta||^2`` per sample, mean over the batch (``sum``, the
-    paper). ``mean`` averages over the D entries too, as the authors' code (``mse_loss``) does."""
+    paper). ``mean`` is the authors' code: the sum of two ``mse_loss`` terms, each an element mean
+    over the batch and the D entries (no halving)."""
     per_entry = (alpha - 1).square() + beta.square()
     if reduction == "sum":
         return per_entry.sum(dim=1).mean()
     if reduction == "mean":
-        return per_entry.mean() / 2  # two mse_loss terms, each an element mean, summed
+        return per_entry.mean()  # = mse_loss(alpha, 1) + mse_loss(beta, 0)
     raise ValueError(f"unknown reduction {reduction!r}; use sum or mean")
 
 
