@@ -16,6 +16,8 @@ from pipeline.heads.knn.command import main as knn_cli
 from pipeline.scoring import main as score_cli
 from pipeline.store.command import main as cache_cli
 
+from cli_results import error_line
+
 CLASSES = ["../../x", "good part", "good_part", "a/b"]
 
 
@@ -32,16 +34,6 @@ def write_h5(path: Path, classes, n_per_class: int = 6, dim: int = 5, seed: int 
 
 def every_file(folder: Path) -> set[Path]:
     return {path for path in folder.rglob("*") if path.is_file() or path.is_symlink()}
-
-
-def refused(result) -> str:
-    """Exit status 1, one ``Error:`` paragraph, no traceback."""
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 def test_class_names_from_an_hdf5_file_write_only_inside_the_output_folders(tmp_path, monkeypatch):
@@ -92,10 +84,10 @@ def test_class_names_from_an_hdf5_file_write_only_inside_the_output_folders(tmp_
     (["good", "  "], ["empty name"]),
     (["b", "a", "b"], ["'b' more than once"]),
 ])
-def test_an_hdf5_class_list_with_a_repeated_or_empty_name_is_refused(tmp_path, classes, words):
+def test_an_hdf5_class_list_with_a_repeated_or_empty_name_is_error_line(tmp_path, classes, words):
     source = write_h5(tmp_path / "features.h5", classes)
     result = CliRunner().invoke(cache_cli, ["import-hdf5", str(source), str(tmp_path / "c.zarr")])
-    message = refused(result)
+    message = error_line(result)
     assert "classes attribute" in message and str(source) in message
     for word in words:
         assert word in message
@@ -103,10 +95,10 @@ def test_an_hdf5_class_list_with_a_repeated_or_empty_name_is_refused(tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["features.h5"]  # nothing left behind
 
 
-def test_a_repeated_class_name_in_the_metadata_attribute_is_refused(tmp_path):
+def test_a_repeated_class_name_in_the_metadata_attribute_is_error_line(tmp_path):
     source = write_h5(tmp_path / "features.h5", ["a", "b"])
     with h5py.File(source, "a") as f:
         del f.attrs["classes"]
         f.attrs["metadata"] = json.dumps({"dataset": {"name": "mine", "classes": ["a", "a"]}})
-    message = refused(CliRunner().invoke(cache_cli, ["import-hdf5", str(source), str(tmp_path / "c.zarr")]))
+    message = error_line(CliRunner().invoke(cache_cli, ["import-hdf5", str(source), str(tmp_path / "c.zarr")]))
     assert "dataset.classes" in message and "'a' more than once" in message

@@ -16,6 +16,8 @@ from pipeline.heads.knn.command import main as knn_cli
 from pipeline.store.cache import FeatureCache
 from pipeline.store.command import main as cache_cli
 
+from cli_results import error_line
+
 
 def imported_cache(tmp_path: Path, classes=("good", "bad")) -> Path:
     rng = np.random.default_rng(0)
@@ -34,15 +36,6 @@ def edit_attributes(cache: Path, change) -> None:
     node = json.loads((cache / "zarr.json").read_text())
     change(node["attributes"])
     (cache / "zarr.json").write_text(json.dumps(node, indent=2))
-
-
-def error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 def test_an_edited_class_list_is_reported_by_verify_and_refused_by_the_heads(tmp_path):

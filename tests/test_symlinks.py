@@ -17,6 +17,8 @@ from pipeline.extract.command import main as extract_cli
 from pipeline.scoring import main as score_cli
 from pipeline.store.cache import FeatureCache
 
+from cli_results import error_line
+
 EXTRACT = ["--dataset", "imagefolder", "--image-size", "32", "--chunk-rows", "8", "--batch-size", "8",
            "--workers", "0", "--device", "cpu", "--views", "0"]
 
@@ -45,15 +47,6 @@ def with_links(root: Path, case: str, folder: Path) -> Path:
     name, target, _ = CASES[case]
     os.symlink(target, folder / name)
     return folder
-
-
-def error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 @pytest.mark.parametrize("case", list(CASES))

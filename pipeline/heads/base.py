@@ -28,6 +28,7 @@ from sklearn.base import BaseEstimator
 from pipeline.errors import PipelineError
 
 POOLED = "pooled"
+DEFAULT_THRESHOLD_QUANTILE = 0.95
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Head(BaseEstimator):
     # What the threshold is a quantile of, in words (saved with the head).
     training_note: ClassVar[str] = "the head's scores on its own training features"
 
-    threshold_quantile: float | None = 0.95
+    threshold_quantile: float | None = DEFAULT_THRESHOLD_QUANTILE
 
     # --- the contract ---------------------------------------------------------------------
 
@@ -135,8 +136,8 @@ class Head(BaseEstimator):
         held-out normal features, which run higher than the training scores of heads fitted on
         those very features (PLUME, AnoMem)."""
         quantile = self.threshold_quantile if quantile is None else quantile
-        self.threshold_ = _quantile(self.score_samples(features), 0.95 if quantile is None else quantile,
-                                    "calibration")
+        self.threshold_ = _quantile(self.score_samples(features),
+                                    DEFAULT_THRESHOLD_QUANTILE if quantile is None else quantile, "calibration")
         return self
 
     # --- to be implemented ----------------------------------------------------------------
@@ -170,9 +171,11 @@ class Head(BaseEstimator):
     def save(self, path: str | Path, about: Mapping | None = None, **state_options: Any) -> Path:
         """Write the fitted head to one file (``pipeline.heads.saving``), with ``about``
         (class name, the cache's metadata) recorded beside it."""
-        from pipeline.heads.saving import write_head
+        from pipeline.heads.saving import save_head
 
-        return write_head(path, self, about=about or {}, **state_options)
+        about = about or {}
+        return save_head(path, self, class_name=str(about.get("class_name", "")), cache=dict(about.get("cache", {})),
+                         cache_path=about.get("cache_path"), **state_options)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "Head":

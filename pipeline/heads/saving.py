@@ -1,6 +1,6 @@
 """Saved heads: a fitted head in one file, with the cache it was trained on and a threshold.
 
-    head.save("heads/cat.head", about={"class_name": "cat"})   # or save_trained_head(...)
+    save_head("heads/cat.head", head, class_name="cat", cache=cache)   # or head.save(...)
     saved = loading.load_head("heads/cat.head")
     flags = saved.score(features) > saved.threshold
 
@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import click
 import numpy as np
 import torch
 
@@ -46,10 +45,6 @@ FORMAT = "frozen-feature-ad head"
 FORMAT_VERSION = 1
 SUFFIX = ".head"
 DEFAULT_QUANTILE = 0.95
-# The option every head stage with --save-heads shares.
-threshold_quantile_option = click.option(
-    "--threshold-quantile", default=DEFAULT_QUANTILE, show_default=True, type=click.FloatRange(0, 1),
-    help="With --save-heads: the quantile of the training scores taken as the anomaly threshold.")
 
 
 @dataclass
@@ -100,6 +95,14 @@ def head_filename(class_name: str) -> str:
     """``<class>.head``, the name made safe for any filesystem (imagefolder class names are free
     text) and distinct for distinct classes."""
     return safe_filename(class_name, SUFFIX)
+
+
+def _quantile_for(head: Head, given: float | None) -> float:
+    """The quantile asked for, else the head's own, else the default."""
+    for quantile in (given, head.threshold_quantile):
+        if quantile is not None:
+            return quantile
+    return DEFAULT_QUANTILE
 
 
 def _check_quantile(quantile: float) -> float:
@@ -174,9 +177,8 @@ def save_head(path: str | Path, head: Head, *, class_name: str, cache: FeatureCa
         if train_scores is None:
             raise PipelineError(f"the {head.name} head has no training scores to take a threshold from: fit it "
                                 f"with threshold_quantile set, or pass train_scores.")
-    quantile = head.threshold_quantile if threshold_quantile is None else threshold_quantile
     return _write(path, head, head._state(**state_options), class_name=class_name, cache=cache,
-                  cache_path=cache_path, threshold_quantile=0.95 if quantile is None else quantile,
+                  cache_path=cache_path, threshold_quantile=_quantile_for(head, threshold_quantile),
                   train_scores=train_scores)
 
 
@@ -189,16 +191,9 @@ def save_trained_head(path: str | Path, head: Head, *, class_name: str, cache: F
     state = head._state(**state_options)
     restored = type(head)._from_state(_plain(state, f"the {head.name} state"), device=device)
     scores = restored.training_scores(train_features)
-    quantile = head.threshold_quantile if threshold_quantile is None else threshold_quantile
     return _write(path, head, state, class_name=class_name, cache=cache, cache_path=cache_path,
-                  threshold_quantile=0.95 if quantile is None else quantile, train_scores=scores)
+                  threshold_quantile=_quantile_for(head, threshold_quantile), train_scores=scores)
 
-
-def write_head(path: str | Path, head: Head, about: Mapping, **state_options: Any) -> Path:
-    """``Head.save``: the head with what ``about`` records (``class_name``, ``cache``: the
-    cache's metadata, ``cache_path``), its threshold from the training scores ``fit`` kept."""
-    return save_head(path, head, class_name=str(about.get("class_name", "")), cache=dict(about.get("cache", {})),
-                     cache_path=about.get("cache_path"), **state_options)
 
 
 def _first_line(error: BaseException) -> str:

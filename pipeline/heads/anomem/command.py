@@ -52,14 +52,13 @@ def footprint(cache: "FeatureCache", head: "AnoMemHead", normal_class: int) -> d
             "memory_slots_x_dims": {s: list(m.patterns.shape) for s, m in head.memories_.items()}}
 
 
-def knn_same_rows(cache: "FeatureCache", classes: list[int], k: int, device: str) -> dict:
-    """DN2 kNN on the pooled features of the same training rows AnoMem was given."""
+def knn_same_rows(cache: "FeatureCache", rows, classes: list[int], k: int, device: str) -> dict:
+    """DN2 kNN on the pooled features of the same training rows AnoMem was given (``rows``)."""
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
     from pipeline.heads.knn.head import KNNHead
 
-    rows = view_rows_of(cache)
     labels, test_labels, test = cache.labels("train")[rows], cache.labels("test"), cache.features("test")
     train = cache.features("train", rows)
     per_class = {}
@@ -136,12 +135,13 @@ def main(cache_path, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, 
     head = AnoMemHead(device=str(resolve_device(device)), threshold_quantile=threshold_quantile, **settings)
     saver = saver_for(save_dir, "anomem", cache, threshold_quantile, head.device)
     label = f"AnoMem {head.scales}/{head.memory}"
+    view_rows = view_rows_of(cache)
     with open_client(scheduler) as client:
         one_class = evaluate_one_vs_all(cache, head, chosen, seeds=range(seeds), keep_heads=True, client=client,
                                         after_fit=saver, desc=label)
         about = {"head": "anomem", **{k: v for k, v in head.params().items() if k not in NOT_REPORTED},
                  "seeds": seeds, "training_images_per_class": "those with cached views",
-                 "views": len(view_rows_of(cache))}
+                 "views": len(view_rows)}
         about["footprint"] = footprint(cache, one_class[cache.classes[chosen[0]]]["head"], chosen[0])
         payload = metrics_payload(one_class, cache.metadata, about)
         semi = {}
@@ -160,7 +160,7 @@ def main(cache_path, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, 
     if semi:
         payload["semi_supervised"] = semi
     if knn_baseline:
-        payload["knn_same_rows"] = knn_same_rows(cache, chosen, knn_baseline, head.device)
+        payload["knn_same_rows"] = knn_same_rows(cache, view_rows, chosen, knn_baseline, head.device)
     metrics_file.write(metrics_path, payload)
     write_plots(one_class, plots_dir)
     click.echo(format_summary(payload))

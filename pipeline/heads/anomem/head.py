@@ -78,7 +78,6 @@ class AnoMemHead(Head):
     seed: int = 0
     device: str = "cpu"
     warm_start: bool = False       # fit with labels on a fitted head: stage B only
-    threshold_quantile: float | None = 0.95
 
     def __post_init__(self) -> None:
         self.scales_: list[str] = []

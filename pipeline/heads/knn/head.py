@@ -34,7 +34,6 @@ class KNNHead(Head):
 
     k: int = 2
     device: str = "cpu"
-    threshold_quantile: float | None = 0.95
 
     def _check_params(self) -> None:
         super()._check_params()

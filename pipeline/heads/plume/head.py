@@ -44,7 +44,6 @@ class PlumeHead(Head):
     noise_std: float = 0.1         # sigma of the gaussian perturbation (the paper does not give it)
     seed: int = 0
     device: str = "cpu"
-    threshold_quantile: float | None = 0.95
 
     def _check_params(self) -> None:
         super()._check_params()
