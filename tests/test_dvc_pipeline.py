@@ -41,7 +41,7 @@ def project(tmp_path):
                                              "extract.workers": 0, "plume.epochs": 2, "plume.lr": 0.001,
                                              "anomem.epochs": 2, "anomem.sup_epochs": 2, "anomem.draws": 1,
                                              "anomem.gammas": "0.1", "anomem.slots_intermediate": 16,
-                                             "anomem.slots_last": 8})
+                                             "anomem.slots_last": 8, "igd.epochs": 2})
     sh(tmp_path, "git", "init", "-q")
     sh(tmp_path, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init")
     return tmp_path
@@ -62,6 +62,7 @@ def test_repro_is_incremental_and_metrics_diff_shows_changes(project):
     assert "Running stage 'anomem@efficientnet_lite0'" in out
     assert (project / "cache" / "synthetic_efficientnet_lite0_32.views.zarr" / "zarr.json").exists()
     assert "metrics/anomem_efficientnet_lite0.json" in shown and "semi_supervised.0.1.mean.auroc" in shown
+    assert "Running stage 'igd@efficientnet_lite0'" in out and "metrics/igd_efficientnet_lite0.json" in shown
 
     assert "Running stage" not in dvc(project, "repro")
     stale_after_edits(project)

@@ -13,6 +13,7 @@ HEADS = {
     "knn": "pipeline.heads.knn",
     "plume": "pipeline.heads.plume",
     "anomem": "pipeline.heads.anomem",
+    "igd": "pipeline.heads.igd",
 }
 
 

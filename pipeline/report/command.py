@@ -98,7 +98,7 @@ def build(metrics: tuple[str, ...], plots_dirs: tuple[str, ...], curves_dirs: tu
           out_html: str, readme: str | None, params_file: str | None) -> None:
     """One table of every head and class from metrics files of any head (or folders of them),
     grouped by dataset, backbone and image size, beside the published CIFAR-10 figures;
-    as Markdown, and as a self-contained HTML page with ROC and PLUME training curves."""
+    as Markdown, and as a self-contained HTML page with ROC and training curves (PLUME, IGD)."""
     files = metrics_files(metrics)
     plots = _pair_dirs(plots_dirs, files, "--plots-dir")
     curves = _pair_dirs(curves_dirs, files, "--curves-dir")

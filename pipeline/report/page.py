@@ -1,5 +1,5 @@
 """The results as one self-contained HTML page: the tables of ``pipeline.report.table``, ROC
-curves and PLUME training curves drawn as inline SVG. Nothing is fetched (no scripts, style
+curves and training curves (PLUME, IGD) drawn as inline SVG. Nothing is fetched (no scripts, style
 sheets or fonts from elsewhere), so the page reads the same offline and years later.
 
 Each table sits in its own box, which scrolls when the classes do not fit (or the rows, past
@@ -213,7 +213,8 @@ def html_group(group: Group, metrics: list[Metric] = (AUROC,)) -> str:
     missing = [_run_name(run, varying) for run in group.runs if run.roc_dir is None or not run.roc_dir.is_dir()]
     parts = [f"<section>\n<h2>{escape(group.heading())}</h2>", f'<p class="caption">{escape(caption(group))}</p>',
              metric_views(group, list(metrics)), _charts("ROC curves, one line per normal class", rocs),
-             _charts("PLUME training: test AUROC after each epoch, one line per normal class", trainings)]
+             _charts("Training (heads trained by epochs): test AUROC after each epoch, one line per normal class",
+                     trainings)]
     if missing:
         parts.append(f'<p class="missing">No ROC curve files found for: {escape("; ".join(missing))}.</p>')
     parts.append("</section>")
