@@ -13,6 +13,8 @@ HEADS = {
     "knn": "pipeline.heads.knn",
     "plume": "pipeline.heads.plume",
     "anomem": "pipeline.heads.anomem",
+    "gaussian": "pipeline.heads.gaussian",
+    "classical": "pipeline.heads.classical",
 }
 
 
