@@ -16,6 +16,8 @@ SMALL = {  # fast settings per head, on 16-d toy features
     "plume": dict(epochs=2, dim="native", lr=1e-3, batch_size=16),
     "anomem": dict(epochs=2, scales="last", slots_last=4, proj_dim=4, proj_hidden=8, batch_size=32),
     "igd": dict(epochs=2, hidden=16, latent_dim=4, batch_size=16, lr=1e-3),
+    "gaussian": dict(),
+    "classical": dict(detector="ocsvm"),
 }
 
 

@@ -197,7 +197,8 @@ def test_the_torch_free_names_are_the_registries_keys():
     assert names.NORMALISATION_NAMES == tuple(NORMALISATIONS) and names.PRECISION_NAMES == tuple(PRECISIONS)
 
 
-@pytest.mark.parametrize("command", ["extract", "cache", "knn", "plume", "anomem", "igd", "plume-ablation", "score", "report"])
+@pytest.mark.parametrize("command", ["extract", "cache", "knn", "plume", "anomem", "gaussian", "classical", "igd",
+                                     "plume-ablation", "score", "report"])
 def test_help_loads_no_torch(command):
     """`ffad COMMAND --help` answers without importing torch (seconds on a small machine)."""
     import subprocess

@@ -14,6 +14,8 @@ HEADS = {
     "plume": "pipeline.heads.plume",
     "anomem": "pipeline.heads.anomem",
     "igd": "pipeline.heads.igd",
+    "gaussian": "pipeline.heads.gaussian",
+    "classical": "pipeline.heads.classical",
 }
 
 
