@@ -63,6 +63,11 @@ def test_repro_is_incremental_and_metrics_diff_shows_changes(project):
     assert (project / "cache" / "synthetic_efficientnet_lite0_32.views.zarr" / "zarr.json").exists()
     assert "metrics/anomem_efficientnet_lite0.json" in shown and "semi_supervised.0.1.mean.auroc" in shown
     assert "Running stage 'igd@efficientnet_lite0'" in out and "metrics/igd_efficientnet_lite0.json" in shown
+    # The Gaussian head, and one stage per detector of classical.detectors (a DVC matrix).
+    assert "Running stage 'gaussian@efficientnet_lite0'" in out and "metrics/gaussian_efficientnet_lite0.json" in shown
+    for detector in yaml.safe_load((project / "params.yaml").read_text())["classical"]["detectors"]:
+        assert f"Running stage 'classical@efficientnet_lite0-{detector}'" in out
+        assert f"metrics/classical_{detector}_efficientnet_lite0.json" in shown
 
     assert "Running stage" not in dvc(project, "repro")
     stale_after_edits(project)
@@ -87,6 +92,14 @@ def test_repro_is_incremental_and_metrics_diff_shows_changes(project):
     out = dvc(project, "repro")
     assert "Running stage 'anomem@efficientnet_lite0'" in out and "Running stage 'plume" not in out
     assert "anomem.memory" in dvc(project, "params", "diff")
+
+    # A detector added to the list runs alone; the other detectors' stages are up to date.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["classical"]["detectors"].append("pyod-HBOS")
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    out = dvc(project, "repro")
+    assert "Running stage 'classical@efficientnet_lite0-pyod-HBOS'" in out
+    assert "Running stage 'classical@efficientnet_lite0-ocsvm'" not in out and "Running stage 'knn" not in out
 
     set_params(project / "params.yaml", **{"preprocess.image_size": 48})
     out = dvc(project, "repro")
