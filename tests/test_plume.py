@@ -12,10 +12,11 @@ from click.testing import CliRunner
 
 from pipeline import metrics_file
 from pipeline.errors import PipelineError
-from pipeline.heads.plume.head import PlumeHead, lr_range_test
+from pipeline.heads.plume.head import (PlumeHead, debiased_moving_average, lightning_exponential_rates,
+                                       lr_range_test, steepest_descent_rate)
 from pipeline.heads.plume.model import (Classifier, InputNorm, Perturbator, contrastive_loss,
-                                        explicit_linear_perturbation, kl_divergence, linear_perturbation,
-                                        mean_contrastive_loss, near_identity_loss, perturb)
+                                        explicit_linear_perturbation, identity_targets, kl_divergence,
+                                        linear_perturbation, mean_contrastive_loss, near_identity_loss, perturb)
 
 
 def random_inputs(n=6, d=40, seed=0):
@@ -77,6 +78,38 @@ def test_near_identity_and_kl_against_plain_formulas():
     torch.testing.assert_close(kl_divergence(mu, logvar), reference)
 
 
+@pytest.mark.parametrize("target,alpha_to,beta_to", [("paper", 1.0, 0.0), ("authors", 0.0, 1.0)])
+def test_identity_targets_against_plain_sums(target, alpha_to, beta_to):
+    _, alpha, beta = random_inputs(seed=6)
+    a, b = alpha.detach().numpy(), beta.detach().numpy()
+    n, d = a.shape
+    per_sample = [sum((a[i, j] - alpha_to) ** 2 + (b[i, j] - beta_to) ** 2 for j in range(d)) for i in range(n)]
+    targets = identity_targets("linear", target)
+    assert targets == (alpha_to, beta_to)
+    assert float(near_identity_loss(alpha, beta, "sum", targets)) == pytest.approx(np.mean(per_sample), rel=1e-12)
+    assert float(near_identity_loss(alpha, beta, "mean", targets)) == pytest.approx(sum(per_sample) / (n * d),
+                                                                                     rel=1e-12)
+    # alpha * x + beta: the identity is alpha = 1, beta = 0 for the paper and the authors' PLAD code alike.
+    for perturbation in ("addmult", "add", "mult"):
+        assert identity_targets(perturbation, target) == (1.0, 0.0)
+    with pytest.raises(ValueError):
+        identity_targets("linear", "both")
+
+
+def test_identity_targets_set_the_direction_of_the_perturbation_near_identity():
+    """Issue 17's finding, on the map itself: near the paper's target x~ - x lies along the
+    all-ones vector; near the authors' it lies along alpha."""
+    g = torch.Generator().manual_seed(0)
+    x, noise_a, noise_b = (torch.randn(64, 50, generator=g, dtype=torch.float64) for _ in range(3))
+    ones = torch.ones(50, dtype=torch.float64)
+    paper = linear_perturbation(x, 1 + 0.05 * noise_a, 0.05 * noise_b) - x
+    authors = linear_perturbation(x, 0.05 * noise_a, 1 + 0.05 * noise_b) - x
+    along_ones = torch.nn.functional.cosine_similarity(paper, ones.expand_as(paper), dim=1).abs()
+    along_alpha = torch.nn.functional.cosine_similarity(authors, noise_a, dim=1).abs()
+    assert float(along_ones.min()) > 0.99 and float(along_alpha.min()) > 0.99
+    assert float(torch.nn.functional.cosine_similarity(authors, ones.expand_as(authors), dim=1).abs().mean()) < 0.5
+
+
 def cos(a, b, tau):
     return float(a @ b / (a.norm() * b.norm())) / tau
 
@@ -99,6 +132,28 @@ def test_mean_contrastive_loss_equals_equation_9_loop():
     total = sum(-math.log(math.exp(cos(v, z_mean, tau)) / (math.exp(cos(v, z_mean, tau)) + math.exp(cos(v, z_tilde_mean, tau))))
                 for v in z)
     assert float(mean_contrastive_loss(z, z_tilde, tau)) == pytest.approx(total / 5, rel=1e-10)
+
+
+def test_authors_contrastive_form_puts_each_own_pseudo_anomaly_against_all_normals():
+    z, z_tilde, _ = random_inputs(n=5, d=8, seed=7)
+    tau, n = 0.5, 5
+    total = 0.0
+    for i in range(n):
+        denominator = sum(math.exp(cos(z[k], z_tilde[i], tau)) + (k != i) * math.exp(cos(z[i], z[k], tau))
+                          for k in range(n))
+        total += sum(-math.log(math.exp(cos(z[i], z[j], tau)) / denominator) for j in range(n) if j != i) / (n - 1)
+    assert float(contrastive_loss(z, z_tilde, tau, "authors")) == pytest.approx(total / n, rel=1e-10)
+    assert float(contrastive_loss(z, z_tilde, tau, "paper")) != pytest.approx(total / n, rel=1e-6)
+
+
+def test_authors_mean_form_is_a_difference_of_cosines_without_tau():
+    z, z_tilde, _ = random_inputs(n=5, d=8, seed=8)
+    z_mean, z_tilde_mean = z.mean(0), z_tilde.mean(0)
+    expected = np.mean([cos(v, z_tilde_mean, 1.0) - cos(v, z_mean, 1.0) for v in z])
+    for tau in (0.1, 0.5):
+        assert float(mean_contrastive_loss(z, z_tilde, tau, "authors")) == pytest.approx(expected, rel=1e-10)
+    with pytest.raises(ValueError):
+        mean_contrastive_loss(z, z_tilde, 0.5, "lightning")
 
 
 def test_input_norm_pools_to_dim_and_classifier_matches_table_3():
@@ -157,20 +212,67 @@ def test_score_is_minus_the_logit_and_training_is_deterministic():
     np.testing.assert_allclose(head.score_samples(test), -logits.numpy(), rtol=1e-6)
 
 
-def test_lr_range_test_picks_a_rate_and_restores_the_modules():
+def test_lightning_exponential_rates_step_as_its_scheduler_does():
+    rates = lightning_exponential_rates(1e-8, 1.0, 100)
+    assert len(rates) == 100 and rates[0] == 1e-8 and rates[-1] == pytest.approx(1.0, rel=1e-12)
+    # Step k >= 1 is at (k + 1) / 100 of the way in log rate: step 1 already at 2 / 100.
+    assert rates[1] == pytest.approx(1e-8 * 1e8 ** 0.02, rel=1e-12)
+    ratios = np.diff(np.log(rates[1:]))
+    np.testing.assert_allclose(ratios, np.log(1e8) / 100, rtol=1e-9)
+
+
+def test_debiased_moving_average_against_its_closed_form():
+    losses = list(np.random.default_rng(0).uniform(0.5, 2.0, size=30))
+    beta = 0.98
+    expected = [sum((1 - beta) * beta ** (k - i) * losses[i] for i in range(k + 1)) / (1 - beta ** (k + 2))
+                for k in range(len(losses))]
+    np.testing.assert_allclose(debiased_moving_average(losses, beta), expected, rtol=1e-12)
+
+
+def test_steepest_descent_rate_against_plain_finite_differences():
+    rng = np.random.default_rng(1)
+    rates = list(np.geomspace(1e-8, 1, 60))
+    smoothed = list(np.cumsum(rng.normal(size=60)))
+    smoothed[30] = float("nan")  # a non-finite point is dropped; the rates stay the ones measured
+
+    def plain(rates, smoothed, skip_begin=10, skip_end=1):
+        kept = [k for k in range(skip_begin, len(smoothed) - skip_end) if math.isfinite(smoothed[k])]
+        values = [smoothed[k] for k in kept]
+        slopes = [values[1] - values[0]]
+        slopes += [(values[i + 1] - values[i - 1]) / 2 for i in range(1, len(values) - 1)]
+        slopes.append(values[-1] - values[-2])
+        return rates[kept[min(range(len(slopes)), key=slopes.__getitem__)]]
+
+    assert steepest_descent_rate(rates, smoothed) == plain(rates, smoothed)
+    # A curve whose steepest fall is known: flat, a cliff between points 40 and 41, flat.
+    cliff = [1.0] * 41 + [0.0] * 19
+    assert steepest_descent_rate(rates, cliff) in (rates[40], rates[41])
+    # The first ten points are skipped however steep; too short a curve gives no rate.
+    early_cliff = [100.0 - 10 * k for k in range(10)] + [1.0] * 20 + [0.5] * 30
+    assert steepest_descent_rate(rates, early_cliff) in (rates[29], rates[30])
+    assert steepest_descent_rate(rates[:11], smoothed[:11]) is None
+
+
+@pytest.mark.parametrize("rule,low,high", [("lowest-loss", 1e-7, 0.1), ("steepest", 1e-8, 1.0)])
+def test_lr_range_test_rules_pick_a_rate_and_restore_the_modules(rule, low, high):
     train, _, _ = subspace_data()
     head = PlumeHead(dim="native")
-    head.input_norm_, head.classifier_ = InputNorm(32, 32), Classifier(32)
-    perturbator = Perturbator(32)
-    before = [p.clone() for p in head.classifier_.parameters()]
-    lr = lr_range_test(head, perturbator, torch.as_tensor(train), 32, torch.Generator().manual_seed(0), steps=40)
-    assert 1e-7 < lr < 0.1
-    assert all(torch.equal(a, b) for a, b in zip(before, head.classifier_.parameters()))
+    perturbator = head._build(32)
+    before = [p.clone() for m in (head.classifier_, perturbator) for p in m.parameters()]
+    lr = lr_range_test(head, perturbator, torch.as_tensor(train), 32, torch.Generator().manual_seed(0), rule,
+                       steps=40)
+    assert low <= lr <= high
+    after = [p for m in (head.classifier_, perturbator) for p in m.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
 
 
 def test_bad_configurations_are_clear_errors():
     with pytest.raises(PipelineError, match="perturbation must be one of"):
         PlumeHead(perturbation="rotate").fit(np.zeros((4, 8), np.float32))
+    with pytest.raises(PipelineError, match="lr must be a positive number or one of lowest-loss, steepest"):
+        PlumeHead(lr="auto").fit(np.zeros((4, 8), np.float32))
+    with pytest.raises(PipelineError, match="identity target must be one of paper, authors"):
+        PlumeHead(identity_target="both").fit(np.zeros((4, 8), np.float32))
     with pytest.raises(PipelineError, match="batch size"):
         PlumeHead(batch_size=1).fit(np.zeros((4, 8), np.float32))
     with pytest.raises(PipelineError, match="at least 2 training"):
@@ -184,12 +286,24 @@ def test_plume_command_writes_final_and_best_epoch_metrics_and_curves(synthetic_
     from pipeline.heads.plume.command import main
 
     metrics, plots = tmp_path / "plume.json", tmp_path / "plots"
-    result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "2", "--dim", "native",
-                                       "--seeds", "2", "--classes", "0,1", "--lr", "1e-3",
+    # --dim 16: the classifier on features pooled to 16 entries keeps the four range tests quick.
+    result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "2", "--dim", "16",
+                                       "--seeds", "2", "--classes", "0,1", "--lr", "steepest",
+                                       "--identity-target", "authors", "--guidance-form", "authors",
                                        "--metrics", str(metrics), "--plots", str(plots),
                                        "--curves", str(plots / "curves")])
     assert result.exit_code == 0, result.output
     payload = metrics_file.read(metrics)
+    # The rate each class and seed trained at is a number in the metrics file; the settings beside it.
+    numbers = json.loads(metrics.read_text())
+    for name in payload["per_class"]:
+        rates = numbers["per_class"][name]["lr_used"]
+        assert set(rates) == {"seed_0", "seed_1"} and all(1e-8 <= r <= 1 for r in rates.values())
+    about = json.loads(metrics_file.sidecar_path(metrics).read_text())["about"]
+    assert {k: about[k] for k in ("identity_target", "guidance_form", "lr", "seed_list", "device")} == {
+        "identity_target": "authors", "guidance_form": "authors", "lr": "steepest range test", "seed_list": [0, 1],
+        "device": "cpu"}
+    assert about["classifier_input_dim"] == 16 and about["dim"] == 16
     assert set(payload["per_class"]) == {synthetic_cache.classes[0], synthetic_cache.classes[1]}
     for m in [payload["mean"], *payload["per_class"].values()]:
         assert {"auroc", "auroc_std", "best_epoch_auroc", "best_epoch_auroc_std", "aupr", "fpr_at_95_tpr"} <= set(m)
@@ -205,9 +319,9 @@ def test_plume_command_help_and_bad_input(synthetic_cache):
 
     runner = CliRunner()
     help_text = runner.invoke(main, ["--help"]).output
-    assert "--perturbation" in help_text and "range test" in help_text
+    assert "--perturbation" in help_text and "range test" in help_text and "--identity-target" in help_text
     bad = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--lr", "fast"])
-    assert bad.exit_code == 2 and "neither a number nor auto" in bad.output
+    assert bad.exit_code == 2 and "neither a number nor lowest-loss nor steepest" in bad.output
     bad = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--dim", "native",
                                "--expect", "backbone.name=resnet50"])
     assert bad.exit_code == 1 and "Traceback" not in bad.output
@@ -251,3 +365,115 @@ def test_published_column_matches_the_reference_file():
     assert plume_paper_mean("linear", "contrastive") == 83.4
     assert plume_paper_mean("gaussian", "none") == 77.5
     assert plume_paper_mean("add", "none") is None
+
+
+# --- one whole training step against an independent re-computation of the authors' step ------
+
+def _adaptive_average(x, size):
+    """AdaptiveAvgPool1d over the last axis: bin i averages [floor(i L / size), ceil((i + 1) L / size))."""
+    length = x.shape[1]
+    return torch.stack([x[:, (i * length) // size:-(-(i + 1) * length // size)].mean(dim=1) for i in range(size)],
+                       dim=1)
+
+
+def _batch_norm(x, eps):
+    mean = x.mean(0)
+    return (x - mean) / torch.sqrt(((x - mean) ** 2).mean(0) + eps)
+
+
+def _leaky(x):
+    return torch.where(x > 0, x, 0.01 * x)
+
+
+def _cos(a, b):
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+
+
+def authors_training_step(raw, w, noise, dim, lam, gamma, phi, tau):
+    """The authors' training step (rhermary/PLUME: AdaptativeFeatureRCSPLAD.forward,
+    CosSimPLAD.training_step and misc/losses.py) with eta = nu = 0, as their CIFAR-10 script
+    runs it, written out from their equations: separate classifier passes, (I + alpha beta^T)
+    built per sample, noise_loss(alpha, beta) pulling alpha -> 0 and beta -> 1, their shifted-
+    index contrastive loss and their mean-contrastive loss. ``w``: parameters by name."""
+    n = len(raw)
+    x = _batch_norm(_adaptive_average(raw, dim), 1e-5)
+    hidden = _leaky(x @ w["fc1.weight"].T + w["fc1.bias"])
+    mu, logvar = hidden @ w["fc2.weight"].T + w["fc2.bias"], hidden @ w["fc3.weight"].T + w["fc3.bias"]
+    sample = mu + torch.exp(0.5 * logvar) * noise
+    out = _leaky(sample @ w["fc4.weight"].T + w["fc4.bias"]) @ w["fc5.weight"].T + w["fc5.bias"]
+    alpha, beta = out[:, :dim], out[:, dim:]
+    matrices = torch.eye(dim, dtype=x.dtype) + alpha[:, :, None] * beta[:, None, :]
+    anomalies = (matrices @ x[:, :, None])[:, :, 0]
+
+    def classifier(v):  # DecClassifier1D: features after the second LeakyReLU, then a bias-free linear
+        h = _leaky(_batch_norm(v @ w["f1.0.weight"].T, 1e-4))
+        features = _leaky(_batch_norm(h @ w["f1.3.weight"].T, 1e-4))
+        return (features @ w["f2.weight"].T)[:, 0], features
+
+    logit_normal, z = classifier(x)            # normal batch alone
+    logit_anomalies, z_tilde = classifier(anomalies)  # pseudo-anomaly batch alone
+    noise_loss = (alpha ** 2).mean() + ((beta - 1) ** 2).mean()
+    classif = -torch.log(torch.sigmoid(logit_normal)).mean() - torch.log(1 - torch.sigmoid(logit_anomalies)).mean()
+    kl = 0.5 * (torch.exp(logvar) + mu ** 2 - 1 - logvar).sum() / n
+
+    def shifted(set1, set2):  # entry [s, j] = cos(set1[(s + j) mod n], set2[j])
+        return torch.stack([torch.stack([_cos(set1[(s + j) % n], set2[j]) for j in range(n)]) for s in range(n)])
+
+    normal_sims, anomaly_sims = shifted(z, z)[1:] / tau, shifted(z, z_tilde) / tau
+    contrastive = torch.log(anomaly_sims.exp().sum(0) + normal_sims.exp().sum(0)).mean() - normal_sims.mean()
+    # Their cosine similarity runs over dim 2 of (n, 512) against (1, 1, 512): a (1, n) result, whose
+    # log-sum-exp over dim 0 (one element) is the similarity itself.
+    to_anomaly_mean = _cos(z[None], z_tilde.mean(0)[None, None])
+    mean_contrastive = torch.log(to_anomaly_mean.exp().sum(0)).mean() - _cos(z[None], z.mean(0)[None, None]).mean()
+    total = classif + kl + lam * noise_loss + gamma * contrastive + phi * mean_contrastive
+    return {"loss": total, "ce": classif, "identity": noise_loss, "kl": kl,
+            "guidance": contrastive if gamma else mean_contrastive}
+
+
+AUTHORS_CONFIGURATION = dict(batch_mode="separate", identity_target="authors", identity_loss="mean",
+                             guidance_form="authors", lam=5.0, nu=1.0, gamma=1.0, tau=0.5)
+
+
+def head_and_reference_step(guidance, n=6, in_dim=12, dim=16, seed=0, **overrides):
+    """The head's losses and gradients for one batch, and the authors' step on the same batch,
+    parameters and reparametrisation noise (float64)."""
+    head = PlumeHead(perturbation="linear", guidance=guidance, dim=dim, seed=seed,
+                     **{**AUTHORS_CONFIGURATION, **overrides})
+    perturbator = head._build(in_dim)
+    modules = {"": perturbator.double(), "classifier": head.classifier_.double()}
+    head.input_norm_.double()
+    raw = torch.randn(n, in_dim, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64) * 3 + 1
+    torch.manual_seed(123)
+    losses = head._losses(raw, perturbator)
+    losses["loss"].backward()
+    head_grads = {name: p.grad for m in modules.values() for name, p in m.named_parameters()}
+
+    weights = {name: p.detach().clone().requires_grad_(True) for m in modules.values()
+               for name, p in m.named_parameters()}
+    torch.manual_seed(123)
+    noise = torch.randn(n, dim, dtype=torch.float64)  # the same draw as the head's randn_like(mu)
+    reference = authors_training_step(raw, weights, noise, dim, lam=5.0,
+                                      gamma=1.0 if guidance == "contrastive" else 0.0,
+                                      phi=1.0 if guidance == "mean" else 0.0, tau=0.5)
+    reference_grads = dict(zip(weights, torch.autograd.grad(reference["loss"], list(weights.values()))))
+    return losses, head_grads, reference, reference_grads
+
+
+@pytest.mark.parametrize("guidance", ["contrastive", "mean"])
+def test_one_training_step_equals_the_authors_step_in_losses_and_gradients(guidance):
+    losses, head_grads, reference, reference_grads = head_and_reference_step(guidance)
+    for name in ("loss", "ce", "identity", "kl", "guidance"):
+        torch.testing.assert_close(losses[name].detach(), reference[name].detach(), rtol=1e-10, atol=1e-12)
+    assert set(head_grads) == set(reference_grads) and len(head_grads) == 13  # 5 VAE layers with biases, 3 classifier layers
+    for name, grad in head_grads.items():
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("change,term", [({"identity_target": "paper"}, "identity"),
+                                          ({"identity_loss": "sum"}, "identity"),
+                                          ({"batch_mode": "joint"}, "ce"),
+                                          ({"guidance_form": "paper"}, "guidance")])
+def test_each_authors_setting_matters_to_the_step(change, term):
+    """The reference test above can fail: moving any one setting off the authors' changes its term."""
+    losses, _, reference, _ = head_and_reference_step("contrastive", **change)
+    assert abs(float(losses[term]) - float(reference[term])) > 1e-6

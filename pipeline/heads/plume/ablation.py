@@ -15,7 +15,7 @@ from pipeline import metrics_file
 from pipeline.cli import check_outputs, info, resolve_device, safe_filename, write_text
 from pipeline.distributed import open_client
 from pipeline.heads.plume import GUIDANCES, PERTURBATIONS
-from pipeline.heads.plume.command import head_label, run_plume, training_options
+from pipeline.heads.plume.command import head_label, plume_payload, resolved_settings, run_plume, training_options
 from pipeline.heads.plume.report import plume_ablation_table
 from pipeline.heads.stage import cache_options, open_cache
 from pipeline.report.published import has_published_column
@@ -55,11 +55,10 @@ def main(cache_path, variants, seeds, classes, device, expect, scheduler, knn_me
     paper's ablation table (final epoch and, separately named, best epoch)."""
     check_outputs(files={"--metrics": metrics_path, "--table": table_path}, folders={"--plots": plots_dir})
     cache, chosen = open_cache(cache_path, expect, classes)
-    from pipeline.evaluate import metrics_payload, write_plots
+    from pipeline.evaluate import write_plots
 
     device_ = str(resolve_device(device))
-    lr_note = "range test" if settings["lr"] == "auto" else settings["lr"]
-    shared = {k: v for k, v in settings.items() if k != "lr"}
+    resolved = resolved_settings(cache, settings, device_, None)
     payloads = {}
     # One cluster for all variants: starting workers costs seconds each time.
     with open_client(scheduler) as client:
@@ -67,8 +66,8 @@ def main(cache_path, variants, seeds, classes, device, expect, scheduler, knn_me
             name = f"{perturbation}/{guidance}"
             results = run_plume(cache, chosen, seeds, device_, perturbation, guidance, desc=f"PLUME {name}",
                                 client=client, **settings)
-            payloads[name] = metrics_payload(results, cache.metadata, head_label(shared, perturbation, guidance, seeds,
-                                                                                 lr_note))
+            payloads[name] = plume_payload(results, cache.metadata,
+                                           head_label(settings, perturbation, guidance, seeds, **resolved))
             if plots_dir is not None:
                 variant_dir = Path(plots_dir) / safe_filename(f"{perturbation}_{guidance}")
                 write_plots(results, variant_dir / "roc", variant_dir / "training")

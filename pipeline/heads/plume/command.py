@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Callable
 import click
 
 from pipeline import params
-from pipeline.heads.plume import BATCH_MODES, GUIDANCES, PERTURBATIONS
+from pipeline.heads.plume import (BATCH_MODES, GUIDANCE_FORMS, GUIDANCES, IDENTITY_LOSSES, IDENTITY_TARGETS,
+                                  LR_RULES, PERTURBATIONS)
 from pipeline.heads.stage import CONTEXT, apply_options, common_options, open_cache, saver_for
 
 if TYPE_CHECKING:
@@ -21,22 +22,23 @@ if TYPE_CHECKING:
 
 
 
-def _number_or_word(value: str, word: str, convert: Callable[[str], float | int], kind: str) -> float | int | str:
-    """An option that takes a number or one keyword (``--lr auto``, ``--dim native``)."""
-    if str(value).strip().lower() == word:
-        return word
+def _number_or_word(value: str, words: tuple[str, ...], convert: Callable[[str], float | int],
+                    kind: str) -> float | int | str:
+    """An option that takes a number or one of some keywords (``--lr steepest``, ``--dim native``)."""
+    if str(value).strip().lower() in words:
+        return str(value).strip().lower()
     try:
         return convert(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is neither {kind} nor {word}") from None
+        raise click.BadParameter(f"{value!r} is neither {kind} nor {' nor '.join(words)}") from None
 
 
 def parse_lr(value: str) -> float | str:
-    return _number_or_word(value, "auto", float, "a number")
+    return _number_or_word(value, LR_RULES, float, "a number")
 
 
 def parse_dim(value: str) -> int | str:
-    return _number_or_word(value, "native", int, "an integer")
+    return _number_or_word(value, ("native",), int, "an integer")
 
 
 def parse_seeds(value: str) -> list[int]:
@@ -65,14 +67,26 @@ def training_options(command: Callable) -> Callable:
         params.option("plume", "batch_size", type=click.IntRange(2, 1 << 16),
                       help="Normal samples per step (paper: 32); as many pseudo-anomalies are generated."),
         params.option("plume", "lr", callback=lambda c, p, v: parse_lr(v),
-                      help="Peak learning rate of the one-cycle schedule, or auto: a learning-rate range test on "
-                           "the training data picks it (as the paper does)."),
+                      help="Peak learning rate of the one-cycle schedule, or a learning-rate range test on the "
+                           "training data picks it (as the paper does), by one of two rules: lowest-loss, a tenth "
+                           "of the rate at the lowest smoothed loss; steepest, the rate where the smoothed loss "
+                           "falls fastest (Lightning's lr_find suggestion, the authors' code). The rate used is "
+                           "recorded per class and seed (lr_used in the metrics)."),
         params.option("plume", "weight_decay", type=float, help="AdamW weight decay."),
         params.option("plume", "dim", callback=lambda c, p, v: parse_dim(v),
                       help="Classifier input size: the cached vector is adaptive-average-pooled to DIM (paper: "
                            "3072), or native to keep the backbone's size."),
-        params.option("plume", "identity_loss", type=click.Choice(["sum", "mean"]),
+        params.option("plume", "identity_loss", type=click.Choice(IDENTITY_LOSSES),
                       help="Near-identity loss over the D entries: sum (paper, eq. 1) or mean (authors' code)."),
+        params.option("plume", "identity_target", type=click.Choice(IDENTITY_TARGETS),
+                      help="Where the near-identity loss pulls the linear map's alpha and beta: paper (eq. 1: "
+                           "alpha -> 1, beta -> 0, so x~ - x stays near the all-ones direction) or authors (their "
+                           "code: alpha -> 0, beta -> 1, so x~ - x lies along the learnt alpha). No effect on the "
+                           "other perturbations, whose identity is the same in both."),
+        params.option("plume", "guidance_form", type=click.Choice(GUIDANCE_FORMS),
+                      help="The guidance loss as the paper writes it (eq. 7; appendix eq. 9 for mean) or as the "
+                           "authors' code computes it (contrastive: each sample's own pseudo-anomaly against all "
+                           "normal ones in the denominator; mean: cos(z, mean z~) - cos(z, mean z), no tau)."),
         params.option("plume", "batch_mode", type=click.Choice(BATCH_MODES),
                       help="separate: normal and perturbed batches go through the classifier apart, so batch norm "
                            "normalises each alone (authors' code); joint: one batch (PLAD)."),
@@ -99,10 +113,34 @@ def run_plume(cache: "FeatureCache", classes: list[int], seeds: list[int], devic
                                after_fit=after_fit)
 
 
-def head_label(settings: dict, perturbation: str, guidance: str, seeds: list[int], lr_note: str) -> dict:
-    return {"head": "plume", "perturbation": perturbation, "guidance": guidance, **settings,
-            "lr": lr_note, "seeds": len(seeds),
+def head_label(settings: dict, perturbation: str, guidance: str, seeds: list[int], **resolved) -> dict:
+    """The about sidecar's description of a run: every setting as given, how ``lr`` was
+    resolved (the rates themselves are numbers in the metrics, lr_used), and ``resolved``
+    (the device, the classifier's input size)."""
+    lr = settings["lr"]
+    return {"head": "plume", "perturbation": perturbation, "guidance": guidance,
+            **{k: v for k, v in settings.items() if k not in ("lr", "seeds")},
+            "lr": f"{lr} range test" if isinstance(lr, str) else lr, "seeds": len(seeds), "seed_list": list(seeds),
+            **resolved, "lr_used_is": "the one-cycle peak rate each class and seed trained at (per_class.lr_used)",
             "auroc_is": "final epoch; best_epoch_auroc = best test AUROC over epochs (paper protocol, peeks at test)"}
+
+
+def resolved_settings(cache: "FeatureCache", settings: dict, device: str, threshold_quantile: float | None) -> dict:
+    """What the options resolve to on this cache and machine."""
+    feature_dim = int(cache.features("train", slice(0, 1)).shape[1])
+    return {"device": device, "threshold_quantile": threshold_quantile,
+            "classifier_input_dim": feature_dim if settings["dim"] == "native" else int(settings["dim"])}
+
+
+def plume_payload(results: dict[str, dict], metadata: dict, label: dict) -> dict:
+    """``metrics_payload`` with, per class, the learning rate each seed trained at
+    (``lr_used: {seed_<n>: rate}``; from the epoch records, which carry it)."""
+    from pipeline.evaluate import metrics_payload
+
+    payload = metrics_payload(results, metadata, label)
+    for name, result in results.items():
+        payload["per_class"][name]["lr_used"] = {f"seed_{r['seed']}": r["lr_used"] for r in result["curves"]}
+    return payload
 
 
 @click.command(context_settings=CONTEXT)
@@ -123,7 +161,8 @@ def main(cache_path, perturbation, guidance, seeds, classes, device, expect, sch
     final epoch's; the best epoch's is reported separately, since choosing it reads the test set."""
     from pipeline.cli import check_outputs, resolve_device
     from pipeline.distributed import open_client
-    from pipeline.evaluate import format_summary, write_results
+    from pipeline import metrics_file
+    from pipeline.evaluate import format_summary, write_plots
     from pipeline.heads.saving import saved_heads_note
 
     check_outputs(files={"--metrics": metrics_path},
@@ -135,10 +174,11 @@ def main(cache_path, perturbation, guidance, seeds, classes, device, expect, sch
         results = run_plume(cache, chosen, seeds, device_, perturbation, guidance,
                             desc=f"PLUME {perturbation}/{guidance}", client=client, after_fit=saver,
                             threshold_quantile=threshold_quantile, **settings)
-    lr_note = "range test" if settings["lr"] == "auto" else settings["lr"]
-    payload = write_results(results, cache.metadata, head_label({k: v for k, v in settings.items() if k != "lr"},
-                                                                perturbation, guidance, seeds, lr_note),
-                            metrics_path, plots_dir, curves_dir)
+    label = head_label(settings, perturbation, guidance, seeds,
+                       **resolved_settings(cache, settings, device_, threshold_quantile))
+    payload = plume_payload(results, cache.metadata, label)
+    metrics_file.write(metrics_path, payload)
+    write_plots(results, plots_dir, curves_dir)
     click.echo(format_summary(payload))
     if saver is not None:
         click.echo(saved_heads_note(saver, [cache.classes[c] for c in chosen]))

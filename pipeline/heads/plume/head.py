@@ -9,6 +9,7 @@ import copy
 import json
 import math
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,9 +18,10 @@ import torch.nn.functional as F
 from pipeline.cli import detail, progress
 from pipeline.errors import PipelineError
 from pipeline.heads.base import EpochCallback, Features, Head
-from pipeline.heads.plume import BATCH_MODES, GUIDANCES, PERTURBATIONS
-from pipeline.heads.plume.model import (Classifier, InputNorm, Perturbator,
-                                        guidance_loss, kl_divergence, near_identity_loss, perturb)
+from pipeline.heads.plume import (BATCH_MODES, GUIDANCE_FORMS, GUIDANCES, IDENTITY_LOSSES, IDENTITY_TARGETS,
+                                  LR_RULES, PERTURBATIONS)
+from pipeline.heads.plume.model import (Classifier, InputNorm, Perturbator, guidance_loss, identity_targets,
+                                        kl_divergence, near_identity_loss, perturb)
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -30,16 +32,18 @@ class PlumeHead(Head):
 
     perturbation: str = "linear"   # linear (PLUME) | addmult (PLAD) | add | mult | gaussian
     guidance: str = "contrastive"  # contrastive (eq. 7) | mean (eq. 9) | none
+    guidance_form: str = "paper"   # the guidance loss as the paper writes it | as the authors' code computes it
     lam: float = 5.0               # lambda, weight of the near-identity loss (eq. 1)
     nu: float = 1.0                # weight of the KL divergence (eq. 4)
     gamma: float = 1.0             # weight of the guidance loss (eq. 7 or 9)
     tau: float = 0.5               # temperature of the cosine similarities
     epochs: int = 100
     batch_size: int = 32
-    lr: float | str = "auto"       # peak one-cycle learning rate, or "auto" for a range test
+    lr: float | str = "lowest-loss"  # peak one-cycle learning rate, or a range test's rule (LR_RULES)
     weight_decay: float = 0.01     # AdamW's default
     dim: int | str = 3072          # classifier input size after adaptive pooling, or "native"
     identity_loss: str = "sum"     # sum over D (paper, eq. 1) | mean (authors' code, mse_loss)
+    identity_target: str = "paper"   # linear map: alpha -> 1, beta -> 0 (paper) | alpha -> 0, beta -> 1 (authors)
     batch_mode: str = "joint"      # one batch through the classifier (PLAD), or separate (PLUME authors' code)
     noise_std: float = 0.1         # sigma of the gaussian perturbation (the paper does not give it)
     seed: int = 0
@@ -51,12 +55,16 @@ class PlumeHead(Head):
             (self.perturbation in PERTURBATIONS, f"perturbation must be one of {', '.join(PERTURBATIONS)}"),
             (self.guidance in GUIDANCES, f"guidance must be one of {', '.join(GUIDANCES)}"),
             (self.batch_mode in BATCH_MODES, f"batch mode must be one of {', '.join(BATCH_MODES)}"),
-            (self.identity_loss in ("sum", "mean"), "identity loss must be sum or mean"),
+            (self.identity_loss in IDENTITY_LOSSES, f"identity loss must be one of {', '.join(IDENTITY_LOSSES)}"),
+            (self.identity_target in IDENTITY_TARGETS,
+             f"identity target must be one of {', '.join(IDENTITY_TARGETS)}"),
+            (self.guidance_form in GUIDANCE_FORMS, f"guidance form must be one of {', '.join(GUIDANCE_FORMS)}"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 2, "batch size must be at least 2 (batch norm and the contrastive loss need pairs)"),
             (self.tau > 0, "tau must be positive"),
-            (self.lr == "auto" or (isinstance(self.lr, (int, float)) and self.lr > 0),
-             "lr must be a positive number or auto"),
+            (self.lr in LR_RULES or (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
+                                     and self.lr > 0),
+             f"lr must be a positive number or one of {', '.join(LR_RULES)}"),
             (self.dim == "native" or (isinstance(self.dim, int) and self.dim >= 2), "dim must be native or an integer >= 2"),
         ]
         for ok, message in checks:
@@ -74,20 +82,15 @@ class PlumeHead(Head):
             raise PipelineError(f"PLUME needs 2-D features (samples, dimensions), got shape {tuple(x_all.shape)}.")
         if len(x_all) < 2:
             raise PipelineError(f"PLUME needs at least 2 training features, got {len(x_all)}.")
-        torch.manual_seed(self.seed)
-        dim = x_all.shape[1] if self.dim == "native" else int(self.dim)
         batch_size = min(self.batch_size, len(x_all))
         steps_per_epoch = len(x_all) // batch_size
-
-        self.input_norm_ = InputNorm(x_all.shape[1], dim).to(device)
-        self.classifier_ = Classifier(dim).to(device)
-        perturbator = None if self.perturbation == "gaussian" else Perturbator(dim, self.perturbation).to(device)
+        perturbator = self._build(x_all.shape[1], device)
         modules = [m for m in (self.input_norm_, self.classifier_, perturbator) if m is not None]
 
         generator = torch.Generator().manual_seed(self.seed)
-        if self.lr == "auto":
-            self.lr_used_ = lr_range_test(self, perturbator, x_all, batch_size, generator)
-            detail(f"PLUME seed {self.seed}: the learning-rate range test chose lr {self.lr_used_:.3g}")
+        if isinstance(self.lr, str):
+            self.lr_used_ = lr_range_test(self, perturbator, x_all, batch_size, generator, self.lr)
+            detail(f"PLUME seed {self.seed}: the learning-rate range test ({self.lr}) chose lr {self.lr_used_:.3g}")
         else:
             self.lr_used_ = float(self.lr)
         params = [p for m in modules for p in m.parameters()]
@@ -109,7 +112,8 @@ class PlumeHead(Head):
                 schedule.step()
                 for name, value in losses.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
-            record = {"epoch": epoch, "lr": schedule.get_last_lr()[0],
+            # lr_used (the one-cycle peak) in every record: the evaluation's curves carry it per seed.
+            record = {"epoch": epoch, "lr": schedule.get_last_lr()[0], "lr_used": self.lr_used_,
                       **{name: total / steps_per_epoch for name, total in sums.items()}}
             if not math.isfinite(record["loss"]):
                 raise PipelineError(f"PLUME diverged at epoch {epoch} (loss {record['loss']}); "
@@ -117,6 +121,15 @@ class PlumeHead(Head):
             self.history_.append(record)
             if callback is not None:
                 callback(self, record)
+
+    def _build(self, in_dim: int, device: torch.device | str = "cpu") -> Perturbator | None:
+        """The input normalisation and classifier (kept: ``input_norm_``, ``classifier_``) and the
+        perturbator (returned; None for the gaussian perturbation), initialised from ``seed``."""
+        torch.manual_seed(self.seed)
+        dim = in_dim if self.dim == "native" else int(self.dim)
+        self.input_norm_ = InputNorm(in_dim, dim).to(device)
+        self.classifier_ = Classifier(dim).to(device)
+        return None if self.perturbation == "gaussian" else Perturbator(dim, self.perturbation).to(device)
 
     def _losses(self, raw: torch.Tensor, perturbator: Perturbator | None) -> dict[str, torch.Tensor]:
         """Eq. 8 for one batch of raw cached features: the total and each term."""
@@ -127,7 +140,8 @@ class PlumeHead(Head):
         else:
             alpha, beta, mu, logvar = perturbator(x)
             x_tilde = perturb(x, self.perturbation, alpha, beta)
-            identity = near_identity_loss(alpha, beta, self.identity_loss)
+            identity = near_identity_loss(alpha, beta, self.identity_loss,
+                                          identity_targets(self.perturbation, self.identity_target))
             kl = kl_divergence(mu, logvar)
         if self.batch_mode == "joint":
             z_all = self.classifier_.embed(torch.cat([x, x_tilde]))
@@ -137,7 +151,8 @@ class PlumeHead(Head):
         logits, logits_tilde = self.classifier_.f2(z).squeeze(1), self.classifier_.f2(z_tilde).squeeze(1)
         ce = (F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
               + F.binary_cross_entropy_with_logits(logits_tilde, torch.zeros_like(logits_tilde)))
-        guide = guidance_loss(self.guidance, z, z_tilde, self.tau) if self.gamma else x.new_zeros(())
+        guide = (guidance_loss(self.guidance, z, z_tilde, self.tau, self.guidance_form) if self.gamma
+                 else x.new_zeros(()))
         total = ce + self.lam * identity + self.nu * kl + self.gamma * guide
         return {"loss": total, "ce": ce, "identity": identity, "kl": kl, "guidance": guide}
 
@@ -200,44 +215,121 @@ def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> t
 
 
 def lr_range_test(head: PlumeHead, perturbator: Perturbator | None, x_all: torch.Tensor, batch_size: int,
-                  generator: torch.Generator, start_lr: float = 1e-6, end_lr: float = 1.0,
-                  steps: int = 100) -> float:
-    """Learning-rate range test (Smith, the CLR paper the PLUME paper cites): raise the rate
-    exponentially over ``steps`` batches and return a tenth of the rate at which the
-    smoothed loss was lowest. The modules are put back as they were afterwards."""
+                  generator: torch.Generator, rule: str = "lowest-loss", steps: int = 100) -> float:
+    """A learning-rate range test (Smith, the CLR paper the PLUME paper cites): train one batch
+    at each of ``steps`` exponentially rising rates, then pick the one-cycle peak by ``rule``:
+
+    - ``lowest-loss``: rates 1e-6 .. 1, loss smoothed by an exponential moving average (0.9);
+      a tenth of the rate at which the smoothed loss was lowest.
+    - ``steepest``: the rule of Lightning 2.0's ``lr_find(num_training=100).suggestion()``, which
+      the authors' code uses: rates 1e-8 .. 1 as Lightning's exponential schedule steps them,
+      loss smoothed by a bias-corrected moving average (0.98), the test stopped once the
+      smoothed loss passes 4 times its lowest, and the rate at which the smoothed loss falls
+      fastest per step (``steepest_descent_rate``).
+
+    The modules are put back as they were afterwards."""
+    if rule == "lowest-loss":
+        smoothed: list[float] = []
+
+        def keep_going(step: int, loss: float) -> bool:
+            smoothed.append(loss if not smoothed else 0.9 * smoothed[-1] + 0.1 * loss)
+            return not (step > 10 and smoothed[-1] > 4 * min(smoothed))
+
+        factor = (1.0 / 1e-6) ** (1 / max(steps - 1, 1))
+        rates = [1e-6 * factor ** k for k in range(steps)]
+        draws = (torch.randint(len(x_all), (batch_size,), generator=generator) for _ in range(steps))
+        _train_through_rates(head, perturbator, x_all, rates, draws, keep_going)
+        return rates[int(np.argmin(smoothed))] / 10 if smoothed else rates[0] / 10
+    if rule == "steepest":
+        losses: list[float] = []
+
+        def keep_going(step: int, loss: float) -> bool:
+            losses.append(loss)
+            curve = debiased_moving_average(losses)
+            return not (step >= 1 and curve[-1] > 4 * min(curve[:-1]))
+
+        rates = lightning_exponential_rates(1e-8, 1.0, steps)
+        # As the authors' shuffled loader gives them: each epoch a new permutation.
+        draws = (batch for _ in range(steps) for batch in shuffled_batches(len(x_all), batch_size, generator))
+        # Beta1 0.95: in the authors' run the one-cycle schedule, built before the test, has set
+        # AdamW's first momentum to its starting value, and Lightning's test keeps that optimiser.
+        _train_through_rates(head, perturbator, x_all, rates, draws, keep_going, betas=(0.95, 0.999))
+        rate = steepest_descent_rate(rates[:len(losses)], debiased_moving_average(losses))
+        if rate is None:
+            raise PipelineError(f"PLUME: the steepest-slope learning-rate rule found too few finite losses "
+                                f"({len(losses)} steps before the test stopped); give --lr a number.")
+        return rate
+    raise ValueError(f"unknown learning-rate rule {rule!r}; choose from {', '.join(LR_RULES)}")
+
+
+def _train_through_rates(head: PlumeHead, perturbator: Perturbator | None, x_all: torch.Tensor, rates: list[float],
+                         draws: Iterator[torch.Tensor], keep_going: Callable[[int, float], bool],
+                         betas: tuple[float, float] | None = None) -> None:
+    """One optimiser step per rate, on the batch of rows ``draws`` gives, until a loss is not
+    finite or ``keep_going(step, loss)`` says stop; then the modules' states are restored."""
     modules = [m for m in (head.input_norm_, head.classifier_, perturbator) if m is not None]
     saved = [copy.deepcopy(m.state_dict()) for m in modules]
-    params = [p for m in modules for p in m.parameters()]
-    optimiser = adamw(params, start_lr, head.weight_decay)
-    factor = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
-    smoothed, best_loss, best_lr = None, math.inf, start_lr
+    optimiser = adamw([p for m in modules for p in m.parameters()], rates[0], head.weight_decay)
     for m in modules:
         m.train()
     # leave=False: a step inside the classes' progress; in a log it prints only if it runs long.
-    with progress(total=steps, desc="PLUME lr range test", unit="step", leave=False) as bar:
-        for step in range(steps):
-            lr = start_lr * factor ** step
+    with progress(total=len(rates), desc="PLUME lr range test", unit="step", leave=False) as bar:
+        for step, (lr, index) in enumerate(zip(rates, draws)):
             for group in optimiser.param_groups:
                 group["lr"] = lr
-            index = torch.randint(len(x_all), (batch_size,), generator=generator).to(x_all.device)
-            loss = head._losses(x_all[index], perturbator)["loss"]
+                if betas is not None:
+                    group["betas"] = betas
+            loss = head._losses(x_all[index.to(x_all.device)], perturbator)["loss"]
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             value = float(loss.detach())
-            if not math.isfinite(value):
-                break
-            smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
-            improved = smoothed < best_loss
-            if improved:
-                best_loss, best_lr = smoothed, lr
-            bar.set_postfix_str(f"lr {lr:.2g}, smoothed loss {smoothed:.4g}", refresh=False)
+            bar.set_postfix_str(f"lr {lr:.2g}, loss {value:.4g}", refresh=False)
             bar.update(1)
-            if not improved and smoothed > 4 * best_loss and step > 10:
+            if not math.isfinite(value) or not keep_going(step, value):
                 break
     for m, state in zip(modules, saved):
         m.load_state_dict(state)
-    return best_lr / 10
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch of full batches of a random permutation of range(n)."""
+    order = torch.randperm(n, generator=generator)
+    return [order[start:start + batch_size] for start in range(0, n - batch_size + 1, batch_size)]
+
+
+def lightning_exponential_rates(start_lr: float, end_lr: float, steps: int) -> list[float]:
+    """The rates of Lightning's exponential range test, step by step: ``start_lr`` first, then
+    start * (end / start) ** ((k + 1) / steps) at step k >= 1 (its scheduler computes step k's
+    rate from k + 1, so 1 / steps of the range is skipped after the first step)."""
+    return [start_lr] + [start_lr * (end_lr / start_lr) ** ((k + 1) / steps) for k in range(1, steps)]
+
+
+def debiased_moving_average(losses: list[float], beta: float = 0.98) -> list[float]:
+    """Lightning's smoothed losses: an exponential moving average from 0, divided by
+    1 - beta ** (k + 2) at step k (Lightning counts the optimiser step just taken)."""
+    average, smoothed = 0.0, []
+    for k, loss in enumerate(losses):
+        average = beta * average + (1 - beta) * loss
+        smoothed.append(average / (1 - beta ** (k + 2)))
+    return smoothed
+
+
+def steepest_descent_rate(rates: list[float], smoothed: list[float], skip_begin: int = 10,
+                          skip_end: int = 1) -> float | None:
+    """The rate at the steepest descent of the smoothed loss (Lightning 2.0's ``suggestion``):
+    drop the first ``skip_begin`` and last ``skip_end`` points and the non-finite ones, take
+    the slope per step (central differences, one-sided at the ends: ``np.gradient`` with unit
+    spacing; steps are equal in log rate) and return the rate where it is most negative; None
+    with fewer than two points. (Lightning 2.0 indexed past dropped non-finite points wrongly;
+    here the rate is the one that point was measured at. Later Lightning versions take the
+    slope per unit of rate instead, which favours higher rates.)"""
+    kept = range(skip_begin, len(smoothed) - skip_end)
+    finite = [k for k in kept if math.isfinite(smoothed[k])]
+    if len(finite) < 2:
+        return None
+    slopes = np.gradient(np.array([smoothed[k] for k in finite], dtype=np.float64))
+    return float(rates[finite[int(np.argmin(slopes))]])
 
 
 HEAD = PlumeHead

@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.heads.plume import GUIDANCES, PERTURBATIONS
-
+from pipeline.heads.plume import GUIDANCE_FORMS, GUIDANCES, IDENTITY_LOSSES, IDENTITY_TARGETS, PERTURBATIONS
 
 
 class InputNorm(nn.Module):
@@ -105,16 +104,35 @@ def perturb(x: torch.Tensor, perturbation: str, alpha: torch.Tensor | None = Non
     raise ValueError(f"unknown perturbation {perturbation!r}; choose from {', '.join(PERTURBATIONS)}")
 
 
-def near_identity_loss(alpha: torch.Tensor, beta: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-    """Eq. 1, ``||alpha - 1||^2 + ||beta||^2`` per sample, mean over the batch (``sum``, the
-    paper). ``mean`` is the authors' code: the sum of two ``mse_loss`` terms, each an element mean
-    over the batch and the D entries (no halving)."""
-    per_entry = (alpha - 1).square() + beta.square()
+def identity_targets(perturbation: str, identity_target: str = "paper") -> tuple[float, float]:
+    """The values (alpha, beta) the near-identity loss pulls towards.
+
+    For the linear map (I + alpha beta^T) x, eq. 1 of the paper pulls alpha -> 1 and beta -> 0
+    (``paper``); the authors' code passes its (alpha, beta) to a loss written for PLAD's
+    (additive, multiplicative) noise and so pulls alpha -> 0 and beta -> 1 (``authors``). Both
+    are the identity map, but near it x~ - x = alpha (beta . x) lies along the all-ones vector
+    in the first case and along the learnt alpha in the second. For alpha * x + beta (addmult,
+    add, mult) the identity is alpha = 1, beta = 0 in the paper and in the authors' PLAD code
+    alike, so ``identity_target`` changes nothing there."""
+    if identity_target not in IDENTITY_TARGETS:
+        raise ValueError(f"unknown identity target {identity_target!r}; choose from {', '.join(IDENTITY_TARGETS)}")
+    if perturbation == "linear" and identity_target == "authors":
+        return 0.0, 1.0
+    return 1.0, 0.0
+
+
+def near_identity_loss(alpha: torch.Tensor, beta: torch.Tensor, reduction: str = "sum",
+                       targets: tuple[float, float] = (1.0, 0.0)) -> torch.Tensor:
+    """Eq. 1, ``||alpha - a||^2 + ||beta - b||^2`` per sample with (a, b) = ``targets``, mean
+    over the batch (``sum``, the paper). ``mean`` is the authors' code: the sum of two
+    ``mse_loss`` terms, each an element mean over the batch and the D entries (no halving)."""
+    alpha_target, beta_target = targets
+    per_entry = (alpha - alpha_target).square() + (beta - beta_target).square()
     if reduction == "sum":
         return per_entry.sum(dim=1).mean()
     if reduction == "mean":
-        return per_entry.mean()  # = mse_loss(alpha, 1) + mse_loss(beta, 0)
-    raise ValueError(f"unknown reduction {reduction!r}; use sum or mean")
+        return per_entry.mean()  # = mse_loss(alpha, a) + mse_loss(beta, b)
+    raise ValueError(f"unknown reduction {reduction!r}; use {' or '.join(IDENTITY_LOSSES)}")
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -126,14 +144,23 @@ def _similarities(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
     return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / tau
 
 
-def contrastive_loss(z: torch.Tensor, z_tilde: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
+def contrastive_loss(z: torch.Tensor, z_tilde: torch.Tensor, tau: float = 0.5, form: str = "paper") -> torch.Tensor:
     """Eq. 7: every normal embedding is pulled towards the other normal ones and pushed away
-    from all pseudo-anomaly embeddings; mean over the batch."""
+    from all pseudo-anomaly embeddings; mean over the batch.
+
+    ``authors``: the authors' code puts in normal sample i's denominator the similarities of
+    *its own* pseudo-anomaly to every normal embedding, sum_k exp(cos(z_k, z~_i) / tau), where
+    eq. 7 has those of z_i to every pseudo-anomaly, sum_l exp(cos(z_i, z~_l) / tau): the same
+    matrix of similarities, read by columns instead of rows."""
     n = len(z)
     if n < 2:
         raise ValueError("the contrastive loss needs at least two normal samples per batch")
+    if form not in GUIDANCE_FORMS:
+        raise ValueError(f"unknown guidance form {form!r}; choose from {', '.join(GUIDANCE_FORMS)}")
     to_normal = _similarities(z, z, tau)
     to_perturbed = _similarities(z, z_tilde, tau)
+    if form == "authors":
+        to_perturbed = to_perturbed.T
     off_diagonal = ~torch.eye(n, dtype=torch.bool, device=z.device)
     denominator = torch.logsumexp(torch.cat([to_perturbed, to_normal.masked_fill(~off_diagonal, float("-inf"))],
                                             dim=1), dim=1)
@@ -141,18 +168,28 @@ def contrastive_loss(z: torch.Tensor, z_tilde: torch.Tensor, tau: float = 0.5) -
     return (denominator - positives).mean()
 
 
-def mean_contrastive_loss(z: torch.Tensor, z_tilde: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
+def mean_contrastive_loss(z: torch.Tensor, z_tilde: torch.Tensor, tau: float = 0.5, form: str = "paper") -> torch.Tensor:
     """Appendix eq. 9: each normal embedding against the mean normal and the mean
-    pseudo-anomaly embedding (a two-way softmax)."""
-    to_means = _similarities(z, torch.stack([z.mean(0), z_tilde.mean(0)]), tau)
+    pseudo-anomaly embedding (a two-way softmax at temperature tau).
+
+    ``authors``: the authors' code takes the log-sum-exp over an axis of size one, which
+    leaves the similarity itself, and has no tau: mean_i cos(z_i, mean z~) - cos(z_i, mean z),
+    a plain difference of cosines rather than a softmax."""
+    means = torch.stack([z.mean(0), z_tilde.mean(0)])
+    if form == "authors":
+        to_means = _similarities(z, means, 1.0)
+        return (to_means[:, 1] - to_means[:, 0]).mean()
+    if form != "paper":
+        raise ValueError(f"unknown guidance form {form!r}; choose from {', '.join(GUIDANCE_FORMS)}")
+    to_means = _similarities(z, means, tau)
     return (torch.logsumexp(to_means, dim=1) - to_means[:, 0]).mean()
 
 
-def guidance_loss(guidance: str, z: torch.Tensor, z_tilde: torch.Tensor, tau: float) -> torch.Tensor:
+def guidance_loss(guidance: str, z: torch.Tensor, z_tilde: torch.Tensor, tau: float, form: str = "paper") -> torch.Tensor:
     if guidance == "contrastive":
-        return contrastive_loss(z, z_tilde, tau)
+        return contrastive_loss(z, z_tilde, tau, form)
     if guidance == "mean":
-        return mean_contrastive_loss(z, z_tilde, tau)
+        return mean_contrastive_loss(z, z_tilde, tau, form)
     if guidance == "none":
         return z.new_zeros(())
     raise ValueError(f"unknown guidance {guidance!r}; choose from {', '.join(GUIDANCES)}")

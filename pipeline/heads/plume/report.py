@@ -11,7 +11,8 @@ from pipeline.report.rows import Figure, Row, Run, figures
 DISPLAY_NAME = "PLUME"
 ORDER = 1
 SETTINGS = {"lam": "lambda = {}", "epochs": "{} epochs", "dim": "D = {}", "batch_mode": "batch mode {}",
-            "identity_loss": "identity loss {}", "lr": "lr {}", "seeds": "{}"}
+            "identity_loss": "identity loss {}", "identity_target": "identity target {}",
+            "guidance_form": "guidance form {}", "lr": "lr {}", "seeds": "{}"}
 ROC_CURVES = "final model"
 
 # Table 1c / 8 of the PLUME paper: (perturbation, guidance) -> key in paper_results.json.
@@ -116,7 +117,8 @@ def plume_ablation_table(variants: dict[str, dict], knn: dict | None = None, pap
     caption = (f"AUROC %, {about['dataset']}, {about['backbone']} @ {about['image_size']} "
                f"({about['preprocessing']}), one-vs-all; PLUME lambda = {about.get('lam')}, "
                f"{about.get('epochs')} epochs, D = {about.get('dim')}, batch mode {about.get('batch_mode')}, "
-               f"lr {about.get('lr')}, {about.get('seeds')} seed(s). Final epoch = the model after the last "
+               f"identity loss {about.get('identity_loss')}, identity target {about.get('identity_target')}, "
+               f"guidance form {about.get('guidance_form')}, lr {about.get('lr')}, {about.get('seeds')} seed(s). Final epoch = the model after the last "
                f"epoch; best epoch = the best test AUROC seen during training (the paper's protocol, which "
                f"reads the test set).")
     return caption + "\n\n" + "\n".join(lines) + "\n"
