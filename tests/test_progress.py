@@ -152,16 +152,16 @@ def test_plume_verbose_prints_epochs_and_the_lr_range_test_progress(synthetic_ca
     from pipeline.heads.plume.command import main
 
     result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "2", "--dim", "16",
-                                       "--seeds", "1", "--classes", "0", "--lr", "auto", "-v",
+                                       "--seeds", "1", "--classes", "0", "--lr", "lowest-loss", "-v",
                                        "--metrics", str(tmp_path / "p.json")])
     assert result.exit_code == 0, result.output
     steps = progress_lines(result.stderr, "PLUME lr range test")
     assert steps and all(m["total"] == "100" for m in steps)
-    assert "the learning-rate range test chose lr" in result.stderr
+    assert "the learning-rate range test (lowest-loss) chose lr" in result.stderr
     epochs = [line for line in result.stderr.splitlines() if re.search(r"class0 seed 0 epoch \d+: .*loss ", line)]
     assert len(epochs) == 2 and "test AUROC" in epochs[0]
     quiet = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--dim", "16",
-                                      "--seeds", "1", "--classes", "0", "--lr", "auto", "-q",
+                                      "--seeds", "1", "--classes", "0", "--lr", "lowest-loss", "-q",
                                       "--metrics", str(tmp_path / "p.json")])
     assert quiet.exit_code == 0 and quiet.stderr == ""
 
