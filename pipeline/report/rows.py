@@ -75,6 +75,25 @@ def plural(count: Any, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
+def final_and_best_epoch_rows(display_name: str, label: str, run: Run, extra: str,
+                              published: Published | None) -> list[Row]:
+    """Two rows of a head trained by epochs, named apart: the model after the last epoch, and
+    the best test AUROC over the epochs (which picks the epoch on the test set). A published
+    figure sits beside the latter, the protocol of the papers' code."""
+    p = run.payload
+    std = run.several_seeds
+    final = Row(display_name, f"{label}; final epoch{extra}",
+                figures(p["per_class"], "auroc", "auroc_std" if std else None),
+                Figure(p["mean"]["auroc"], p["mean"].get("auroc_std") if std else None))
+    if "best_epoch_auroc" not in p["mean"]:
+        return [final]
+    best = Row(display_name, f"{label}; best epoch (picked on the test set){extra}",
+               figures(p["per_class"], "best_epoch_auroc", "best_epoch_auroc_std" if std else None),
+               Figure(p["mean"]["best_epoch_auroc"], p["mean"].get("best_epoch_auroc_std") if std else None),
+               published)
+    return [final, best]
+
+
 def other_rows(run: Run, extra: str) -> list[Row]:
     """A head with no report module: its final AUROC, so that it is not left out."""
     p = run.payload

@@ -5,7 +5,7 @@ no torch, no head class."""
 from __future__ import annotations
 
 from pipeline.report.published import Published, has_published_column, paper_section, published
-from pipeline.report.rows import Figure, Row, Run, figures
+from pipeline.report.rows import Row, Run, final_and_best_epoch_rows
 
 DISPLAY_NAME = "IGD"
 ORDER = 3
@@ -39,19 +39,6 @@ def title(about: dict) -> str:
 
 
 def rows(run: Run, extra: str) -> list[Row]:
-    """Two rows, named apart: the model after the last epoch, and the best test AUROC over the
-    epochs (which picks the epoch on the test set). The paper's figure sits beside the latter,
-    the protocol of the authors' code."""
-    p, about = run.payload, run.about
-    several = run.several_seeds
-    label = _setting(about)
-    final = Row(DISPLAY_NAME, f"{label}; final epoch{extra}",
-                figures(p["per_class"], "auroc", "auroc_std" if several else None),
-                Figure(p["mean"]["auroc"], p["mean"].get("auroc_std") if several else None))
-    if "best_epoch_auroc" not in p["mean"]:
-        return [final]
-    best = Row(DISPLAY_NAME, f"{label}; best epoch (picked on the test set){extra}",
-               figures(p["per_class"], "best_epoch_auroc", "best_epoch_auroc_std" if several else None),
-               Figure(p["mean"]["best_epoch_auroc"], p["mean"].get("best_epoch_auroc_std") if several else None),
-               _paper(about))
-    return [final, best]
+    """The final-epoch row and the best-epoch row (picked on the test set), the paper's figure
+    beside the latter."""
+    return final_and_best_epoch_rows(DISPLAY_NAME, _setting(run.about), run, extra, _paper(run.about))
