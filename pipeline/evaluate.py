@@ -6,7 +6,9 @@ the class's training rows and scores the whole test set. Runs are done here or, 
 ``client``, as jobs on its workers; both go through ``fit_and_score``, so they agree.
 
 Heads do not grade themselves: for heads trained by epochs, the test AUROC after each epoch
-is recorded by a callback this module passes to ``fit`` (``curves``).
+is recorded by a callback this module passes to ``fit`` (``curves``); a head's control scores
+(``Head.control_scores``) are graded here too, and its ``diagnostics`` recorded, on one-class
+runs (``controls`` and ``diagnostics`` in the metrics payload).
 """
 
 from __future__ import annotations
@@ -173,7 +175,12 @@ def fit_and_score(run: Run, data: EvaluationData | None = None, on_epoch: Callab
     if curve:
         best = max(curve, key=lambda r: r["test_auroc"])
         metrics.update(best_epoch_auroc=best["test_auroc"], best_epoch=best["epoch"])
-    return {"metrics": metrics, "curves": curve,
+    controls, diagnostics = {}, {}
+    if labels is None:  # one-class: what the head's score is made of
+        controls = {name: detection_metrics(protocol.test_is_anomaly, control)
+                    for name, control in head.control_scores(data.test).items()}
+        diagnostics = head.diagnostics(data.test)
+    return {"metrics": metrics, "curves": curve, "controls": controls, "diagnostics": diagnostics,
             "roc": roc_points(protocol.test_is_anomaly, scores) if first else None,
             "head": head if first and plan.keep_heads else None}
 
@@ -250,8 +257,11 @@ def _combine(parts: list[dict], stochastic: bool) -> dict:
     """A class's result from its runs (in seed order): means over seeds, the first seed's ROC."""
     runs = [p["metrics"] for p in parts]
     metrics = {name: float(np.mean([r[name] for r in runs])) for name in runs[0]}
+    controls = {control: {name: float(np.mean([p["controls"][control][name] for p in parts]))
+                          for name in values} for control, values in parts[0]["controls"].items()}
+    diagnostics = {name: float(np.mean([p["diagnostics"][name] for p in parts])) for name in parts[0]["diagnostics"]}
     result = {"metrics": metrics, "roc": parts[0]["roc"], "curves": [c for p in parts for c in p["curves"]],
-              "head": parts[0]["head"]}
+              "head": parts[0]["head"], "controls": controls, "diagnostics": diagnostics}
     if stochastic:
         metrics["auroc_std"] = float(np.std([r["auroc"] for r in runs]))
         if "best_epoch_auroc" in metrics:
@@ -286,11 +296,26 @@ def metrics_payload(results: dict[str, dict], metadata: dict, head: dict) -> dic
         mean["auroc_std"] = seed_spread(results, "auroc")
         if "best_epoch_auroc" in mean:
             mean["best_epoch_auroc_std"] = seed_spread(results, "best_epoch_auroc")
-    return {
+    payload = {
         "mean": {k: round(v, 6) for k, v in mean.items()},
         "per_class": per_class,
         "about": {**cache_label(metadata), "protocol": "one-vs-all", **head},
     }
+    # Control scores (graded like the head's score) and diagnostics, where the head has them.
+    first = next(iter(results.values()))
+    if first.get("controls"):
+        payload["controls"] = {control: _mean_and_per_class({name: r["controls"][control]
+                                                             for name, r in results.items()})
+                               for control in first["controls"]}
+    if first.get("diagnostics"):
+        payload["diagnostics"] = _mean_and_per_class({name: r["diagnostics"] for name, r in results.items()})
+    return payload
+
+
+def _mean_and_per_class(per_class: dict[str, dict[str, float]]) -> dict:
+    """``{"mean": ..., "per_class": ...}`` of figures by class, rounded as in metrics files."""
+    return {"mean": {k: round(v, 6) for k, v in summarise(per_class).items()},
+            "per_class": {name: {k: round(v, 6) for k, v in m.items()} for name, m in per_class.items()}}
 
 
 def write_plots(results: dict[str, dict], plots_dir: str | Path | None, curves_dir: str | Path | None = None) -> None:

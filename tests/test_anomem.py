@@ -27,8 +27,8 @@ from pipeline.heads.base import Features
 def bundle(train: dict, views: dict) -> Features:
     """Features by scale and their views, as the head contract takes them."""
     return Features(train["pooled"], {k: v for k, v in train.items() if k != "pooled"}, views)
-from pipeline.heads.anomem.model import (HopfieldMemory, ScaleClassifier, double_hinge, memorise, nt_xent,
-                                         variance_loss)
+from pipeline.heads.anomem.model import (HopfieldMemory, Projection, ScaleClassifier, double_hinge, memorise,
+                                         nt_xent, variance_loss)
 from pipeline.extract.views import Augmentation, extract_views
 from pipeline.store.views import open_views, views_path
 
@@ -78,10 +78,39 @@ def test_variance_and_double_hinge_losses_against_plain_formulas():
     # Per-dimension std over the batch (unbiased): dims (2.0, 0.0), with eps 1e-4.
     expected = -(math.sqrt(4.0 + 1e-4) + math.sqrt(0.0 + 1e-4)) / 2
     assert float(variance_loss(retrieved)) == pytest.approx(expected)
+    # VICReg's hinge max(0, target - std), per dimension, averaged: (max(0, 1 - 2.00002), 1 - 0.01) / 2.
+    assert float(variance_loss(retrieved, target=1.0)) == pytest.approx((0.0 + 1 - math.sqrt(1e-4)) / 2)
+    # Bounded: spreading further stops paying once every std is past the target; the paper's form keeps paying.
+    wide = torch.tensor([[0.0, 0.0], [10.0, 10.0]], dtype=torch.float64)
+    assert float(variance_loss(wide, target=1.0)) == 0.0 == float(variance_loss(10 * wide, target=1.0))
+    assert float(variance_loss(10 * wide)) < float(variance_loss(wide)) < 0
     d = torch.tensor([0.2, 0.9, 1.0, 3.0])
     y = torch.tensor([1, 1, 0, 0])
     # normal: max(d - 1/M, 0); anomaly: max(M - d, 0); M = 2
     assert float(double_hinge(d, y, 2.0)) == pytest.approx((0.0 + 0.4 + 1.0 + 0.0) / 4)
+
+
+def test_dead_channels_do_not_blow_up_the_scaled_features():
+    """Channels that never fire on the normal training rows (std 0) must not multiply a test
+    activation by 1 / floor: the per-dimension divisor is floored at the median std of the
+    channels that vary; "global" divides every channel by the root mean square std."""
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(50, 8)) * np.array([1.0, 2.0, 0.5, 3.0, 1.5, 0.0, 0.0, 0.0])  # 3 dead channels
+    std = train.std(0, ddof=1)
+    test = np.zeros((1, 8))
+    test[0, 6] = 5.0  # an activation in a dead channel
+    for standardise, divisor in (("dimension", np.maximum(std, np.median(std[std > 0]))),
+                                 ("global", np.full(8, np.sqrt((std ** 2).mean())))):
+        projection = Projection(8, mlp=False)
+        projection.set_statistics(torch.tensor(train, dtype=torch.float32), standardise)
+        np.testing.assert_allclose(projection.std.numpy(), divisor, rtol=1e-5)
+        with torch.no_grad():
+            scaled = projection(torch.tensor(test, dtype=torch.float32)).numpy()
+        np.testing.assert_allclose(scaled, (test - train.mean(0)) / divisor, rtol=1e-4, atol=1e-5)
+        assert np.abs(scaled).max() < 10  # the 1e-6 floor made this 5e6
+    l2 = Projection(8, l2=True, mlp=False)  # each row alone: norm sqrt(D), whatever it holds
+    with torch.no_grad():
+        assert float(l2(torch.tensor(test, dtype=torch.float32)).norm()) == pytest.approx(np.sqrt(8))
 
 
 def test_maps_become_one_vector_per_position():
@@ -128,29 +157,84 @@ def _subspace_features(seed: int = 0, n_train: int = 200, n_test: int = 200):
     return train, views, test, np.r_[np.zeros(n_test), np.ones(n_test)]
 
 
-@pytest.mark.parametrize("settings", [dict(), dict(memory="kmeans"), dict(scales="last")])
+# The paper's literal form, one option away from each adaptation (params.yaml, README).
+PAPER = dict(projection="mlp", standardise="dimension", retrieval="dot", beta=2.0, slot_init="random",
+             lambda_recall=0.0, variance_hinge=None, min_steps=1)
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(memory="kmeans"), dict(scales="last"), PAPER,
+                                      dict(PAPER, memory="kmeans")])
 def test_one_class_head_detects_features_off_the_normal_subspace(settings):
     train, views, test, is_anomaly = _subspace_features()
     config = dict(epochs=15, batch_size=64, slots_intermediate=32, slots_last=16, proj_dim=16,
                           proj_hidden=32, **settings)
     head = AnoMemHead(**config).fit(bundle(train, views))
     assert roc_auc_score(is_anomaly, head.score_samples(test)) > 0.9
-    assert len(head.history_) == 15 and all(np.isfinite(r["loss"]) for r in head.history_)
+    # Stage A: --epochs, or more to reach min_steps (200 rows at batch 64: 4 steps an epoch);
+    # nothing to train with a k-means memory on the features themselves.
+    trained = config.get("projection", "none") == "mlp" or config.get("memory") != "kmeans"
+    expected = max(15, -(-config.get("min_steps", 240) // 4)) if trained else 0
+    assert len(head.history_) == expected and all(np.isfinite(r["loss"]) for r in head.history_)
 
 
-def test_one_class_score_is_the_scale_weighted_norm_of_z_minus_its_recollection():
+@pytest.mark.parametrize("settings", [dict(), PAPER])
+def test_one_class_score_is_the_scale_weighted_norm_of_z_minus_its_recollection(settings):
+    """Eq. 13 and eq. 1 written out: z (the scaled feature, unit rows for cosine retrieval, or
+    the MLP's output), its recollection softmax(beta z X^T) X from the stored slots X (unit rows
+    for cosine retrieval), the norm of the difference over a scale's positions, weighted."""
     train, views, test, _ = _subspace_features()
     head = AnoMemHead(epochs=2, batch_size=64, slots_intermediate=8, slots_last=8, proj_dim=4,
-                                   proj_hidden=8).fit(bundle(train, views))
+                      proj_hidden=8, **settings).fit(bundle(train, views))
     assert head.scales_ == ["layer", "pooled"] and head.weights_ == {"layer": 1.0, "pooled": 2.0}
+    cosine = head.retrieval == "cosine"
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
     expected = 0.0
-    with torch.no_grad():
-        for scale, weight in head.weights_.items():
-            z = head.projections_[scale](positions(test[scale]))
-            delta = (z - head.memories_[scale](z)).numpy()
-            norms = np.sqrt((delta.astype(np.float64) ** 2).sum(axis=(1, 2)))
-            expected = expected + weight * norms
-    np.testing.assert_allclose(head.score_samples(test), expected / 3.0, rtol=1e-5)
+    for scale, weight in head.weights_.items():
+        x = positions(test[scale]).numpy().astype(np.float64)
+        projection = head.projections_[scale]
+        if head.projection == "none":  # l2 scaling: unit rows times sqrt(D); no statistics
+            z = unit(x) * np.sqrt(x.shape[-1])
+        else:
+            with torch.no_grad():
+                z = projection(positions(test[scale])).numpy().astype(np.float64)
+        slots = head.memories_[scale].patterns.detach().numpy().astype(np.float64)
+        if cosine:
+            z, slots = unit(z), unit(slots)
+        logits = head.beta * z @ slots.T
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        recollection = (weights / weights.sum(-1, keepdims=True)) @ slots
+        expected = expected + weight * np.sqrt(((z - recollection) ** 2).sum(axis=(1, 2)))
+    np.testing.assert_allclose(head.score_samples(test), expected / 3.0, rtol=1e-4)
+
+
+def test_controls_are_the_norm_of_z_and_the_brute_force_nearest_slot():
+    train, views, test, _ = _subspace_features()
+    head = AnoMemHead(epochs=2, batch_size=64, slots_intermediate=8, slots_last=8, proj_dim=4,
+                      proj_hidden=8, **PAPER).fit(bundle(train, views))
+    controls = head.control_scores(test)
+    norm, nearest = 0.0, 0.0
+    for scale, weight in head.weights_.items():
+        with torch.no_grad():
+            z = head.projections_[scale](positions(test[scale])).numpy().astype(np.float64)
+        slots = head.memories_[scale].patterns.detach().numpy().astype(np.float64)
+        norm = norm + weight * np.sqrt((z ** 2).sum(axis=(1, 2)))
+        to_slots = np.array([[[np.linalg.norm(q - slot) for slot in slots] for q in image] for image in z])
+        nearest = nearest + weight * np.sqrt((to_slots.min(-1) ** 2).sum(-1))
+    np.testing.assert_allclose(controls["norm"], norm / 3.0, rtol=1e-4)
+    np.testing.assert_allclose(controls["nearest_slot"], nearest / 3.0, rtol=1e-4, atol=1e-6)
+
+
+def test_retrieval_diagnostics_read_flat_and_peaked_softmaxes():
+    train, views, test, _ = _subspace_features()
+    head = AnoMemHead(epochs=1, batch_size=64, slots_intermediate=8, slots_last=8, min_steps=1,
+                      beta=0.0).fit(bundle(train, views))
+    flat = head.diagnostics(test)  # beta 0: every slot weighs 1/8
+    assert flat["retrieval_entropy_last"] == pytest.approx(1.0) and flat["retrieval_top_weight_last"] == pytest.approx(1 / 8)
+    head.set_params(beta=1e4)
+    for memory in head.memories_.values():
+        memory.beta = 1e4
+    peaked = head.diagnostics(test)  # one slot takes all
+    assert peaked["retrieval_entropy_intermediate"] < 0.01 and peaked["retrieval_top_weight_intermediate"] > 0.99
 
 
 def test_kmeans_ablation_memory_holds_the_centroids_of_the_projected_normal_features():
@@ -158,9 +242,26 @@ def test_kmeans_ablation_memory_holds_the_centroids_of_the_projected_normal_feat
     head = AnoMemHead(memory="kmeans", scales="last", epochs=2, batch_size=64, slots_last=5,
                                    proj_dim=4, proj_hidden=8, seed=3).fit(bundle(train, views))
     with torch.no_grad():
-        z = head.projections_["pooled"](positions(train["pooled"])).reshape(-1, 4).numpy()
+        z = torch.nn.functional.normalize(positions(train["pooled"]), dim=-1).reshape(-1, 16).numpy()
     centroids = KMeans(5, n_init=1, random_state=3).fit(z).cluster_centers_
     np.testing.assert_allclose(head.memories_["pooled"].patterns.detach().numpy(), centroids, rtol=1e-5, atol=1e-5)
+
+
+def test_kmeans_slots_are_set_before_each_monitored_epoch():
+    """The per-epoch curve of the k-means ablation is read with k-means slots of that epoch's
+    projection, not with the random slots stage A starts from."""
+    train, views, _, _ = _subspace_features()
+    seen = []
+
+    def watch(head, record):
+        with torch.no_grad():
+            z = head._project("pooled", positions(train["pooled"])).reshape(-1, 4).numpy()
+        centroids = KMeans(5, n_init=1, random_state=3).fit(z).cluster_centers_
+        seen.append(np.abs(head.memories_["pooled"].patterns.detach().numpy() - centroids).max())
+
+    AnoMemHead(memory="kmeans", scales="last", projection="mlp", epochs=3, min_steps=1, batch_size=64,
+               slots_last=5, proj_dim=4, proj_hidden=8, seed=3).fit(bundle(train, views), callback=watch)
+    assert len(seen) == 3 and max(seen) < 1e-4
 
 
 def test_semi_supervised_head_trains_classifiers_and_uses_the_labels():
@@ -174,8 +275,9 @@ def test_semi_supervised_head_trains_classifiers_and_uses_the_labels():
                                + rng.normal(0, 0.05, (10, 2, *anomalies[k].shape[1:])).astype(np.float32)])
             for k in views}
     is_normal = np.r_[np.ones(200, bool), np.zeros(10, bool)]
-    config = dict(epochs=10, sup_epochs=60, batch_size=64, slots_intermediate=16, slots_last=16,
-                          proj_dim=16, proj_hidden=32)
+    # Unit-norm z makes small differences z - HF(z): the classifiers take more steps than on the MLP's.
+    config = dict(epochs=10, sup_epochs=200, batch_size=64, slots_intermediate=16, slots_last=16,
+                  proj_dim=16, proj_hidden=32)
     head = AnoMemHead(**config).fit(bundle(plain, both), (~is_normal).astype(int))
     assert set(head.classifiers_.keys()) == {"layer", "pooled"}
     assert roc_auc_score(is_anomaly, head.score_samples(test)) > 0.9
@@ -282,7 +384,14 @@ def test_anomem_stage_writes_one_class_and_semi_supervised_metrics(cache_with_vi
     payload = metrics_file.read(metrics)
     assert set(payload["per_class"]) == {"class0", "class1", "class2"}
     assert 0 <= payload["mean"]["auroc"] <= 1 and payload["about"]["head"] == "anomem"
-    assert payload["about"]["footprint"]["memory_values"] == (16 + 8) * 128
+    # No projection by default: slots of Lite0's stride-16 map (112 channels) and pooled vector (1280).
+    assert payload["about"]["footprint"]["memory_values"] == 16 * 112 + 8 * 1280
+    for control in ("norm", "nearest_slot"):  # graded like the head's score, per class and mean
+        assert set(payload["controls"][control]["per_class"]) == {"class0", "class1", "class2"}
+        assert 0 <= payload["controls"][control]["mean"]["auroc"] <= 1
+    diagnostics = payload["diagnostics"]["mean"]
+    assert 0 < diagnostics["retrieval_top_weight_last"] <= 1 and 0 <= diagnostics["retrieval_entropy_intermediate"] <= 1
+    assert "||z|| alone" in result.output and "nearest slot" in result.output
     assert payload["about"]["footprint"]["knn_gallery_values"] == 24 * 1280
     assert set(payload["semi_supervised"]) == {"0.1"} and payload["semi_supervised"]["0.1"]["stage_a"] == "reuse"
     assert 0 <= payload["semi_supervised"]["0.1"]["mean"]["auroc"] <= 1
@@ -328,8 +437,8 @@ def test_classifiers_can_be_trained_on_a_finished_stage_a_without_changing_it():
     _, _, extra, extra_is_anomaly = _subspace_features(seed=5, n_test=10)
     plain = {k: np.concatenate([train[k], extra[k][extra_is_anomaly == 1]]) for k in train}
     is_normal = np.r_[np.ones(200, bool), np.zeros(10, bool)]
-    head = AnoMemHead(epochs=5, sup_epochs=60, batch_size=64, slots_intermediate=16, slots_last=16,
-                                   proj_dim=16, proj_hidden=32).fit(bundle(train, views))
+    head = AnoMemHead(epochs=5, sup_epochs=400, batch_size=64, slots_intermediate=16, slots_last=16,
+                      proj_dim=16, proj_hidden=32).fit(bundle(train, views))
     before = copy.deepcopy(head.memories_.state_dict())
     semi = copy.deepcopy(head).set_params(warm_start=True, seed=1).fit(Features.of(plain), (~is_normal).astype(int))
     assert set(semi.classifiers_.keys()) == {"layer", "pooled"} and len(head.classifiers_) == 0

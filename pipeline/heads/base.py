@@ -131,6 +131,18 @@ class Head(BaseEstimator):
         """The head's scores on the features it was fitted on (the threshold's reference)."""
         return self.score_samples(features)
 
+    def control_scores(self, features: Features | np.ndarray | Any) -> dict[str, np.ndarray]:
+        """Other scores of the same images, by name, that show what the head's score is made
+        of (AnoMem: ||z|| alone, the distance to the nearest slot). The evaluation grades them
+        like the head's own score on one-class runs (``pipeline.evaluate``); none by default."""
+        return {}
+
+    def diagnostics(self, features: Features | np.ndarray | Any) -> dict[str, float]:
+        """Label-free numbers, by name, on how the head treats these images (AnoMem: how
+        peaked its retrieval softmax is), recorded by the evaluation on the test set of
+        one-class runs; none by default."""
+        return {}
+
     def calibrate(self, features: Features | np.ndarray | Any, quantile: float | None = None) -> "Head":
         """Take ``threshold_`` at the quantile (default ``threshold_quantile``) of the scores of
         held-out normal features, which run higher than the training scores of heads fitted on

@@ -5,3 +5,7 @@ The choices below are here, torch-free, so that a command's ``--help`` does not 
 
 SCALE_CHOICES = ("multi", "last")
 MEMORY_CHOICES = ("learnt", "kmeans")
+PROJECTION_CHOICES = ("mlp", "none")               # mlp: trained in stage A | none: z is the feature
+STANDARDISE_CHOICES = ("l2", "global", "dimension")  # how the frozen features are scaled before the projection
+RETRIEVAL_CHOICES = ("cosine", "dot")          # cosine: normalised queries and slots (adaptation); dot: the paper's
+SLOT_INIT_CHOICES = ("data", "random")         # data: projected normal training vectors (adaptation); random: paper's

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import click
 
 from pipeline import params
-from pipeline.heads.anomem import MEMORY_CHOICES, SCALE_CHOICES
+from pipeline.heads.anomem import (MEMORY_CHOICES, PROJECTION_CHOICES, RETRIEVAL_CHOICES, SCALE_CHOICES,
+                                   SLOT_INIT_CHOICES, STANDARDISE_CHOICES)
 from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for
 
 if TYPE_CHECKING:
@@ -34,6 +35,19 @@ def parse_gammas(value: str) -> list[float]:
     if any(not 0 < g <= 1 for g in gammas):
         raise click.BadParameter("every gamma must be in (0, 1]")
     return gammas
+
+
+def parse_hinge(value: str) -> float | None:
+    """'1.0' -> 1.0; 'none' -> None (the paper's unbounded variance term)."""
+    if str(value).strip().lower() in ("none", ""):
+        return None
+    try:
+        hinge = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give a positive number, or none for the paper's -std") from None
+    if hinge <= 0:
+        raise click.BadParameter("the hinge target must be above 0 (or none)")
+    return hinge
 
 
 def view_rows_of(cache: "FeatureCache"):
@@ -70,6 +84,16 @@ def knn_same_rows(cache: "FeatureCache", rows, classes: list[int], k: int, devic
             "per_class": per_class}
 
 
+def controls_line(payload: dict) -> str:
+    """The one-class controls in a line: ||z|| alone and the nearest slot, graded like the
+    head's score, and the retrieval softmax's largest weight and entropy on the test images."""
+    from pipeline.heads.anomem.report import CONTROLS, retrieval_words
+
+    graded = [f"{words.removeprefix('control: ')} {100 * payload['controls'][name]['mean']['auroc']:.2f}%"
+              for name, words in CONTROLS.items() if name in payload.get("controls", {})]
+    return f"  controls, mean AUROC: {', '.join(graded)}{retrieval_words(payload.get('diagnostics', {}))}"
+
+
 @click.command(context_settings=CONTEXT)
 @common_options("anomem", "projections, memories (the one-class head, first seed)")
 @params.option("anomem", "scales", type=click.Choice(SCALE_CHOICES),
@@ -81,7 +105,34 @@ def knn_same_rows(cache: "FeatureCache", rows, classes: list[int], k: int, devic
 @params.option("anomem", "slots_intermediate", type=click.IntRange(1),
                help="Memory slots of the intermediate scale (paper: 512).")
 @params.option("anomem", "slots_last", type=click.IntRange(1), help="Memory slots of the last scale (paper: 256).")
-@params.option("anomem", "beta", type=float, help="Hopfield inverse temperature (paper: 2).")
+@params.option("anomem", "projection", type=click.Choice(PROJECTION_CHOICES),
+               help="mlp: a 2-layer MLP per scale trained in stage A, standing in for the paper's encoder, which "
+                    "stage A trains; none: z is the (scaled) frozen feature itself, stage A trains the memories "
+                    "only (adaptation: on digits, training the MLP with NT-Xent on one class lowered the AUROC).")
+@params.option("anomem", "standardise", type=click.Choice(STANDARDISE_CHOICES),
+               help="How the frozen features are scaled before the projection. l2: each vector L2-normalised (no "
+                    "statistics); global: centred on the normal mean, one scale for all dimensions; dimension: "
+                    "centred, per-dimension std floored at the median std (channels dead on the training images "
+                    "would otherwise blow up on test images).")
+@params.option("anomem", "retrieval", type=click.Choice(RETRIEVAL_CHOICES),
+               help="cosine: queries and slots L2-normalised, beta acts on cosine similarities (adaptation); dot: "
+                    "the paper's softmax(beta z X) on raw dot products.")
+@params.option("anomem", "beta", type=float,
+               help="Hopfield inverse temperature (paper: 2, on dot products; for cosine retrieval chosen on "
+                    "digits).")
+@params.option("anomem", "slot_init", type=click.Choice(SLOT_INIT_CHOICES),
+               help="data: the learnt memory starts as projected normal training vectors drawn at random "
+                    "(adaptation); random: Gaussian slots (paper).")
+@params.option("anomem", "lambda_recall", type=click.FloatRange(0),
+               help="Weight of a recollection loss, ||z - HF(z)||^2 of the batch's plain (unaugmented) normal "
+                    "features, that trains the memory only and keeps its slots near the normal features "
+                    "(adaptation; paper: 0).")
+@params.option("anomem", "variance_hinge", callback=lambda c, p, v: parse_hinge(v),
+               help="Target std of VICReg's hinge max(0, target - std) on the recollections, which stops "
+                    "rewarding spread once reached (adaptation); none: the paper's unbounded -std.")
+@params.option("anomem", "min_steps", type=click.IntRange(1),
+               help="Stage A runs more epochs where --epochs would make fewer optimiser steps than this (small "
+                    "classes: 90 digits at batch 256 make one step per epoch; CIFAR's 2,000 make 240 in 30).")
 @params.option("anomem", "hopfield_steps", type=click.IntRange(1), help="Retrieval update steps per memory call.")
 @params.option("anomem", "sampling_ratio", type=click.FloatRange(0, 1, min_open=True),
                help="Fraction r of the intermediate map's positions used per step of stage A (paper: 0.3).")
@@ -164,6 +215,8 @@ def main(cache_path, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, 
     metrics_file.write(metrics_path, payload)
     write_plots(one_class, plots_dir)
     click.echo(format_summary(payload))
+    if "controls" in payload:
+        click.echo(controls_line(payload))
     if saver is not None:
         click.echo(saved_heads_note(saver, [cache.classes[c] for c in chosen]))
 

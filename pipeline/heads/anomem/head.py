@@ -13,6 +13,20 @@ frozen, so what is trained is a small projection per scale plus the memories:
 Ablations (section 4.4): ``scales="last"`` (one scale), ``memory="kmeans"`` (stage A without
 memory, then k-means centroids of the projected normal features as the memory).
 
+Adaptations to frozen features, each a parameter whose other value is the paper's literal
+form (README, "The AnoMem head"): ``standardise`` (how the frozen features are scaled before
+the projection), ``retrieval="cosine"`` (queries and slots L2-normalised, ``beta`` acting on
+cosine similarities; paper: ``"dot"``), ``slot_init="data"`` (slots start as projected normal
+training vectors; paper: ``"random"``), ``lambda_recall`` (a term that keeps the slots near the
+normal features; paper: 0), ``variance_hinge`` (VICReg's hinge on the variance term; paper:
+None, the unbounded ``-std``) and ``min_steps`` (stage A runs enough epochs for this many
+optimiser steps; small classes otherwise get one step per epoch). Their defaults were chosen
+on the digits cache, not on CIFAR-10.
+
+Controls (``control_scores``, ``diagnostics``): the evaluation grades ||z|| alone and the
+distance to the nearest slot as scores of their own, and records how peaked the retrieval
+softmax is on the test images, so that a reader can see whether the memory is used.
+
 Features are given per scale as a dict: the pooled vector under ``"pooled"`` (N, D), an
 intermediate map under its layer name (N, C, g, g); views likewise with a views axis.
 """
@@ -25,11 +39,15 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.heads.anomem import MEMORY_CHOICES, SCALE_CHOICES
+from pipeline.heads.anomem import (MEMORY_CHOICES, PROJECTION_CHOICES, RETRIEVAL_CHOICES, SCALE_CHOICES,
+                                   SLOT_INIT_CHOICES, STANDARDISE_CHOICES)
 from pipeline.heads.base import POOLED, EpochCallback, Features, Head
 from pipeline.heads.anomem.model import (HopfieldMemory, Projection, ScaleClassifier, double_hinge, memorise,
-                                         nt_xent, variance_loss)
+                                         nt_xent, recall_loss, variance_loss)
 
+# Parameters of heads saved before these options existed, as those heads scored (the divisor
+# of each projection's input is stored in the file: "dimension" reads it as it is).
+LEGACY_PARAMS = {"retrieval": "dot", "standardise": "dimension", "projection": "mlp"}
 
 
 def positions(array: np.ndarray | torch.Tensor, views: bool = False) -> torch.Tensor:
@@ -60,8 +78,15 @@ class AnoMemHead(Head):
     memory: str = "learnt"         # learnt (contrasted memory) | kmeans (ablation, table 4b)
     slots_intermediate: int = 512  # N_mem of the intermediate scale (paper: 512)
     slots_last: int = 256          # N_mem of the last scale (paper: 256)
-    beta: float = 2.0              # Hopfield inverse temperature (paper: 2)
+    beta: float = 30.0             # Hopfield inverse temperature (paper: 2, on dot products)
     hopfield_steps: int = 1
+    projection: str = "none"       # mlp: trained in stage A (paper's encoder, adapted) | none: z = the feature
+    standardise: str = "l2"        # l2: rows L2-normalised | global: centred, one scale | dimension: per-dim
+    retrieval: str = "cosine"      # cosine: normalised queries and slots (adaptation) | dot: paper
+    slot_init: str = "data"        # data: projected normal training vectors (adaptation) | random: paper
+    lambda_recall: float = 10.0    # weight of the recollection loss on the memory (adaptation; paper: 0)
+    variance_hinge: float | None = 1.0  # hinge target of the variance loss (VICReg); None: paper's -std
+    min_steps: int = 240           # stage A runs at least this many optimiser steps (more epochs if needed)
     sampling_ratio: float = 0.3    # r of the intermediate scale (paper: 0.3); the last scale has one position
     tau: float = 0.1               # NT-Xent temperature (paper: 0.1, as SimCLR)
     lambda_v: float = 0.05         # variance loss weight (paper: 0.05)
@@ -93,9 +118,17 @@ class AnoMemHead(Head):
             raise PipelineError(f"scales must be one of {', '.join(SCALE_CHOICES)}, got {self.scales!r}.")
         if self.memory not in MEMORY_CHOICES:
             raise PipelineError(f"memory must be one of {', '.join(MEMORY_CHOICES)}, got {self.memory!r}.")
+        for name, choices in (("projection", PROJECTION_CHOICES), ("standardise", STANDARDISE_CHOICES),
+                              ("retrieval", RETRIEVAL_CHOICES), ("slot_init", SLOT_INIT_CHOICES)):
+            if getattr(self, name) not in choices:
+                raise PipelineError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}.")
+        if self.lambda_recall < 0 or (self.variance_hinge is not None and self.variance_hinge <= 0):
+            raise PipelineError(f"lambda_recall must be at least 0 and the variance hinge above 0, got "
+                                f"{self.lambda_recall} and {self.variance_hinge}.")
         if not 0 < self.sampling_ratio <= 1:
             raise PipelineError(f"the sampling ratio must be in (0, 1], got {self.sampling_ratio}.")
-        for name in ("epochs", "batch_size", "slots_intermediate", "slots_last", "proj_dim", "sup_epochs"):
+        for name in ("epochs", "batch_size", "slots_intermediate", "slots_last", "proj_dim", "sup_epochs",
+                     "min_steps"):
             if getattr(self, name) < 1:
                 raise PipelineError(f"{name} must be at least 1, got {getattr(self, name)}.")
 
@@ -114,6 +147,15 @@ class AnoMemHead(Head):
 
     def _module_key(self, scale: str) -> str:
         return scale.replace(".", "_")  # ModuleDict keys cannot hold dots
+
+    def _new_projection(self, in_dim: int) -> Projection:
+        return Projection(in_dim, self.proj_hidden, self.proj_dim, l2=self.standardise == "l2",
+                          mlp=self.projection == "mlp")
+
+    def _project(self, scale: str, x: torch.Tensor) -> torch.Tensor:
+        """z of a scale's vectors: the projection's output, L2-normalised for cosine retrieval."""
+        z = self.projections_[self._module_key(scale)](x)
+        return torch.nn.functional.normalize(z, dim=-1) if self.retrieval == "cosine" else z
 
     # --- training ----------------------------------------------------------------------
 
@@ -149,13 +191,16 @@ class AnoMemHead(Head):
         for s in self.scales_:
             key = self._module_key(s)
             slots = self.slots_last if s == POOLED else self.slots_intermediate
-            projection = Projection(plain[s].shape[-1], self.proj_hidden, self.proj_dim)
-            projection.set_statistics(plain[s][normal.to(device)])  # normal images only
+            projection = self._new_projection(plain[s].shape[-1])
+            projection.set_statistics(plain[s][normal.to(device)], self.standardise)  # normal images only
             self.projections_[key] = projection
-            self.memories_[key] = HopfieldMemory(slots, self.proj_dim, self.beta, self.hopfield_steps)
+            self.memories_[key] = HopfieldMemory(slots, projection.out_dim, self.beta, self.hopfield_steps,
+                                                 normalise=self.retrieval == "cosine")
         self.projections_.to(device)
         self.memories_.to(device)
-        self._stage_a(view_data, normal, generator, callback)
+        if self.memory == "learnt" and self.slot_init == "data":
+            self._slots_from_data(plain, normal, generator)
+        self._stage_a(view_data, plain, normal, generator, callback)
         if self.memory == "kmeans":
             self._kmeans_memories(plain, normal)
         self.classifiers_ = torch.nn.ModuleDict()
@@ -168,7 +213,7 @@ class AnoMemHead(Head):
         labelled anomalies also take part in stage A."""
         if not self.scales_:
             raise PipelineError("fit the AnoMem head (stage A) before training its classifiers")
-        device = next(self.projections_.parameters()).device
+        device = next(self.memories_.parameters()).device
         normal = torch.as_tensor(np.asarray(is_normal, bool)).to(device)
         if normal.all() or not normal.any():
             raise PipelineError("semi-supervised training needs both normal images and labelled anomalies.")
@@ -178,40 +223,65 @@ class AnoMemHead(Head):
         self._stage_b_supervised(plain, normal, torch.Generator().manual_seed(seed))
         return self
 
-    def _stage_a(self, views: dict[str, torch.Tensor], normal: torch.Tensor, generator: torch.Generator,
-                 callback: EpochCallback | None) -> None:
+    @torch.no_grad()
+    def _slots_from_data(self, plain: dict[str, torch.Tensor], normal: torch.Tensor,
+                         generator: torch.Generator) -> None:
+        """Start each memory from the (untrained) projections of normal training vectors drawn
+        at random, one slot per vector: at most as many slots as there are vectors (k-means
+        keeps fewer slots likewise)."""
+        for s in self.scales_:
+            key = self._module_key(s)
+            z = self._project(s, plain[s][normal]).flatten(0, 1)
+            memory = self.memories_[key]
+            chosen = torch.randperm(len(z), generator=generator)[:memory.patterns.shape[0]].to(z.device)
+            memory.patterns = torch.nn.Parameter(z[chosen].clone())
+
+    def stage_a_epochs(self, n: int) -> int:
+        """Stage A's epochs for ``n`` training images: ``epochs``, or more where that many
+        epochs would make fewer than ``min_steps`` optimiser steps."""
+        steps_per_epoch = max(1, -(-n // self.batch_size))
+        return max(self.epochs, -(-self.min_steps // steps_per_epoch))
+
+    def _stage_a(self, views: dict[str, torch.Tensor], plain: dict[str, torch.Tensor], normal: torch.Tensor,
+                 generator: torch.Generator, callback: EpochCallback | None) -> None:
         learnt = self.memory == "learnt"
         parameters = list(self.projections_.parameters()) + (list(self.memories_.parameters()) if learnt else [])
+        self.history_ = []
+        if not parameters:  # k-means memory on the features themselves: nothing to train
+            return
         optimiser = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=self.weight_decay)
         n = len(normal)
         steps_per_epoch = max(1, -(-n // self.batch_size))
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=self.epochs * steps_per_epoch)
-        self.history_ = []
-        for epoch in range(1, self.epochs + 1):
+        epochs = self.stage_a_epochs(n)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs * steps_per_epoch)
+        for epoch in range(1, epochs + 1):
             self.projections_.train()
-            totals = {"loss": 0.0, "ntxent": 0.0, "variance": 0.0}
+            totals = {"loss": 0.0, "ntxent": 0.0, "variance": 0.0, "recall": 0.0}
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, self.batch_size):
                 batch = order[start:start + self.batch_size]
                 if len(batch) < 2:
                     continue
-                loss, parts = self._stage_a_loss(views, normal, batch.to(normal.device), generator, learnt)
+                loss, parts = self._stage_a_loss(views, plain, normal, batch.to(normal.device), generator, learnt)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
                 schedule.step()
                 totals["loss"] += float(loss.detach()) / steps_per_epoch
-                totals["ntxent"] += parts[0] / steps_per_epoch
-                totals["variance"] += parts[1] / steps_per_epoch
+                for name, part in zip(("ntxent", "variance", "recall"), parts):
+                    totals[name] += part / steps_per_epoch
             record = {"epoch": epoch, **totals}
             self.history_.append(record)
             if callback is not None:
+                if not learnt:  # the k-means ablation is watched with its own memory, not the random one
+                    self._kmeans_memories(plain, normal)
                 callback(self, record)
 
-    def _stage_a_loss(self, views, normal, batch, generator, learnt) -> tuple[torch.Tensor, tuple[float, float]]:
+    def _stage_a_loss(self, views, plain, normal, batch, generator, learnt) -> tuple[torch.Tensor, tuple[float, ...]]:
         """Eq. 7 on one batch: a random ratio r of each scale's positions, weighted by lambda_s,
-        averaged over all sampled positions."""
-        total, count, ntx_sum, var_sum = 0.0, 0, 0.0, 0.0
+        averaged over all sampled positions; plus ``lambda_recall`` times the recollection loss
+        of the same images' plain (unaugmented) features, the ones the memory will score."""
+        total, count, ntx_sum, var_sum, recall_sum = 0.0, 0, 0.0, 0.0, 0.0
         y = normal[batch]
         for s in self.scales_:
             key = self._module_key(s)
@@ -220,20 +290,28 @@ class AnoMemHead(Head):
             pair = torch.randperm(n_views, generator=generator)[:2] if n_views > 2 else torch.tensor([0, 1])
             ratio = self.sampling_ratio if s != POOLED else 1.0
             chosen = torch.randperm(n_positions, generator=generator)[:max(1, int(n_positions * ratio))]
-            first = self.projections_[key](data[:, pair[0]][:, chosen])   # (B, k, d)
-            second = self.projections_[key](data[:, pair[1]][:, chosen])
+            first = self._project(s, data[:, pair[0]][:, chosen])   # (B, k, d)
+            second = self._project(s, data[:, pair[1]][:, chosen])
+            keep_near = self._project(s, plain[s][batch][:, chosen]) if learnt and self.lambda_recall else None
+            # The variance term reads cosine recollections (norm at most 1) scaled by sqrt(d): unit
+            # vectors spread evenly over every direction then have a std of 1 per dimension.
+            spread = first.shape[-1] ** 0.5 if self.retrieval == "cosine" else 1.0
             for j in range(len(chosen)):
                 z, z_prime = first[:, j], second[:, j]
+                recall = z.new_zeros(())
                 if learnt:
                     recalled = memorise(z, y, self.memories_[key])
-                    var = variance_loss(recalled[y])
+                    var = variance_loss(spread * recalled[y], self.variance_hinge)
+                    if keep_near is not None:
+                        recall = recall_loss(keep_near[:, j][y], self.memories_[key])
                 else:
                     recalled, var = z, z.new_zeros(())
                 ntx = nt_xent(recalled, z_prime, self.tau)
-                total = total + self.weights_[s] * (ntx + self.lambda_v * var)
+                total = total + self.weights_[s] * (ntx + self.lambda_v * var + self.lambda_recall * recall)
                 ntx_sum, var_sum = ntx_sum + float(ntx.detach()), var_sum + float(var.detach())
+                recall_sum += float(recall.detach())
                 count += 1
-        return total / count, (ntx_sum / count, var_sum / count)
+        return total / count, (ntx_sum / count, var_sum / count, recall_sum / count)
 
     @torch.no_grad()
     def _kmeans_memories(self, plain: dict[str, torch.Tensor], normal: torch.Tensor) -> None:
@@ -241,7 +319,8 @@ class AnoMemHead(Head):
 
         for s in self.scales_:
             key = self._module_key(s)
-            z = self.projections_[key].eval()(plain[s][normal]).reshape(-1, self.proj_dim).cpu().numpy()
+            self.projections_.eval()
+            z = self._project(s, plain[s][normal]).flatten(0, 1).cpu().numpy()
             memory = self.memories_[key]
             slots = min(memory.patterns.shape[0], len(z))
             centroids = KMeans(slots, n_init=1, random_state=self.seed).fit(z).cluster_centers_
@@ -252,7 +331,8 @@ class AnoMemHead(Head):
                             generator: torch.Generator) -> None:
         deltas = {s: self._difference(s, plain[s]) for s in self.scales_}
         for s in self.scales_:
-            self.classifiers_[self._module_key(s)] = ScaleClassifier(self.proj_dim, deltas[s].shape[1], self.sup_pool,
+            _, n_positions, dim = deltas[s].shape
+            self.classifiers_[self._module_key(s)] = ScaleClassifier(dim, n_positions, self.sup_pool,
                                                                     self.sup_hidden).to(normal.device)
         optimiser = torch.optim.AdamW(self.classifiers_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         n = len(normal)
@@ -277,37 +357,82 @@ class AnoMemHead(Head):
     @torch.no_grad()
     def _difference(self, scale: str, z_in: torch.Tensor) -> torch.Tensor:
         """Eq. 8: ``z - HF(z)`` at every position."""
-        key = self._module_key(scale)
         self.projections_.eval()
-        z = self.projections_[key](z_in)
-        return z - self.memories_[key](z)
+        z = self._project(scale, z_in)
+        return z - self.memories_[self._module_key(scale)](z)
 
     @torch.no_grad()
-    def scale_scores(self, test: dict[str, np.ndarray], batch_size: int = 4096) -> dict[str, np.ndarray]:
-        """Per scale anomaly distance: ||z - HF(z)|| (one-class) or the scale's MLP output."""
+    def _per_scale(self, test: dict[str, np.ndarray], measure, batch_size: int = 4096) -> dict[str, np.ndarray]:
+        """``measure(scale, vectors)`` on each scale's test vectors (n, P, C), by chunks of
+        rows, joined: a float64 array per scale with one value (or row) per image."""
         if not self.scales_:
             raise PipelineError("fit the AnoMem head before scoring")
-        device = next(self.projections_.parameters()).device
+        device = next(self.memories_.parameters()).device
+        self.projections_.eval()
         out = {}
         for s in self.scales_:
             if s not in test:
                 raise PipelineError(f"the test features lack scale {s!r} the head was trained with.")
-            parts = []
             data = positions(test[s])
-            for start in range(0, len(data), batch_size):
-                delta = self._difference(s, data[start:start + batch_size].to(device))
-                key = self._module_key(s)
-                if key in self.classifiers_:
-                    parts.append(self.classifiers_[key](delta))
-                else:
-                    parts.append(delta.flatten(1).norm(dim=1))
+            parts = [measure(s, data[start:start + batch_size].to(device)) for start in range(0, len(data), batch_size)]
             out[s] = torch.cat(parts).cpu().numpy().astype(np.float64)
         return out
 
-    def score_samples(self, features: Features | dict[str, np.ndarray]) -> np.ndarray:
+    def scale_scores(self, test: dict[str, np.ndarray], batch_size: int = 4096) -> dict[str, np.ndarray]:
+        """Per scale anomaly distance: ||z - HF(z)|| (one-class) or the scale's MLP output."""
+        def distance(scale: str, vectors: torch.Tensor) -> torch.Tensor:
+            delta = self._difference(scale, vectors)
+            key = self._module_key(scale)
+            return self.classifiers_[key](delta) if key in self.classifiers_ else delta.flatten(1).norm(dim=1)
+
+        return self._per_scale(test, distance, batch_size)
+
+    def _weighted(self, per_scale: dict[str, np.ndarray]) -> np.ndarray:
         """Eq. 13: the scale scores' average weighted by lambda_s."""
-        per_scale = self.scale_scores(Features.of(features).scales())
         return sum(self.weights_[s] * per_scale[s] for s in self.scales_) / sum(self.weights_.values())
+
+    def score_samples(self, features: Features | dict[str, np.ndarray]) -> np.ndarray:
+        """Eq. 13 on the per-scale scores (``scale_scores``)."""
+        return self._weighted(self.scale_scores(Features.of(features).scales()))
+
+    # --- controls (graded and recorded by the evaluation, pipeline.evaluate) ------------------
+
+    def control_scores(self, features: Features | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Two scores built like the one-class score (the L2 norm over a scale's positions,
+        then eq. 13's weights) with the recollection taken out: ``norm``, ||z|| alone (the
+        projection's output before any normalisation, no memory); ``nearest_slot``, the
+        distance to the nearest slot (the recollection of an infinite beta). If the head's
+        score grades like ``norm``, the memory adds nothing."""
+        test = Features.of(features).scales()
+
+        def norm(scale: str, vectors: torch.Tensor) -> torch.Tensor:
+            return self.projections_[self._module_key(scale)](vectors).flatten(1).norm(dim=1)
+
+        def nearest_slot(scale: str, vectors: torch.Tensor) -> torch.Tensor:
+            distance = self.memories_[self._module_key(scale)].nearest_distance(self._project(scale, vectors))
+            return distance.norm(dim=1)
+
+        return {"norm": self._weighted(self._per_scale(test, norm)),
+                "nearest_slot": self._weighted(self._per_scale(test, nearest_slot))}
+
+    def diagnostics(self, features: Features | dict[str, np.ndarray]) -> dict[str, float]:
+        """How peaked the retrieval softmax is on these images, per scale (``intermediate``,
+        ``last``), averaged over images and positions: ``retrieval_entropy_<scale>``, its
+        entropy over the log of the number of slots (1: flat, all slots alike; 0: one slot),
+        and ``retrieval_top_weight_<scale>``, its largest weight. Reads no labels."""
+        test = Features.of(features).scales()
+
+        def softmax_of(scale: str, vectors: torch.Tensor) -> torch.Tensor:
+            weights = self.memories_[self._module_key(scale)].weights(self._project(scale, vectors))
+            entropy = -(weights * weights.clamp_min(1e-30).log()).sum(-1) / max(np.log(weights.shape[-1]), 1e-12)
+            return torch.stack([entropy.mean(1), weights.max(-1).values.mean(1)], dim=1)
+
+        out = {}
+        for s, values in self._per_scale(test, softmax_of).items():
+            role = "last" if s == POOLED else "intermediate"
+            out[f"retrieval_entropy_{role}"] = float(values[:, 0].mean())
+            out[f"retrieval_top_weight_{role}"] = float(values[:, 1].mean())
+        return out
 
     # --- saving (pipeline.heads.saving) -------------------------------------------------------
 
@@ -329,16 +454,17 @@ class AnoMemHead(Head):
 
     @classmethod
     def _from_state(cls, state: dict, device: str = "cpu") -> "AnoMemHead":
-        head = cls(**{**state["config"], "device": device})
+        head = cls(**{**LEGACY_PARAMS, **state["config"], "device": device})
         head.scales_, head.weights_ = list(state["scales"]), dict(state["weights"])
         for s in head.scales_:
             key = head._module_key(s)
-            head.projections_[key] = Projection(state["in_dims"][s], head.proj_hidden, head.proj_dim)
+            head.projections_[key] = head._new_projection(state["in_dims"][s])
             slots = state["memories"][f"{key}.patterns"].shape[0]  # k-means may have kept fewer
-            head.memories_[key] = HopfieldMemory(slots, head.proj_dim, head.beta, head.hopfield_steps)
+            head.memories_[key] = HopfieldMemory(slots, head.projections_[key].out_dim, head.beta, head.hopfield_steps,
+                                                 normalise=head.retrieval == "cosine")
             if s in state["positions"]:
-                head.classifiers_[key] = ScaleClassifier(head.proj_dim, state["positions"][s], head.sup_pool,
-                                                        head.sup_hidden)
+                head.classifiers_[key] = ScaleClassifier(head.projections_[key].out_dim, state["positions"][s],
+                                                        head.sup_pool, head.sup_hidden)
         head.projections_.load_state_dict(state["projections"])
         head.memories_.load_state_dict(state["memories"])
         head.classifiers_.load_state_dict(state["classifiers"])

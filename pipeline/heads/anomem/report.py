@@ -1,6 +1,7 @@
 """The AnoMem head in the results table (``python -m pipeline.report``): its name, title,
-settings, rows (one-class, semi-supervised, and the stage's kNN baseline on the same images)
-and published figures (the AnoMem paper). Reads metrics payloads only: no torch, no head class."""
+settings, rows (one-class, its controls, semi-supervised, and the stage's kNN baseline on the
+same images) and published figures (the AnoMem paper). Reads metrics payloads only: no torch,
+no head class."""
 
 from __future__ import annotations
 
@@ -20,9 +21,34 @@ def _slots(about: dict) -> str | None:
     return f"{about['slots']} memory slots" if "slots" in about else None
 
 
-SETTINGS = {"slots": _slots, "proj_dim": "{} dims", "beta": "beta {}", "epochs": "{} epochs (stage A)",
+def _projection(about: dict) -> str | None:
+    """The trainable MLP and its output size, or z = the frozen feature (runs from before the
+    option existed had the MLP)."""
+    if about.get("projection", "mlp") == "none":
+        return "no projection (z = the frozen feature)"
+    return f"MLP projection to {about['proj_dim']} dims" if "proj_dim" in about else "MLP projection"
+
+
+def _lambda_recall(about: dict) -> str | None:
+    return f"lambda_recall {about['lambda_recall']}" if about.get("lambda_recall") else None
+
+
+def _variance_hinge(about: dict) -> str | None:
+    if "variance_hinge" not in about:
+        return None
+    hinge = about["variance_hinge"]
+    return "variance term -std (paper)" if hinge is None else f"variance hinge {hinge}"
+
+
+SETTINGS = {"slots": _slots, "projection": _projection, "standardise": "{} input scaling",
+            "retrieval": "{} retrieval", "beta": "beta {}", "slot_init": "{} slot init",
+            "lambda_recall": _lambda_recall, "variance_hinge": _variance_hinge,
+            "epochs": "{} epochs (stage A)", "min_steps": "at least {} steps (stage A)",
             "sup_epochs": "{} epochs (stage B)", "seeds": "{}",
             "views": "trained on the {} training images with views"}
+# The control scores the evaluation grades on one-class runs (AnoMemHead.control_scores).
+CONTROLS = {"norm": "control: ||z|| alone, no memory", "nearest_slot": "control: distance to the nearest slot"}
+SCALE_ROLES = ("intermediate", "last")
 ROC_CURVES = "one-class"
 STAGE_A = {"retrain": ", stage A retrained with the anomalies (paper)",
            "reuse": ", stage B only on the one-class stage A"}
@@ -66,15 +92,39 @@ def title(about: dict) -> str:
     return f"{DISPLAY_NAME} one-class, {anomem_setting(about)}"
 
 
+def retrieval_words(diagnostics: dict) -> str:
+    """How peaked the retrieval softmax is on the test images (mean over classes), per scale:
+    its largest weight and its entropy over the log of the number of slots (1: flat)."""
+    mean = diagnostics.get("mean", {})
+    parts = [f"{scale} {mean[f'retrieval_top_weight_{scale}']:.2f} / {mean[f'retrieval_entropy_{scale}']:.2f}"
+             for scale in SCALE_ROLES if f"retrieval_top_weight_{scale}" in mean]
+    return f" (retrieval on test images, largest weight / entropy: {', '.join(parts)})" if parts else ""
+
+
+def control_rows(run: Run, extra: str) -> list[Row]:
+    """The one-class run's control scores, graded like its score: if the head's row reads
+    like "||z|| alone", the memory adds nothing."""
+    p, about = run.payload, run.about
+    result = []
+    for name, words in CONTROLS.items():
+        control = p.get("controls", {}).get(name)
+        if control:
+            retrieval = retrieval_words(p.get("diagnostics", {})) if name == "nearest_slot" else ""
+            result.append(Row(DISPLAY_NAME, f"{words}{retrieval}; {anomem_setting(about)}{extra}",
+                              figures(control["per_class"], "auroc", None), Figure(control["mean"]["auroc"])))
+    return result
+
+
 def rows(run: Run, extra: str) -> list[Row]:
-    """One-class (std over seeds), each semi-supervised gamma (std over draws) and kNN on the
-    same training images, the like-for-like baseline the stage computes."""
+    """One-class (std over seeds), its controls, each semi-supervised gamma (std over draws)
+    and kNN on the same training images, the like-for-like baseline the stage computes."""
     p, about = run.payload, run.about
     several = run.several_seeds
     result = [Row(DISPLAY_NAME, f"one-class; {anomem_setting(about)}{extra}",
                   figures(p["per_class"], "auroc", "auroc_std" if several else None),
                   Figure(p["mean"]["auroc"], p["mean"].get("auroc_std") if several else None),
                   _published(about, _one_class_key(about)))]
+    result += control_rows(run, extra)
     for gamma, semi in p.get("semi_supervised", {}).items():
         draws = semi.get("draws", 1) > 1
         result.append(Row(DISPLAY_NAME,
