@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import click
 
 from pipeline import params
-from pipeline.heads.anomem import (MEMORY_CHOICES, PROJECTION_CHOICES, RETRIEVAL_CHOICES, SCALE_CHOICES,
-                                   SLOT_INIT_CHOICES, STANDARDISE_CHOICES)
+from pipeline.heads.anomem import (CONTROLS, MEMORY_CHOICES, PROJECTION_CHOICES, RETRIEVAL_CHOICES, SCALE_CHOICES,
+                                   SLOT_INIT_CHOICES, STANDARDISE_CHOICES, retrieval_words)
 from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for
 
 if TYPE_CHECKING:
@@ -87,8 +87,6 @@ def knn_same_rows(cache: "FeatureCache", rows, classes: list[int], k: int, devic
 def controls_line(payload: dict) -> str:
     """The one-class controls in a line: ||z|| alone and the nearest slot, graded like the
     head's score, and the retrieval softmax's largest weight and entropy on the test images."""
-    from pipeline.heads.anomem.report import CONTROLS, retrieval_words
-
     graded = [f"{words.removeprefix('control: ')} {100 * payload['controls'][name]['mean']['auroc']:.2f}%"
               for name, words in CONTROLS.items() if name in payload.get("controls", {})]
     return f"  controls, mean AUROC: {', '.join(graded)}{retrieval_words(payload.get('diagnostics', {}))}"
