@@ -67,21 +67,32 @@ def footprint(cache: "FeatureCache", head: "AnoMemHead", normal_class: int) -> d
 
 
 def knn_same_rows(cache: "FeatureCache", rows, classes: list[int], k: int, device: str) -> dict:
-    """DN2 kNN on the pooled features of the same training rows AnoMem was given (``rows``)."""
+    """DN2 kNN on the pooled features of the same training rows AnoMem was given (``rows``), on
+    the features as they are and L2-normalised (``l2``: AnoMem's default scaling, so a reader can
+    tell what the memory adds beyond the normalisation)."""
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
     from pipeline.heads.knn.head import KNNHead
+    from pipeline.heads.scaling import Scaler
 
-    labels, test_labels, test = cache.labels("train")[rows], cache.labels("test"), cache.features("test")
-    train = cache.features("train", rows)
-    per_class = {}
-    for c in classes:
-        scores = KNNHead(k=k, device=device, threshold_quantile=None).fit(train[labels == c]).score_samples(test)
-        per_class[cache.classes[c]] = {"auroc": round(float(roc_auc_score(test_labels != c, scores)), 6)}
-    mean = float(np.mean([m["auroc"] for m in per_class.values()]))
-    return {"k": k, "gallery": "the training images with views", "mean": {"auroc": round(mean, 6)},
-            "per_class": per_class}
+    labels, test_labels = cache.labels("train")[rows], cache.labels("test")
+    train, test = cache.features("train", rows), cache.features("test")
+    result: dict = {"k": k, "gallery": "the training images with views"}
+    for scaling in ("none", "l2"):
+        scale = Scaler.fit(scaling, train)
+        per_class = {}
+        for c in classes:
+            knn = KNNHead(k=k, device=device, threshold_quantile=None).fit(scale(train[labels == c]))
+            per_class[cache.classes[c]] = {"auroc": round(float(roc_auc_score(test_labels != c,
+                                                                              knn.score_samples(scale(test)))), 6)}
+        graded = {"mean": {"auroc": round(float(np.mean([m["auroc"] for m in per_class.values()])), 6)},
+                  "per_class": per_class}
+        if scaling == "none":
+            result.update(graded)
+        else:
+            result[scaling] = graded
+    return result
 
 
 def controls_line(payload: dict) -> str:

@@ -126,4 +126,8 @@ def rows(run: Run, extra: str) -> list[Row]:
     if same:
         result.append(Row(KNN_NAME, f"k = {same.get('k')}, AnoMem's training images (those with views)",
                           figures(same["per_class"], "auroc", None), Figure(same["mean"]["auroc"])))
+        if "l2" in same:
+            result.append(Row(KNN_NAME, f"k = {same.get('k')}, AnoMem's training images, L2-normalised features "
+                                        f"(AnoMem's default scaling)",
+                              figures(same["l2"]["per_class"], "auroc", None), Figure(same["l2"]["mean"]["auroc"])))
     return result
