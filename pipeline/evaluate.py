@@ -240,11 +240,13 @@ def evaluate_one_vs_all(cache: FeatureCache, head: Head, classes: Sequence[int] 
         raise PipelineError(f"semi-supervised runs draw labelled anomalies from the training images of the other "
                             f"classes, and under {NORMAL_VS_ANOMALIES} the head trains on the normal images only "
                             f"(an anomaly_folder has no anomalies in train/): run one-class.")
+    train_labels, test_labels = cache.labels("train"), cache.labels("test")
     for task in tasks:  # a task that cannot be graded is refused before any training
-        split(task, cache.labels("train"), cache.labels("test"), names)
+        split(task, train_labels, test_labels, names)
     plan = Plan(str(Path(cache.path).resolve()), head, tuple(seeds), gamma, track_epochs, train_access, keep_heads,
                 after_fit)
-    runs = [Run(plan, t, i, None if start_from is None else start_from[t.name]) for t in tasks for i in range(len(seeds))]
+    runs = [Run(plan, task, i, None if start_from is None else start_from[task.name])
+            for task in tasks for i in range(len(seeds))]
     if client is not None and train_access != "dask":
         done = _run_jobs(client, runs, desc)
     else:

@@ -192,7 +192,8 @@ def test_unreadable_images_are_refused_or_with_skip_bad_left_out_and_recorded(tm
     assert result.exit_code == 0, result.output
     cache = FeatureCache.open(tmp_path / "c.zarr")
     assert cache.size("test") == N_TEST_GOOD + sum(n for _, n in DEFECTS.values())
-    assert [entry.split(" (")[0] for entry in cache.metadata["dataset"]["skipped_files"]] == ["test: test/eight/bad.png"]
+    skipped = cache.metadata["dataset"]["skipped_files"]
+    assert [entry.split(" (")[0] for entry in skipped] == ["test: test/eight/bad.png"]
 
 
 # --- the protocol ------------------------------------------------------------------------------

@@ -402,9 +402,8 @@ def load_anomaly_folder(data_dir: Path, download: bool, normal: str | Sequence[s
         raise PipelineError(f"{root / 'test'} has no normal test images: no folder {named} in it, so no AUROC can be "
                             f"computed (it needs normal and anomalous test images). {layout}")
     if not defects:
-        raise PipelineError(f"{root / 'test'} has no anomalies: only the normal folder{'s' if len(normals) > 1 else ''} "
-                            f"{', '.join(test_normals)}, no test/<defect type>/ folder beside "
-                            f"{'them' if len(normals) > 1 else 'it'}, so no AUROC can be computed. {layout}")
+        raise PipelineError(f"{root / 'test'} has no anomalies: only the normal folder {', '.join(test_normals)}, no "
+                            f"test/<defect type>/ folder beside it, so no AUROC can be computed. {layout}")
     classes = [*normals, *defects]
     _check_class_names(root, classes)
     train, bad_train = _list_split(root, "train", classes, train_normals)

@@ -20,7 +20,8 @@ from pipeline.report.svg_chart import Axis, Series, line_chart, padded_range
 from pipeline.report.rows import MISSING, Row, Run
 from pipeline.report.table import (AUROC, HEAD_COL, MEAN_COL, METRICS, ONE_VS_ALL, PUBLISHED_COL, SETTING_COL, Group,
                                    Metric, caption, distinguishing, group_classes, group_metrics, group_rows,
-                                   published_notes, published_shown, roc_curves, run_title, table_cells, varying_settings)
+                                   published_notes, published_shown, roc_curves, run_title, table_cells,
+                                   varying_settings)
 
 STYLE = """
 body { font-family: "DejaVu Sans", "Helvetica Neue", Arial, sans-serif; margin: 24px; color: #222; }

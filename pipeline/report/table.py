@@ -377,8 +377,8 @@ def caption(group: Group) -> str:
     lines = [f"Dataset {group.dataset}; backbone {group.backbone} (frozen, pooled features); "
              f"{group.image_size}x{group.image_size} input; preprocessing {group.preprocessing} "
              f"({preprocessing_words(group.preprocessing, group.image_size)}); protocol {group.protocol} "
-             f"({protocol_words(group)}). Figures in percent; ± is the standard deviation of the AUROC over seeds (PLUME, "
-             f"AnoMem one-class) or draws of labelled anomalies (AnoMem semi-supervised) where there are "
+             f"({protocol_words(group)}). Figures in percent; ± is the standard deviation of the AUROC over seeds "
+             f"(PLUME, AnoMem one-class) or draws of labelled anomalies (AnoMem semi-supervised) where there are "
              f"several; AUPR and FPR@95%TPR are means over seeds, without a spread. {MISSING}: the metrics file "
              f"holds no such figure for that row."]
     varying = varying_settings(group.runs)
