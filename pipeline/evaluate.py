@@ -28,7 +28,7 @@ from pipeline.errors import PipelineError
 from pipeline.heads.base import Features, Head
 from pipeline import metrics_file
 from pipeline.metrics import detection_metrics, roc_points, summarise
-from pipeline.protocol import NORMAL_VS_ANOMALIES, ONE_VS_ALL, Task, draw_anomalies, one_vs_all, split
+from pipeline.protocol import NORMAL_VS_ANOMALIES, ONE_VS_ALL, Task, draw_anomalies, one_vs_all, split_for
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -144,7 +144,7 @@ def fit_and_score(run: Run, data: EvaluationData | None = None, on_epoch: Callab
     plan, task, first = run.plan, run.task, run.index == 0
     data = data or _data(plan)
     seed = plan.seeds[run.index]
-    protocol = split(task, data.train_labels, data.test_labels, data.cache.classes)
+    protocol = split_for(task, data.train_labels, data.test_labels, data.cache.classes)
     head = _fresh_head(plan.head, run.start_from, seed)
     labels = None
     if plan.train_access == "memory":
@@ -240,9 +240,6 @@ def evaluate_one_vs_all(cache: FeatureCache, head: Head, classes: Sequence[int] 
         raise PipelineError(f"semi-supervised runs draw labelled anomalies from the training images of the other "
                             f"classes, and under {NORMAL_VS_ANOMALIES} the head trains on the normal images only "
                             f"(an anomaly_folder has no anomalies in train/): run one-class.")
-    train_labels, test_labels = cache.labels("train"), cache.labels("test")
-    for task in tasks:  # a task that cannot be graded is refused before any training
-        split(task, train_labels, test_labels, names)
     plan = Plan(str(Path(cache.path).resolve()), head, tuple(seeds), gamma, track_epochs, train_access, keep_heads,
                 after_fit)
     runs = [Run(plan, task, i, None if start_from is None else start_from[task.name])

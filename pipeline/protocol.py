@@ -48,7 +48,7 @@ class Split:
     types: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def split(task: Task, train_labels: np.ndarray, test_labels: np.ndarray, classes: Sequence[str]) -> Split:
+def split_for(task: Task, train_labels: np.ndarray, test_labels: np.ndarray, classes: Sequence[str]) -> Split:
     """The task's training rows and test labels; refused where no AUROC could be computed."""
     train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
     what = f"class {task.name}" if len(task.normal) == 1 else f"the normal classes {task.name}"

@@ -25,7 +25,7 @@ from cli_results import error_line  # noqa: E402
 
 from pipeline import metrics_file  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.protocol import NORMAL_VS_ANOMALIES, PROTOCOLS, Task, split, tasks  # noqa: E402
+from pipeline.protocol import NORMAL_VS_ANOMALIES, PROTOCOLS, Task, split_for, tasks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NORMAL_DIGIT = 3
@@ -204,7 +204,7 @@ def test_normal_vs_anomalies_grades_each_type_against_the_normal_test_rows():
     (task,) = tasks(NORMAL_VS_ANOMALIES, "all", classes, metadata)
     assert task == Task("good", (0,), by_type=True)
     test = np.array([0, 1, 2, 0, 2, 1, 0])
-    graded = split(task, np.array([0, 0, 0]), test, classes)
+    graded = split_for(task, np.array([0, 0, 0]), test, classes)
     np.testing.assert_array_equal(graded.train_index, [0, 1, 2])
     np.testing.assert_array_equal(graded.test_is_anomaly, [0, 1, 1, 0, 1, 1, 0])
     assert list(graded.types) == ["crack", "hole"]
@@ -215,7 +215,7 @@ def test_normal_vs_anomalies_grades_each_type_against_the_normal_test_rows():
     with pytest.raises(PipelineError, match="every class as normal"):
         tasks(NORMAL_VS_ANOMALIES, "good,crack,hole", classes, metadata)
     with pytest.raises(PipelineError, match="normal and anomalous"):
-        split(task, np.array([0]), np.array([0, 0]), classes)
+        split_for(task, np.array([0]), np.array([0, 0]), classes)
 
 
 # --- heads, metrics, report, saved head, scores ------------------------------------------------

@@ -23,7 +23,7 @@ from pipeline.extract.datasets import (
     load_dataset,
 )
 from pipeline.errors import PipelineError
-from pipeline.protocol import Task, one_vs_all, resolve_classes, split
+from pipeline.protocol import Task, one_vs_all, resolve_classes, split_for
 
 
 def _md5(path: Path) -> str:
@@ -584,7 +584,7 @@ def test_one_vs_all_selects_normal_class():
     test = np.array([1, 2, 0, 1, 2])
     (task,) = one_vs_all(NAMES, [1])
     assert task == Task("1", (1,))
-    protocol = split(task, train, test, NAMES)
+    protocol = split_for(task, train, test, NAMES)
     assert protocol.normal == (1,) and protocol.types == {}
     np.testing.assert_array_equal(protocol.train_index, [1, 3, 5])
     assert (train[protocol.train_index] == 1).all()
@@ -594,11 +594,11 @@ def test_one_vs_all_selects_normal_class():
 
 def test_one_vs_all_errors():
     with pytest.raises(PipelineError, match="class 3 has no training samples"):
-        split(Task("3", (3,)), np.array([0, 1, 2]), np.array([0, 3]), NAMES)
+        split_for(Task("3", (3,)), np.array([0, 1, 2]), np.array([0, 3]), NAMES)
     with pytest.raises(PipelineError, match="both normal and anomalous"):
-        split(Task("1", (1,)), np.array([0, 1]), np.array([1, 1]), NAMES)  # no anomalies
+        split_for(Task("1", (1,)), np.array([0, 1]), np.array([1, 1]), NAMES)  # no anomalies
     with pytest.raises(PipelineError, match="both normal and anomalous"):
-        split(Task("1", (1,)), np.array([0, 1]), np.array([0, 0]), NAMES)  # no normal test samples
+        split_for(Task("1", (1,)), np.array([0, 1]), np.array([0, 0]), NAMES)  # no normal test samples
 
 
 def test_resolve_classes():

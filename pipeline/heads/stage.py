@@ -83,14 +83,19 @@ def common_options(section: str, what_saved: str) -> Callable[[Callable], Callab
 def open_cache(cache_path: str, expect: tuple[str, ...], classes: str,
                protocol: str = FROM_DATASET) -> tuple["FeatureCache", list["Task"]]:
     """The cache, refused unless its metadata matches ``expect``, and the tasks of the protocol
-    (``pipeline.protocol.tasks``) on the chosen classes."""
+    (``pipeline.protocol.tasks``) on the chosen classes, each refused before any training if its
+    labels cannot be graded (a class without training images, a test set without anomalies)."""
     from pipeline.store.cache import FeatureCache
     from pipeline.cli import parse_expectations
-    from pipeline.protocol import protocol_of, tasks
+    from pipeline.protocol import protocol_of, split_for, tasks
 
     cache = FeatureCache.open(cache_path)
     cache.check_matches(parse_expectations(expect))
-    return cache, tasks(protocol_of(cache.metadata, protocol), classes, cache.classes, cache.metadata)
+    chosen = tasks(protocol_of(cache.metadata, protocol), classes, cache.classes, cache.metadata)
+    train_labels, test_labels = cache.labels("train"), cache.labels("test")
+    for task in chosen:
+        split_for(task, train_labels, test_labels, cache.classes)
+    return cache, chosen
 
 
 def saver_for(save_dir: str | None, kind: str, cache: "FeatureCache", threshold_quantile: float, device: str,

@@ -77,13 +77,13 @@ def knn_same_rows(cache: "FeatureCache", rows, tasks: "list[Task]", k: int, devi
     from sklearn.metrics import roc_auc_score
 
     from pipeline.heads.knn.head import KNNHead
-    from pipeline.protocol import split
+    from pipeline.protocol import split_for
 
     labels, test = cache.labels("train")[rows], cache.features("test")
     train = cache.features("train", rows)
     per_class, overall = {}, None
     for task in tasks:
-        graded = split(task, labels, cache.labels("test"), cache.classes)
+        graded = split_for(task, labels, cache.labels("test"), cache.classes)
         scores = KNNHead(k=k, device=device, threshold_quantile=None).fit(train[graded.train_index]).score_samples(test)
 
         def auroc(where=slice(None)) -> dict:
