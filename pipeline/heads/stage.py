@@ -67,7 +67,8 @@ def common_options(section: str, what_saved: str) -> Callable[[Callable], Callab
             click.option("--plots", "plots_dir", default=None,
                          help="Folder for per-class ROC curves (roc_<class>.json, DVC plots; first seed)."),
             click.option("--save-heads", "save_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
-                         help=f"Also save each class's head as DIR/<class>.head, to score new images with "
+                         help=f"Also save each class's head as DIR/<class>.head (normal-vs-anomalies: the one "
+                              f"head, DIR/<normal class>.head), to score new images with "
                               f"python -m stages.score: {what_saved}, the cache's metadata and a threshold, the "
                               f"--threshold-quantile quantile of its training scores. Metrics are unchanged. With "
                               f"--scheduler each file is written by the worker that trains the class, so DIR "
