@@ -402,8 +402,8 @@ def cache_label(metadata: dict) -> dict:
     prep = metadata.get("preprocessing", {})
     dataset = metadata.get("dataset", {})
     name = dataset.get("name")
-    if name == "imagefolder" and dataset.get("folder"):
-        name = f"imagefolder:{dataset['folder']}"
+    if name in ("imagefolder", "anomaly_folder") and dataset.get("folder"):
+        name = f"{name}:{dataset['folder']}"
     return {
         "dataset": name,
         "backbone": metadata.get("backbone", {}).get("name"),

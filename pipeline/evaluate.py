@@ -1,9 +1,10 @@
 """One evaluation loop for every head: cache -> head -> scores -> metrics.
 
-For each normal class (one-vs-all, ``pipeline.protocol``) and each run (a seed; for heads
-that use labelled anomalies, also a draw of them), a clone of the given head is fitted on
-the class's training rows and scores the whole test set. Runs are done here or, with a Dask
-``client``, as jobs on its workers; both go through ``fit_and_score``, so they agree.
+For each task of the protocol (``pipeline.protocol``: one-vs-all, a task per normal class;
+normal-vs-anomalies, one task on the normal classes, graded per anomaly type too) and each run
+(a seed; for heads that use labelled anomalies, also a draw of them), a clone of the given head
+is fitted on the task's training rows and scores the whole test set. Runs are done here or,
+with a Dask ``client``, as jobs on its workers; both go through ``fit_and_score``, so they agree.
 
 Heads do not grade themselves: for heads trained by epochs, the test AUROC after each epoch
 is recorded by a callback this module passes to ``fit`` (``curves``); a head's control scores
@@ -23,18 +24,19 @@ from sklearn.base import clone
 
 from pipeline.store.cache import FeatureCache, once_per_process
 from pipeline.cli import cache_label, detail, is_verbose, progress, safe_filename, write_json
+from pipeline.errors import PipelineError
 from pipeline.heads.base import Features, Head
 from pipeline import metrics_file
 from pipeline.metrics import detection_metrics, roc_points, summarise
-from pipeline.protocol import draw_anomalies, one_vs_all
+from pipeline.protocol import NORMAL_VS_ANOMALIES, ONE_VS_ALL, Task, draw_anomalies, one_vs_all, split_for
 
 if TYPE_CHECKING:
     from distributed import Client
 
-# Called with (normal class index, fitted head, its training Features) after the first run of
-# each class is fitted (to save it: pipeline.heads.saving.HeadSaver); with a client it runs on
+# Called with (task name, fitted head, its training Features) after the first run of
+# each task is fitted (to save it: pipeline.heads.saving.HeadSaver); with a client it runs on
 # the worker, so it must pickle.
-AfterFit = Callable[[int, Head, Features], None]
+AfterFit = Callable[[str, Head, Features], None]
 
 # How a head gets its training rows: an array in memory, a stream of cache chunks read again
 # at each score call (kNN --stream), or a Dask array over the cache chunks (kNN --out-of-core).
@@ -43,7 +45,7 @@ TRAIN_ACCESS = ("memory", "stream", "dask")
 
 @dataclass(frozen=True)
 class Plan:
-    """What to run for each class: everything but the class, small enough to ship to a worker."""
+    """What to run for each task: everything but the task, small enough to ship to a worker."""
 
     cache_path: str
     head: Head                      # unfitted: each run fits a clone
@@ -51,16 +53,16 @@ class Plan:
     gamma: float = 0.0              # labelled anomalies per normal training image (0: one-class)
     track_epochs: bool = False      # record the test AUROC after every epoch (heads trained by epochs)
     train_access: str = "memory"
-    keep_heads: bool = False        # return each class's first fitted head
+    keep_heads: bool = False        # return each task's first fitted head
     after_fit: AfterFit | None = None
 
 
 @dataclass
 class Run:
-    """One (class, seed) unit: the plan, and for ``warm_start`` heads a fitted head to go on from."""
+    """One (task, seed) unit: the plan, and for ``warm_start`` heads a fitted head to go on from."""
 
     plan: Plan
-    normal_class: int
+    task: Task
     index: int                       # position in plan.seeds
     start_from: Head | None = None   # fitted one-class head whose stage A is kept (AnoMem reuse)
 
@@ -79,9 +81,9 @@ class EvaluationData:
     train: Features | None = None   # None unless read in memory
     train_rows: np.ndarray | None = None  # the training rows ``train`` holds (those with views, if needed)
 
-    def training_rows(self, normal_class: int) -> np.ndarray:
-        """Positions in ``train_rows`` of the class's training images."""
-        return np.flatnonzero(self.train_labels[self.train_rows] == normal_class)
+    def training_rows(self, normal: tuple[int, ...]) -> np.ndarray:
+        """Positions in ``train_rows`` of the normal classes' training images."""
+        return np.flatnonzero(np.isin(self.train_labels[self.train_rows], normal))
 
 
 @dataclass(frozen=True)
@@ -134,22 +136,23 @@ def _data(plan: Plan) -> EvaluationData:
 # --- one run ------------------------------------------------------------------------------------
 
 def fit_and_score(run: Run, data: EvaluationData | None = None, on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Fit a clone of the plan's head on one class for one seed and score the test set: its
-    metrics, its curves (per-epoch test AUROC), and for the first seed its ROC points (and the
-    fitted head if the plan keeps heads). ``data``: what this process read of the cache (on a
-    Dask worker, read once per process and kept for its later runs)."""
-    plan, c, first = run.plan, run.normal_class, run.index == 0
+    """Fit a clone of the plan's head on one task for one seed and score the test set: its
+    metrics (and, per anomaly type, ``per_type``), its curves (per-epoch test AUROC), and for
+    the first seed its ROC points (and the fitted head if the plan keeps heads). ``data``: what
+    this process read of the cache (on a Dask worker, read once per process and kept for its
+    later runs)."""
+    plan, task, first = run.plan, run.task, run.index == 0
     data = data or _data(plan)
     seed = plan.seeds[run.index]
-    protocol = one_vs_all(data.train_labels, data.test_labels, c)
+    protocol = split_for(task, data.train_labels, data.test_labels, data.cache.classes)
     head = _fresh_head(plan.head, run.start_from, seed)
     labels = None
     if plan.train_access == "memory":
-        if plan.gamma > 0:
-            index, is_normal = draw_anomalies(data.train_labels[data.train_rows], c, plan.gamma, seed)
+        if plan.gamma > 0:  # one-vs-all only (evaluate_one_vs_all): one normal class
+            index, is_normal = draw_anomalies(data.train_labels[data.train_rows], task.normal[0], plan.gamma, seed)
             labels = (~is_normal).astype(int)
         else:
-            index = data.training_rows(c)
+            index = data.training_rows(task.normal)
         train = data.train.take(index)
     elif plan.train_access == "stream":
         train = Features(lambda rows=protocol.train_index: data.cache.iter_rows("train", "features", rows))
@@ -169,20 +172,29 @@ def fit_and_score(run: Run, data: EvaluationData | None = None, on_epoch: Callab
     wants_epochs = plan.track_epochs or (on_epoch is not None and is_verbose())
     head.fit(train, labels, callback=record_epoch if wants_epochs else None)
     if first and plan.after_fit is not None:
-        plan.after_fit(c, head, train)
-    scores = head.score_samples(data.test)
-    metrics = detection_metrics(protocol.test_is_anomaly, scores)
-    if curve:
-        best = max(curve, key=lambda r: r["test_auroc"])
-        metrics.update(best_epoch_auroc=best["test_auroc"], best_epoch=best["epoch"])
+        plan.after_fit(task.name, head, train)
+    scores = np.asarray(head.score_samples(data.test))
     controls, diagnostics = {}, {}
     if labels is None:  # one-class: what the head's score is made of
-        controls = {name: detection_metrics(protocol.test_is_anomaly, control)
-                    for name, control in head.control_scores(data.test).items()}
+        controls = {name: np.asarray(control) for name, control in head.control_scores(data.test).items()}
         diagnostics = head.diagnostics(data.test)
-    return {"metrics": metrics, "curves": curve, "controls": controls, "diagnostics": diagnostics,
-            "roc": roc_points(protocol.test_is_anomaly, scores) if first else None,
-            "head": head if first and plan.keep_heads else None}
+    result = grade(protocol.test_is_anomaly, scores, controls, first)
+    if curve:
+        best = max(curve, key=lambda r: r["test_auroc"])
+        result["metrics"].update(best_epoch_auroc=best["test_auroc"], best_epoch=best["epoch"])
+    result.update(curves=curve, diagnostics=diagnostics, head=head if first and plan.keep_heads else None)
+    if protocol.types:  # normal-vs-anomalies: each anomaly type against the normal test rows
+        result["per_type"] = {name: grade(protocol.test_is_anomaly[rows], scores[rows],
+                                          {k: v[rows] for k, v in controls.items()}, first)
+                              for name, rows in protocol.types.items()}
+    return result
+
+
+def grade(is_anomaly: np.ndarray, scores: np.ndarray, controls: dict[str, np.ndarray], with_roc: bool) -> dict:
+    """The detection metrics of ``scores`` and of each control score, and (``with_roc``) the ROC points."""
+    return {"metrics": detection_metrics(is_anomaly, scores),
+            "controls": {name: detection_metrics(is_anomaly, control) for name, control in controls.items()},
+            "roc": roc_points(is_anomaly, scores) if with_roc else None}
 
 
 def _fresh_head(prototype: Head, start_from: Head | None, seed: int) -> Head:
@@ -198,29 +210,40 @@ def _fresh_head(prototype: Head, start_from: Head | None, seed: int) -> Head:
 
 # --- the loop --------------------------------------------------------------------------------
 
-def evaluate_one_vs_all(cache: FeatureCache, head: Head, classes: Sequence[int], *, seeds: Sequence[int] = (0,),
-                        gamma: float = 0.0, track_epochs: bool = False, train_access: str = "memory",
-                        client: "Client | None" = None, after_fit: AfterFit | None = None,
-                        keep_heads: bool = False, start_from: dict[int, Head] | None = None,
-                        desc: str = "classes") -> dict[str, dict]:
-    """Fit a fresh clone of ``head`` on each normal class, once per seed, and score the test set.
+def evaluate_one_vs_all(cache: FeatureCache, head: Head, classes: Sequence[int] | Sequence[Task], *,
+                        seeds: Sequence[int] = (0,), gamma: float = 0.0, track_epochs: bool = False,
+                        train_access: str = "memory", client: "Client | None" = None,
+                        after_fit: AfterFit | None = None, keep_heads: bool = False,
+                        start_from: dict[str, Head] | None = None, desc: str = "classes") -> dict[str, dict]:
+    """Fit a fresh clone of ``head`` on each task, once per seed, and score the test set.
 
-    Returns, per class name: ``metrics`` (the mean over seeds; for heads with a seed, also
+    ``classes``: the protocol's tasks (``pipeline.protocol.tasks``), or class indices, each in
+    turn normal (one-vs-all). A normal-vs-anomalies task's result also holds, per anomaly type
+    (that type's test images against the normal ones), ``per_type``: the same entries but the
+    curves, diagnostics and head, which are the task's.
+
+    Returns, per task name (one-vs-all: the class name): ``metrics`` (the mean over seeds; for heads with a seed, also
     ``auroc_std`` and every run's metrics under ``runs``), the first seed's ``roc`` points and
     ``head`` (with ``keep_heads``), and the ``curves`` of every seed (``track_epochs``: the
     test AUROC after each epoch, and ``best_epoch_auroc``, the paper's protocol, which picks
     the epoch on the test set, in the metrics). With ``gamma`` > 0, each seed also draws its
-    labelled anomalies from the other classes' training images (heads that use labels);
-    ``start_from`` (class -> a fitted head) makes each run go on from a copy of that head
+    labelled anomalies from the other classes' training images (heads that use labels;
+    one-vs-all only); ``start_from`` (task name -> a fitted head) makes each run go on from a copy of that head
     (``warm_start``). ``train_access`` "stream" or "dask" hands kNN its gallery chunk by chunk.
     With ``client``, each (class, seed) is a job on that Dask cluster, except with "dask",
     whose chunk tasks run there instead."""
     if train_access not in TRAIN_ACCESS:
         raise ValueError(f"train_access must be one of {TRAIN_ACCESS}")
+    names = cache.classes
+    tasks = [c if isinstance(c, Task) else one_vs_all(names, [c])[0] for c in classes]
+    if gamma > 0 and any(task.by_type for task in tasks):
+        raise PipelineError(f"semi-supervised runs draw labelled anomalies from the training images of the other "
+                            f"classes, and under {NORMAL_VS_ANOMALIES} the head trains on the normal images only "
+                            f"(an anomaly_folder has no anomalies in train/): run one-class.")
     plan = Plan(str(Path(cache.path).resolve()), head, tuple(seeds), gamma, track_epochs, train_access, keep_heads,
                 after_fit)
-    runs = [Run(plan, c, i, None if start_from is None else start_from[c]) for c in classes for i in range(len(seeds))]
-    names = cache.classes
+    runs = [Run(plan, task, i, None if start_from is None else start_from[task.name])
+            for task in tasks for i in range(len(seeds))]
     if client is not None and train_access != "dask":
         done = _run_jobs(client, runs, desc)
     else:
@@ -228,7 +251,7 @@ def evaluate_one_vs_all(cache: FeatureCache, head: Head, classes: Sequence[int],
         data = _reader(plan)(cache)  # read once here, and let go when the loop ends
         with progress(total=len(runs), desc=desc, unit="run") as bar:
             for run in runs:
-                label = f"{names[run.normal_class]} seed {seeds[run.index]}"
+                label = f"{run.task.name} seed {seeds[run.index]}"
                 bar.set_postfix_str(label)
 
                 def on_epoch(record: dict, label: str = label) -> None:
@@ -240,7 +263,7 @@ def evaluate_one_vs_all(cache: FeatureCache, head: Head, classes: Sequence[int],
                 bar.update(1)
     stochastic = "seed" in head.get_params()
     n = len(seeds)
-    return {names[c]: _combine(done[k * n:(k + 1) * n], stochastic) for k, c in enumerate(classes)}
+    return {task.name: _combine(done[k * n:(k + 1) * n], stochastic) for k, task in enumerate(tasks)}
 
 
 def epoch_line(record: dict) -> str:
@@ -254,14 +277,24 @@ def epoch_line(record: dict) -> str:
 
 
 def _combine(parts: list[dict], stochastic: bool) -> dict:
-    """A class's result from its runs (in seed order): means over seeds, the first seed's ROC."""
+    """A task's result from its runs (in seed order): means over seeds, the first seed's ROC."""
+    diagnostics = {name: float(np.mean([p["diagnostics"][name] for p in parts])) for name in parts[0]["diagnostics"]}
+    result = {**_graded_over_seeds(parts, stochastic), "curves": [c for p in parts for c in p["curves"]],
+              "head": parts[0]["head"], "diagnostics": diagnostics}
+    if "per_type" in parts[0]:
+        result["per_type"] = {name: _graded_over_seeds([p["per_type"][name] for p in parts], stochastic)
+                              for name in parts[0]["per_type"]}
+    return result
+
+
+def _graded_over_seeds(parts: list[dict], stochastic: bool) -> dict:
+    """What ``grade`` gave for each run, as means over seeds (with the spread and every run's
+    metrics for heads with a seed) and the first seed's ROC."""
     runs = [p["metrics"] for p in parts]
     metrics = {name: float(np.mean([r[name] for r in runs])) for name in runs[0]}
     controls = {control: {name: float(np.mean([p["controls"][control][name] for p in parts]))
                           for name in values} for control, values in parts[0]["controls"].items()}
-    diagnostics = {name: float(np.mean([p["diagnostics"][name] for p in parts])) for name in parts[0]["diagnostics"]}
-    result = {"metrics": metrics, "roc": parts[0]["roc"], "curves": [c for p in parts for c in p["curves"]],
-              "head": parts[0]["head"], "controls": controls, "diagnostics": diagnostics}
+    result = {"metrics": metrics, "roc": parts[0]["roc"], "controls": controls}
     if stochastic:
         metrics["auroc_std"] = float(np.std([r["auroc"] for r in runs]))
         if "best_epoch_auroc" in metrics:
@@ -287,26 +320,45 @@ def seed_spread(results: dict[str, dict], metric: str) -> float:
     return float(np.std(per_seed.mean(axis=0)))
 
 
+def graded_parts(results: dict[str, dict]) -> tuple[dict[str, dict], dict | None]:
+    """What a metrics file's ``per_class`` holds: the result of each class (one-vs-all), or of
+    each anomaly type of the one normal-vs-anomalies task, with that task's result (the whole
+    test split, the metrics file's ``overall``; None for one-vs-all)."""
+    if any("per_type" in r for r in results.values()):
+        (task,) = results.values()
+        return task["per_type"], task
+    return results, None
+
+
+def _rounded(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) for k, v in metrics.items()}
+
+
 def metrics_payload(results: dict[str, dict], metadata: dict, head: dict) -> dict:
-    """Per class and mean metrics, labelled with dataset, backbone, preprocessing and head."""
-    per_class = {name: {k: round(v, 6) for k, v in r["metrics"].items()} for name, r in results.items()}
+    """Per class (per anomaly type, normal-vs-anomalies) and mean metrics, and for
+    normal-vs-anomalies ``overall`` (every anomaly against the normal test images), labelled
+    with dataset, backbone, preprocessing, protocol and head."""
+    graded, task = graded_parts(results)
+    per_class = {name: _rounded(r["metrics"]) for name, r in graded.items()}
     mean = summarise(per_class)
-    if all("runs" in r for r in results.values()):
+    if all("runs" in r for r in graded.values()):
         # Over seeds, the spread of the mean over classes (what a table's mean row varies by).
-        mean["auroc_std"] = seed_spread(results, "auroc")
+        mean["auroc_std"] = seed_spread(graded, "auroc")
         if "best_epoch_auroc" in mean:
-            mean["best_epoch_auroc_std"] = seed_spread(results, "best_epoch_auroc")
-    payload = {
-        "mean": {k: round(v, 6) for k, v in mean.items()},
-        "per_class": per_class,
-        "about": {**cache_label(metadata), "protocol": "one-vs-all", **head},
-    }
+            mean["best_epoch_auroc_std"] = seed_spread(graded, "best_epoch_auroc")
+    protocol = {"protocol": ONE_VS_ALL} if task is None else {"protocol": NORMAL_VS_ANOMALIES,
+                                                              "normal": next(iter(results))}
+    payload = {"mean": _rounded(mean), **({"overall": _rounded(task["metrics"])} if task else {}),
+               "per_class": per_class, "about": {**cache_label(metadata), **protocol, **head}}
     # Control scores (graded like the head's score) and diagnostics, where the head has them.
     first = next(iter(results.values()))
     if first.get("controls"):
         payload["controls"] = {control: _mean_and_per_class({name: r["controls"][control]
-                                                             for name, r in results.items()})
+                                                             for name, r in graded.items()})
                                for control in first["controls"]}
+        if task is not None:
+            for control, figures in payload["controls"].items():
+                figures["overall"] = _rounded(task["controls"][control])
     if first.get("diagnostics"):
         payload["diagnostics"] = _mean_and_per_class({name: r["diagnostics"] for name, r in results.items()})
     return payload
@@ -319,19 +371,20 @@ def _mean_and_per_class(per_class: dict[str, dict[str, float]]) -> dict:
 
 
 def write_plots(results: dict[str, dict], plots_dir: str | Path | None, curves_dir: str | Path | None = None) -> None:
-    """For ``dvc plots``: one ROC file per class in ``plots_dir`` and, for heads trained by
-    epochs, one training-curve file per class in ``curves_dir`` (loss terms and test AUROC
-    per epoch and seed). Separate folders, since DVC gives each folder one x and y. File names
-    come from class names made safe (``safe_filename``): never outside the folder, never two
-    classes in one file."""
+    """For ``dvc plots``: one ROC file per class (per anomaly type, normal-vs-anomalies) in
+    ``plots_dir`` and, for heads trained by epochs, one training-curve file per task in
+    ``curves_dir`` (loss terms and test AUROC per epoch and seed). Separate folders, since DVC
+    gives each folder one x and y. File names come from class names made safe
+    (``safe_filename``): never outside the folder, never two classes in one file."""
     for folder, pattern in ((plots_dir, "roc_*.json"), (curves_dir, "train_*.json")):
         if folder is not None:
             Path(folder).mkdir(parents=True, exist_ok=True)
             for old in Path(folder).glob(pattern):
                 old.unlink()
-    for name, r in results.items():
-        if plots_dir is not None:
+    if plots_dir is not None:
+        for name, r in graded_parts(results)[0].items():
             write_json(Path(plots_dir) / safe_filename(f"roc_{name}", ".json"), r["roc"])
+    for name, r in results.items():
         if curves_dir is not None and r.get("curves"):
             write_json(Path(curves_dir) / safe_filename(f"train_{name}", ".json"),
                        [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in rec.items()}
@@ -351,10 +404,16 @@ def write_results(results: dict[str, dict], metadata: dict, head: dict, metrics_
 def format_summary(payload: dict) -> str:
     about, mean = payload["about"], payload["mean"]
     per_class = ", ".join(f"{name} {100 * m['auroc']:.1f}" for name, m in payload["per_class"].items())
+    overall = payload.get("overall")
+    headline = mean if overall is None else overall
     best = ""
-    if "best_epoch_auroc" in mean:
-        best = (f" (final epoch, +/- {100 * mean['auroc_std']:.2f} over seeds); best-epoch AUROC "
-                f"{100 * mean['best_epoch_auroc']:.2f}% (picked on the test set, the paper's protocol)")
-    return (f"{about['head']} on {about['dataset']} / {about['backbone']} @ {about['image_size']}: mean AUROC "
-            f"{100 * mean['auroc']:.2f}%{best} over {len(payload['per_class'])} classes ({per_class}).")
+    if "best_epoch_auroc" in headline:
+        best = (f" (final epoch, +/- {100 * headline['auroc_std']:.2f} over seeds); best-epoch AUROC "
+                f"{100 * headline['best_epoch_auroc']:.2f}% (picked on the test set, the paper's protocol)")
+    where = f"{about['head']} on {about['dataset']} / {about['backbone']} @ {about['image_size']}"
+    if overall is None:
+        return (f"{where}: mean AUROC {100 * mean['auroc']:.2f}%{best} over {len(payload['per_class'])} classes "
+                f"({per_class}).")
+    return (f"{where}, normal {about.get('normal')} against every anomaly: AUROC {100 * overall['auroc']:.2f}%{best}; "
+            f"per defect type ({per_class}), mean {100 * mean['auroc']:.2f}%.")
 

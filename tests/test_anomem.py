@@ -467,13 +467,13 @@ def test_anomem_jobs_on_a_local_cluster_equal_in_process(cache_with_views, tmp_p
     try:
         torch.set_num_threads(workers_threads)
         serial = evaluate_one_vs_all(cache, head, [0, 2], keep_heads=True)
-        reuse = {c: serial[cache.classes[c]]["head"] for c in (0, 2)}
+        reuse = {name: r["head"] for name, r in serial.items()}
         serial_semi = evaluate_one_vs_all(cache, head, [0, 2], seeds=range(2), gamma=0.2, start_from=reuse)
     finally:
         torch.set_num_threads(threads)
     with open_client("local:2") as client:
         jobs = evaluate_one_vs_all(cache, head, [0, 2], keep_heads=True, client=client)
-        shipped = {c: jobs[cache.classes[c]]["head"] for c in (0, 2)}
+        shipped = {name: r["head"] for name, r in jobs.items()}
         jobs_semi = evaluate_one_vs_all(cache, head, [0, 2], seeds=range(2), gamma=0.2, start_from=shipped,
                                         client=client)
     for got, expected in ((jobs, serial), (jobs_semi, serial_semi)):

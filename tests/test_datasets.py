@@ -23,7 +23,7 @@ from pipeline.extract.datasets import (
     load_dataset,
 )
 from pipeline.errors import PipelineError
-from pipeline.protocol import one_vs_all, resolve_classes
+from pipeline.protocol import Task, one_vs_all, resolve_classes, split_for
 
 
 def _md5(path: Path) -> str:
@@ -576,11 +576,16 @@ def test_unknown_dataset_lists_valid_names():
 # --- protocol --------------------------------------------------------------------------
 
 
+NAMES = ["0", "1", "2", "3"]
+
+
 def test_one_vs_all_selects_normal_class():
     train = np.array([0, 1, 2, 1, 0, 1])
     test = np.array([1, 2, 0, 1, 2])
-    protocol = one_vs_all(train, test, normal_class=1)
-    assert protocol.normal_class == 1
+    (task,) = one_vs_all(NAMES, [1])
+    assert task == Task("1", (1,))
+    protocol = split_for(task, train, test, NAMES)
+    assert protocol.normal == (1,) and protocol.types == {}
     np.testing.assert_array_equal(protocol.train_index, [1, 3, 5])
     assert (train[protocol.train_index] == 1).all()
     np.testing.assert_array_equal(protocol.test_is_anomaly, [0, 1, 1, 0, 1])
@@ -589,11 +594,11 @@ def test_one_vs_all_selects_normal_class():
 
 def test_one_vs_all_errors():
     with pytest.raises(PipelineError, match="class 3 has no training samples"):
-        one_vs_all(np.array([0, 1, 2]), np.array([0, 3]), normal_class=3)
+        split_for(Task("3", (3,)), np.array([0, 1, 2]), np.array([0, 3]), NAMES)
     with pytest.raises(PipelineError, match="both normal and anomalous"):
-        one_vs_all(np.array([0, 1]), np.array([1, 1]), normal_class=1)  # no anomalies
+        split_for(Task("1", (1,)), np.array([0, 1]), np.array([1, 1]), NAMES)  # no anomalies
     with pytest.raises(PipelineError, match="both normal and anomalous"):
-        one_vs_all(np.array([0, 1]), np.array([0, 0]), normal_class=1)  # no normal test samples
+        split_for(Task("1", (1,)), np.array([0, 1]), np.array([0, 0]), NAMES)  # no normal test samples
 
 
 def test_resolve_classes():

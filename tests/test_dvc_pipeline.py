@@ -128,3 +128,24 @@ def stale_after_edits(project):
         stale = {name.split(":")[-1].split("@")[0] for name in status}
         expected = {name for name, imported in stages.items() if path in imported}
         assert expected <= stale, (path, stale)
+
+
+def test_repro_runs_every_stage_on_an_anomaly_folder(project):
+    """params.yaml's documented switch (dataset name, data dir, normal folder) runs the whole
+    pipeline on the user's own images, normal-vs-anomalies, to the report's defect-type table."""
+    from test_anomaly_folder import digits_folder
+
+    digits_folder(project / "data" / "parts")
+    set_params(project / "params.yaml", **{"dataset.name": "anomaly_folder", "dataset.data_dir": "data/parts",
+                                           "dataset.normal": "good"})
+    out = dvc(project, "repro")
+    for stage in ("extract", "knn", "plume", "anomem", "igd", "gaussian", "classical"):
+        assert f"Running stage '{stage}@efficientnet_lite0" in out, out
+    assert "semi-supervised runs" in out  # AnoMem: no labelled anomalies in train/, one-class only
+    shown = dvc(project, "metrics", "show")
+    assert "per_class.five.auroc" in shown and "overall.auroc" in shown and "mean.auroc" in shown
+    about = json.loads((project / "metrics" / "knn_efficientnet_lite0.about.json").read_text())["about"]
+    assert about["protocol"] == "normal-vs-anomalies" and about["dataset"] == "anomaly_folder:parts"
+    report = (project / "reports" / "results.md").read_text()
+    assert "anomaly_folder:parts: efficientnet_lite0 @ 32x32, normal-vs-anomalies" in report
+    assert "| Head | Setting | Mean | Overall | eight | five | nine |" in report

@@ -344,7 +344,7 @@ def test_head_saver_pickles_for_dask_workers(image_cache, tmp_path):
     again = pickle.loads(pickle.dumps(saver))
     assert again == saver
     train = cache.features("train")[cache.labels("train") == 1]
-    again(1, KNNHead(k=2).fit(train), train)  # what a worker does after training class 1
+    again("odd", KNNHead(k=2).fit(train), train)  # what a worker does after training class 1 (odd)
     np.testing.assert_array_equal(load_head(tmp_path / "heads" / "odd.head").head.gallery_, train)
 
 

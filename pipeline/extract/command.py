@@ -30,9 +30,15 @@ def _maps_default() -> tuple[str, ...]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @params.option("dataset", "name", "--dataset", type=click.Choice(DATASET_NAMES),
-              help="Dataset to extract. imagefolder reads DATA_DIR/train/<class>/* and DATA_DIR/test/<class>/*.")
+              help="Dataset to extract. imagefolder reads DATA_DIR/train/<class>/* and DATA_DIR/test/<class>/*; "
+                   "anomaly_folder the MVTec AD / anomalib layout, DATA_DIR/train/<normal>/* (normal images only), "
+                   "DATA_DIR/test/<normal>/* and DATA_DIR/test/<defect type>/* (its heads' protocol: "
+                   "normal-vs-anomalies).")
 @params.option("dataset", "data_dir", type=click.Path(file_okay=False),
               help="Where the dataset lives (or is downloaded to with --download).")
+@params.option("dataset", "normal",
+               help="anomaly_folder: the name of the normal images' folder in train/ and test/, or several "
+                    "separated by commas (good,ok). Other datasets ignore it.")
 @params.option("dataset", "download", type=click.BOOL, metavar="true|false",
               help="Let torchvision download the dataset if it is not in DATA_DIR (needs network).")
 @click.option("--backbone", default=params.default("", "backbones")[0], show_default=True, type=click.Choice(BACKBONE_NAMES),
@@ -93,7 +99,7 @@ def _maps_default() -> tuple[str, ...]:
 @click.option("--views-crop-scale", default=0.08, show_default=True, type=click.FloatRange(0.01, 1.0),
               help="Smallest area fraction of the random resized crop (SimCLR: 0.08).")
 @verbosity_options
-def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image_size, resize, interpolation,
+def main(dataset, data_dir, normal, download, backbone, weights_tag, weights_file, image_size, resize, interpolation,
          normalisation, maps, map_grid, feature_dtype, precision, batch_size, workers, device, chunk_rows, out,
          overwrite, skip_bad, shard, views, views_per_class, views_seed, views_crop_scale):
     """Extract pooled (and optionally intermediate) features of DATASET with a frozen BACKBONE
@@ -122,7 +128,7 @@ def main(dataset, data_dir, download, backbone, weights_tag, weights_file, image
     except PipelineError as error:
         problems.append(error.message)
     try:
-        data = load_dataset(dataset, data_dir, download)
+        data = load_dataset(dataset, data_dir, download, normal)
     except PipelineError as error:
         problems.append(error.message)
     if problems:

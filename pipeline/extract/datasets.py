@@ -1,4 +1,4 @@
-"""Image datasets as two labelled splits, and the one-vs-all protocol.
+"""Image datasets as two labelled splits.
 
 Every loader returns an ``ImageDataset``: class names plus a train and a test
 ``ImageSplit`` whose items are uint8 tensors (C, H, W). Torchvision does the downloading
@@ -261,14 +261,51 @@ def load_svhn(data_dir: Path, download: bool) -> ImageDataset:
     )
 
 
+def _class_folders(root: Path, split: str) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """The class folders of ``root/split`` by name, and the links to folders refused there
+    (split, path, reason): links to folders are never followed (``listing``)."""
+    try:
+        entries = sorted(os.scandir(root / split), key=lambda entry: entry.name)
+    except OSError as error:
+        raise PipelineError(f"cannot read {root / split} ({error.strerror}).") from error
+    refused = [(split, entry.path, folder_link_reason(entry.path)) for entry in entries
+               if entry.is_symlink() and entry.is_dir()]
+    return [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)], refused
+
+
+def _check_class_names(root: Path, classes: list[str]) -> None:
+    from pipeline.store.cache import class_names_problem
+
+    problem = class_names_problem(classes)
+    if problem:
+        raise PipelineError(f"the class folders of {root} (their names are the class names) cannot be used: the list "
+                            f"{problem}. Rename the folders.")
+
+
+def _list_split(root: Path, split: str, classes: list[str], folders: list[str]) -> tuple[ImageSplit, list]:
+    """The images of the class folders ``folders`` of ``root/split``, each labelled by its
+    folder's index in ``classes``, and the entries refused (split, path, reason). A class
+    folder without an image is refused with torchvision's message."""
+    paths, labels, empty, refused = [], [], [], []
+    for name in folders:
+        files, bad = list_images(root / split / name)
+        paths += files
+        labels += [classes.index(name)] * len(files)
+        refused += [(split, path, reason) for path, reason in bad]
+        if not files and not bad:
+            empty.append(name)
+    if empty:  # torchvision's message, which the documentation quotes
+        raise PipelineError(f"Found no valid file for the classes {', '.join(empty)}. Supported extensions are: "
+                            f"{', '.join(IMAGE_EXTENSIONS)} Every class folder needs at least one image.")
+    return ImageSplit(FileImages(paths), labels), refused
+
+
 def load_imagefolder(data_dir: Path, download: bool) -> ImageDataset:
     """A user's images laid out as ``train/<class>/*`` and ``test/<class>/*``.
 
     Listed by ``listing.list_images``: links to image files are followed, links to folders
     (class folders included) never are; what cannot be listed is refused with the unreadable
     images (``drop_unreadable``)."""
-    from pipeline.store.cache import class_names_problem
-
     root = Path(data_dir)
     for split in ("train", "test"):
         if not (root / split).is_dir():
@@ -280,13 +317,8 @@ def load_imagefolder(data_dir: Path, download: bool) -> ImageDataset:
     refused: list[tuple[str, str, str]] = []
     found = {}
     for split in ("train", "test"):
-        try:
-            entries = sorted(os.scandir(root / split), key=lambda entry: entry.name)
-        except OSError as error:
-            raise PipelineError(f"cannot read {root / split} ({error.strerror}).") from error
-        found[split] = [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
-        refused += [(split, entry.path, folder_link_reason(entry.path)) for entry in entries
-                    if entry.is_symlink() and entry.is_dir()]
+        found[split], links = _class_folders(root, split)
+        refused += links
         if not found[split] and not refused:
             raise PipelineError(f"Couldn't find any class folder in {root / split}. Put each class's images in its "
                                 f"own subfolder of train/ and test/.")
@@ -294,26 +326,15 @@ def load_imagefolder(data_dir: Path, download: bool) -> ImageDataset:
     if sorted(found["test"]) != sorted(classes):
         raise PipelineError(
             f"train/ and test/ of {root} have different class folders: only in train: "
-            f"{sorted(set(classes) - set(found['test']))}, only in test: {sorted(set(found['test']) - set(classes))}."
+            f"{sorted(set(classes) - set(found['test']))}, only in test: {sorted(set(found['test']) - set(classes))}. "
+            f"For normal images in train/<normal>/ and test/<normal>/ beside anomalies in test/<defect type>/ "
+            f"(the MVTec AD and anomalib layout), use --dataset anomaly_folder."
         )
-    problem = class_names_problem(classes)
-    if problem:
-        raise PipelineError(f"the class folders of {root} (their names are the class names) cannot be used: the list "
-                            f"{problem}. Rename the folders.")
+    _check_class_names(root, classes)
     splits = {}
     for split in ("train", "test"):
-        paths, labels, empty = [], [], []
-        for label, name in enumerate(classes):
-            files, bad = list_images(root / split / name)
-            paths += files
-            labels += [label] * len(files)
-            refused += [(split, path, reason) for path, reason in bad]
-            if not files and not bad:
-                empty.append(name)
-        if empty:  # torchvision's message, which the documentation quotes
-            raise PipelineError(f"Found no valid file for the classes {', '.join(empty)}. Supported extensions are: "
-                                f"{', '.join(IMAGE_EXTENSIONS)} Every class folder needs at least one image.")
-        splits[split] = ImageSplit(FileImages(paths), labels)
+        splits[split], bad = _list_split(root, split, classes, classes)
+        refused += bad
     return ImageDataset(
         name="imagefolder",
         classes=classes,
@@ -325,6 +346,98 @@ def load_imagefolder(data_dir: Path, download: bool) -> ImageDataset:
         root=root,
         refused=refused,
     )
+
+
+DEFAULT_NORMAL = "good"
+
+
+def normal_folder_names(normal: str | Sequence[str]) -> list[str]:
+    """``"good"``, ``"good,ok"`` or a list of names -> the normal folder names, each once."""
+    names = normal.split(",") if isinstance(normal, str) else list(normal)
+    names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    if not names:
+        raise PipelineError(f"--normal {normal!r} names no folder; give the normal folder's name (default "
+                            f"{DEFAULT_NORMAL}), or several separated by commas.")
+    return names
+
+
+def load_anomaly_folder(data_dir: Path, download: bool, normal: str | Sequence[str] = DEFAULT_NORMAL) -> ImageDataset:
+    """A user's inspection images in the MVTec AD / anomalib ``Folder`` layout::
+
+        train/<normal>/*            normal images only (the heads train on these)
+        test/<normal>/*             normal test images
+        test/<defect type>/*        anomalies, one folder per kind (test split only)
+        ground_truth/<defect type>/ optional masks (``<name>_mask.png`` or ``<name>.png``)
+
+    ``normal`` names the normal folders (several allowed). Classes are the normal folders, then
+    the defect types by name; the dataset records its protocol, normal-vs-anomalies, and the
+    mask found for each test image (a path relative to the folder), which nothing requires.
+    Listed, and unreadable files refused, as for ``load_imagefolder``."""
+    root = Path(data_dir)
+    normals = normal_folder_names(normal)
+    layout = (f"The anomaly_folder dataset expects {root}/train/{normals[0]}/<image> (normal images only), "
+              f"{root}/test/{normals[0]}/<image> and {root}/test/<defect type>/<image>.")
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise PipelineError(f"image folder {root} has no {split}/ subfolder. {layout}")
+    found, refused = {}, []
+    for split in ("train", "test"):
+        found[split], links = _class_folders(root, split)
+        refused += links
+    named = " or ".join(f"{n}/" for n in normals)
+    train_normals = [n for n in normals if n in found["train"]]
+    if not train_normals:
+        raise PipelineError(f"{root / 'train'} has no normal training images: no folder {named} in it "
+                            f"(it has: {', '.join(found['train']) or 'no folder'}). {layout} If the normal folder "
+                            f"has another name, give it with --normal NAME.")
+    defect_in_train = [n for n in found["train"] if n not in normals]
+    if defect_in_train:
+        raise PipelineError(f"{root / 'train'} holds folders that are not normal: {', '.join(defect_in_train)}. The "
+                            f"heads train on normal images only, so anomalies belong in test/<defect type>/; move "
+                            f"them there, or, if they are normal too, name every normal folder with --normal "
+                            f"{','.join(normals + defect_in_train)}.")
+    test_normals = [n for n in normals if n in found["test"]]
+    defects = sorted(n for n in found["test"] if n not in normals)
+    if not test_normals:
+        raise PipelineError(f"{root / 'test'} has no normal test images: no folder {named} in it, so no AUROC can be "
+                            f"computed (it needs normal and anomalous test images). {layout}")
+    if not defects:
+        raise PipelineError(f"{root / 'test'} has no anomalies: only the normal folder {', '.join(test_normals)}, no "
+                            f"test/<defect type>/ folder beside it, so no AUROC can be computed. {layout}")
+    classes = [*normals, *defects]
+    _check_class_names(root, classes)
+    train, bad_train = _list_split(root, "train", classes, train_normals)
+    test, bad_test = _list_split(root, "test", classes, [*test_normals, *defects])
+    refused += bad_train + bad_test
+    identity = {"source": "anomaly folder (MVTec AD layout)", "folder": root.resolve().name,
+                "protocol": "normal-vs-anomalies", "normal_classes": normals,
+                "content_sha256": files_digest(train.images.paths + test.images.paths, root)}
+    masks = _mask_paths(root, test.images.paths, defects)
+    if masks:
+        identity["masks"] = masks
+    return ImageDataset(name="anomaly_folder", classes=classes, train=train, test=test, identity=identity, root=root,
+                        refused=refused)
+
+
+MASK_FOLDER = "ground_truth"
+
+
+def _mask_paths(root: Path, test_paths: list[str], defects: list[str]) -> dict[str, str]:
+    """``{test image: its mask}``, relative to ``root``, for the defect images that have one in
+    ``ground_truth/<defect type>/`` at the same relative place, named ``<stem>_mask.<ext>``
+    (MVTec AD) or ``<stem>.<ext>`` (anomalib). Masks are recorded, never read or required."""
+    by_place: dict[str, str] = {}  # <defect type>/<image path without extension> -> mask
+    for defect in defects:
+        if not (root / MASK_FOLDER / defect).is_dir():
+            continue
+        files, _ = list_images(root / MASK_FOLDER / defect)  # an entry refused there: no mask for its image
+        for path in files:
+            place = str(Path(path).relative_to(root / MASK_FOLDER).with_suffix(""))
+            for key in dict.fromkeys((place.removesuffix("_mask"), place)):
+                by_place.setdefault(key, os.path.relpath(path, root))
+    places = {os.path.relpath(path, root): str(Path(path).relative_to(root / "test").with_suffix(""))
+              for path in test_paths}
+    return {image: by_place[place] for image, place in places.items() if place in by_place}
 
 
 # Files hashed at once. File reads and hashing release the GIL, so the reads overlap: about 2x
@@ -399,13 +512,19 @@ DATASETS: dict[str, Callable[[Path, bool], ImageDataset]] = {
     "fashion_mnist": _mnist_like("FashionMNIST", "Fashion-MNIST", "fashion_mnist"),
     "svhn": load_svhn,
     "imagefolder": load_imagefolder,
+    "anomaly_folder": load_anomaly_folder,
     "synthetic": load_synthetic,
 }
 
 
-def load_dataset(name: str, data_dir: str | Path = "data", download: bool = False) -> ImageDataset:
+def load_dataset(name: str, data_dir: str | Path = "data", download: bool = False,
+                 normal: str | Sequence[str] = DEFAULT_NORMAL) -> ImageDataset:
+    """The dataset ``name``; ``normal`` names the normal folders of an anomaly_folder (other
+    datasets have no such folders and ignore it)."""
     if name not in DATASETS:
         raise choice_error("dataset", name, list(DATASETS))
+    if name == "anomaly_folder":
+        return load_anomaly_folder(Path(data_dir), download, normal)
     return DATASETS[name](Path(data_dir), download)
 
 

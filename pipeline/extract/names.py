@@ -3,7 +3,8 @@ without importing torch so that its ``--help`` answers at once. tests/test_extra
 they are the keys of the registries (DATASETS, BACKBONES, INTERPOLATIONS, NORMALISATIONS,
 PRECISIONS), so a new entry there fails until it is named here."""
 
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "imagefolder", "synthetic")
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "imagefolder", "anomaly_folder",
+                 "synthetic")
 BACKBONE_NAMES = ("resnet50", "resnet152", "wide_resnet50_2", "convnext_tiny", "convnext_base", "vgg16",
                   "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 RESIZE_MODES = ("resize", "resize_crop")

@@ -243,8 +243,9 @@ def read_head_file(path: str | Path, head_class: Callable[[str], type], device: 
 
 @dataclass
 class HeadSaver:
-    """The ``after_fit`` hook of the head stages: saves each class's head as DIR/<class>.head
-    right after it is trained. Plain fields, so it pickles: with ``--scheduler`` it travels
+    """The ``after_fit`` hook of the head stages: saves each task's head as DIR/<name>.head
+    right after it is trained (one-vs-all: DIR/<class>.head; normal-vs-anomalies:
+    DIR/<normal class>.head). Plain fields, so it pickles: with ``--scheduler`` it travels
     with the jobs and the worker that trains a class writes that class's file."""
 
     directory: str
@@ -264,8 +265,7 @@ class HeadSaver:
     def path_for(self, class_name: str) -> Path:
         return Path(self.directory) / head_filename(class_name)
 
-    def __call__(self, normal_class: int, head: Head, train_features: Any) -> None:
-        name = self.cache_metadata["dataset"]["classes"][normal_class]
+    def __call__(self, name: str, head: Head, train_features: Any) -> None:
         save_trained_head(self.path_for(name), head, class_name=name, cache=self.cache_metadata,
                           cache_path=self.cache_path, train_features=train_features,
                           threshold_quantile=self.threshold_quantile, device=self.device, **self.state_options)

@@ -140,7 +140,7 @@ def summary(metrics: tuple[str, ...], params_file: str | None, width: int) -> No
 def made_with(about: dict, params: dict) -> bool:
     """Whether a run's ``about`` matches the dataset, backbones and image size of a params file."""
     dataset = str(params.get("dataset", {}).get("name"))
-    # An image folder is recorded as imagefolder:<folder name>.
+    # An image folder is recorded as imagefolder:<folder name> (anomaly_folder:<folder name>).
     same_dataset = str(about.get("dataset")) == dataset or str(about.get("dataset")).startswith(dataset + ":")
     return (same_dataset and about.get("backbone") in params.get("backbones", [])
             and about.get("image_size") == params.get("preprocess", {}).get("image_size"))

@@ -18,9 +18,10 @@ from pipeline.cli import safe_filename
 from pipeline.errors import PipelineError
 from pipeline.report.svg_chart import Axis, Series, line_chart, padded_range
 from pipeline.report.rows import MISSING, Row, Run
-from pipeline.report.table import (AUROC, HEAD_COL, MEAN_COL, METRICS, PUBLISHED_COL, SETTING_COL, Group, Metric,
-                                   caption, distinguishing, group_classes, group_metrics, group_rows, published_notes,
-                                   published_shown, roc_curves, run_title, table_cells, varying_settings)
+from pipeline.report.table import (AUROC, HEAD_COL, MEAN_COL, METRICS, ONE_VS_ALL, PUBLISHED_COL, SETTING_COL, Group,
+                                   Metric, caption, distinguishing, group_classes, group_metrics, group_rows,
+                                   published_notes, published_shown, roc_curves, run_title, table_cells,
+                                   varying_settings)
 
 STYLE = """
 body { font-family: "DejaVu Sans", "Helvetica Neue", Arial, sans-serif; margin: 24px; color: #222; }
@@ -211,9 +212,12 @@ def html_group(group: Group, metrics: list[Metric] = (AUROC,)) -> str:
     rocs = [c for c in (roc_chart(run, classes, varying) for run in group.runs) if c]
     trainings = [c for c in (training_chart(run, classes, varying) for run in group.runs) if c]
     missing = [_run_name(run, varying) for run in group.runs if run.roc_dir is None or not run.roc_dir.is_dir()]
+    # One-vs-all: a line per normal class; normal-vs-anomalies: a ROC per defect type, one training.
+    lines = "normal class" if group.protocol == ONE_VS_ALL else "defect type (against the normal test images)"
+    trained = "normal class" if group.protocol == ONE_VS_ALL else "training (the whole test split)"
     parts = [f"<section>\n<h2>{escape(group.heading())}</h2>", f'<p class="caption">{escape(caption(group))}</p>',
-             metric_views(group, list(metrics)), _charts("ROC curves, one line per normal class", rocs),
-             _charts("Training (heads trained by epochs): test AUROC after each epoch, one line per normal class",
+             metric_views(group, list(metrics)), _charts(f"ROC curves, one line per {lines}", rocs),
+             _charts(f"Training (heads trained by epochs): test AUROC after each epoch, one line per {trained}",
                      trainings)]
     if missing:
         parts.append(f'<p class="missing">No ROC curve files found for: {escape("; ".join(missing))}.</p>')
@@ -241,7 +245,8 @@ def metric_choices(metrics: list[Metric]) -> tuple[str, str]:
 def html_report(groups: list[Group]) -> str:
     shown = {metric for group in groups for metric in group_metrics(group)}
     metrics = [metric for metric in METRICS if metric in shown]
-    intro = ("AUROC (%) of every head, one-vs-all, per class and the mean over classes: one table per dataset, "
+    intro = ("AUROC (%) of every head, one-vs-all, per class and the mean over classes (for an anomaly folder, "
+             "normal-vs-anomalies: per defect type, the mean and overall): one table per dataset, "
              "backbone and image size, then the curves behind them. The buttons above each table switch every "
              "table to AUPR or FPR at 95% TPR (lower is better) where the metrics files hold them. Figures in the "
              "shaded column are copied from the papers (AUROC), with their own backbones and protocols; they were "

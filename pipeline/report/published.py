@@ -29,9 +29,11 @@ def paper_section(name: str) -> dict:
 
 
 def has_published_column(about: dict) -> bool:
-    """The published figures are CIFAR-10's (the JPEG copy reads imagefolder:cifar10-jpg)."""
+    """The published figures are CIFAR-10's (the JPEG copy reads imagefolder:cifar10-jpg), one-vs-all
+    (not an anomaly folder made of CIFAR-10 images, graded normal-vs-anomalies)."""
     dataset = str(about.get("dataset")).lower()
-    return "cifar10" in dataset and "cifar100" not in dataset
+    one_vs_all = about.get("protocol", "one-vs-all") == "one-vs-all"
+    return one_vs_all and "cifar10" in dataset and "cifar100" not in dataset
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,9 @@ class Row:
     per_class: dict[str, Figure]
     mean: Figure
     published: Published | None = None
+    # normal-vs-anomalies: every anomaly against the normal test images (the table's Overall
+    # column; set by pipeline.report.table, not by the head report modules).
+    overall: Figure | None = None
 
 
 @dataclass

@@ -14,6 +14,11 @@ rows are theirs too, read from a view of the payload with that metric in AUROC's
 Published figures come from ``paper_results.json`` (``pipeline.report.published``); they
 only appear for CIFAR-10's AUROC table and always carry a tag naming the paper, whose
 backbone and protocol are spelled out in the notes under the table.
+
+Runs of the normal-vs-anomalies protocol (an anomaly folder) make tables of heads x defect
+types, with an Overall column (every anomaly against the normal test images) read, like the
+other metrics, from a view of the payload with its ``overall`` in the mean's place
+(``overall_run``).
 """
 
 from __future__ import annotations
@@ -63,23 +68,30 @@ METRICS = (
 AUROC = METRICS[0]
 
 
+ONE_VS_ALL = "one-vs-all"  # the protocol of metrics files that name none (pipeline.protocol's names)
+NORMAL_VS_ANOMALIES = "normal-vs-anomalies"
+
+
 @dataclass
 class Group:
     """Runs on the same features: dataset, backbone, image size (and preprocessing, since
-    features made with another preprocessing are other features)."""
+    features made with another preprocessing are other features), under one protocol (whose
+    columns are classes, or defect types)."""
 
     dataset: str
     backbone: str
     image_size: Any
     preprocessing: str
+    protocol: str = ONE_VS_ALL
     runs: list[Run] = field(default_factory=list)
 
     @property
     def published_column(self) -> bool:
-        return has_published_column({"dataset": self.dataset})
+        return has_published_column({"dataset": self.dataset, "protocol": self.protocol})
 
     def heading(self) -> str:
-        return f"{self.dataset}: {self.backbone} @ {self.image_size}x{self.image_size}"
+        protocol = "" if self.protocol == ONE_VS_ALL else f", {self.protocol}"
+        return f"{self.dataset}: {self.backbone} @ {self.image_size}x{self.image_size}{protocol}"
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -160,7 +172,8 @@ def group_runs(runs: list[Run]) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for run in runs:
         a = run.about
-        key = (str(a.get("dataset")), str(a.get("backbone")), a.get("image_size"), str(a.get("preprocessing")))
+        key = (str(a.get("dataset")), str(a.get("backbone")), a.get("image_size"), str(a.get("preprocessing")),
+               str(a.get("protocol", ONE_VS_ALL)))
         groups.setdefault(key, Group(*key)).runs.append(run)
     for group in groups.values():
         group.runs.sort(key=lambda r: head_order(r.head))
@@ -192,6 +205,27 @@ def metric_run(run: Run, metric: Metric) -> Run:
     if metric.key == "auroc":
         return run
     return dataclasses.replace(run, payload=metric_payload(run.payload, metric.key))
+
+
+def overall_payload(data: Any) -> Any:
+    """A payload (normal-vs-anomalies) as the head report modules read it to give each row's
+    Overall figure: in every section with figures by class and a ``mean``, the mean's figures
+    are replaced by its ``overall``'s (every anomaly against the normal test images), or NaN
+    where the section has none (the cell reads "–"). The keys stay the mean's, so the head
+    modules give the same rows."""
+    if isinstance(data, list):
+        return [overall_payload(item) for item in data]
+    if not isinstance(data, dict):
+        return data
+    view = {name: value if name == "about" else overall_payload(value) for name, value in data.items()}
+    if isinstance(data.get("mean"), dict) and "auroc" in data["mean"]:
+        overall = data.get("overall", {})
+        view["mean"] = {name: overall.get(name, math.nan) for name in data["mean"]}
+    return view
+
+
+def overall_run(run: Run) -> Run:
+    return dataclasses.replace(run, payload=overall_payload(run.payload))
 
 
 # --- heads --------------------------------------------------------------------------------
@@ -281,9 +315,13 @@ def group_rows(group: Group, metric: Metric = AUROC) -> list[Row]:
         extra = f"; {differing}" if differing else ""
         by_auroc = run_rows(run, extra)
         shown = by_auroc if metric.key == "auroc" else run_rows(metric_run(run, metric), extra)
-        if len(shown) != len(by_auroc):
+        overall = run_rows(overall_run(metric_run(run, metric)), extra) if "overall" in run.payload else shown
+        if not len(shown) == len(overall) == len(by_auroc):
             raise PipelineError(f"{run.source}: the {run.head} report module gives {len(by_auroc)} AUROC rows but "
-                                f"{len(shown)} {metric.name} rows.")
+                                f"{len(shown)} {metric.name} rows ({len(overall)} overall).")
+        if "overall" in run.payload:
+            for row, whole in zip(shown, overall):
+                row.overall = whole.mean
         for key, row in zip(by_auroc, shown):
             # Runs that share a part (AnoMem's one-class run is repeated in every semi-supervised
             # file) would give the very same row twice.
@@ -325,14 +363,22 @@ def preprocessing_words(preprocessing: str, size: Any) -> str:
                       NORMALISATION_WORDS.get(normalisation, normalisation)])
 
 
+def protocol_words(group: Group) -> str:
+    if group.protocol == NORMAL_VS_ANOMALIES:
+        normal = ", ".join(sorted({str(run.about.get("normal")) for run in group.runs}))
+        return (f"each head trains once on the normal training images (normal: {normal}) and scores the whole "
+                f"test split; each defect-type column grades that type's test images against the normal test "
+                f"images, Mean is the mean over defect types, Overall grades every anomaly together against the "
+                f"normal test images (for AUROC, the mean over defect types weighted by their numbers of images)")
+    return "each class in turn is normal, the head trains on its training images and scores the whole test set"
+
+
 def caption(group: Group) -> str:
-    protocols = sorted({str(run.about.get("protocol", "one-vs-all")) for run in group.runs})
     lines = [f"Dataset {group.dataset}; backbone {group.backbone} (frozen, pooled features); "
              f"{group.image_size}x{group.image_size} input; preprocessing {group.preprocessing} "
-             f"({preprocessing_words(group.preprocessing, group.image_size)}); protocol {', '.join(protocols)} "
-             f"(each class in turn is normal, the head trains on its training images and scores the whole "
-             f"test set). Figures in percent; ± is the standard deviation of the AUROC over seeds (PLUME, "
-             f"AnoMem one-class) or draws of labelled anomalies (AnoMem semi-supervised) where there are "
+             f"({preprocessing_words(group.preprocessing, group.image_size)}); protocol {group.protocol} "
+             f"({protocol_words(group)}). Figures in percent; ± is the standard deviation of the AUROC over seeds "
+             f"(PLUME, AnoMem one-class) or draws of labelled anomalies (AnoMem semi-supervised) where there are "
              f"several; AUPR and FPR@95%TPR are means over seeds, without a spread. {MISSING}: the metrics file "
              f"holds no such figure for that row."]
     varying = varying_settings(group.runs)
@@ -377,14 +423,18 @@ def published_shown(group: Group, metric: Metric = AUROC) -> bool:
 def table_cells(group: Group, rows: list[Row], classes: list[str],
                 metric: Metric = AUROC) -> tuple[list[str], list[list[str]]]:
     """Header and body cells as plain text, shared by the Markdown and HTML renderings:
-    Head, Setting, Mean, (published), then the classes."""
+    Head, Setting, Mean, (published), (Overall: normal-vs-anomalies), then the classes."""
     published = published_shown(group, metric)
-    header = ["Head", "Setting", "Mean", *([PUBLISHED_HEADER] if published else []), *classes]
+    overall = any(row.overall is not None for row in rows)
+    header = ["Head", "Setting", "Mean", *([PUBLISHED_HEADER] if published else []), *(["Overall"] if overall else []),
+              *classes]
     body = []
     for row in rows:
         cells = [row.head, row.setting, row.mean.percent()]
         if published:
             cells.append(row.published.text() if row.published is not None else "")
+        if overall:
+            cells.append(row.overall.percent() if row.overall is not None else MISSING)
         cells.extend(row.per_class[c].percent() if c in row.per_class else MISSING for c in classes)
         body.append(cells)
     return header, body
@@ -418,7 +468,8 @@ def markdown_group(group: Group) -> str:
 
 
 def markdown_report(groups: list[Group]) -> str:
-    intro = ("# Results\n\nAUROC (%) of every head, one-vs-all, per class and the mean over classes, one table per "
+    intro = ("# Results\n\nAUROC (%) of every head, one-vs-all, per class and the mean over classes (for an anomaly "
+             "folder, normal-vs-anomalies: per defect type, the mean and overall), one table per "
              "dataset, backbone and image size, the mean beside the setting; under each, the same rows' AUPR and "
              "FPR at 95% TPR (lower is better) where the metrics files hold them. Made by "
              "`python -m pipeline.report build`; ROC and training curves are in the HTML page built beside this "

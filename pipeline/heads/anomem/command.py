@@ -14,10 +14,12 @@ from pipeline import params
 from pipeline.heads.anomem import (CONTROLS, MEMORY_CHOICES, PROJECTION_CHOICES, RETRIEVAL_CHOICES, SCALE_CHOICES,
                                    SLOT_INIT_CHOICES, STANDARDISE_CHOICES, retrieval_words)
 from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for
+from pipeline.protocol import NORMAL_VS_ANOMALIES
 
 if TYPE_CHECKING:
     from pipeline.store.cache import FeatureCache
     from pipeline.heads.anomem.head import AnoMemHead
+    from pipeline.protocol import Task
 
 # Parameters that do not decide the metrics, left out of the metrics file's description.
 NOT_REPORTED = ("warm_start", "threshold_quantile")
@@ -57,17 +59,20 @@ def view_rows_of(cache: "FeatureCache"):
     return open_views(cache).read("train", "rows")
 
 
-def footprint(cache: "FeatureCache", head: "AnoMemHead", normal_class: int) -> dict:
-    """The head's memories against the kNN gallery it replaces (the class's normal training
+def footprint(cache: "FeatureCache", head: "AnoMemHead", normal: tuple[int, ...]) -> dict:
+    """The head's memories against the kNN gallery it replaces (the normal classes' training
     features, all of them, not only those with views), in stored values."""
-    n_normal = int((cache.labels("train") == normal_class).sum())
+    import numpy as np
+
+    n_normal = int(np.isin(cache.labels("train"), normal).sum())
     gallery = n_normal * int(cache.array("train", "features").shape[1])
     return {**head.footprint(), "knn_gallery_values": gallery,
             "memory_slots_x_dims": {s: list(m.patterns.shape) for s, m in head.memories_.items()}}
 
 
-def knn_same_rows(cache: "FeatureCache", rows, classes: list[int], k: int, device: str) -> dict:
-    """DN2 kNN on the pooled features of the same training rows AnoMem was given (``rows``), on
+def knn_same_rows(cache: "FeatureCache", rows, tasks: "list[Task]", k: int, device: str) -> dict:
+    """DN2 kNN on the pooled features of the same training rows AnoMem was given (``rows``),
+    graded as the head is: per class, or per anomaly type and overall (normal-vs-anomalies); on
     the features as they are and L2-normalised (``l2``: AnoMem's default scaling, so a reader can
     tell what the memory adds beyond the normalisation)."""
     import numpy as np
@@ -75,23 +80,34 @@ def knn_same_rows(cache: "FeatureCache", rows, classes: list[int], k: int, devic
 
     from pipeline.heads.knn.head import KNNHead
     from pipeline.heads.scaling import Scaler
+    from pipeline.protocol import split_for
 
-    labels, test_labels = cache.labels("train")[rows], cache.labels("test")
-    train, test = cache.features("train", rows), cache.features("test")
+    labels, test = cache.labels("train")[rows], cache.features("test")
+    train = cache.features("train", rows)
     result: dict = {"k": k, "gallery": "the training images with views"}
     for scaling in ("none", "l2"):
         scale = Scaler.fit(scaling, train)
-        per_class = {}
-        for c in classes:
-            knn = KNNHead(k=k, device=device, threshold_quantile=None).fit(scale(train[labels == c]))
-            per_class[cache.classes[c]] = {"auroc": round(float(roc_auc_score(test_labels != c,
-                                                                              knn.score_samples(scale(test)))), 6)}
-        graded = {"mean": {"auroc": round(float(np.mean([m["auroc"] for m in per_class.values()])), 6)},
-                  "per_class": per_class}
+        per_class, overall = {}, None
+        for task in tasks:
+            graded = split_for(task, labels, cache.labels("test"), cache.classes)
+            scores = KNNHead(k=k, device=device, threshold_quantile=None).fit(
+                scale(train[graded.train_index])).score_samples(scale(test))
+
+            def auroc(where=slice(None)) -> dict:
+                return {"auroc": round(float(roc_auc_score(graded.test_is_anomaly[where], scores[where])), 6)}
+
+            if graded.types:
+                per_class.update({name: auroc(where) for name, where in graded.types.items()})
+                overall = auroc()
+            else:
+                per_class[task.name] = auroc()
+        mean = float(np.mean([m["auroc"] for m in per_class.values()]))
+        figures = {"mean": {"auroc": round(mean, 6)}, **({"overall": overall} if overall else {}),
+                   "per_class": per_class}
         if scaling == "none":
-            result.update(graded)
+            result.update(figures)
         else:
-            result[scaling] = graded
+            result[scaling] = figures
     return result
 
 
@@ -174,8 +190,8 @@ def controls_line(payload: dict) -> str:
 @params.option("anomem", "knn_baseline", type=click.IntRange(0),
                help="Also score kNN with this k on the same training images (those with views) and add it to "
                     "the metrics as knn_same_rows, for a like-for-like comparison; 0: skip.")
-def main(cache_path, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, device, expect, metrics_path, plots_dir,
-         save_dir, threshold_quantile, scheduler, **settings):
+def main(cache_path, protocol, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, device, expect,
+         metrics_path, plots_dir, save_dir, threshold_quantile, scheduler, **settings):
     """Train AnoMem on each normal class in turn: stage A learns a projection and a Hopfield
     memory per scale from two cached augmented views of each training image; stage B scores
     test images by how far each scale's features are from their recollection (one-class) or,
@@ -191,23 +207,28 @@ def main(cache_path, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, 
     from pipeline.heads.saving import saved_heads_note
 
     check_outputs(files={"--metrics": metrics_path}, folders={"--plots": plots_dir, "--save-heads": save_dir})
-    cache, chosen = open_cache(cache_path, expect, classes)
+    cache, tasks = open_cache(cache_path, expect, classes, protocol)
+    if gammas and tasks[0].by_type:
+        # An anomaly folder's training split holds normal images only: no anomalies to label.
+        click.echo(f"{NORMAL_VS_ANOMALIES}: the head trains on the normal images only, so the semi-supervised runs "
+                   f"(--gammas {','.join(map(str, gammas))}) are not made; one-class only.", err=True)
+        gammas = []
     head = AnoMemHead(device=str(resolve_device(device)), threshold_quantile=threshold_quantile, **settings)
     saver = saver_for(save_dir, "anomem", cache, threshold_quantile, head.device)
     label = f"AnoMem {head.scales}/{head.memory}"
     view_rows = view_rows_of(cache)
     with open_client(scheduler) as client:
-        one_class = evaluate_one_vs_all(cache, head, chosen, seeds=range(seeds), keep_heads=True, client=client,
+        one_class = evaluate_one_vs_all(cache, head, tasks, seeds=range(seeds), keep_heads=True, client=client,
                                         after_fit=saver, desc=label)
         about = {"head": "anomem", **{k: v for k, v in head.params().items() if k not in NOT_REPORTED},
                  "seeds": seeds, "training_images_per_class": "those with cached views",
                  "views": len(view_rows)}
-        about["footprint"] = footprint(cache, one_class[cache.classes[chosen[0]]]["head"], chosen[0])
+        about["footprint"] = footprint(cache, one_class[tasks[0].name]["head"], tasks[0].normal)
         payload = metrics_payload(one_class, cache.metadata, about)
         semi = {}
-        stage_a = {c: one_class[cache.classes[c]]["head"] for c in chosen} if semi_stage_a == "reuse" else None
+        stage_a = {name: r["head"] for name, r in one_class.items()} if semi_stage_a == "reuse" else None
         for gamma in gammas:
-            results = evaluate_one_vs_all(cache, head, chosen, seeds=range(draws), gamma=gamma, start_from=stage_a,
+            results = evaluate_one_vs_all(cache, head, tasks, seeds=range(draws), gamma=gamma, start_from=stage_a,
                                           client=client, desc=f"{label} gamma {gamma}")
             per_class = {name: {"auroc": round(r["metrics"]["auroc"], 6),
                                 "auroc_std": round(r["metrics"]["auroc_std"], 6)} for name, r in results.items()}
@@ -220,14 +241,14 @@ def main(cache_path, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, 
     if semi:
         payload["semi_supervised"] = semi
     if knn_baseline:
-        payload["knn_same_rows"] = knn_same_rows(cache, view_rows, chosen, knn_baseline, head.device)
+        payload["knn_same_rows"] = knn_same_rows(cache, view_rows, tasks, knn_baseline, head.device)
     metrics_file.write(metrics_path, payload)
     write_plots(one_class, plots_dir)
     click.echo(format_summary(payload))
     if "controls" in payload:
         click.echo(controls_line(payload))
     if saver is not None:
-        click.echo(saved_heads_note(saver, [cache.classes[c] for c in chosen]))
+        click.echo(saved_heads_note(saver, [task.name for task in tasks]))
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def first_detector() -> str:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", callback=lambda c, p, v: parse_options(v),
               help="Another constructor argument of the detector's estimator, e.g. --option n_bins=20 for "
                    "pyod:HBOS (repeatable; recorded in the metrics).")
-def main(cache_path, detector, scaling, nu, gamma, n_estimators, n_neighbors, seeds, scoring, options, classes, device,
+def main(cache_path, protocol, detector, scaling, nu, gamma, n_estimators, n_neighbors, seeds, scoring, options, classes, device,
          expect, scheduler, metrics_path, plots_dir, save_dir, threshold_quantile):
     """Fit a classical outlier detector on each normal class's training features in turn and
     score the test set (higher = more anomalous): scikit-learn's OC-SVM, Isolation Forest or
@@ -88,30 +88,30 @@ def main(cache_path, detector, scaling, nu, gamma, n_estimators, n_neighbors, se
     if seeds > 1 and not detectors.is_random(detector):
         click.echo(f"{detector} is deterministic (no random_state): one run per class, not {seeds}.", err=True)
         seeds = 1
-    cache, chosen = open_cache(cache_path, expect, classes)
+    cache, tasks = open_cache(cache_path, expect, classes, protocol)
     saver = saver_for(save_dir, "classical", cache, threshold_quantile, "cpu")
     with open_client(scheduler) as client:
-        results = evaluate_one_vs_all(cache, head, chosen, seeds=range(seeds), desc=detector, client=client,
+        results = evaluate_one_vs_all(cache, head, tasks, seeds=range(seeds), desc=detector, client=client,
                                       after_fit=saver)
     about = {"head": "classical", "detector": detector, "scaling": scaling,
              **{name: getattr(head, name) for name in detectors.relevant_settings(detector)},
              **({"options": options} if options else {}), "seeds": seeds,
              "library": detectors.library_version(detector), "estimator": type(estimator).__name__,
              "estimator_params": detectors.plain_params(estimator)}
-    if batch_dependence(cache, head, chosen[0]):
+    if batch_dependence(cache, head, tasks[0].normal):
         about.update(batch_dependent_scores=True, scoring=scoring)
     payload = write_results(results, cache.metadata, about, metrics_path, plots_dir)
     click.echo(format_summary(payload))
     if saver is not None:
         from pipeline.heads.saving import saved_heads_note  # loads torch: only when heads were saved
 
-        click.echo(saved_heads_note(saver, [cache.classes[c] for c in chosen]))
+        click.echo(saved_heads_note(saver, [task.name for task in tasks]))
 
 
-def batch_dependence(cache, head, normal_class: int, rows: int = 200) -> bool:
+def batch_dependence(cache, head, normal: tuple[int, ...], rows: int = 200) -> bool:
     """Whether the detector's score of a row depends on the rows scored with it: known for
     scikit-learn's detectors and ECOD, COPOD; else measured by a head fitted on (at most 200 of)
-    the first class's training rows. Training rows only: the test set plays no part."""
+    the first task's training rows (those of its ``normal`` classes). Training rows only: the test set plays no part."""
     import numpy as np
     from sklearn.base import clone
 
@@ -120,7 +120,7 @@ def batch_dependence(cache, head, normal_class: int, rows: int = 200) -> bool:
     known = detectors.batch_dependence(head.detector)
     if known is not None:
         return known
-    index = np.flatnonzero(cache.labels("train") == normal_class)[:rows]
+    index = np.flatnonzero(np.isin(cache.labels("train"), normal))[:rows]
     return bool(clone(head).set_params(threshold_quantile=None).fit(cache.features("train", index)).batch_dependent_)
 
 

@@ -23,7 +23,7 @@ from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for
 @params.option("gaussian", "scaling", type=click.Choice(SCALINGS),
                help="Before the Gaussian: none; standardise (each dimension by its training mean and standard "
                     "deviation); l2 (each vector to unit length).")
-def main(cache_path, scales, scaling, classes, device, expect, scheduler, metrics_path, plots_dir, save_dir,
+def main(cache_path, protocol, scales, scaling, classes, device, expect, scheduler, metrics_path, plots_dir, save_dir,
          threshold_quantile):
     """Score every test image by its squared Mahalanobis distance to the normal class's mean,
     under the class's Ledoit-Wolf shrunk covariance (scikit-learn), in float64, for each
@@ -34,14 +34,14 @@ def main(cache_path, scales, scaling, classes, device, expect, scheduler, metric
     from pipeline.heads.gaussian.head import GaussianHead
 
     check_outputs(files={"--metrics": metrics_path}, folders={"--plots": plots_dir, "--save-heads": save_dir})
-    cache, chosen = open_cache(cache_path, expect, classes)
+    cache, tasks = open_cache(cache_path, expect, classes, protocol)
     head = GaussianHead(scales=scales, scaling=scaling, threshold_quantile=threshold_quantile)
     if scales == "multi" and not cache.map_names("train"):
         raise PipelineError(f"{cache_path} has no intermediate maps for --scales multi: extract it with --maps "
                             f"intermediate, or use --scales last.")
     saver = saver_for(save_dir, "gaussian", cache, threshold_quantile, "cpu")
     with open_client(scheduler) as client:
-        results = evaluate_one_vs_all(cache, head, chosen, desc=f"Gaussian {scales}", client=client,
+        results = evaluate_one_vs_all(cache, head, tasks, desc=f"Gaussian {scales}", client=client,
                                       after_fit=saver)
     about = {"head": "gaussian", "scales": scales, "scaling": scaling, "covariance": "Ledoit-Wolf (scikit-learn)",
              "score": "squared Mahalanobis distance, float64"}
@@ -52,7 +52,7 @@ def main(cache_path, scales, scaling, classes, device, expect, scheduler, metric
     if saver is not None:
         from pipeline.heads.saving import saved_heads_note  # loads torch: only when heads were saved
 
-        click.echo(saved_heads_note(saver, [cache.classes[c] for c in chosen]))
+        click.echo(saved_heads_note(saver, [task.name for task in tasks]))
 
 
 if __name__ == "__main__":

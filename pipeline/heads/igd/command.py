@@ -43,7 +43,7 @@ NOT_REPORTED = ("device", "seed", "threshold_quantile")
                help="Seeds 0..N-1, one training each; the mean and standard deviation over them are reported.")
 @click.option("--curves", "curves_dir", default=None,
               help="Folder for training curves (train_<class>.json: loss terms and test AUROC per epoch and seed).")
-def main(cache_path, seeds, classes, device, expect, scheduler, metrics_path, plots_dir, curves_dir, save_dir,
+def main(cache_path, protocol, seeds, classes, device, expect, scheduler, metrics_path, plots_dir, curves_dir, save_dir,
          threshold_quantile, **settings):
     """Train IGD (an autoencoder whose codes a Gaussian descriptor gathers, with an adversarial
     critic on interpolated codes) on each normal class in turn, and score the test set with the
@@ -58,11 +58,11 @@ def main(cache_path, seeds, classes, device, expect, scheduler, metrics_path, pl
 
     check_outputs(files={"--metrics": metrics_path},
                   folders={"--plots": plots_dir, "--curves": curves_dir, "--save-heads": save_dir})
-    cache, chosen = open_cache(cache_path, expect, classes)
+    cache, tasks = open_cache(cache_path, expect, classes, protocol)
     head = IGDHead(device=str(resolve_device(device)), threshold_quantile=threshold_quantile, **settings)
     saver = saver_for(save_dir, "igd", cache, threshold_quantile, head.device)
     with open_client(scheduler) as client:
-        results = evaluate_one_vs_all(cache, head, chosen, seeds=range(seeds), track_epochs=True, desc="IGD", client=client,
+        results = evaluate_one_vs_all(cache, head, tasks, seeds=range(seeds), track_epochs=True, desc="IGD", client=client,
                                       after_fit=saver)
     about = {"head": "igd", **{k: v for k, v in head.params().items() if k not in NOT_REPORTED},
              "seeds": seeds,
@@ -70,7 +70,7 @@ def main(cache_path, seeds, classes, device, expect, scheduler, metrics_path, pl
     payload = write_results(results, cache.metadata, about, metrics_path, plots_dir, curves_dir)
     click.echo(format_summary(payload))
     if saver is not None:
-        click.echo(saved_heads_note(saver, [cache.classes[c] for c in chosen]))
+        click.echo(saved_heads_note(saver, [task.name for task in tasks]))
 
 
 if __name__ == "__main__":

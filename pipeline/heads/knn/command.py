@@ -1,4 +1,4 @@
-"""DN2 kNN head over a feature cache, one-vs-all for each class.
+"""DN2 kNN head over a feature cache, one-vs-all for each class (or the cache's protocol).
 
     python -m stages.knn --cache cache/digits_efficientnet_lite0_224.zarr --k 2
 """
@@ -26,7 +26,7 @@ from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for
                    "memory). With --scheduler the chunk tasks are spread over the cluster's workers.")
 @click.option("--save-float32", is_flag=True,
               help="With --save-heads: keep the gallery in float32 (a file twice as large) instead of float16.")
-def main(cache_path, k, classes, device, stream, out_of_core, scheduler, expect, metrics_path, plots_dir, save_dir,
+def main(cache_path, protocol, k, classes, device, stream, out_of_core, scheduler, expect, metrics_path, plots_dir, save_dir,
          threshold_quantile, save_float32):
     """Score every test image by the sum of squared L2 distances to its K nearest normal
     training features (DN2), for each normal class in turn."""
@@ -39,7 +39,7 @@ def main(cache_path, k, classes, device, stream, out_of_core, scheduler, expect,
     if stream and out_of_core:
         raise PipelineError("--stream and --out-of-core are two ways of reading a large gallery; give one of them.")
     check_outputs(files={"--metrics": metrics_path}, folders={"--plots": plots_dir, "--save-heads": save_dir})
-    cache, chosen = open_cache(cache_path, expect, classes)
+    cache, tasks = open_cache(cache_path, expect, classes, protocol)
     device_ = str(resolve_device(device))
     saver = saver_for(save_dir, "knn", cache, threshold_quantile, device_,
                       gallery_dtype="float32" if save_float32 else "float16")
@@ -48,12 +48,12 @@ def main(cache_path, k, classes, device, stream, out_of_core, scheduler, expect,
     # (the saver does it): leave-one-out over a gallery larger than memory is the costly part.
     head = KNNHead(k=k, device=device_, threshold_quantile=threshold_quantile if access == "memory" else None)
     with open_client(scheduler) as client:
-        results = evaluate_one_vs_all(cache, head, chosen, desc=f"kNN k={k}", train_access=access, client=client,
+        results = evaluate_one_vs_all(cache, head, tasks, desc=f"kNN k={k}", train_access=access, client=client,
                                       after_fit=saver)
     payload = write_results(results, cache.metadata, {"head": "knn", "k": k}, metrics_path, plots_dir)
     click.echo(format_summary(payload))
     if saver is not None:
-        click.echo(saved_heads_note(saver, [cache.classes[c] for c in chosen]))
+        click.echo(saved_heads_note(saver, [task.name for task in tasks]))
 
 
 if __name__ == "__main__":

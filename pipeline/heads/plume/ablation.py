@@ -14,10 +14,12 @@ import click
 from pipeline import metrics_file
 from pipeline.cli import check_outputs, info, resolve_device, safe_filename, write_text
 from pipeline.distributed import open_client
+from pipeline.errors import PipelineError
 from pipeline.heads.plume import GUIDANCES, PERTURBATIONS
 from pipeline.heads.plume.command import head_label, plume_payload, resolved_settings, run_plume, training_options
 from pipeline.heads.plume.report import plume_ablation_table
 from pipeline.heads.stage import cache_options, open_cache
+from pipeline.protocol import NORMAL_VS_ANOMALIES
 from pipeline.report.published import has_published_column
 
 TABLE_1C = "gaussian/none,addmult/none,linear/none,linear/mean,linear/contrastive"
@@ -49,12 +51,16 @@ def parse_variants(value: str) -> list[tuple[str, str]]:
               help="Folder for ROC and training curves, one subfolder per variant.")
 @click.option("--table", "table_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the Markdown table here.")
-def main(cache_path, variants, seeds, classes, device, expect, scheduler, knn_metrics, metrics_path, plots_dir,
+def main(cache_path, protocol, variants, seeds, classes, device, expect, scheduler, knn_metrics, metrics_path, plots_dir,
          table_path, **settings):
     """Train every PLUME variant on every chosen class and seed and lay the AUROCs out like the
     paper's ablation table (final epoch and, separately named, best epoch)."""
     check_outputs(files={"--metrics": metrics_path, "--table": table_path}, folders={"--plots": plots_dir})
-    cache, chosen = open_cache(cache_path, expect, classes)
+    cache, tasks = open_cache(cache_path, expect, classes, protocol)
+    if any(task.by_type for task in tasks):
+        raise PipelineError(f"stages.plume_ablation lays out the PLUME paper's one-vs-all table (table 1c), and "
+                            f"{cache_path} is evaluated {NORMAL_VS_ANOMALIES}: give --protocol one-vs-all, or run "
+                            f"python -m stages.plume --perturbation P --guidance G for each variant.")
     from pipeline.evaluate import write_plots
 
     device_ = str(resolve_device(device))
@@ -64,7 +70,7 @@ def main(cache_path, variants, seeds, classes, device, expect, scheduler, knn_me
     with open_client(scheduler) as client:
         for perturbation, guidance in variants:
             name = f"{perturbation}/{guidance}"
-            results = run_plume(cache, chosen, seeds, device_, perturbation, guidance, desc=f"PLUME {name}",
+            results = run_plume(cache, tasks, seeds, device_, perturbation, guidance, desc=f"PLUME {name}",
                                 client=client, **settings)
             payloads[name] = plume_payload(results, cache.metadata,
                                            head_label(settings, perturbation, guidance, seeds, **resolved))

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from pipeline.store.cache import FeatureCache
     from pipeline.evaluate import AfterFit
+    from pipeline.protocol import Task
 
 
 
@@ -98,11 +99,11 @@ def training_options(command: Callable) -> Callable:
     ])
 
 
-def run_plume(cache: "FeatureCache", classes: list[int], seeds: list[int], device: str, perturbation: str,
+def run_plume(cache: "FeatureCache", classes: "list[int] | list[Task]", seeds: list[int], device: str, perturbation: str,
               guidance: str, desc: str, client: "Client | None" = None, after_fit: "AfterFit | None" = None,
               threshold_quantile: float | None = None, **settings) -> dict[str, dict]:
-    """Train and evaluate one PLUME variant on every chosen class and seed, the test AUROC
-    recorded after every epoch (each (class, seed) a job on ``client``'s Dask cluster if given).
+    """Train and evaluate one PLUME variant on every chosen class (or task of a protocol) and
+    seed, the test AUROC recorded after every epoch (each (class, seed) a job on ``client``'s Dask cluster if given).
     ``after_fit`` is called with each class's first-seed head (to save it)."""
     from pipeline.evaluate import evaluate_one_vs_all
     from pipeline.heads.plume.head import PlumeHead
@@ -133,13 +134,15 @@ def resolved_settings(cache: "FeatureCache", settings: dict, device: str, thresh
 
 
 def plume_payload(results: dict[str, dict], metadata: dict, label: dict) -> dict:
-    """``metrics_payload`` with, per class, the learning rate each seed trained at
-    (``lr_used: {seed_<n>: rate}``; from the epoch records, which carry it)."""
+    """``metrics_payload`` with, per class (normal-vs-anomalies: in ``overall``, the one
+    training's), the learning rate each seed trained at (``lr_used: {seed_<n>: rate}``; from
+    the epoch records, which carry it)."""
     from pipeline.evaluate import metrics_payload
 
     payload = metrics_payload(results, metadata, label)
     for name, result in results.items():
-        payload["per_class"][name]["lr_used"] = {f"seed_{r['seed']}": r["lr_used"] for r in result["curves"]}
+        trained = payload["overall"] if "overall" in payload else payload["per_class"][name]
+        trained["lr_used"] = {f"seed_{r['seed']}": r["lr_used"] for r in result["curves"]}
     return payload
 
 
@@ -153,7 +156,7 @@ def plume_payload(results: dict[str, dict], metadata: dict, label: dict) -> dict
                help="contrastive (eq. 7), mean (appendix eq. 9) or none.")
 @click.option("--curves", "curves_dir", default=None,
               help="Folder for training curves (train_<class>.json: loss terms and test AUROC per epoch and seed).")
-def main(cache_path, perturbation, guidance, seeds, classes, device, expect, scheduler, metrics_path, plots_dir,
+def main(cache_path, protocol, perturbation, guidance, seeds, classes, device, expect, scheduler, metrics_path, plots_dir,
          curves_dir, save_dir, threshold_quantile, **settings):
     """Train PLUME (a perturbator generating pseudo-anomalies and a classifier telling them from
     normal features) on each normal class in turn and score the test set with minus the
@@ -167,11 +170,11 @@ def main(cache_path, perturbation, guidance, seeds, classes, device, expect, sch
 
     check_outputs(files={"--metrics": metrics_path},
                   folders={"--plots": plots_dir, "--curves": curves_dir, "--save-heads": save_dir})
-    cache, chosen = open_cache(cache_path, expect, classes)
+    cache, tasks = open_cache(cache_path, expect, classes, protocol)
     device_ = str(resolve_device(device))
     saver = saver_for(save_dir, "plume", cache, threshold_quantile, device_)
     with open_client(scheduler) as client:
-        results = run_plume(cache, chosen, seeds, device_, perturbation, guidance,
+        results = run_plume(cache, tasks, seeds, device_, perturbation, guidance,
                             desc=f"PLUME {perturbation}/{guidance}", client=client, after_fit=saver,
                             threshold_quantile=threshold_quantile, **settings)
     label = head_label(settings, perturbation, guidance, seeds,
@@ -181,7 +184,7 @@ def main(cache_path, perturbation, guidance, seeds, classes, device, expect, sch
     write_plots(results, plots_dir, curves_dir)
     click.echo(format_summary(payload))
     if saver is not None:
-        click.echo(saved_heads_note(saver, [cache.classes[c] for c in chosen]))
+        click.echo(saved_heads_note(saver, [task.name for task in tasks]))
 
 
 if __name__ == "__main__":
