@@ -139,8 +139,9 @@ class PandaHead(Head):
 
         self.history_ = []
         self._set_gallery(initial)
+        record = self._record(0, {"loss": float(compactness_loss(initial, self.centre_))})
         if callback is not None:
-            callback(self, self._record(0, {"loss": float(compactness_loss(initial, self.centre_))}))
+            callback(self, record)
         for epoch in range(1, self.epochs + 1):
             sums = {"loss": 0.0, "compactness": 0.0, **({"ewc": 0.0} if fisher is not None else {})}
             batches = torch.randperm(len(maps), generator=generator).split(self.batch_size)
