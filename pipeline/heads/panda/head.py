@@ -36,8 +36,7 @@ from pipeline.errors import PipelineError
 from pipeline.heads.base import EpochCallback, Features, Head
 from pipeline.heads.knn.head import KNNHead
 from pipeline.heads.panda import FISHER_SOURCES, PRECISIONS
-from pipeline.heads.panda.model import (autocast, classifier_fisher, compactness_loss, embed, ewc_penalty,
-                                        tail_input, uniform_fisher)
+from pipeline.heads.panda.model import classifier_fisher, compactness_loss, embed, train_step, uniform_fisher
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -132,7 +131,7 @@ class PandaHead(Head):
         initial = embed(tail, maps, self.precision)
         self.centre_ = initial.mean(dim=0)
         params = [p for p in tail.parameters() if p.requires_grad]
-        anchors = [p.detach().clone() for p in params]
+        anchors = [p.detach().clone() for p in params]  # the pretrained weights, EWC's theta*
         generator = torch.Generator().manual_seed(self.seed)
         fisher = self._fisher(tail, extractor, maps, params, generator)
         optimiser = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
@@ -142,24 +141,16 @@ class PandaHead(Head):
         record = self._record(0, {"loss": float(compactness_loss(initial, self.centre_))})
         if callback is not None:
             callback(self, record)
+        ewc = None if fisher is None else (anchors, fisher, self.ewc_lambda)
         for epoch in range(1, self.epochs + 1):
-            sums = {"loss": 0.0, "compactness": 0.0, **({"ewc": 0.0} if fisher is not None else {})}
+            sums: dict[str, float] = {}
+            # A new order each epoch, the last minibatch smaller (the authors' shuffled loader).
             batches = torch.randperm(len(maps), generator=generator).split(self.batch_size)
             for index in batches:
-                with autocast(device, self.precision):
-                    adapted = tail(tail_input(maps[index.to(device)]))
-                compact = compactness_loss(adapted, self.centre_)
-                loss = compact
-                if fisher is not None:
-                    penalty = ewc_penalty(params, anchors, fisher, self.ewc_lambda)
-                    loss = loss + penalty
-                    sums["ewc"] += float(penalty.detach())
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-                optimiser.step()
-                sums["loss"] += float(loss.detach())
-                sums["compactness"] += float(compact.detach())
+                terms = train_step(tail, params, optimiser, maps[index.to(device)], self.centre_, self.grad_clip,
+                                   self.precision, ewc)
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + value
             record = self._record(epoch, {name: total / len(batches) for name, total in sums.items()})
             if not math.isfinite(record["loss"]):
                 raise PipelineError(f"PANDA diverged at epoch {epoch} (loss {record['loss']}); lower --lr.")

@@ -68,6 +68,26 @@ def classifier_fisher(tail: nn.Module, classifier: nn.Module, maps: torch.Tensor
     return [f / max(len(batches), 1) for f in fisher]
 
 
+def train_step(tail: nn.Module, params: Sequence[torch.Tensor], optimiser: torch.optim.Optimizer, maps: torch.Tensor,
+               centre: torch.Tensor, grad_clip: float, precision: str = "float32",
+               ewc: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor], float] | None = None) -> dict[str, float]:
+    """One SGD step of the authors' ``run_epoch`` on a minibatch of trunk maps: the compactness
+    loss (plus ``ewc_penalty(params, *ewc)`` when ``ewc`` = (anchors, fisher, weight) is given),
+    backward, the gradient norm clipped at ``grad_clip``, the step. Returns the loss terms."""
+    with autocast(maps.device, precision):
+        adapted = tail(tail_input(maps))
+    compact = compactness_loss(adapted, centre)
+    terms = {"compactness": compact}
+    if ewc is not None:
+        terms["ewc"] = ewc_penalty(params, *ewc)
+    loss = sum(terms.values())
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimiser.step()
+    return {"loss": float(loss.detach()), **{name: float(value.detach()) for name, value in terms.items()}}
+
+
 @torch.no_grad()
 def embed(tail: nn.Module, maps: torch.Tensor, precision: str = "float32", batch_size: int = EMBED_BATCH) -> torch.Tensor:
     """The tail's pooled features (N, D), float32, of trunk maps (N, C, H, W) on the tail's device."""
