@@ -185,6 +185,11 @@ def test_a_damaged_trunk_chunk_is_refused_and_a_cache_without_trunk_maps_has_no_
     plain = extract(load_synthetic(Path(), False, n_train=4, n_test=4), "efficientnet_lite0", Preprocessing(image_size=32),
                     tmp_path / "plain.zarr", chunk_rows=8, batch_size=8, workers=0)
     assert "trunk" not in plain.metadata["features"] and plain.trunk_names("train") == []
+    # A cache with trunk maps is not resumed (nor reused) by a run that would not write them.
+    cache.set_aside("test", {0})
+    with pytest.raises(PipelineError, match="trunk/stride8 that were not asked for.*--overwrite"):
+        extract(load_synthetic(Path(), False), "efficientnet_lite0", Preprocessing(image_size=32), copy,
+                maps=("intermediate",), chunk_rows=16, batch_size=8, workers=0)
 
 
 # --- the command -----------------------------------------------------------------------------

@@ -738,6 +738,19 @@ class FeatureCache:
             yield rows, self.read_chunk(split, name, chunk)
 
 
+def _array_differences(existing: FeatureCache, arrays: dict[str, list[ArraySpec]]) -> list[str]:
+    """The arrays a store has that a run would not write, and those it lacks (a cache made with
+    a trunk map, resumed without one, say: the metadata compares only what the run records)."""
+    have = {f"{split}/{name}" for split in existing.splits for name in existing.array_names(split)}
+    wanted = {f"{split}/{spec.name}" for split, specs in arrays.items() for spec in specs}
+    found = []
+    if have - wanted:
+        found.append(f"the cache has arrays {', '.join(sorted(have - wanted))} that were not asked for")
+    if wanted - have:
+        found.append(f"arrays {', '.join(sorted(wanted - have))} were asked for but the cache has none")
+    return found
+
+
 def open_or_create(out: Path, metadata: dict, arrays: dict[str, list[ArraySpec]], sizes: dict[str, int],
                    chunk_rows: int, overwrite: bool, protected: Sequence[str | Path] = ()) -> FeatureCache:
     """The store to fill at ``out``.
@@ -754,6 +767,7 @@ def open_or_create(out: Path, metadata: dict, arrays: dict[str, list[ArraySpec]]
             existing = FeatureCache.open(out, require_complete=False)
             found = differences(metadata, existing.metadata)
             found += [edited] if (edited := existing.metadata_edited()) else []
+            found += _array_differences(existing, arrays)
         except PipelineError as error:  # ours, but of another format version
             existing, found = None, [error.message]
         same = existing is not None and not found and existing.chunk_rows == chunk_rows
