@@ -114,6 +114,14 @@ def test_same_seed_gives_identical_scores_on_the_cpu_and_another_seed_differs(sy
     assert not np.array_equal(scores[0], scores[2])  # the minibatch order
 
 
+def test_bfloat16_autocast_trains_and_embeds_close_to_float32(synthetic_cache):
+    train = class_features(synthetic_cache)
+    full, half = (PandaHead(**SMALL, epochs=1, precision=p).fit(train) for p in ("float32", "bfloat16"))
+    np.testing.assert_allclose(half.adapted_features(train), full.adapted_features(train), rtol=0.1, atol=0.1)
+    assert not np.array_equal(half.adapted_features(train), full.adapted_features(train))  # bfloat16 did run
+    assert np.isfinite(half.history_[1]["loss"]) and half.adapted_features(train).dtype == np.float32
+
+
 def test_ewc_holds_the_weights_near_the_pretrained_ones(synthetic_cache):
     train = class_features(synthetic_cache)
 
