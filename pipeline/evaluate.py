@@ -93,40 +93,44 @@ class _Reader:
     maps: bool
     views: bool
     train_in_memory: bool
+    trunk: bool = False
 
     def __call__(self, cache: FeatureCache) -> EvaluationData:
-        return read_data(cache, self.maps, self.views, self.train_in_memory)
+        return read_data(cache, self.maps, self.views, self.train_in_memory, self.trunk)
 
 
 def read_features(cache: FeatureCache, split: str, rows: np.ndarray | None = None, maps: bool = False,
-                  views: bool = False) -> Features:
+                  views: bool = False, trunk: bool = False) -> Features:
     """A split's Features as float32: pooled vectors, and the cache's maps and augmented views
-    (``<cache>.views.zarr``) if asked for. ``views`` needs ``rows`` to be the rows with views."""
+    (``<cache>.views.zarr``) if asked for. ``views`` needs ``rows`` to be the rows with views.
+    ``trunk``: also the full-resolution trunk maps, kept float16 as stored (they are large)."""
     names = cache.map_names(split) if maps else []
     map_arrays = {n: cache.read(split, f"maps/{n}", rows).astype(np.float32) for n in names}
+    trunk_arrays = {n: cache.read(split, f"trunk/{n}", rows) for n in (cache.trunk_names(split) if trunk else [])}
     view_arrays = None
     if views:
         from pipeline.store.views import load_views
 
         stored = load_views(cache, rows, ["features", *(f"maps/{n}" for n in names)])
         view_arrays = {"pooled": stored.pop("features"), **{k.removeprefix("maps/"): v for k, v in stored.items()}}
-    return Features(cache.features(split, rows), map_arrays, view_arrays)
+    return Features(cache.features(split, rows), map_arrays, view_arrays, trunk_arrays)
 
 
-def read_data(cache: FeatureCache, maps: bool, views: bool, train_in_memory: bool = True) -> EvaluationData:
+def read_data(cache: FeatureCache, maps: bool, views: bool, train_in_memory: bool = True,
+              trunk: bool = False) -> EvaluationData:
     train_labels = cache.labels("train")
     train_rows = np.arange(len(train_labels))
     if views:
         from pipeline.store.views import open_views
 
         train_rows = open_views(cache).read("train", "rows")
-    train = read_features(cache, "train", train_rows, maps, views) if train_in_memory else None
-    return EvaluationData(cache, train_labels, cache.labels("test"), read_features(cache, "test", maps=maps),
-                          train, train_rows)
+    train = read_features(cache, "train", train_rows, maps, views, trunk) if train_in_memory else None
+    test = read_features(cache, "test", maps=maps, trunk=trunk)
+    return EvaluationData(cache, train_labels, cache.labels("test"), test, train, train_rows)
 
 
 def _reader(plan: Plan) -> _Reader:
-    return _Reader(plan.head.needs_maps, plan.head.needs_views, plan.train_access == "memory")
+    return _Reader(plan.head.needs_maps, plan.head.needs_views, plan.train_access == "memory", plan.head.needs_trunk)
 
 
 def _data(plan: Plan) -> EvaluationData:

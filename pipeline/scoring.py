@@ -95,8 +95,9 @@ def readable_images(paths: list[Path], skip_bad: bool, workers: int = 0,
 
 def image_features(saved: SavedHead, paths: list[Path], device: torch.device, batch_size: int = 64,
                    weights_file: str | None = None, workers: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Pooled features (N, D) and the cache's maps, computed as pipeline.extract computed the
-    head's training cache: same model layout, precision, map pooling and storage rounding."""
+    """Pooled features (N, D) and the cache's maps (and, for a head that reads it, its trunk map
+    as ``trunk/<stage>``), computed as pipeline.extract computed the head's training cache: same
+    model layout, precision, map pooling and storage rounding."""
     from pipeline.extract.datasets import FileImages
     from pipeline.extract.loop import PRECISIONS, PreprocessedBatches, backbone_batches
 
@@ -110,14 +111,17 @@ def image_features(saved: SavedHead, paths: list[Path], device: torch.device, ba
     missing = [name for name in maps if name not in model.stage_names]
     if missing:
         raise PipelineError(f"the head's cache has maps {missing} that {model.spec.name} does not produce.")
+    trunk = about.get("trunk", {}).get("stage") if saved.head.needs_trunk else None
     batches = [list(range(start, min(start + batch_size, len(paths)))) for start in range(0, len(paths), batch_size)]
     inputs = PreprocessedBatches(FileImages([str(p) for p in paths]), batches, preprocessing)
-    pooled, pooled_maps = [], {name: [] for name in maps}
+    pooled, pooled_maps = [], {name: [] for name in [*maps, *([f"trunk/{trunk}"] if trunk else [])]}
     for _, out in backbone_batches(model, inputs, batches, maps, device, precision=precision, workers=workers,
-                                   desc=f"extract {model.spec.name}"):
+                                   desc=f"extract {model.spec.name}", trunk=trunk):
         pooled.append(out["features"])
         for name, info in maps.items():
             pooled_maps[name].append(out[f"maps/{name}"].astype(info.get("dtype", "float16")))
+        if trunk:
+            pooled_maps[f"trunk/{trunk}"].append(out[f"trunk/{trunk}"])
     # Stored in the cache's dtype, as the training features were: the same rounding.
     features = np.concatenate(pooled).astype(about.get("dtype", "float32")).astype(np.float32)
     return features, {name: np.concatenate(parts) for name, parts in pooled_maps.items()}
@@ -273,8 +277,8 @@ def main(head_path, images_dir, features_file, out_path, threshold_quantile, cal
     saved = load_head(head_path, device=str(device_))
 
     if features_file is not None and saved.multi_scale:
-        raise PipelineError(f"the {saved.kind} head {head_path} also needs intermediate maps, which a "
-                            f"--features file does not carry; score --images instead.")
+        raise PipelineError(f"the {saved.kind} head {head_path} also needs feature maps (intermediate or trunk "
+                            f"maps), which a --features file does not carry; score --images instead.")
 
     def readable(folder: str | None) -> list[Path]:
         if folder is None:

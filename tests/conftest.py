@@ -13,11 +13,12 @@ os.environ.setdefault("PIPELINE_PROGRESS", "0")
 
 @pytest.fixture(scope="session")
 def synthetic_cache(tmp_path_factory):
-    """A small real extraction: synthetic images through EfficientNet-Lite0 at 32x32."""
+    """A small real extraction: synthetic images through EfficientNet-Lite0 at 32x32, with the
+    intermediate map and the full-resolution trunk map (the PANDA head's input)."""
     from pipeline.extract.extraction import extract
     from pipeline.extract.datasets import load_dataset
     from pipeline.extract.preprocess import Preprocessing
 
     out = tmp_path_factory.mktemp("caches") / "synthetic.zarr"
     return extract(load_dataset("synthetic"), "efficientnet_lite0", Preprocessing(image_size=32), out,
-                   maps=("intermediate",), chunk_rows=16, batch_size=8, workers=0)
+                   maps=("intermediate",), trunk_maps="panda", chunk_rows=16, batch_size=8, workers=0)

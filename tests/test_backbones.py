@@ -7,7 +7,8 @@ import torch
 import torchvision.models as tvm
 
 from pipeline.errors import PipelineError
-from pipeline.extract.backbones import BACKBONES, FeatureExtractor, _convnext_stages, _vgg_stages, get_spec, load_backbone
+from pipeline.extract.backbones import (BACKBONES, FeatureExtractor, _convnext_stages, _extractor, _vgg_stages,
+                                       backbone_architecture, get_spec, load_backbone)
 
 
 def test_efficientnet_lite0_pooled_feature_matches_the_reference_model():
@@ -26,6 +27,9 @@ def test_efficientnet_lite0_pooled_feature_matches_the_reference_model():
     assert out["pooled"].shape == (2, BACKBONES["efficientnet_lite0"].feature_dim)
     assert out["stride16"].shape == (2, 112, 4, 4)  # stride 16 at 64 px
     assert not any(p.requires_grad for p in extractor.parameters())
+    # The pretrained classifier on the pooled feature gives the reference model's logits.
+    with torch.inference_mode():
+        torch.testing.assert_close(extractor.classifier(out["pooled"]), reference(x))
 
 
 def resnet50_checkpoint(directory: Path) -> tuple[Path, dict]:
@@ -101,3 +105,39 @@ def test_unknown_backbone_and_weights_tag_list_the_valid_ones():
         get_spec("resnet49")
     with pytest.raises(PipelineError, match="IMAGENET1K_V1"):
         load_backbone("resnet50", weights_tag="NOPE")
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_the_tail_of_the_trunk_is_the_full_forward_pass(name):
+    """Every backbone, on random weights (nothing downloaded): the trunk's output is the map of
+    its last stage, and the tail on it gives the pooled feature bit for bit."""
+    torch.manual_seed(0)
+    extractor = backbone_architecture(name, image_size=64)
+    spec = extractor.spec
+    x = torch.randn(2, 3, 64, 64)
+    trunk, tail = extractor.split()
+    with torch.inference_mode():
+        full = extractor(x, maps=(spec.trunk_end,))
+        trunk_map = trunk(x)
+        pooled = tail(trunk_map)
+    assert torch.equal(trunk_map, full[spec.trunk_end])
+    assert trunk_map.shape[-2:] == (8, 8)  # stride 8, PANDA's split, in every backbone
+    assert torch.equal(pooled, full["pooled"]) and pooled.shape == (2, spec.feature_dim)
+    # Any stage but the last can end the trunk; the tail shares the extractor's modules.
+    first = extractor.stage_names[0]
+    with torch.inference_mode():
+        torch.testing.assert_close(extractor.split(first)[1](extractor.stages[0](x)), full["pooled"], rtol=0, atol=0)
+    assert all(any(p is q for q in extractor.parameters()) for p in tail.parameters())
+    with pytest.raises(PipelineError, match="cannot be split after"):
+        extractor.split(extractor.stage_names[-1])
+
+
+def test_the_classifier_reads_the_pooled_feature_as_torchvision_does():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    for name, model in (("resnet50", tvm.resnet50()), ("convnext_tiny", tvm.convnext_tiny())):
+        model.eval()
+        extractor = _extractor(get_spec(name), model)
+        with torch.inference_mode():
+            torch.testing.assert_close(extractor.classifier(extractor(x)["pooled"]), model(x))
+    assert backbone_architecture("vgg16", 64).classifier is None  # VGG's reads a 7 x 7 grid

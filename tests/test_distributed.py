@@ -151,7 +151,7 @@ def _extract(out, **kwargs):
     from pipeline.extract.preprocess import Preprocessing
 
     return extract(load_dataset("synthetic"), "efficientnet_lite0", Preprocessing(image_size=32), out,
-                   maps=("intermediate",), chunk_rows=16, batch_size=8, workers=0, **kwargs)
+                   maps=("intermediate",), trunk_maps="panda", chunk_rows=16, batch_size=8, workers=0, **kwargs)
 
 
 def test_two_shards_make_the_same_cache_as_one_run(synthetic_cache, tmp_path):

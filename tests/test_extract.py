@@ -52,9 +52,10 @@ def test_interrupted_extraction_resumes_and_only_redoes_missing_chunks(synthetic
     with pytest.raises(PipelineError, match="incomplete"):
         FeatureCache.open(path)
     extract(load_dataset("synthetic"), "efficientnet_lite0", Preprocessing(image_size=32), path,
-            maps=("intermediate",), chunk_rows=16, batch_size=8, workers=0)
+            maps=("intermediate",), trunk_maps="panda", chunk_rows=16, batch_size=8, workers=0)
     resumed = FeatureCache.open(path)
     np.testing.assert_array_equal(resumed.features("train"), original)  # bit-identical
+    np.testing.assert_array_equal(resumed.read("train", "trunk/stride8"), synthetic_cache.read("train", "trunk/stride8"))
     assert chunk0.stat().st_mtime_ns == written  # chunk 0 was finished, so it was not rewritten
     assert resumed.verify() == []
 
@@ -208,8 +209,8 @@ def test_overwrite_extracts_a_complete_cache_again_and_resumes_an_unfinished_one
 
     path = tmp_path / "again.zarr"
     shutil.copytree(synthetic_cache.path, path)
-    command = ["--dataset", "synthetic", "--image-size", "32", "--maps", "intermediate", "--chunk-rows", "16",
-               "--batch-size", "8", "--workers", "0", "--out", str(path)]
+    command = ["--dataset", "synthetic", "--image-size", "32", "--maps", "intermediate", "--trunk-maps", "--chunk-rows",
+               "16", "--batch-size", "8", "--workers", "0", "--out", str(path)]
     result = CliRunner().invoke(main, command)
     assert result.exit_code == 0 and "already complete; nothing to do" in result.output
     chunk0 = path / "train" / "features" / "c" / "0" / "0"

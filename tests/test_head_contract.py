@@ -18,6 +18,8 @@ SMALL = {  # fast settings per head, on 16-d toy features
     "igd": dict(epochs=2, hidden=16, latent_dim=4, batch_size=16, lr=1e-3),
     "gaussian": dict(),
     "classical": dict(detector="ocsvm"),
+    # The tail of EfficientNet-Lite0 (its pip-installed weights) on 32 px trunk maps (40 x 4 x 4).
+    "panda": dict(image_size=32, epochs=2, batch_size=16),
 }
 
 
@@ -25,7 +27,14 @@ def toy(n: int, seed: int = 0, offset: float = 0.0) -> Features:
     rng = np.random.default_rng(seed)
     pooled = (rng.normal(size=(n, 16)) + offset).astype(np.float32)
     views = np.stack([pooled + rng.normal(0, 0.05, pooled.shape).astype(np.float32) for _ in range(2)], axis=1)
-    return Features(pooled, {}, {"pooled": views})
+    trunk = (rng.normal(size=(n, 40, 4, 4)) + offset).astype(np.float16)
+    return Features(pooled, {}, {"pooled": views}, {"stride8": trunk})
+
+
+def joined(*parts: Features) -> Features:
+    """The rows of several toy feature sets, as a mapping (the form scoring new images uses)."""
+    return Features.of({"pooled": np.concatenate([p.pooled for p in parts]),
+                        "trunk/stride8": np.concatenate([p.trunk["stride8"] for p in parts])})
 
 
 @pytest.mark.parametrize("name", list(HEADS))
@@ -35,7 +44,7 @@ def test_every_head_follows_the_contract(name, tmp_path):
     head = cls(**SMALL[name])
     twin = clone(head)
     assert twin is not head and twin.get_params() == head.get_params() and not twin.fitted()
-    train, test = toy(64), Features.of({"pooled": np.concatenate([toy(20, 1).pooled, toy(20, 2, 6.0).pooled])})
+    train, test = toy(64), joined(toy(20, 1), toy(20, 2, 6.0))
     head.fit(train)
     scores = head.score_samples(test)
     assert scores.dtype == np.float64 and scores.shape == (40,)

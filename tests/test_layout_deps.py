@@ -198,7 +198,7 @@ def test_the_torch_free_names_are_the_registries_keys():
 
 
 @pytest.mark.parametrize("command", ["extract", "cache", "knn", "plume", "anomem", "gaussian", "classical", "igd",
-                                     "plume-ablation", "score", "report"])
+                                     "panda", "plume-ablation", "score", "report"])
 def test_help_loads_no_torch(command):
     """`ffad COMMAND --help` answers without importing torch (seconds on a small machine)."""
     import subprocess

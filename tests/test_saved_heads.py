@@ -176,7 +176,8 @@ def image_cache(tmp_path_factory):
                       odd.astype(np.uint8) if i == 0 else np.repeat(odd[..., None], 3, axis=2).astype(np.uint8))
     (root / "test" / "notes.txt").write_text("not an image")
     cache = extract(load_dataset("imagefolder", root), "efficientnet_lite0", Preprocessing(image_size=32),
-                    root.parent / "folder.zarr", chunk_rows=8, batch_size=8, workers=0, device="cpu")
+                    root.parent / "folder.zarr", chunk_rows=8, batch_size=8, workers=0, device="cpu",
+                    trunk_maps="panda")
     return root, cache
 
 
@@ -223,6 +224,37 @@ def test_score_command_on_images_equals_the_head_on_extracted_features(image_cac
     good = [float(r["score"]) for r in read_csv(out)]
     assert f"threshold {np.quantile(good, 0.5):.6g}, the 0.5-quantile of the {len(good)} calibration" in result.output
     assert sum(r["flag"] == "anomalous" for r in read_csv(out)) == sum(v > np.quantile(good, 0.5) for v in good)
+
+
+def test_a_saved_panda_head_scores_images_as_it_scores_their_cached_trunk_maps(image_cache, tmp_path):
+    """The PANDA stage's saved head: stages.score runs the trunk on the images and the adapted
+    tail on its maps, as the head scored the cache's trunk maps; a feature file is refused."""
+    from pipeline.evaluate import read_features
+    from pipeline.extract.datasets import load_dataset
+    from pipeline.heads.panda.command import main as panda_main
+    from pipeline.scoring import main
+
+    root, cache = image_cache
+    result = CliRunner().invoke(panda_main, ["--cache", str(cache.path), "--epochs", "2", "--batch-size", "4",
+                                             "--classes", "good", "--device", "cpu", "--metrics",
+                                             str(tmp_path / "m.json"), "--save-heads", str(tmp_path / "heads")])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "heads" / "good.head"
+    saved = load_head(path)
+    assert saved.kind == "panda" and saved.multi_scale and len(saved.head.history_) == 3
+    out = tmp_path / "scores.csv"
+    result = CliRunner().invoke(main, ["--head", str(path), "--images", str(root / "test"), "--out", str(out),
+                                       "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = read_csv(out)
+    cache_paths = load_dataset("imagefolder", root).test.images.paths
+    expected = saved.head.score_samples(read_features(cache, "test", trunk=True))
+    expected = expected[[cache_paths.index(r["path"]) for r in rows]]
+    np.testing.assert_allclose([float(r["score"]) for r in rows], expected, rtol=1e-4, atol=1e-6)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["features"] = cache.features("test")
+    refused = CliRunner().invoke(main, ["--head", str(path), "--features", str(tmp_path / "f.h5"), "--out", str(out)])
+    assert refused.exit_code == 1 and "trunk" in refused.output and "--images" in refused.output
 
 
 def test_score_command_refuses_bad_input_cleanly(image_cache, tmp_path):

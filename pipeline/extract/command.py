@@ -61,6 +61,11 @@ def _maps_default() -> tuple[str, ...]:
                    "'intermediate' names the backbone's stage-3 map (AnoMem); none: no map.")
 @params.option("extract", "map_grid", type=click.IntRange(1, 64),
               help="Side of the grid intermediate maps are average-pooled to.")
+@params.option("extract", "trunk_maps", is_flag=False, flag_value="panda", metavar="[STAGE]",
+              help="Also store the map of this stage at full resolution, float16 (trunk/<stage>): the input of "
+                   "the PANDA head's trainable tail. Given alone, or panda: the backbone's PANDA split, its "
+                   "stride-8 map (ResNet layer2, ConvNeXt stage2, VGG conv4_3, EfficientNet-Lite stride8); none: "
+                   "no trunk map. C x H x W x 2 bytes per image (EfficientNet-Lite0 at 224: 61 KiB).")
 @params.option("extract", "dtype", "--dtype", "feature_dtype",
               type=click.Choice(["float32", "float16"]), help="Storage type of the pooled features.")
 @params.option("extract", "precision", type=click.Choice(PRECISION_NAMES),
@@ -100,8 +105,8 @@ def _maps_default() -> tuple[str, ...]:
               help="Smallest area fraction of the random resized crop (SimCLR: 0.08).")
 @verbosity_options
 def main(dataset, data_dir, normal, download, backbone, weights_tag, weights_file, image_size, resize, interpolation,
-         normalisation, maps, map_grid, feature_dtype, precision, batch_size, workers, device, chunk_rows, out,
-         overwrite, skip_bad, shard, views, views_per_class, views_seed, views_crop_scale):
+         normalisation, maps, map_grid, trunk_maps, feature_dtype, precision, batch_size, workers, device, chunk_rows,
+         out, overwrite, skip_bad, shard, views, views_per_class, views_seed, views_crop_scale):
     """Extract pooled (and optionally intermediate) features of DATASET with a frozen BACKBONE
     into a Zarr feature cache. An interrupted run resumes where it stopped when run again."""
     from pipeline.extract.backbones import load_backbone
@@ -136,7 +141,8 @@ def main(dataset, data_dir, normal, download, backbone, weights_tag, weights_fil
     cache = extract(data, backbone, preprocessing, out_path, weights_tag=weights_tag, weights_file=weights_file,
                     maps=maps, map_grid=map_grid, feature_dtype=feature_dtype, batch_size=batch_size,
                     workers=workers, device=device, chunk_rows=chunk_rows, overwrite=overwrite, skip_bad=skip_bad,
-                    precision=precision, loaded=loaded, shard=shard, protected=[data_dir])
+                    precision=precision, loaded=loaded, shard=shard, protected=[data_dir],
+                    trunk_maps=None if str(trunk_maps).lower() == "none" else trunk_maps)
     if views:
         if shard is not None:
             raise PipelineError("--views cannot be combined with --shard: run the views once the shards are done "

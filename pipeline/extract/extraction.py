@@ -28,14 +28,18 @@ def default_cache_path(dataset: str, backbone: str, image_size: int) -> Path:
 
 
 def cache_metadata(dataset: ImageDataset, backbone: str, weights, preprocessing: Preprocessing,
-                   feature_dtype: str, maps: dict[str, dict], precision: str = "float32") -> dict:
-    """Everything that decides the numbers in a cache; compared on resume and by the heads."""
+                   feature_dtype: str, maps: dict[str, dict], precision: str = "float32",
+                   trunk: dict | None = None) -> dict:
+    """Everything that decides the numbers in a cache; compared on resume and by the heads.
+    ``trunk`` (the full-resolution trunk map's stage and shape) only when one is stored, so
+    caches made without one keep their metadata."""
+    features = {"pooled": "global average of the last feature map", "dtype": feature_dtype, "maps": maps,
+                "compute_precision": precision, **({"trunk": trunk} if trunk else {})}
     return {
         "dataset": dataset.describe(),
         "backbone": {"name": backbone, "weights": weights.tag, "weights_sha256": weights.sha256},
         "preprocessing": preprocessing.to_dict(),
-        "features": {"pooled": "global average of the last feature map", "dtype": feature_dtype, "maps": maps,
-                     "compute_precision": precision},
+        "features": features,
     }
 
 
@@ -45,7 +49,8 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
             batch_size: int = 64, workers: int = 1, device: str = "auto",
             chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False, skip_bad: bool = False,
             precision: str = "float32", loaded: tuple | None = None,
-            shard: tuple[int, int] | None = None, protected: Sequence[str | Path] = ()) -> FeatureCache:
+            shard: tuple[int, int] | None = None, protected: Sequence[str | Path] = (),
+            trunk_maps: str | None = None) -> FeatureCache:
     """Run the backbone over both splits, writing chunk by chunk; resumable.
 
     ``loaded`` is what ``load_backbone`` returned, when the caller has loaded it already.
@@ -55,6 +60,9 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
     the same batches as in a single run, so the arrays are the same as a single run's.
     ``out`` is never written over the ``protected`` folders (the data directory) or the image
     folder, nor over anything but a feature cache made by this project.
+    ``trunk_maps``: also store this stage's map at full resolution, float16, as
+    ``trunk/<stage>`` (what PANDA's trainable tail reads); ``"panda"`` names the backbone's
+    PANDA split (``BackboneSpec.trunk_end``).
     """
     out = Path(out)
     if shard is not None and not 0 <= shard[0] < shard[1]:
@@ -70,15 +78,24 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         for name in maps:
             if name not in model.stage_names:
                 raise PipelineError(f"{backbone} has no map {name!r}; its maps are {', '.join(model.stage_names)}.")
+        trunk = model.spec.trunk_end if trunk_maps == "panda" else trunk_maps
+        if trunk is not None:
+            model.split(trunk)  # refuses a stage that leaves no tail to train
         dataset = drop_unreadable(dataset, skip_bad, workers)
 
         with torch.inference_mode():
-            probe = model(torch.zeros(1, 3, preprocessing.image_size, preprocessing.image_size, device=device_), maps)
+            probe = model(torch.zeros(1, 3, preprocessing.image_size, preprocessing.image_size, device=device_),
+                          maps + ((trunk,) if trunk else ()))
         map_info = {name: {"grid": map_grid, "dtype": map_dtype, "channels": int(probe[name].shape[1])} for name in maps}
-        metadata = cache_metadata(dataset, backbone, weights, preprocessing, feature_dtype, map_info, precision)
+        trunk_info = None if trunk is None else {"stage": trunk, "dtype": "float16",
+                                                 "shape": [int(n) for n in probe[trunk].shape[1:]]}
+        metadata = cache_metadata(dataset, backbone, weights, preprocessing, feature_dtype, map_info, precision,
+                                  trunk_info)
         feature_dim = int(probe["pooled"].shape[1])
         specs = [ArraySpec("features", (feature_dim,), feature_dtype), ArraySpec("labels", (), "int64")]
         specs += [ArraySpec(f"maps/{name}", (info["channels"], map_grid, map_grid), map_dtype) for name, info in map_info.items()]
+        if trunk_info:
+            specs.append(ArraySpec(f"trunk/{trunk}", tuple(trunk_info["shape"]), "float16"))
         sizes = {split: len(dataset.split(split).labels) for split in ("train", "test")}
         # Under the attributes lock, so that of shards starting together one creates the store
         # and the others open it (they must all be given the same options).
@@ -106,7 +123,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         buffer = ChunkBuffer()
         with ChunkWriter() as writer:
             batches = backbone_batches(model, inputs, [rows for _, _, rows, _ in plan], map_info, device_,
-                                       precision=precision, workers=workers, desc=f"extract {backbone}")
+                                       precision=precision, workers=workers, desc=f"extract {backbone}", trunk=trunk)
             for (split, chunk, _, last), (_, outputs) in zip(plan, batches):
                 buffer.add(outputs)
                 if last:

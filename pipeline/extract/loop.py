@@ -48,20 +48,26 @@ class PreprocessedBatches(Dataset):
 
 
 def run_backbone(model: torch.nn.Module, batch: torch.Tensor, maps: Mapping[str, Mapping], device: torch.device,
-                 autocast: torch.autocast) -> dict[str, np.ndarray]:
-    """One forward pass as every cache stores it: ``features`` (pooled, float32) and each
-    ``maps/<name>`` average-pooled to its ``grid`` (float32; the store rounds to its dtype)."""
+                 autocast: torch.autocast, trunk: str | None = None) -> dict[str, np.ndarray]:
+    """One forward pass as every cache stores it: ``features`` (pooled, float32), each
+    ``maps/<name>`` average-pooled to its ``grid`` (float32; the store rounds to its dtype) and,
+    if asked for, ``trunk/<trunk>``, that stage's map at full resolution in float16."""
+    names = tuple(maps) + ((trunk,) if trunk else ())
     with torch.inference_mode(), autocast:
-        out = model(batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), tuple(maps))
+        out = model(batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), names)
     result = {"features": out["pooled"].float().cpu().numpy()}
     for name, info in maps.items():
         result[f"maps/{name}"] = F.adaptive_avg_pool2d(out[name].float(), info["grid"]).cpu().numpy()
+    if trunk:
+        # Rounded here, as the store would (round to nearest even), so a chunk waiting to be
+        # written holds half the bytes: full-resolution maps are the largest arrays by far.
+        result[f"trunk/{trunk}"] = out[trunk].to(torch.float16).cpu().numpy()
     return result
 
 
 def backbone_batches(model: torch.nn.Module, inputs: Dataset, batch_rows: Sequence[Sequence[int]],
                      maps: Mapping[str, Mapping], device: torch.device, *, precision: str = "float32",
-                     workers: int = 0, desc: str = "extract", images_per_row: int = 1
+                     workers: int = 0, desc: str = "extract", images_per_row: int = 1, trunk: str | None = None
                      ) -> Iterator[tuple[Sequence[int], dict[str, np.ndarray]]]:
     """Run ``model`` over every batch of ``inputs`` and yield, in order, ``(rows, outputs)``:
     the rows ``batch_rows[i]`` that item i of ``inputs`` holds, and ``run_backbone``'s outputs.
@@ -70,6 +76,7 @@ def backbone_batches(model: torch.nn.Module, inputs: Dataset, batch_rows: Sequen
     backbone runs in channels-last layout, under autocast when ``precision`` is not float32
     (it is recorded in the cache, since it changes the numbers slightly). The progress bar counts
     ``images_per_row`` images per row (the augmented views run several copies of each image).
+    ``trunk``: a stage whose full-resolution map is also returned (``run_backbone``).
     """
     check_precision(precision)
     # Mixed precision runs the convolutions in 16 bits (fast on GPUs); the features come out float32.
@@ -80,7 +87,7 @@ def backbone_batches(model: torch.nn.Module, inputs: Dataset, batch_rows: Sequen
     total = sum(len(rows) for rows in batch_rows) * images_per_row
     with progress(total=total, desc=desc, unit="img") as bar:
         for rows, batch in zip(batch_rows, loader):
-            outputs = run_backbone(model, batch, maps, device, autocast)
+            outputs = run_backbone(model, batch, maps, device, autocast, trunk)
             bar.update(len(rows) * images_per_row)
             yield rows, outputs
 

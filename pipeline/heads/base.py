@@ -28,6 +28,7 @@ from sklearn.base import BaseEstimator
 from pipeline.errors import PipelineError
 
 POOLED = "pooled"
+TRUNK = "trunk/"  # prefix of the trunk maps' keys in a mapping of features (and of their cache arrays)
 DEFAULT_THRESHOLD_QUANTILE = 0.95
 
 
@@ -35,7 +36,9 @@ DEFAULT_THRESHOLD_QUANTILE = 0.95
 class Features:
     """What a head reads, for the same N images: pooled vectors (N, D); optional feature maps
     by layer name (N, C, g, g); optional augmented views of those rows by scale (``"pooled"``
-    or a layer name) with a views axis, (N, V, D) or (N, V, C, g, g).
+    or a layer name) with a views axis, (N, V, D) or (N, V, C, g, g); optional full-resolution
+    trunk maps by stage name (N, C, H, W), float16 as the cache stores them (the PANDA head's
+    input: ``pipeline.extract --trunk-maps``).
 
     ``pooled`` may also be a Dask array or a function returning an iterable of row blocks for
     kNN galleries larger than memory (``pipeline.heads.knn``)."""
@@ -43,17 +46,21 @@ class Features:
     pooled: Any
     maps: Mapping[str, np.ndarray] = field(default_factory=dict)
     views: Mapping[str, np.ndarray] | None = None
+    trunk: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def of(cls, value: "Features | np.ndarray | Mapping[str, np.ndarray] | Any") -> "Features":
-        """Features as given, an array of pooled vectors, or ``{"pooled": ..., <layer>: maps}``."""
+        """Features as given, an array of pooled vectors, or ``{"pooled": ..., <layer>: maps,
+        "trunk/<stage>": trunk maps}``."""
         if isinstance(value, Features):
             return value
         if isinstance(value, Mapping):
             if POOLED not in value:
                 raise PipelineError(f"features given by scale need the pooled vectors under {POOLED!r}; "
                                     f"got {', '.join(map(str, value)) or 'nothing'}.")
-            return cls(value[POOLED], {k: v for k, v in value.items() if k != POOLED})
+            trunk = {k.removeprefix(TRUNK): v for k, v in value.items() if k.startswith(TRUNK)}
+            maps = {k: v for k, v in value.items() if k != POOLED and not k.startswith(TRUNK)}
+            return cls(value[POOLED], maps, trunk=trunk)
         return cls(value)
 
     def __len__(self) -> int:
@@ -66,7 +73,8 @@ class Features:
     def take(self, index: np.ndarray) -> "Features":
         """The given rows (maps and views too)."""
         views = None if self.views is None else {k: v[index] for k, v in self.views.items()}
-        return Features(self.pooled[index], {k: v[index] for k, v in self.maps.items()}, views)
+        return Features(self.pooled[index], {k: v[index] for k, v in self.maps.items()}, views,
+                        {k: v[index] for k, v in self.trunk.items()})
 
 
 # After each epoch of a head trained by epochs: (the head in its current state, the epoch's
@@ -83,6 +91,7 @@ class Head(BaseEstimator):
     name: ClassVar[str] = ""
     needs_maps: ClassVar[bool] = False   # fit and score read Features.maps
     needs_views: ClassVar[bool] = False  # fit reads Features.views
+    needs_trunk: ClassVar[bool] = False  # fit and score read Features.trunk
     uses_labels: ClassVar[bool] = False  # fit may take labelled anomalies
     # What the threshold is a quantile of, in words (saved with the head).
     training_note: ClassVar[str] = "the head's scores on its own training features"

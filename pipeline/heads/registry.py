@@ -16,6 +16,7 @@ HEADS = {
     "igd": "pipeline.heads.igd",
     "gaussian": "pipeline.heads.gaussian",
     "classical": "pipeline.heads.classical",
+    "panda": "pipeline.heads.panda",
 }
 
 

@@ -82,12 +82,12 @@ class SavedHead:
 
     @property
     def multi_scale(self) -> bool:
-        """Whether the head also reads the cache's intermediate maps (AnoMem)."""
-        return self.head.needs_maps
+        """Whether the head also reads the cache's intermediate maps (AnoMem) or trunk map (PANDA)."""
+        return self.head.needs_maps or self.head.needs_trunk
 
     def score(self, features: np.ndarray, maps: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """Scores of pooled ``features`` (N, D), with the cache's intermediate ``maps`` for a
-        head that reads them."""
+        """Scores of pooled ``features`` (N, D), with the cache's intermediate ``maps`` (and
+        ``trunk/<stage>`` maps) for a head that reads them."""
         return np.asarray(self.head.score_samples({"pooled": features, **(maps or {})}), dtype=np.float64)
 
 

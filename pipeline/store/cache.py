@@ -8,6 +8,7 @@ Layout of a store::
       train/features            (N, D)         pooled features, float32 or float16
       train/labels              (N,)           int64 class indices
       train/maps/<layer>        (N, C, g, g)   optional intermediate maps, float16 by default
+      train/trunk/<stage>       (N, C, H, W)   optional full-resolution map of one stage, float16
       test/...                  the same for the test split
 
 Every array is chunked along the sample axis with the same number of rows, so that
@@ -639,12 +640,20 @@ class FeatureCache:
         return self.group[key]
 
     def map_names(self, split: str = "train") -> list[str]:
-        return sorted(self.group[f"{split}/maps"].array_keys()) if f"{split}/maps" in self.group else []
+        return self._names_in(f"{split}/maps")
+
+    def trunk_names(self, split: str = "train") -> list[str]:
+        """Stages whose full-resolution map the split stores (``trunk/<stage>``)."""
+        return self._names_in(f"{split}/trunk")
+
+    def _names_in(self, group: str) -> list[str]:
+        return sorted(self.group[group].array_keys()) if group in self.group else []
 
     def array_names(self, split: str) -> list[str]:
         # Extra per-sample arrays (the views store's "rows") are checked like the others.
         extra = sorted(set(self.group[split].array_keys()) - {"features", "labels"}) if split in self.group else []
-        return ["features", "labels"] + extra + [f"maps/{m}" for m in self.map_names(split)]
+        return (["features", "labels"] + extra + [f"maps/{m}" for m in self.map_names(split)]
+                + [f"trunk/{t}" for t in self.trunk_names(split)])
 
     def read_chunk(self, split: str, name: str, chunk: int) -> np.ndarray:
         """One chunk's rows of an array, checked against the checksum recorded when it was written."""
@@ -729,6 +738,19 @@ class FeatureCache:
             yield rows, self.read_chunk(split, name, chunk)
 
 
+def _array_differences(existing: FeatureCache, arrays: dict[str, list[ArraySpec]]) -> list[str]:
+    """The arrays a store has that a run would not write, and those it lacks (a cache made with
+    a trunk map, resumed without one, say: the metadata compares only what the run records)."""
+    have = {f"{split}/{name}" for split in existing.splits for name in existing.array_names(split)}
+    wanted = {f"{split}/{spec.name}" for split, specs in arrays.items() for spec in specs}
+    found = []
+    if have - wanted:
+        found.append(f"the cache has arrays {', '.join(sorted(have - wanted))} that were not asked for")
+    if wanted - have:
+        found.append(f"arrays {', '.join(sorted(wanted - have))} were asked for but the cache has none")
+    return found
+
+
 def open_or_create(out: Path, metadata: dict, arrays: dict[str, list[ArraySpec]], sizes: dict[str, int],
                    chunk_rows: int, overwrite: bool, protected: Sequence[str | Path] = ()) -> FeatureCache:
     """The store to fill at ``out``.
@@ -745,6 +767,7 @@ def open_or_create(out: Path, metadata: dict, arrays: dict[str, list[ArraySpec]]
             existing = FeatureCache.open(out, require_complete=False)
             found = differences(metadata, existing.metadata)
             found += [edited] if (edited := existing.metadata_edited()) else []
+            found += _array_differences(existing, arrays)
         except PipelineError as error:  # ours, but of another format version
             existing, found = None, [error.message]
         same = existing is not None and not found and existing.chunk_rows == chunk_rows

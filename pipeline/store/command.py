@@ -26,7 +26,8 @@ def info(cache_path: str) -> None:
     click.echo(json.dumps(cache.metadata, indent=2))
     for split in cache.splits:
         arrays = [f"{name} {cache.array(split, name).shape} {cache.array(split, name).dtype}"
-                  for name in ["features", "labels"] + [f"maps/{m}" for m in cache.map_names(split)]]
+                  for name in ["features", "labels"] + [f"maps/{m}" for m in cache.map_names(split)]
+                  + [f"trunk/{t}" for t in cache.trunk_names(split)]]
         done = len(cache.done_chunks(split))
         click.echo(f"{split}: {'; '.join(arrays)}; {done}/{len(cache.chunk_slices(split))} chunks written")
     edited = cache.metadata_edited()

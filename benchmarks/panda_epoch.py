@@ -1,0 +1,166 @@
+"""PANDA training epoch: from cached trunk maps (this project) vs the whole backbone on decoded
+images every epoch (PANDA's code).
+
+    python benchmarks/panda_epoch.py --images-dir data/cifar10-jpg/train/airplane --images 500 --image-size 224
+
+Both run in this process, on the same images, with the same tail (a fresh copy of
+EfficientNet-Lite0's stages after its stride-8 trunk, pretrained weights), the same minibatch
+order, batch size and SGD step (``pipeline.heads.panda.model.train_step``). Rounds alternate
+the two ways, so a machine that slows down or speeds up during the run affects both alike.
+
+- cached: the trunk maps are computed once (decode, resize, trunk forward: the extraction's
+  work, timed apart as the one-time cost), kept in memory as float16 as the cache stores them;
+  an epoch is the tail's forward and backward passes and SGD steps on them.
+- PANDA's way: every epoch decodes and resizes each minibatch's images, runs the frozen trunk
+  (no gradients, as PANDA's frozen layers) and then the same tail step.
+
+Also timed, per epoch: the scoring pass over the same images that PANDA's code makes after
+every epoch (its ``get_score`` runs the whole model on the training and test sets), from
+cached maps (tail only) and from images (decode, trunk, tail).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import click
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Clock:
+    """Seconds spent per named part, summed over a pass."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.parts = device, {}
+
+    def time(self, name: str, work):
+        _sync(self.device)
+        start = time.perf_counter()
+        result = work()
+        _sync(self.device)
+        self.parts[name] = self.parts.get(name, 0.0) + time.perf_counter() - start
+        return result
+
+
+@click.command()
+@click.option("--images-dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A folder of images (its first --images files, sorted), e.g. data/cifar10-jpg/train/airplane.")
+@click.option("--images", default=500, show_default=True, type=click.IntRange(2))
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(16, 1024))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="PANDA's: 32.")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1),
+              help="Epochs of each way, alternated; the medians are reported.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", default=None, type=click.IntRange(1), help="torch CPU threads (default: torch's).")
+@click.option("--precision", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16"]))
+@click.option("--scoring/--no-scoring", default=True, show_default=True,
+              help="Also time the per-epoch scoring pass of PANDA's code over the same images.")
+def main(images_dir: str, images: int, image_size: int, batch_size: int, rounds: int, device: str,
+         threads: int | None, precision: str, scoring: bool) -> None:
+    from pipeline import params
+    from pipeline.extract.backbones import load_backbone
+    from pipeline.extract.datasets import FileImages
+    from pipeline.extract.listing import list_images
+    from pipeline.extract.preprocess import Preprocessing
+    from pipeline.heads.panda.model import autocast, embed, train_step
+
+    device_ = torch.device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    paths = sorted(list_images(Path(images_dir))[0])[:images]
+    files = FileImages([str(p) for p in paths])
+    preprocessing = Preprocessing(**{**params.section("preprocess"), "image_size": image_size})
+    model, _ = load_backbone("efficientnet_lite0", image_size)
+    trunk, pretrained_tail = model.split()
+    trunk = trunk.to(device_, memory_format=torch.channels_last)
+    settings = params.section("panda")  # PANDA's code: lr, momentum, weight decay, clipping
+    batches = [list(range(i, min(i + batch_size, len(files)))) for i in range(0, len(files), batch_size)]
+    print(f"{len(files)} images from {images_dir}, EfficientNet-Lite0 at {image_size}x{image_size}, trunk to "
+          f"{model.spec.trunk_end}, batch {batch_size}, {precision}, device {device_}, torch threads "
+          f"{torch.get_num_threads()}, {rounds} rounds")
+
+    def decode(rows: list[int]) -> torch.Tensor:
+        return preprocessing([files[i] for i in rows]).to(device_)
+
+    def run_trunk(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast(device_, precision):
+            return trunk(x.contiguous(memory_format=torch.channels_last)).to(torch.float16)
+
+    # The one-time cost of the cache: decode, resize and the trunk, once per image.
+    once = Clock(device_)
+    maps = torch.cat([once.time("trunk forward", lambda: run_trunk(once.time("decode + resize", lambda: decode(b))))
+                      for b in batches])
+    print(f"trunk maps {tuple(maps.shape[1:])} float16, {maps[0].numel() * 2 / 1024:.1f} KiB per image; made once "
+          f"in {sum(once.parts.values()):.2f} s ({_parts(once.parts)})")
+
+    def fresh_tail():
+        tail = copy.deepcopy(pretrained_tail).to(device_, memory_format=torch.channels_last).eval()
+        params_ = [p for p in tail.requires_grad_(True).parameters()]
+        optimiser = torch.optim.SGD(params_, lr=settings["lr"], momentum=settings["momentum"],
+                                    weight_decay=settings["weight_decay"])
+        return tail, params_, optimiser
+
+    centre = embed(fresh_tail()[0], maps, precision).mean(0)
+
+    def epoch(way: str, seed: int) -> dict[str, float]:
+        tail, params_, optimiser = fresh_tail()
+        clock = Clock(device_)
+        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).split(batch_size)
+        for index in order:
+            rows = index.tolist()
+            if way == "cached":
+                batch = maps[index.to(device_)]
+            else:
+                batch = clock.time("trunk forward", lambda: run_trunk(clock.time("decode + resize",
+                                                                                 lambda: decode(rows))))
+            clock.time("tail forward + backward + step", lambda: train_step(
+                tail, params_, optimiser, batch, centre, settings["grad_clip"], precision))
+        if scoring:  # PANDA's get_score after the epoch: the model over the images, no gradients
+            for rows in batches:
+                batch = maps[rows] if way == "cached" else clock.time(
+                    "scoring: trunk forward", lambda: run_trunk(clock.time("scoring: decode + resize",
+                                                                           lambda: decode(rows))))
+                clock.time("scoring: tail forward", lambda: embed(tail, batch, precision))
+        return clock.parts
+
+    results: dict[str, list[dict[str, float]]] = {"cached": [], "panda": []}
+    for way in results:  # warm-up: first-call allocations, lazy imports
+        epoch(way, seed=0)
+    for r in range(rounds):
+        for way in (("cached", "panda") if r % 2 == 0 else ("panda", "cached")):
+            results[way].append(epoch(way, seed=r))
+            total = sum(results[way][-1].values())
+            print(f"round {r + 1} {way:6s} {total:7.2f} s  ({_parts(results[way][-1])})")
+
+    def median(way: str, only_training: bool) -> float:
+        return statistics.median(sum(v for k, v in parts.items() if not (only_training and k.startswith("scoring")))
+                                 for parts in results[way])
+
+    print()
+    for label, only_training in (("training epoch", True), ("epoch + scoring pass", False)):
+        if only_training or scoring:
+            cached, panda = median("cached", only_training), median("panda", only_training)
+            print(f"{label:22s} cached {cached:7.2f} s   PANDA's way {panda:7.2f} s   ratio {panda / cached:5.2f}x")
+    print("median breakdown, PANDA's way: " + _parts({k: statistics.median(p[k] for p in results["panda"])
+                                                      for k in results["panda"][0]}))
+    print("median breakdown, cached:      " + _parts({k: statistics.median(p[k] for p in results["cached"])
+                                                      for k in results["cached"][0]}))
+    print(f"the cache's one-time trunk pass: {sum(once.parts.values()):.2f} s, the decoding and trunk work that "
+          f"each of PANDA's epochs repeats.")
+
+
+def _parts(parts: dict[str, float]) -> str:
+    total = sum(parts.values()) or 1.0
+    return ", ".join(f"{name} {seconds:.2f} s ({100 * seconds / total:.0f}%)" for name, seconds in parts.items())
+
+
+if __name__ == "__main__":
+    main()
