@@ -499,3 +499,84 @@ class CorruptedImages(Sequence):
         array = image[:3].permute(1, 2, 0).numpy()
         out = corrupt_image(np.ascontiguousarray(array), index, self.name, self.severity, self.constants)
         return torch.from_numpy(out).permute(2, 0, 1).contiguous()
+
+
+# --- corrupted test splits ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ShiftedSplit:
+    """A corrupted copy of (some of) the test split: its name in the store, the test rows it
+    holds, its images (``images[row]`` is test row ``row`` corrupted) and its description."""
+
+    name: str
+    rows: np.ndarray
+    images: Sequence
+    description: dict
+
+
+def split_name(corruption: str, severity: int) -> str:
+    return f"test@{corruption}@{severity}"
+
+
+@dataclass(frozen=True)
+class CorruptionPlan:
+    """Which corrupted test splits an extraction writes: every corruption in ``names`` at every
+    severity, of all test images or of ``per_class`` drawn per class (the same rows for every
+    corruption, drawn with ``rows_seed``), with the ``constants`` set (auto: by image size)."""
+
+    names: tuple[str, ...]
+    severities: tuple[int, ...]
+    per_class: int | None = None
+    constants: str = "auto"
+    rows_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in self.names:
+            for severity in self.severities:
+                check_corruption(name, severity, "cifar10-c" if self.constants == "auto" else self.constants)
+        if "frost" in self.names:
+            frost_textures()  # before any work: the photographs are there, or the error says how to get them
+
+    def splits(self, test) -> list[ShiftedSplit]:
+        """The splits of ``test`` (an ImageSplit: images and labels)."""
+        from pipeline.extract.views import choose_rows
+
+        rows = np.asarray(choose_rows(test.labels, self.per_class, self.rows_seed), dtype=np.int64)
+        constants, chosen = self.constants, "given"
+        if constants == "auto":
+            height, width = test.images[int(rows[0])].shape[-2:]
+            constants = constants_for(int(height), int(width))
+            chosen = (f"auto: the first test image is {height}x{width} px; CIFAR-10-C's constants up to "
+                      f"{SMALL_IMAGE_SIDE} px on the longer side, ImageNet-C's above")
+        common = {"of": "test", "constants": constants, "constants_chosen": chosen, "rows": len(rows),
+                  "per_class": "all" if self.per_class is None else self.per_class, "rows_seed": self.rows_seed,
+                  "definition": "Hendrycks & Dietterich 2019 (ImageNet-C, CIFAR-10-C), pipeline/extract/corruptions.py",
+                  "seed": "numpy default_rng([test row, crc32(corruption name), severity])",
+                  "applied": "to the decoded test image at its own size, before resizing"}
+        return [ShiftedSplit(split_name(name, severity), rows, CorruptedImages(test.images, name, severity, constants),
+                             {**common, "corruption": name, "severity": severity,
+                              **({"control": True} if name == IDENTITY else {})})
+                for name in self.names for severity in self.severities]
+
+
+def parse_corruptions(value: str) -> tuple[str, ...]:
+    """'none' -> (); 'all' -> the 15; 'fog,snow' -> those (and identity, the control)."""
+    text = str(value).strip().lower()
+    if text in ("", "none"):
+        return ()
+    names = list(CORRUPTIONS) if text == "all" else [part.strip() for part in text.split(",") if part.strip()]
+    for name in names:
+        if name not in (*CORRUPTIONS, IDENTITY):
+            raise choice_error("corruption", name, ["all", *CORRUPTIONS, IDENTITY])
+    return tuple(dict.fromkeys(names))
+
+
+def parse_severities(value: str | int) -> tuple[int, ...]:
+    """'1,3,5' -> (1, 3, 5); 'all' -> 1..5."""
+    text = str(value).strip().lower()
+    if text == "all":
+        return SEVERITIES
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() and int(part) in SEVERITIES for part in parts):
+        raise PipelineError(f"--severities {value!r}: give comma-separated severities from 1 to 5, e.g. 1,3,5, or all.")
+    return tuple(sorted({int(part) for part in parts}))
