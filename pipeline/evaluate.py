@@ -5,6 +5,10 @@ that use labelled anomalies, also a draw of them), a clone of the given head is 
 the class's training rows and scores the whole test set. Runs are done here or, with a Dask
 ``client``, as jobs on its workers; both go through ``fit_and_score``, so they agree.
 
+With a ``ShiftPlan`` (the robustness protocol, ``pipeline.shift``), the head fitted for a run
+also scores the cache's corrupted copies of the test split, with the same fitted state, and
+the metrics gain a ``shift`` section (SD, SPD, per corruption and severity).
+
 Heads do not grade themselves: for heads trained by epochs, the test AUROC after each epoch
 is recorded by a callback this module passes to ``fit`` (``curves``); a head's control scores
 (``Head.control_scores``) are graded here too, and its ``diagnostics`` recorded, on one-class
@@ -14,7 +18,7 @@ runs (``controls`` and ``diagnostics`` in the metrics payload).
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -27,6 +31,7 @@ from pipeline.heads.base import Features, Head
 from pipeline import metrics_file
 from pipeline.metrics import detection_metrics, roc_points, summarise
 from pipeline.protocol import draw_anomalies, one_vs_all
+from pipeline.shift import ShiftPlan, mean_over_runs, shift_metrics, shift_section, summary_line
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -53,6 +58,7 @@ class Plan:
     train_access: str = "memory"
     keep_heads: bool = False        # return each class's first fitted head
     after_fit: AfterFit | None = None
+    shift: ShiftPlan | None = None  # corrupted test splits the fitted head also scores
 
 
 @dataclass
@@ -78,6 +84,8 @@ class EvaluationData:
     test: Features
     train: Features | None = None   # None unless read in memory
     train_rows: np.ndarray | None = None  # the training rows ``train`` holds (those with views, if needed)
+    # Corrupted test splits: name -> (Features, labels, the clean test rows they were made from).
+    shifted: dict[str, tuple[Features, np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def training_rows(self, normal_class: int) -> np.ndarray:
         """Positions in ``train_rows`` of the class's training images."""
@@ -91,9 +99,10 @@ class _Reader:
     maps: bool
     views: bool
     train_in_memory: bool
+    shifted: tuple[str, ...] = ()
 
     def __call__(self, cache: FeatureCache) -> EvaluationData:
-        return read_data(cache, self.maps, self.views, self.train_in_memory)
+        return read_data(cache, self.maps, self.views, self.train_in_memory, self.shifted)
 
 
 def read_features(cache: FeatureCache, split: str, rows: np.ndarray | None = None, maps: bool = False,
@@ -111,7 +120,8 @@ def read_features(cache: FeatureCache, split: str, rows: np.ndarray | None = Non
     return Features(cache.features(split, rows), map_arrays, view_arrays)
 
 
-def read_data(cache: FeatureCache, maps: bool, views: bool, train_in_memory: bool = True) -> EvaluationData:
+def read_data(cache: FeatureCache, maps: bool, views: bool, train_in_memory: bool = True,
+              shifted: Sequence[str] = ()) -> EvaluationData:
     train_labels = cache.labels("train")
     train_rows = np.arange(len(train_labels))
     if views:
@@ -119,12 +129,15 @@ def read_data(cache: FeatureCache, maps: bool, views: bool, train_in_memory: boo
 
         train_rows = open_views(cache).read("train", "rows")
     train = read_features(cache, "train", train_rows, maps, views) if train_in_memory else None
+    corrupted = {split: (read_features(cache, split, maps=maps), cache.labels(split), cache.read(split, "rows"))
+                 for split in shifted}
     return EvaluationData(cache, train_labels, cache.labels("test"), read_features(cache, "test", maps=maps),
-                          train, train_rows)
+                          train, train_rows, corrupted)
 
 
 def _reader(plan: Plan) -> _Reader:
-    return _Reader(plan.head.needs_maps, plan.head.needs_views, plan.train_access == "memory")
+    return _Reader(plan.head.needs_maps, plan.head.needs_views, plan.train_access == "memory",
+                   plan.shift.splits if plan.shift is not None else ())
 
 
 def _data(plan: Plan) -> EvaluationData:
@@ -172,6 +185,10 @@ def fit_and_score(run: Run, data: EvaluationData | None = None, on_epoch: Callab
         plan.after_fit(c, head, train)
     scores = head.score_samples(data.test)
     metrics = detection_metrics(protocol.test_is_anomaly, scores)
+    shift = {}
+    if plan.shift is not None:  # the same fitted head on every corrupted copy of the test split
+        shift = shift_metrics(plan.shift, c, scores, {split: (head.score_samples(features), labels, rows)
+                                                      for split, (features, labels, rows) in data.shifted.items()})
     if curve:
         best = max(curve, key=lambda r: r["test_auroc"])
         metrics.update(best_epoch_auroc=best["test_auroc"], best_epoch=best["epoch"])
@@ -180,7 +197,7 @@ def fit_and_score(run: Run, data: EvaluationData | None = None, on_epoch: Callab
         controls = {name: detection_metrics(protocol.test_is_anomaly, control)
                     for name, control in head.control_scores(data.test).items()}
         diagnostics = head.diagnostics(data.test)
-    return {"metrics": metrics, "curves": curve, "controls": controls, "diagnostics": diagnostics,
+    return {"metrics": metrics, "curves": curve, "controls": controls, "diagnostics": diagnostics, "shift": shift,
             "roc": roc_points(protocol.test_is_anomaly, scores) if first else None,
             "head": head if first and plan.keep_heads else None}
 
@@ -202,7 +219,7 @@ def evaluate_one_vs_all(cache: FeatureCache, head: Head, classes: Sequence[int],
                         gamma: float = 0.0, track_epochs: bool = False, train_access: str = "memory",
                         client: "Client | None" = None, after_fit: AfterFit | None = None,
                         keep_heads: bool = False, start_from: dict[int, Head] | None = None,
-                        desc: str = "classes") -> dict[str, dict]:
+                        desc: str = "classes", shift: ShiftPlan | None = None) -> dict[str, dict]:
     """Fit a fresh clone of ``head`` on each normal class, once per seed, and score the test set.
 
     Returns, per class name: ``metrics`` (the mean over seeds; for heads with a seed, also
@@ -214,11 +231,12 @@ def evaluate_one_vs_all(cache: FeatureCache, head: Head, classes: Sequence[int],
     ``start_from`` (class -> a fitted head) makes each run go on from a copy of that head
     (``warm_start``). ``train_access`` "stream" or "dask" hands kNN its gallery chunk by chunk.
     With ``client``, each (class, seed) is a job on that Dask cluster, except with "dask",
-    whose chunk tasks run there instead."""
+    whose chunk tasks run there instead. With ``shift``, each run's fitted head also scores
+    the plan's corrupted test splits (``shift`` per class: figures per split, mean over seeds)."""
     if train_access not in TRAIN_ACCESS:
         raise ValueError(f"train_access must be one of {TRAIN_ACCESS}")
     plan = Plan(str(Path(cache.path).resolve()), head, tuple(seeds), gamma, track_epochs, train_access, keep_heads,
-                after_fit)
+                after_fit, shift)
     runs = [Run(plan, c, i, None if start_from is None else start_from[c]) for c in classes for i in range(len(seeds))]
     names = cache.classes
     if client is not None and train_access != "dask":
@@ -261,7 +279,8 @@ def _combine(parts: list[dict], stochastic: bool) -> dict:
                           for name in values} for control, values in parts[0]["controls"].items()}
     diagnostics = {name: float(np.mean([p["diagnostics"][name] for p in parts])) for name in parts[0]["diagnostics"]}
     result = {"metrics": metrics, "roc": parts[0]["roc"], "curves": [c for p in parts for c in p["curves"]],
-              "head": parts[0]["head"], "controls": controls, "diagnostics": diagnostics}
+              "head": parts[0]["head"], "controls": controls, "diagnostics": diagnostics,
+              "shift": mean_over_runs([p["shift"] for p in parts]) if parts[0]["shift"] else {}}
     if stochastic:
         metrics["auroc_std"] = float(np.std([r["auroc"] for r in runs]))
         if "best_epoch_auroc" in metrics:
@@ -309,6 +328,8 @@ def metrics_payload(results: dict[str, dict], metadata: dict, head: dict) -> dic
                                for control in first["controls"]}
     if first.get("diagnostics"):
         payload["diagnostics"] = _mean_and_per_class({name: r["diagnostics"] for name, r in results.items()})
+    if first.get("shift"):
+        payload["shift"] = shift_section({name: r["shift"] for name, r in results.items()}, mean["auroc"])
     return payload
 
 
@@ -355,6 +376,7 @@ def format_summary(payload: dict) -> str:
     if "best_epoch_auroc" in mean:
         best = (f" (final epoch, +/- {100 * mean['auroc_std']:.2f} over seeds); best-epoch AUROC "
                 f"{100 * mean['best_epoch_auroc']:.2f}% (picked on the test set, the paper's protocol)")
+    robustness = f"\n{summary_line(payload['shift'])}" if "shift" in payload else ""
     return (f"{about['head']} on {about['dataset']} / {about['backbone']} @ {about['image_size']}: mean AUROC "
-            f"{100 * mean['auroc']:.2f}%{best} over {len(payload['per_class'])} classes ({per_class}).")
+            f"{100 * mean['auroc']:.2f}%{best} over {len(payload['per_class'])} classes ({per_class}).{robustness}")
 

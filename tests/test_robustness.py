@@ -121,3 +121,99 @@ def test_an_edited_description_of_a_corrupted_split_is_detected(shifted_cache, t
     (path / "zarr.json").write_text(json.dumps(node))
     with pytest.raises(PipelineError, match="descriptions of its derived splits"):
         FeatureCache.open(path)
+
+
+# --- heads on the corrupted splits ---------------------------------------------------------------
+
+def brute_force_knn(gallery: np.ndarray, queries: np.ndarray, k: int = 2) -> np.ndarray:
+    distances = ((queries[:, None, :].astype(np.float64) - gallery[None, :, :]) ** 2).sum(-1)
+    return np.sort(distances, axis=1)[:, :k].sum(1)
+
+
+def test_each_class_is_fitted_once_and_every_split_scored_with_that_fit(shifted_cache, monkeypatch):
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.evaluate import evaluate_one_vs_all
+    from pipeline.heads.knn.head import KNNHead
+    from pipeline.shift import resolve_shift
+
+    fits = []
+    original = KNNHead.fit
+    monkeypatch.setattr(KNNHead, "fit", lambda self, *a, **kw: fits.append(1) or original(self, *a, **kw))
+    plan = resolve_shift(shifted_cache, "all", "both")
+    assert plan.splits == tuple(SPLITS)
+    results = evaluate_one_vs_all(shifted_cache, KNNHead(k=2, threshold_quantile=None), [0, 1, 2], shift=plan)
+    assert len(fits) == 3  # one fit per class, whatever the number of corrupted splits
+    train, labels = shifted_cache.features("train"), shifted_cache.labels("train")
+    for c, name in enumerate(shifted_cache.classes):
+        figures = {test.split: values for test, values in results[name]["shift"].items()}
+        # The identity control: the fitted head's scores are the clean ones, so the same AUROC,
+        # and its corrupted normal images cannot be told from the clean ones (all ties: 0.5).
+        assert figures["test@identity@5"]["auroc"] == results[name]["metrics"]["auroc"]
+        assert figures["test@identity@5"]["flagged_auroc"] == pytest.approx(0.5, abs=1e-12)
+        # A real corruption, against scores computed by brute force with that class's gallery.
+        split = "test@gaussian_noise@5"
+        scores = brute_force_knn(train[labels == c], shifted_cache.features(split))
+        is_anomaly = shifted_cache.labels(split) != c
+        assert figures[split]["auroc"] == pytest.approx(roc_auc_score(is_anomaly, scores), abs=1e-9)
+        clean = brute_force_knn(train[labels == c], shifted_cache.features("test"))
+        normal = ~is_anomaly
+        flagged = roc_auc_score(np.r_[np.zeros(normal.sum()), np.ones(normal.sum())], np.r_[clean[normal], scores[normal]])
+        assert figures[split]["flagged_auroc"] == pytest.approx(flagged, abs=1e-9)
+
+
+HEAD_COMMANDS = {"knn": [], "gaussian": [], "classical": ["--detector", "ocsvm"], "igd": ["--epochs", "1"],
+                 "plume": ["--epochs", "1", "--lr", "0.001"]}
+
+
+@pytest.mark.parametrize("head", list(HEAD_COMMANDS))
+def test_every_head_stage_writes_a_consistent_shift_section(shifted_cache, tmp_path, head):
+    import importlib
+
+    from pipeline import metrics_file
+
+    command = importlib.import_module(f"pipeline.heads.{head}.command").main
+    metrics = tmp_path / f"{head}.json"
+    result = CliRunner().invoke(command, ["--cache", str(shifted_cache.path), "--metrics", str(metrics), "--shift", "all",
+                                          "-q", *HEAD_COMMANDS[head]])
+    assert result.exit_code == 0, result.output
+    assert "robustness: SD" in result.output and "SPD" in result.output
+    payload = metrics_file.read(metrics)
+    shift = payload["shift"]
+    assert shift["sd"] == pytest.approx(payload["mean"]["auroc"], abs=1e-6)
+    assert list(shift["corruptions"]) == ["identity", "gaussian_noise", "fog"]
+    assert shift["corruptions_in_means"] == 2 and shift["labels"] == "unchanged" and "flagged" not in shift
+    at5 = [shift["corruptions"][c]["5"]["auroc"] for c in ("gaussian_noise", "fog")]
+    assert shift["spd"] == pytest.approx(np.mean(at5), abs=1e-6)
+    assert shift["drop"] == pytest.approx(shift["sd"] - shift["spd"], abs=1e-6)
+    assert shift["by_severity"]["5"] == shift["spd"] and set(shift["by_severity"]) == {"1", "5"}
+    assert shift["spd_per_class"] == pytest.approx(
+        {c: np.mean([shift["corruptions"][k]["5"]["per_class"][c] for k in ("gaussian_noise", "fog")])
+         for c in shifted_cache.classes}, abs=1e-6)
+    assert shift["corruptions"]["identity"]["5"]["per_class"] == pytest.approx(
+        {c: m["auroc"] for c, m in payload["per_class"].items()}, abs=1e-6)
+    # The numbers in the metrics file (dvc metrics diff compares them), the words beside it.
+    numbers = __import__("json").loads(metrics.read_text())
+    assert "spd" in numbers["shift"] and "spd_is" not in numbers["shift"] and "labels" not in numbers["shift"]
+
+
+def test_shift_options_refuse_a_cache_without_corrupted_splits_and_unknown_ones(synthetic_cache, shifted_cache,
+                                                                                tmp_path):
+    from pipeline.heads.knn.command import main
+
+    plain = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--metrics", str(tmp_path / "m.json"),
+                                      "--shift", "all", "-q"])
+    assert "has no corrupted test splits" in error_line(plain) and "--corruptions" in error_line(plain)
+    unknown = CliRunner().invoke(main, ["--cache", str(shifted_cache.path), "--metrics", str(tmp_path / "m.json"),
+                                        "--test-split", "test@glass_blur@5", "-q"])
+    assert "test@fog@5" in error_line(unknown)
+    # --test-split names one split; corruption@severity and corruption names work too.
+    one = CliRunner().invoke(main, ["--cache", str(shifted_cache.path), "--metrics", str(tmp_path / "m.json"),
+                                    "--test-split", "fog@5,gaussian_noise", "--shift-labels", "anomalous", "-q"])
+    assert one.exit_code == 0, one.output
+    from pipeline import metrics_file
+
+    shift = metrics_file.read(tmp_path / "m.json")["shift"]
+    assert {c: set(s) for c, s in shift["flagged"]["corruptions"].items()} == {"fog": {"5"},
+                                                                             "gaussian_noise": {"1", "5"}}
+    assert "spd" not in shift and shift["labels"] == "anomalous" and 0.5 <= shift["flagged"]["severity_5"] <= 1
