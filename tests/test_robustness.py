@@ -217,3 +217,54 @@ def test_shift_options_refuse_a_cache_without_corrupted_splits_and_unknown_ones(
     assert {c: set(s) for c, s in shift["flagged"]["corruptions"].items()} == {"fog": {"5"},
                                                                              "gaussian_noise": {"1", "5"}}
     assert "spd" not in shift and shift["labels"] == "anomalous" and 0.5 <= shift["flagged"]["severity_5"] <= 1
+
+
+# --- report -------------------------------------------------------------------------------------
+
+def shift_payload(head: str, sd: float, at5: dict[str, float], **about) -> dict:
+    classes = ["cat", "dog"]
+    spd = float(np.mean(list(at5.values())))
+    corruptions = {"identity": {"5": {"auroc": sd, "per_class": {c: sd for c in classes}}}}
+    corruptions.update({name: {"1": {"auroc": sd - 0.01, "per_class": {c: sd - 0.01 for c in classes}},
+                               "5": {"auroc": v, "per_class": {c: v for c in classes}}} for name, v in at5.items()})
+    return {"mean": {"auroc": sd}, "per_class": {c: {"auroc": sd} for c in classes},
+            "about": {"dataset": "cifar10", "backbone": "efficientnet_lite0", "image_size": 224,
+                      "preprocessing": "resize/bilinear/imagenet", "protocol": "one-vs-all", "head": head, **about},
+            "shift": {"labels": "unchanged", "splits": 5, "corruptions_in_means": len(at5), "constants": "cifar10-c",
+                      "test_images": "100 per class", "sd": sd, "spd": spd, "drop": sd - spd, "sd_same_rows": sd,
+                      "by_severity": {"1": sd - 0.01, "5": spd}, "corruptions": corruptions}}
+
+
+def test_the_report_draws_the_robustness_table_heat_map_and_severity_chart(tmp_path):
+    from pipeline import metrics_file
+    from pipeline.report.command import main as report_main
+
+    metrics = tmp_path / "metrics"
+    metrics_file.write(metrics / "knn.json", shift_payload("knn", 0.9, {"fog": 0.6, "snow": 0.8}, k=2))
+    metrics_file.write(metrics / "gaussian.json", shift_payload("gaussian", 0.95, {"fog": 0.7, "snow": 0.75},
+                                                                scales="last", scaling="none"))
+    out_md, out_html = tmp_path / "r.md", tmp_path / "r.html"
+    result = CliRunner().invoke(report_main, ["build", str(metrics), "--out-md", str(out_md), "--out-html", str(out_html)])
+    assert result.exit_code == 0, result.output
+    markdown = out_md.read_text()
+    assert "### Robustness (SD vs SPD), cifar10: efficientnet_lite0 @ 224x224" in markdown
+    assert "| kNN (DN2), k = 2 | - | 90.0 | **70.0** | 20.0 | 90.0 | – |" in markdown
+    assert "| 95.0 | **72.5** | 22.5 |" in markdown
+    assert "| Head | clean | fog | snow |" in markdown  # the identity control is no column
+    assert "Hardest corruptions (mean AUROC over the heads above): fog 65.0, snow 77.5." in markdown
+    html = out_html.read_text()
+    heat = html[html.index('<svg class="chart heat"'):]
+    heat = heat[:heat.index("</svg>")]
+    assert heat.count('<rect class="cell"') == 2 * 4  # heads x (clean, fog, snow, mean)
+    assert ">60.0<" in heat and ">72.5<" in heat
+    fills = set(__import__("re").findall(r'class="cell"[^>]*fill="(#[0-9a-f]{6})"', heat))
+    assert len(fills) >= 4  # coloured by value, not one colour
+    assert html.count('<path class="severity"') == 2
+
+
+def test_heat_colours_run_from_red_to_blue_and_missing_cells_are_grey():
+    from pipeline.report.svg_chart import heat_colour, heat_map
+
+    assert heat_colour(0) == "#d73027" and heat_colour(1) == "#4575b4" and heat_colour(0.5) == "#ffffbf"
+    svg = heat_map("t", [], ["a <b>"], ["x", "y"], [[0.5, None]])
+    assert svg.count('<rect class="cell"') == 2 and 'fill="#dddddd"' in svg and "a &lt;b&gt;" in svg
