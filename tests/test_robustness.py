@@ -268,3 +268,24 @@ def test_heat_colours_run_from_red_to_blue_and_missing_cells_are_grey():
     assert heat_colour(0) == "#d73027" and heat_colour(1) == "#4575b4" and heat_colour(0.5) == "#ffffbf"
     svg = heat_map("t", [], ["a <b>"], ["x", "y"], [[0.5, None]])
     assert svg.count('<rect class="cell"') == 2 and 'fill="#dddddd"' in svg and "a &lt;b&gt;" in svg
+
+
+def test_a_split_left_unrecorded_by_a_killed_add_is_ignored_then_replaced(shifted_cache, tmp_path):
+    from pipeline.errors import PipelineError
+    from pipeline.store.cache import ArraySpec
+
+    path = tmp_path / "killed.zarr"
+    shutil.copytree(shifted_cache.path, path)
+    # Killed after moving the arrays in, before recording them: a folder the store does not list.
+    shutil.copytree(path / "test@fog@5", path / "test@fog@3")
+    cache = FeatureCache.open(path)
+    assert "test@fog@3" not in cache.splits and cache.verify() == []
+    specs = [ArraySpec("features", (1280,), "float32"), ArraySpec("labels", (), "int64"), ArraySpec("rows", (), "int64")]
+    assert cache.add_split("test@fog@3", specs, 5, {"corruption": "fog", "severity": 3})
+    assert cache.size("test@fog@3") == 5 and not cache.is_complete and cache.missing_chunks()["test@fog@3"] == [0]
+    # Something not ours where the arrays are staged is never deleted.
+    (tmp_path / "killed.zarr.adding").mkdir()
+    (tmp_path / "killed.zarr.adding" / "notes.txt").write_text("mine")
+    with pytest.raises(PipelineError, match="not a feature cache made by this project"):
+        cache.add_split("test@fog@2", specs, 5, {"corruption": "fog", "severity": 2})
+    assert (tmp_path / "killed.zarr.adding" / "notes.txt").read_text() == "mine"

@@ -627,9 +627,8 @@ class FeatureCache:
                                         f"{'; '.join(differences(description, recorded))}.")
                 return False
             staging = Path(str(self.path) + ".adding")
-            if staging.exists():
-                shutil.rmtree(staging)
-            group = zarr.open_group(str(staging), mode="w")
+            remove_store(staging)  # what a run killed while adding left; only ever a store of ours
+            group = zarr.open_group(str(staging), mode="w-", attributes={"format": STORE_FORMAT})
             for spec in specs:
                 group.create_array(f"{split}/{spec.name}", shape=(size, *spec.sample_shape), dtype=spec.dtype,
                                    chunks=(max(1, min(self.chunk_rows, size)), *spec.sample_shape),
@@ -637,7 +636,7 @@ class FeatureCache:
             if (self.path / split).exists():  # arrays left by a run killed before it recorded them
                 shutil.rmtree(self.path / split)
             os.replace(staging / split, self.path / split)
-            shutil.rmtree(staging)
+            remove_store(staging)
 
             def record(attrs: dict) -> dict:
                 derived = {**attrs.get("split_metadata", {}), split: description}
