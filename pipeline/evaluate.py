@@ -6,6 +6,10 @@ normal-vs-anomalies, one task on the normal classes, graded per anomaly type too
 is fitted on the task's training rows and scores the whole test set. Runs are done here or,
 with a Dask ``client``, as jobs on its workers; both go through ``fit_and_score``, so they agree.
 
+With a ``ShiftPlan`` (the robustness protocol, ``pipeline.shift``), the head fitted for a run
+also scores the cache's corrupted copies of the test split, with the same fitted state, and
+the metrics gain a ``shift`` section (SD, SPD, per corruption and severity).
+
 Heads do not grade themselves: for heads trained by epochs, the test AUROC after each epoch
 is recorded by a callback this module passes to ``fit`` (``curves``); a head's control scores
 (``Head.control_scores``) are graded here too, and its ``diagnostics`` recorded, on one-class
@@ -15,7 +19,7 @@ runs (``controls`` and ``diagnostics`` in the metrics payload).
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -29,6 +33,7 @@ from pipeline.heads.base import Features, Head
 from pipeline import metrics_file
 from pipeline.metrics import detection_metrics, roc_points, summarise
 from pipeline.protocol import NORMAL_VS_ANOMALIES, ONE_VS_ALL, Task, draw_anomalies, one_vs_all, split_for
+from pipeline.shift import ShiftPlan, mean_over_runs, shift_metrics, shift_section, summary_line
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -55,6 +60,7 @@ class Plan:
     train_access: str = "memory"
     keep_heads: bool = False        # return each task's first fitted head
     after_fit: AfterFit | None = None
+    shift: ShiftPlan | None = None  # corrupted test splits the fitted head also scores
 
 
 @dataclass
@@ -80,6 +86,8 @@ class EvaluationData:
     test: Features
     train: Features | None = None   # None unless read in memory
     train_rows: np.ndarray | None = None  # the training rows ``train`` holds (those with views, if needed)
+    # Corrupted test splits: name -> (Features, labels, the clean test rows they were made from).
+    shifted: dict[str, tuple[Features, np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def training_rows(self, normal: tuple[int, ...]) -> np.ndarray:
         """Positions in ``train_rows`` of the normal classes' training images."""
@@ -94,9 +102,10 @@ class _Reader:
     views: bool
     train_in_memory: bool
     trunk: bool = False
+    shifted: tuple[str, ...] = ()
 
     def __call__(self, cache: FeatureCache) -> EvaluationData:
-        return read_data(cache, self.maps, self.views, self.train_in_memory, self.trunk)
+        return read_data(cache, self.maps, self.views, self.train_in_memory, self.trunk, self.shifted)
 
 
 def read_features(cache: FeatureCache, split: str, rows: np.ndarray | None = None, maps: bool = False,
@@ -117,7 +126,7 @@ def read_features(cache: FeatureCache, split: str, rows: np.ndarray | None = Non
 
 
 def read_data(cache: FeatureCache, maps: bool, views: bool, train_in_memory: bool = True,
-              trunk: bool = False) -> EvaluationData:
+              trunk: bool = False, shifted: Sequence[str] = ()) -> EvaluationData:
     train_labels = cache.labels("train")
     train_rows = np.arange(len(train_labels))
     if views:
@@ -126,11 +135,14 @@ def read_data(cache: FeatureCache, maps: bool, views: bool, train_in_memory: boo
         train_rows = open_views(cache).read("train", "rows")
     train = read_features(cache, "train", train_rows, maps, views, trunk) if train_in_memory else None
     test = read_features(cache, "test", maps=maps, trunk=trunk)
-    return EvaluationData(cache, train_labels, cache.labels("test"), test, train, train_rows)
+    corrupted = {split: (read_features(cache, split, maps=maps, trunk=trunk), cache.labels(split),
+                         cache.read(split, "rows")) for split in shifted}
+    return EvaluationData(cache, train_labels, cache.labels("test"), test, train, train_rows, corrupted)
 
 
 def _reader(plan: Plan) -> _Reader:
-    return _Reader(plan.head.needs_maps, plan.head.needs_views, plan.train_access == "memory", plan.head.needs_trunk)
+    return _Reader(plan.head.needs_maps, plan.head.needs_views, plan.train_access == "memory", plan.head.needs_trunk,
+                   plan.shift.splits if plan.shift is not None else ())
 
 
 def _data(plan: Plan) -> EvaluationData:
@@ -178,6 +190,11 @@ def fit_and_score(run: Run, data: EvaluationData | None = None, on_epoch: Callab
     if first and plan.after_fit is not None:
         plan.after_fit(task.name, head, train)
     scores = np.asarray(head.score_samples(data.test))
+    shift = {}
+    if plan.shift is not None:  # the same fitted head on every corrupted copy of the test split
+        shift = shift_metrics(plan.shift, task.normal, scores,
+                              {split: (head.score_samples(features), labels, rows)
+                               for split, (features, labels, rows) in data.shifted.items()})
     controls, diagnostics = {}, {}
     if labels is None:  # one-class: what the head's score is made of
         controls = {name: np.asarray(control) for name, control in head.control_scores(data.test).items()}
@@ -186,7 +203,7 @@ def fit_and_score(run: Run, data: EvaluationData | None = None, on_epoch: Callab
     if curve:
         best = max(curve, key=lambda r: r["test_auroc"])
         result["metrics"].update(best_epoch_auroc=best["test_auroc"], best_epoch=best["epoch"])
-    result.update(curves=curve, diagnostics=diagnostics, head=head if first and plan.keep_heads else None)
+    result.update(curves=curve, diagnostics=diagnostics, shift=shift, head=head if first and plan.keep_heads else None)
     if protocol.types:  # normal-vs-anomalies: each anomaly type against the normal test rows
         result["per_type"] = {name: grade(protocol.test_is_anomaly[rows], scores[rows],
                                           {k: v[rows] for k, v in controls.items()}, first)
@@ -218,7 +235,8 @@ def evaluate_one_vs_all(cache: FeatureCache, head: Head, classes: Sequence[int] 
                         seeds: Sequence[int] = (0,), gamma: float = 0.0, track_epochs: bool = False,
                         train_access: str = "memory", client: "Client | None" = None,
                         after_fit: AfterFit | None = None, keep_heads: bool = False,
-                        start_from: dict[str, Head] | None = None, desc: str = "classes") -> dict[str, dict]:
+                        start_from: dict[str, Head] | None = None, desc: str = "classes",
+                        shift: ShiftPlan | None = None) -> dict[str, dict]:
     """Fit a fresh clone of ``head`` on each task, once per seed, and score the test set.
 
     ``classes``: the protocol's tasks (``pipeline.protocol.tasks``), or class indices, each in
@@ -235,7 +253,8 @@ def evaluate_one_vs_all(cache: FeatureCache, head: Head, classes: Sequence[int] 
     one-vs-all only); ``start_from`` (task name -> a fitted head) makes each run go on from a copy of that head
     (``warm_start``). ``train_access`` "stream" or "dask" hands kNN its gallery chunk by chunk.
     With ``client``, each (class, seed) is a job on that Dask cluster, except with "dask",
-    whose chunk tasks run there instead."""
+    whose chunk tasks run there instead. With ``shift``, each run's fitted head also scores
+    the plan's corrupted test splits (``shift`` per class: figures per split, mean over seeds)."""
     if train_access not in TRAIN_ACCESS:
         raise ValueError(f"train_access must be one of {TRAIN_ACCESS}")
     names = cache.classes
@@ -245,7 +264,7 @@ def evaluate_one_vs_all(cache: FeatureCache, head: Head, classes: Sequence[int] 
                             f"classes, and under {NORMAL_VS_ANOMALIES} the head trains on the normal images only "
                             f"(an anomaly_folder has no anomalies in train/): run one-class.")
     plan = Plan(str(Path(cache.path).resolve()), head, tuple(seeds), gamma, track_epochs, train_access, keep_heads,
-                after_fit)
+                after_fit, shift)
     runs = [Run(plan, task, i, None if start_from is None else start_from[task.name])
             for task in tasks for i in range(len(seeds))]
     if client is not None and train_access != "dask":
@@ -284,7 +303,8 @@ def _combine(parts: list[dict], stochastic: bool) -> dict:
     """A task's result from its runs (in seed order): means over seeds, the first seed's ROC."""
     diagnostics = {name: float(np.mean([p["diagnostics"][name] for p in parts])) for name in parts[0]["diagnostics"]}
     result = {**_graded_over_seeds(parts, stochastic), "curves": [c for p in parts for c in p["curves"]],
-              "head": parts[0]["head"], "diagnostics": diagnostics}
+              "head": parts[0]["head"], "diagnostics": diagnostics,
+              "shift": mean_over_runs([p["shift"] for p in parts]) if parts[0]["shift"] else {}}
     if "per_type" in parts[0]:
         result["per_type"] = {name: _graded_over_seeds([p["per_type"][name] for p in parts], stochastic)
                               for name in parts[0]["per_type"]}
@@ -365,6 +385,9 @@ def metrics_payload(results: dict[str, dict], metadata: dict, head: dict) -> dic
                 figures["overall"] = _rounded(task["controls"][control])
     if first.get("diagnostics"):
         payload["diagnostics"] = _mean_and_per_class({name: r["diagnostics"] for name, r in results.items()})
+    if first.get("shift"):
+        clean = mean["auroc"] if task is None else task["metrics"]["auroc"]  # SD: the clean figure it is beside
+        payload["shift"] = shift_section({name: r["shift"] for name, r in results.items()}, clean)
     return payload
 
 
@@ -415,9 +438,10 @@ def format_summary(payload: dict) -> str:
         best = (f" (final epoch, +/- {100 * headline['auroc_std']:.2f} over seeds); best-epoch AUROC "
                 f"{100 * headline['best_epoch_auroc']:.2f}% (picked on the test set, the paper's protocol)")
     where = f"{about['head']} on {about['dataset']} / {about['backbone']} @ {about['image_size']}"
+    robustness = f"\n{summary_line(payload['shift'])}" if "shift" in payload else ""
     if overall is None:
         return (f"{where}: mean AUROC {100 * mean['auroc']:.2f}%{best} over {len(payload['per_class'])} classes "
-                f"({per_class}).")
+                f"({per_class}).{robustness}")
     return (f"{where}, normal {about.get('normal')} against every anomaly: AUROC {100 * overall['auroc']:.2f}%{best}; "
-            f"per defect type ({per_class}), mean {100 * mean['auroc']:.2f}%.")
+            f"per defect type ({per_class}), mean {100 * mean['auroc']:.2f}%.{robustness}")
 

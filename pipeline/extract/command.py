@@ -18,6 +18,7 @@ from pipeline.cli import check_outputs, verbosity_options
 from pipeline.errors import PipelineError
 from pipeline.extract.names import (BACKBONE_NAMES, DATASET_NAMES, INTERPOLATION_NAMES, NORMALISATION_NAMES,
                                     PRECISION_NAMES, RESIZE_MODES)
+from pipeline.extract.corruptions import CONSTANT_SETS, CORRUPTIONS, SMALL_IMAGE_SIDE
 from pipeline.store.cache import DEFAULT_CHUNK_ROWS
 
 
@@ -103,13 +104,30 @@ def _maps_default() -> tuple[str, ...]:
               help="Seed of the drawn images and of the augmentations; the same seed gives the same views.")
 @click.option("--views-crop-scale", default=0.08, show_default=True, type=click.FloatRange(0.01, 1.0),
               help="Smallest area fraction of the random resized crop (SimCLR: 0.08).")
+@params.option("extract", "corruptions", metavar="none|all|NAME,...",
+               callback=lambda c, p, v: _corruption_names(v),
+               help=f"Also write corrupted copies of the test split, one per corruption and severity, named "
+                    f"test@<corruption>@<severity> (the robustness protocol: heads score them with --shift). all: "
+                    f"the 15 of ImageNet-C / CIFAR-10-C ({', '.join(CORRUPTIONS)}); identity: a control that "
+                    f"changes nothing. Added to a finished cache without extracting the rest again.")
+@params.option("extract", "severities", metavar="1,3,5|all", callback=lambda c, p, v: _severities(v),
+               help="Severities (1-5) of each corruption.")
+@params.option("extract", "corrupt_per_class", metavar="N|all", callback=lambda c, p, v: _per_class(v),
+               help="Corrupt all test images, or N per class drawn at random (seed 0; the same rows for every "
+                    "corruption and severity). The clean test split stays whole.")
+@params.option("extract", "corruption_constants", type=click.Choice(["auto", *CONSTANT_SETS]),
+               help=f"The corruptions' constants: CIFAR-10-C's (made for 32x32 images) or ImageNet-C's (224x224); "
+                    f"auto: CIFAR-10-C's when the first test image is at most {SMALL_IMAGE_SIDE} px on its longer "
+                    f"side, ImageNet-C's otherwise (recorded in the cache).")
 @verbosity_options
 def main(dataset, data_dir, normal, download, backbone, weights_tag, weights_file, image_size, resize, interpolation,
          normalisation, maps, map_grid, trunk_maps, feature_dtype, precision, batch_size, workers, device, chunk_rows,
-         out, overwrite, skip_bad, shard, views, views_per_class, views_seed, views_crop_scale):
+         out, overwrite, skip_bad, shard, views, views_per_class, views_seed, views_crop_scale, corruptions, severities,
+         corrupt_per_class, corruption_constants):
     """Extract pooled (and optionally intermediate) features of DATASET with a frozen BACKBONE
     into a Zarr feature cache. An interrupted run resumes where it stopped when run again."""
     from pipeline.extract.backbones import load_backbone
+    from pipeline.extract.corruptions import CorruptionPlan
     from pipeline.extract.datasets import drop_unreadable, load_dataset
     from pipeline.extract.extraction import default_cache_path, extract
     from pipeline.extract.preprocess import Preprocessing
@@ -119,6 +137,7 @@ def main(dataset, data_dir, normal, download, backbone, weights_tag, weights_fil
 
     maps = tuple(m for m in maps if m.lower() != "none")
     preprocessing = Preprocessing(image_size, resize, interpolation, normalisation)
+    plan = CorruptionPlan(corruptions, severities, corrupt_per_class, corruption_constants) if corruptions else None
     out_path = Path(out) if out else default_cache_path(dataset, backbone, image_size)
     # Before loading anything: --out (and the views store beside it) must not be the data, a
     # folder holding it, or anything but a feature cache made by this project, whatever
@@ -142,7 +161,7 @@ def main(dataset, data_dir, normal, download, backbone, weights_tag, weights_fil
                     maps=maps, map_grid=map_grid, feature_dtype=feature_dtype, batch_size=batch_size,
                     workers=workers, device=device, chunk_rows=chunk_rows, overwrite=overwrite, skip_bad=skip_bad,
                     precision=precision, loaded=loaded, shard=shard, protected=[data_dir],
-                    trunk_maps=None if str(trunk_maps).lower() == "none" else trunk_maps)
+                    trunk_maps=None if str(trunk_maps).lower() == "none" else trunk_maps, corruptions=plan)
     if views:
         if shard is not None:
             raise PipelineError("--views cannot be combined with --shard: run the views once the shards are done "
@@ -155,6 +174,24 @@ def main(dataset, data_dir, normal, download, backbone, weights_tag, weights_fil
                       per_class=views_per_class, seed=views_seed,
                       augmentation=Augmentation(crop_scale_min=views_crop_scale), batch_size=batch_size,
                       workers=workers, device=device, overwrite=overwrite, protected=[data_dir])
+
+
+def _corruption_names(value: str) -> tuple[str, ...]:
+    from pipeline.extract.corruptions import parse_corruptions
+
+    try:
+        return parse_corruptions(value)
+    except PipelineError as error:
+        raise click.BadParameter(error.message) from None
+
+
+def _severities(value: str) -> tuple[int, ...]:
+    from pipeline.extract.corruptions import parse_severities
+
+    try:
+        return parse_severities(value)
+    except PipelineError as error:
+        raise click.BadParameter(error.message) from None
 
 
 def _per_class(value: str) -> int | None:

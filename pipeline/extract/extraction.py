@@ -3,9 +3,10 @@ resumable (the work behind ``python -m pipeline.extract``, in command.py)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import click
 import torch
@@ -19,7 +20,10 @@ from pipeline.extract.loop import (ChunkBuffer, ChunkWriter, PreprocessedBatches
                                    chunk_batches, user_facing_errors)
 from pipeline.extract.preprocess import Preprocessing
 from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, check_replaceable,
-                                  open_or_create, writer_lock)
+                                  is_derived, open_or_create, writer_lock)
+
+if TYPE_CHECKING:
+    from pipeline.extract.corruptions import CorruptionPlan, ShiftedSplit
 
 
 def default_cache_path(dataset: str, backbone: str, image_size: int) -> Path:
@@ -50,8 +54,13 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
             chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False, skip_bad: bool = False,
             precision: str = "float32", loaded: tuple | None = None,
             shard: tuple[int, int] | None = None, protected: Sequence[str | Path] = (),
-            trunk_maps: str | None = None) -> FeatureCache:
+            trunk_maps: str | None = None, corruptions: "CorruptionPlan | None" = None) -> FeatureCache:
     """Run the backbone over both splits, writing chunk by chunk; resumable.
+
+    ``corruptions`` also writes one corrupted copy of the test split (or of the rows it draws)
+    per corruption and severity, ``test@<corruption>@<severity>``, beside the clean one and
+    like it (chunks, checksums, resume, shards); added to a finished cache without touching
+    the rest. The images are corrupted in the loader workers, at their original size.
 
     ``loaded`` is what ``load_backbone`` returned, when the caller has loaded it already.
     ``shard = (i, n)`` extracts only the i-th of n disjoint sets of chunks, so n processes (one
@@ -102,20 +111,28 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         with attrs_lock(out):
             cache = open_or_create(out, metadata, {s: specs for s in sizes}, sizes, chunk_rows, overwrite,
                                    protected)
+        shifted = {split.name: split for split in (corruptions.splits(dataset.test) if corruptions else [])}
+        add_shifted_splits(cache, list(shifted.values()), specs, overwrite)
         if cache.is_complete:
             click.echo(f"{out} is already complete; nothing to do.")
             return cache
 
-        todo = {split: sorted(set(range(len(cache.chunk_slices(split)))) - cache.done_chunks(split)) for split in sizes}
+        todo = {split: sorted(set(range(len(cache.chunk_slices(split)))) - cache.done_chunks(split))
+                for split in cache.splits}
+        # A split's images, and which of them each row of the store holds (None: all, in order).
+        sources = {"train": (dataset.train.images, None), "test": (dataset.test.images, None),
+                   **{name: (split.images, split.rows) for name, split in shifted.items()}}
         if shard is not None:
             # Chunks are dealt round-robin over train then test, so every shard gets a share of both.
-            everything = [(split, chunk) for split in sizes for chunk in range(len(cache.chunk_slices(split)))]
+            everything = [(split, chunk) for split in todo for chunk in range(len(cache.chunk_slices(split)))]
             mine = set(everything[shard[0]::shard[1]])
             todo = {split: [chunk for chunk in chunks if (split, chunk) in mine] for split, chunks in todo.items()}
+        todo = {split: chunks for split, chunks in todo.items() if chunks}
         plan = [(split, chunk, rows, last) for split, chunks in todo.items()
-                for chunk, rows, last in chunk_batches(cache.chunk_slices(split), chunks, batch_size)]
-        # One loader over both splits: its workers start once.
-        inputs = ConcatDataset([PreprocessedBatches(dataset.split(split).images,
+                for chunk, rows, last in chunk_batches(cache.chunk_slices(split), chunks, batch_size,
+                                                       sources[split][1])]
+        # One loader over every split: its workers start once.
+        inputs = ConcatDataset([PreprocessedBatches(sources[split][0],
                                                     [rows for s, _, rows, _ in plan if s == split], preprocessing)
                                 for split in todo])
         total = sum(len(rows) for _, _, rows, _ in plan)
@@ -128,7 +145,11 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
                 buffer.add(outputs)
                 if last:
                     values = buffer.take()
-                    values["labels"] = dataset.split(split).labels[cache.chunk_slices(split)[chunk]]
+                    rows = cache.chunk_slices(split)[chunk]
+                    if split in shifted:  # the test rows this chunk holds
+                        values["rows"] = shifted[split].rows[rows]
+                        rows = values["rows"]
+                    values["labels"] = dataset.test.labels[rows] if split in shifted else dataset.split(split).labels[rows]
                     writer.submit(cache.write_chunk, split, chunk, values)
         writer.wait()
         elapsed = time.perf_counter() - started
@@ -139,6 +160,32 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
             return cache
         if shard is None:
             cache.mark_complete()
-        click.echo(f"wrote {out}: train {sizes['train']} x {feature_dim}, test {sizes['test']} x {feature_dim} "
+        derived = f", {len(cache.derived_splits)} corrupted test splits" if cache.derived_splits else ""
+        click.echo(f"wrote {out}: train {sizes['train']} x {feature_dim}, test {sizes['test']} x {feature_dim}{derived} "
                    f"({total} images extracted in {elapsed:.1f} s, {total / max(elapsed, 1e-9):.1f} images/s).")
         return cache
+
+
+def add_shifted_splits(cache: FeatureCache, shifted: "list[ShiftedSplit]", specs: list[ArraySpec],
+                       overwrite: bool) -> None:
+    """Put each corrupted test split asked for in the store (the test split's arrays, plus the
+    test rows it holds), unless it is there, made the same way. One made differently is made
+    again with ``overwrite``, else refused; an unfinished one not asked for is refused (this
+    run could not finish it)."""
+    for split in shifted:
+        if split.name in cache.derived_splits:
+            recorded = cache.split_description(split.name)
+            if recorded == json.loads(json.dumps(split.description)):
+                continue
+            if not overwrite:
+                raise PipelineError(f"{cache.path} already has the split {split.name}, made differently (it records "
+                                    f"{json.dumps(recorded)}). Pass --overwrite to make it again.")
+            cache.remove_split(split.name)
+        cache.add_split(split.name, [*specs, ArraySpec("rows", (), "int64")], len(split.rows), split.description)
+    asked = {split.name for split in shifted}
+    unfinished = [name for name, chunks in cache.missing_chunks().items() if chunks and is_derived(name)
+                  and name not in asked]
+    if unfinished:
+        raise PipelineError(f"{cache.path} has unfinished corrupted test splits that this run does not make: "
+                            f"{', '.join(unfinished)}. Run the command that started them again (its --corruptions, "
+                            f"--severities and --corrupt-per-class) to finish them.")

@@ -17,9 +17,11 @@ from pipeline import params
 from pipeline.cli import verbosity_options
 from pipeline.distributed import scheduler_option
 from pipeline.protocol import FROM_DATASET, NORMAL_VS_ANOMALIES, PROTOCOLS
+from pipeline.shift import SHIFT_LABELS
 
 if TYPE_CHECKING:
     from pipeline.protocol import Task
+    from pipeline.shift import ShiftPlan
     from pipeline.store.cache import FeatureCache
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -58,7 +60,7 @@ def cache_options(section: str) -> Callable[[Callable], Callable]:
 
 def common_options(section: str, what_saved: str) -> Callable[[Callable], Callable]:
     """``cache_options`` and --metrics, --plots, --save-heads, --threshold-quantile, with the
-    defaults of ``params.yaml[section]``."""
+    defaults of ``params.yaml[section]``, and --shift, --shift-labels (``params.yaml[shift]``)."""
     def decorate(command: Callable) -> Callable:
         options = [
             cache_options(section),
@@ -76,6 +78,16 @@ def common_options(section: str, what_saved: str) -> Callable[[Callable], Callab
             params.option(section, "threshold_quantile", type=click.FloatRange(0, 1),
                           help="With --save-heads: the quantile of the training scores taken as the anomaly "
                                "threshold."),
+            params.option("shift", "splits", "--shift", "--test-split", "shift", metavar="none|all|SPLIT,...",
+                          help="Robustness protocol: each class's head, fitted once, also scores these corrupted "
+                               "copies of the test split (made by extract --corruptions): all, or comma-separated "
+                               "split names (test@glass_blur@5), corruptions (all their severities) or "
+                               "corruption@severity. The metrics gain a shift section: SD (clean), SPD (mean over "
+                               "corruptions at severity 5), per corruption and severity."),
+            params.option("shift", "labels", "--shift-labels", type=click.Choice(SHIFT_LABELS),
+                          help="unchanged: a corrupted normal-class image is normal (the paper's SPD); anomalous: "
+                               "it is an anomaly, scored against the same images clean (does the head flag the "
+                               "corruption?); both."),
         ]
         return apply_options(command, options)
     return decorate
@@ -97,6 +109,13 @@ def open_cache(cache_path: str, expect: tuple[str, ...], classes: str,
     for task in chosen:
         split_for(task, train_labels, test_labels, cache.classes)
     return cache, chosen
+
+
+def shift_plan(cache: "FeatureCache", shift: str, shift_labels: str) -> "ShiftPlan | None":
+    """The corrupted test splits --shift names (None for none), checked against the cache."""
+    from pipeline.shift import resolve_shift
+
+    return resolve_shift(cache, shift, shift_labels)
 
 
 def saver_for(save_dir: str | None, kind: str, cache: "FeatureCache", threshold_quantile: float, device: str,

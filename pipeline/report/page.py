@@ -16,11 +16,12 @@ from pathlib import Path
 
 from pipeline.cli import safe_filename
 from pipeline.errors import PipelineError
+from pipeline.report.robustness import html_section
 from pipeline.report.svg_chart import Axis, Series, line_chart, padded_range
 from pipeline.report.rows import MISSING, Row, Run
 from pipeline.report.table import (AUROC, HEAD_COL, MEAN_COL, METRICS, ONE_VS_ALL, PUBLISHED_COL, SETTING_COL, Group,
-                                   Metric, caption, distinguishing, group_classes, group_metrics, group_rows,
-                                   published_notes, published_shown, roc_curves, run_title, table_cells,
+                                   Metric, caption, distinguishing, group_classes, group_metrics, group_robustness,
+                                   group_rows, published_notes, published_shown, roc_curves, run_title, table_cells,
                                    varying_settings)
 
 STYLE = """
@@ -59,6 +60,7 @@ div.charts { display: flex; flex-wrap: wrap; gap: 12px; }
 svg.chart { border: 1px solid #e4e4e4; background: #fff; font-size: 11px; }
 svg.chart .title { font-size: 13px; font-weight: bold; } svg.chart .subtitle { fill: #555; }
 svg.chart .axis { font-size: 12px; }
+svg.heat text { font-size: 10px; } svg.heat .column { font-size: 11px; }
 p.missing { font-size: 12px; color: #a33; }
 """
 
@@ -215,8 +217,10 @@ def html_group(group: Group, metrics: list[Metric] = (AUROC,)) -> str:
     # One-vs-all: a line per normal class; normal-vs-anomalies: a ROC per defect type, one training.
     lines = "normal class" if group.protocol == ONE_VS_ALL else "defect type (against the normal test images)"
     trained = "normal class" if group.protocol == ONE_VS_ALL else "training (the whole test split)"
+    robust = group_robustness(group)
     parts = [f"<section>\n<h2>{escape(group.heading())}</h2>", f'<p class="caption">{escape(caption(group))}</p>',
-             metric_views(group, list(metrics)), _charts(f"ROC curves, one line per {lines}", rocs),
+             metric_views(group, list(metrics)), html_section(robust, group.heading()) if robust else "",
+             _charts(f"ROC curves, one line per {lines}", rocs),
              _charts(f"Training (heads trained by epochs): test AUROC after each epoch, one line per {trained}",
                      trainings)]
     if missing:

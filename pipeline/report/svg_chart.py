@@ -1,5 +1,5 @@
-"""Small line charts as inline SVG: no JavaScript and nothing fetched, so a results page
-opens the same anywhere, offline, and can be archived as one file."""
+"""Small line charts and heat maps as inline SVG: no JavaScript and nothing fetched, so a
+results page opens the same anywhere, offline, and can be archived as one file."""
 
 from __future__ import annotations
 
@@ -136,3 +136,74 @@ def line_chart(title: str, subtitles: list[str], x: Axis, y: Axis, series: list[
     parts.extend(_legend(series, top))
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+# Heat maps: ColorBrewer's RdYlBu (red = low, blue = high), readable by the colour-blind; each
+# cell also prints its value.
+HEAT_STOPS = ((0.0, (215, 48, 39)), (0.25, (252, 141, 89)), (0.5, (255, 255, 191)), (0.75, (145, 191, 219)),
+              (1.0, (69, 117, 180)))
+CELL_W, CELL_H, COLUMN_LABEL_H, SCALE_W = 46, 20, 92, 60
+# Row labels: about 6 px a character at the map's 10 px font, cut (with the whole label in the
+# cell's tooltip) past LABEL_CHARACTERS.
+LABEL_CHARACTER_W, LABEL_CHARACTERS = 6.2, 48
+MISSING_CELL = "–"
+
+
+def heat_colour(fraction: float) -> str:
+    """The colour at ``fraction`` (0..1, clipped) of the scale, as #rrggbb."""
+    fraction = min(1.0, max(0.0, fraction))
+    for (f0, c0), (f1, c1) in zip(HEAT_STOPS, HEAT_STOPS[1:]):
+        if fraction <= f1:
+            t = (fraction - f0) / (f1 - f0)
+            return "#" + "".join(f"{round(a + t * (b - a)):02x}" for a, b in zip(c0, c1))
+    return "#%02x%02x%02x" % HEAT_STOPS[-1][1]
+
+
+def heat_map(title: str, subtitles: list[str], rows: list[str], columns: list[str],
+             values: list[list[float | None]], percent: bool = True) -> str:
+    """An SVG element: a grid of ``<rect class="cell">``, one per (row, column), coloured on a
+    scale from the lowest to the highest value (a legend bar beside it) and labelled with its
+    value (in percent with ``percent``); None is a grey cell marked "–". All text is escaped."""
+    present = [v for line in values for v in line if v is not None]
+    low, high = (min(present), max(present)) if present else (0.0, 1.0)
+    high = high if high > low else low + 1e-9
+    top = TITLE_LINE * (len(subtitles) + 1) + 10 + COLUMN_LABEL_H
+    cut = [name if len(name) <= LABEL_CHARACTERS else name[:LABEL_CHARACTERS - 1] + "…" for name in rows]
+    label_w = round(LABEL_CHARACTER_W * max([len(name) for name in cut] or [1])) + 12
+    width = label_w + CELL_W * len(columns) + 20 + SCALE_W
+    bar_h = max(CELL_H * len(rows), 60)
+    height = top + bar_h + 20
+    shown = (lambda v: f"{100 * v:.1f}") if percent else (lambda v: f"{v:.3g}")
+    parts = [f'<svg class="chart heat" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="{escape(title)}">', f"<title>{escape('. '.join([title, *subtitles]))}</title>",
+             f'<text x="4" y="{TITLE_LINE}" class="title">{escape(title)}</text>']
+    parts += [f'<text x="4" y="{TITLE_LINE * (i + 2)}" class="subtitle">{escape(line)}</text>'
+              for i, line in enumerate(subtitles)]
+    for j, name in enumerate(columns):
+        x = label_w + CELL_W * j + CELL_W / 2
+        parts.append(f'<text transform="translate({x:.1f} {top - 6}) rotate(-55)" class="column">{escape(name)}</text>')
+    for i, (name, short, line) in enumerate(zip(rows, cut, values)):
+        y = top + CELL_H * i
+        parts.append(f'<text x="{label_w - 6}" y="{y + CELL_H / 2 + 4:.1f}" text-anchor="end">{escape(short)}'
+                     f"<title>{escape(name)}</title></text>")
+        for j, value in enumerate(line):
+            x = label_w + CELL_W * j
+            fill = "#dddddd" if value is None else heat_colour((value - low) / (high - low))
+            label = MISSING_CELL if value is None else shown(value)
+            tip = f"{name}, {columns[j]}: {label}"
+            parts.append(f'<rect class="cell" x="{x}" y="{y}" width="{CELL_W}" height="{CELL_H}" fill="{fill}" '
+                         f'stroke="#fff"><title>{escape(tip)}</title></rect>'
+                         f'<text x="{x + CELL_W / 2}" y="{y + CELL_H / 2 + 4:.1f}" text-anchor="middle">'
+                         f"{escape(label)}</text>")
+    # The scale: a bar from the lowest (bottom) to the highest value (top).
+    x0 = label_w + CELL_W * len(columns) + 20
+    steps = 20
+    for k in range(steps):
+        y = top + bar_h * (steps - 1 - k) / steps
+        parts.append(f'<rect x="{x0}" y="{y:.1f}" width="12" height="{bar_h / steps + 0.5:.1f}" '
+                     f'fill="{heat_colour((k + 0.5) / steps)}"/>')
+    parts.append(f'<text x="{x0 + 16}" y="{top + 8}">{escape(shown(high))}</text>'
+                 f'<text x="{x0 + 16}" y="{top + bar_h}">{escape(shown(low))}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+

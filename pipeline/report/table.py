@@ -36,6 +36,7 @@ from pipeline.cli import safe_filename
 from pipeline.errors import PipelineError
 from pipeline.heads import registry
 from pipeline.report.published import has_published_column
+from pipeline.report.robustness import RobustnessRow, markdown_section, robustness_row
 from pipeline.report.rows import MISSING, Row, Run, other_rows, plural
 
 PUBLISHED_HEADER = "published (paper's backbone & protocol, not ours)"
@@ -331,6 +332,17 @@ def group_rows(group: Group, metric: Metric = AUROC) -> list[Row]:
     return rows
 
 
+def group_robustness(group: Group) -> list[RobustnessRow]:
+    """The group's runs scored on corrupted test sets too (--shift), one row each."""
+    varying = varying_settings(group.runs)
+    rows = []
+    for run in group.runs:
+        setting = distinguishing(run, varying)
+        name = display_name(run.head) + (f" ({setting})" if setting else "")
+        rows.append(robustness_row(run, run_title(run), setting, name))
+    return [row for row in rows if row is not None]
+
+
 def has_figures(rows: list[Row]) -> bool:
     """Whether any cell of these rows holds a figure (not every one "–")."""
     return any(not f.missing for row in rows for f in (row.mean, *row.per_class.values()))
@@ -464,6 +476,9 @@ def markdown_group(group: Group) -> str:
         if metric != AUROC:
             parts += [f"### {_md(metric.label)}, {_md(group.heading())}", _md(metric.words),
                       markdown_table(group, metric_rows, classes, metric)]
+    robust = group_robustness(group)
+    if robust:
+        parts.append(markdown_section(robust, group.heading()))
     return "\n\n".join(parts) + "\n"
 
 
@@ -471,7 +486,8 @@ def markdown_report(groups: list[Group]) -> str:
     intro = ("# Results\n\nAUROC (%) of every head, one-vs-all, per class and the mean over classes (for an anomaly "
              "folder, normal-vs-anomalies: per defect type, the mean and overall), one table per "
              "dataset, backbone and image size, the mean beside the setting; under each, the same rows' AUPR and "
-             "FPR at 95% TPR (lower is better) where the metrics files hold them. Made by "
+             "FPR at 95% TPR (lower is better) where the metrics files hold them, and for runs scored on corrupted test "
+             "sets too (--shift) their robustness, SD against SPD. Made by "
              "`python -m pipeline.report build`; ROC and training curves are in the HTML page built beside this "
              "file.\n")
     return "\n".join([intro, *(markdown_group(g) for g in groups)])

@@ -10,6 +10,10 @@ Layout of a store::
       train/maps/<layer>        (N, C, g, g)   optional intermediate maps, float16 by default
       train/trunk/<stage>       (N, C, H, W)   optional full-resolution map of one stage, float16
       test/...                  the same for the test split
+      test@<variant>[@...]/...  optional derived splits (the corrupted copies of test images of the
+                                robustness protocol, say): the same arrays, plus rows (which rows
+                                of the split they derive from); each one described in the
+                                attributes (split_metadata), added to a finished store like chunks
 
 Every array is chunked along the sample axis with the same number of rows, so that
 extraction can write, and record as done, one chunk of samples at a time. ``complete`` is
@@ -51,6 +55,10 @@ STORE_FORMAT = "frozen-feature-ad feature cache"
 # The attributes of stores made before the marker existed; together they still say "ours".
 _LEGACY_ATTRIBUTES = {"format_version", "metadata", "chunk_rows", "chunks", "complete"}
 SPLITS = ("train", "test")
+# A derived split is named <split>@<variant>[@<variant>...], e.g. test@fog@5: the store keeps
+# its arrays and description, and knows nothing of what the variant means.
+DERIVED_MARK = "@"
+_VARIANT_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 # Features are dense floats that compress poorly; byte-shuffled LZ4 still saves ~10-20% and
 # decompresses faster than the disk reads it saves, so reading is not slowed down.
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
@@ -90,6 +98,24 @@ def differences(expected: dict, actual: dict, prefix: str = "") -> list[str]:
         elif have != want:
             found.append(f"{where} is {have!r} in the cache but {want!r} was asked for")
     return found
+
+
+def split_name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot name a split, or None: train, test, or a derived split
+    <split>@<variant>[@...] whose variants are non-empty words of letters, digits and _ . -"""
+    if not isinstance(name, str):
+        return f"{_kind(name)} is not a split name"
+    base, *variants = name.split(DERIVED_MARK)
+    if base not in SPLITS:
+        return f"{name!r} is not a split name (train, test, or test@<variant>[@<variant>...])"
+    if any(not variant or not set(variant) <= _VARIANT_CHARACTERS for variant in variants):
+        return f"{name!r} is not a split name: each @-separated variant is made of letters, digits and _ . -"
+    return None
+
+
+def is_derived(name: str) -> bool:
+    """Whether ``name`` names a derived split (test@fog@5), not train or test."""
+    return DERIVED_MARK in name
 
 
 def _digest(data: np.ndarray) -> str:
@@ -168,6 +194,17 @@ def attributes_problem(attrs: Any) -> str | None:
         return f"complete is {_kind(attrs.get('complete'))}, not true or false"
     if not isinstance(attrs.get("metadata_sha256", ""), str):
         return f"metadata_sha256 is {_kind(attrs.get('metadata_sha256'))}, not a checksum"
+    derived = attrs.get("split_metadata", {})
+    if not isinstance(derived, dict):
+        return f"split_metadata is {_kind(derived)}, not a mapping of derived splits to their descriptions"
+    for name, description in derived.items():
+        problem = split_name_problem(name)
+        if problem or not is_derived(name):
+            return f"split_metadata names {name!r}, which is not a derived split (test@<variant>...)"
+        if not isinstance(description, dict):
+            return f"split_metadata.{name} is {_kind(description)}, not a mapping"
+    if not isinstance(attrs.get("split_metadata_sha256", ""), str):
+        return f"split_metadata_sha256 is {_kind(attrs.get('split_metadata_sha256'))}, not a checksum"
     if "metadata" not in attrs:
         return "there is no metadata"
     return metadata_problem(attrs["metadata"])
@@ -222,7 +259,7 @@ def not_a_store_problem(path: str | Path) -> str | None:
     if node.get("node_type") != "group" or not (attributes.get("format") == STORE_FORMAT
                                                  or _LEGACY_ATTRIBUTES <= set(attributes)):
         return "has a zarr.json without this project's feature-cache attributes"
-    foreign = [name for name in entries if name != "zarr.json" and name not in SPLITS]
+    foreign = [name for name in entries if name != "zarr.json" and split_name_problem(name) is not None]
     if foreign:
         return f"also holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which a feature cache never does"
     return None
@@ -438,8 +475,9 @@ class FeatureCache:
 
     @staticmethod
     def _arrays_problem(group: zarr.Group) -> str | None:
-        for split in SPLITS:
-            if split in group:
+        # A derived split is recorded only once its arrays are in place (add_split).
+        for split in [*SPLITS, *group.attrs.get("split_metadata", {})]:
+            if split in group or is_derived(split):
                 for name in ("features", "labels"):
                     if f"{split}/{name}" not in group:
                         return f"the array {split}/{name} is missing"
@@ -472,10 +510,14 @@ class FeatureCache:
         """Why the metadata is not the one the store was made with, or None (also when the
         store records no checksum of it)."""
         recorded = self.group.attrs.get("metadata_sha256")
-        if recorded is None or recorded == metadata_digest(self.group.attrs["metadata"]):
-            return None
-        return ("its metadata does not match the checksum recorded when it was made: zarr.json was edited "
-                "(a class name, say) or damaged since, so its labels and settings cannot be trusted")
+        if recorded is not None and recorded != metadata_digest(self.group.attrs["metadata"]):
+            return ("its metadata does not match the checksum recorded when it was made: zarr.json was edited "
+                    "(a class name, say) or damaged since, so its labels and settings cannot be trusted")
+        recorded = self.group.attrs.get("split_metadata_sha256")
+        if recorded is not None and recorded != metadata_digest(self.group.attrs.get("split_metadata", {})):
+            return ("the descriptions of its derived splits (split_metadata) do not match the checksum recorded when "
+                    "they were added: zarr.json was edited or damaged since")
+        return None
 
     def check_metadata(self) -> None:
         """Refuse a store whose metadata was edited since it was made."""
@@ -542,11 +584,83 @@ class FeatureCache:
         """Apply ``change(current attrs) -> new attrs`` to the attributes as they are on disk now
         (another shard may have recorded chunks since this process last read them)."""
         with attrs_lock(self.path):
-            fresh = zarr.open_group(str(self.path), mode="r+")
-            updates = change(dict(fresh.attrs))
-            if updates:
-                fresh.attrs.update(updates)
-            self.group = fresh
+            self._change_attrs(change)
+
+    def _change_attrs(self, change) -> None:
+        """``_update_attrs``'s work, for a caller holding the attributes lock."""
+        fresh = zarr.open_group(str(self.path), mode="r+")
+        updates = change(dict(fresh.attrs))
+        if updates:
+            fresh.attrs.update(updates)
+        self.group = fresh
+
+    # --- derived splits -----------------------------------------------------------------
+
+    @property
+    def derived_splits(self) -> list[str]:
+        """The derived splits (test@fog@5, ...), in the order they were added."""
+        return list(self.group.attrs.get("split_metadata", {}))
+
+    def split_description(self, split: str) -> dict:
+        """What the extraction recorded about a derived split (empty for train and test)."""
+        return dict(self.group.attrs.get("split_metadata", {}).get(split, {}))
+
+    def add_split(self, split: str, specs: list[ArraySpec], size: int, description: dict) -> bool:
+        """Add an empty derived split, to be filled chunk by chunk like the others (same chunk
+        rows, checksums, resume and verify); the store is incomplete until it is. Returns False,
+        doing nothing, when the split is there already with the same description; one with
+        another description is refused (``remove_split`` it first).
+
+        The arrays are made beside the store and moved in whole, then recorded, all under the
+        attributes lock: a recorded split always has its arrays, and a run killed half-way
+        leaves at most a folder that the next add of that split replaces.
+        """
+        problem = split_name_problem(split)
+        if problem or not is_derived(split):
+            raise ValueError(problem or f"{split!r} is not a derived split name")
+        description = json.loads(json.dumps(description))  # as every reader gets it back from zarr.json
+        with attrs_lock(self.path):
+            self.refresh()
+            if split in self.derived_splits:
+                recorded = self.split_description(split)
+                if differences(description, recorded) or differences(recorded, description):
+                    raise PipelineError(f"{self.path} already has the split {split}, made differently: "
+                                        f"{'; '.join(differences(description, recorded))}.")
+                return False
+            staging = Path(str(self.path) + ".adding")
+            remove_store(staging)  # what a run killed while adding left; only ever a store of ours
+            group = zarr.open_group(str(staging), mode="w-", attributes={"format": STORE_FORMAT})
+            for spec in specs:
+                group.create_array(f"{split}/{spec.name}", shape=(size, *spec.sample_shape), dtype=spec.dtype,
+                                   chunks=(max(1, min(self.chunk_rows, size)), *spec.sample_shape),
+                                   compressors=COMPRESSOR if spec.name != "labels" else "auto")
+            if (self.path / split).exists():  # arrays left by a run killed before it recorded them
+                shutil.rmtree(self.path / split)
+            os.replace(staging / split, self.path / split)
+            remove_store(staging)
+
+            def record(attrs: dict) -> dict:
+                derived = {**attrs.get("split_metadata", {}), split: description}
+                return {"split_metadata": derived, "split_metadata_sha256": metadata_digest(derived),
+                        "chunks": {**attrs["chunks"], split: {}}, "complete": False}
+
+            self._change_attrs(record)
+        return True
+
+    def remove_split(self, split: str) -> None:
+        """Forget a derived split (first, so a recorded split always has its arrays), then delete
+        its arrays. The store stays complete if it was: its other splits are untouched."""
+        if split not in self.derived_splits:
+            return
+
+        def forget(attrs: dict) -> dict:
+            derived = {name: d for name, d in attrs.get("split_metadata", {}).items() if name != split}
+            return {"split_metadata": derived, "split_metadata_sha256": metadata_digest(derived),
+                    "chunks": {name: c for name, c in attrs["chunks"].items() if name != split}}
+
+        self._update_attrs(forget)
+        if (self.path / split).exists():
+            shutil.rmtree(self.path / split)
 
     def refresh(self) -> "FeatureCache":
         """Re-read the attributes from disk (chunks recorded by other processes)."""
@@ -628,7 +742,8 @@ class FeatureCache:
 
     @property
     def splits(self) -> list[str]:
-        return [s for s in SPLITS if s in self.group]
+        """train and test (those present), then the derived splits in the order they were added."""
+        return [s for s in SPLITS if s in self.group] + self.derived_splits
 
     def size(self, split: str) -> int:
         return int(self.group[f"{split}/labels"].shape[0])

@@ -29,7 +29,8 @@ def info(cache_path: str) -> None:
                   for name in ["features", "labels"] + [f"maps/{m}" for m in cache.map_names(split)]
                   + [f"trunk/{t}" for t in cache.trunk_names(split)]]
         done = len(cache.done_chunks(split))
-        click.echo(f"{split}: {'; '.join(arrays)}; {done}/{len(cache.chunk_slices(split))} chunks written")
+        made = f" (made as {json.dumps(cache.split_description(split))})" if cache.split_description(split) else ""
+        click.echo(f"{split}: {'; '.join(arrays)}; {done}/{len(cache.chunk_slices(split))} chunks written{made}")
     edited = cache.metadata_edited()
     if edited:
         click.echo(f"EDITED: {edited}; see python -m pipeline.cache verify {cache_path}")

@@ -13,7 +13,7 @@ import click
 from pipeline import params
 from pipeline.heads.anomem import (CONTROLS, MEMORY_CHOICES, PROJECTION_CHOICES, RETRIEVAL_CHOICES, SCALE_CHOICES,
                                    SLOT_INIT_CHOICES, STANDARDISE_CHOICES, retrieval_words)
-from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for
+from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for, shift_plan
 from pipeline.protocol import NORMAL_VS_ANOMALIES
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ def controls_line(payload: dict) -> str:
                help="Also score kNN with this k on the same training images (those with views) and add it to "
                     "the metrics as knn_same_rows, for a like-for-like comparison; 0: skip.")
 def main(cache_path, protocol, gammas, draws, semi_stage_a, seeds, knn_baseline, classes, device, expect,
-         metrics_path, plots_dir, save_dir, threshold_quantile, scheduler, **settings):
+         metrics_path, plots_dir, save_dir, threshold_quantile, scheduler, shift, shift_labels, **settings):
     """Train AnoMem on each normal class in turn: stage A learns a projection and a Hopfield
     memory per scale from two cached augmented views of each training image; stage B scores
     test images by how far each scale's features are from their recollection (one-class) or,
@@ -208,6 +208,7 @@ def main(cache_path, protocol, gammas, draws, semi_stage_a, seeds, knn_baseline,
 
     check_outputs(files={"--metrics": metrics_path}, folders={"--plots": plots_dir, "--save-heads": save_dir})
     cache, tasks = open_cache(cache_path, expect, classes, protocol)
+    shifted = shift_plan(cache, shift, shift_labels)
     if gammas and tasks[0].by_type:
         # An anomaly folder's training split holds normal images only: no anomalies to label.
         click.echo(f"{NORMAL_VS_ANOMALIES}: the head trains on the normal images only, so the semi-supervised runs "
@@ -219,7 +220,7 @@ def main(cache_path, protocol, gammas, draws, semi_stage_a, seeds, knn_baseline,
     view_rows = view_rows_of(cache)
     with open_client(scheduler) as client:
         one_class = evaluate_one_vs_all(cache, head, tasks, seeds=range(seeds), keep_heads=True, client=client,
-                                        after_fit=saver, desc=label)
+                                        after_fit=saver, desc=label, shift=shifted)
         about = {"head": "anomem", **{k: v for k, v in head.params().items() if k not in NOT_REPORTED},
                  "seeds": seeds, "training_images_per_class": "those with cached views",
                  "views": len(view_rows)}

@@ -13,7 +13,7 @@ from pipeline import params
 from pipeline.errors import PipelineError
 from pipeline.heads.classical import PYOD_EXTRA, SCORINGS, SKLEARN_DETECTORS
 from pipeline.heads.scaling import SCALINGS
-from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for
+from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for, shift_plan
 
 
 def parse_options(values: tuple[str, ...]) -> dict:
@@ -69,7 +69,7 @@ def first_detector() -> str:
               help="Another constructor argument of the detector's estimator, e.g. --option n_bins=20 for "
                    "pyod:HBOS (repeatable; recorded in the metrics).")
 def main(cache_path, protocol, detector, scaling, nu, gamma, n_estimators, n_neighbors, seeds, scoring, options, classes, device,
-         expect, scheduler, metrics_path, plots_dir, save_dir, threshold_quantile):
+         expect, scheduler, metrics_path, plots_dir, save_dir, threshold_quantile, shift, shift_labels):
     """Fit a classical outlier detector on each normal class's training features in turn and
     score the test set (higher = more anomalous): scikit-learn's OC-SVM, Isolation Forest or
     LOF, or any PyOD detector. CPU only (--device is not used)."""
@@ -89,10 +89,11 @@ def main(cache_path, protocol, detector, scaling, nu, gamma, n_estimators, n_nei
         click.echo(f"{detector} is deterministic (no random_state): one run per class, not {seeds}.", err=True)
         seeds = 1
     cache, tasks = open_cache(cache_path, expect, classes, protocol)
+    shifted = shift_plan(cache, shift, shift_labels)
     saver = saver_for(save_dir, "classical", cache, threshold_quantile, "cpu")
     with open_client(scheduler) as client:
         results = evaluate_one_vs_all(cache, head, tasks, seeds=range(seeds), desc=detector, client=client,
-                                      after_fit=saver)
+                                      after_fit=saver, shift=shifted)
     about = {"head": "classical", "detector": detector, "scaling": scaling,
              **{name: getattr(head, name) for name in detectors.relevant_settings(detector)},
              **({"options": options} if options else {}), "seeds": seeds,

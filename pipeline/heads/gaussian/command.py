@@ -12,7 +12,7 @@ from pipeline import params
 from pipeline.errors import PipelineError
 from pipeline.heads.gaussian import SCALE_CHOICES
 from pipeline.heads.scaling import SCALINGS
-from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for
+from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for, shift_plan
 
 
 @click.command(context_settings=CONTEXT)
@@ -24,7 +24,7 @@ from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for
                help="Before the Gaussian: none; standardise (each dimension by its training mean and standard "
                     "deviation); l2 (each vector to unit length).")
 def main(cache_path, protocol, scales, scaling, classes, device, expect, scheduler, metrics_path, plots_dir, save_dir,
-         threshold_quantile):
+         threshold_quantile, shift, shift_labels):
     """Score every test image by its squared Mahalanobis distance to the normal class's mean,
     under the class's Ledoit-Wolf shrunk covariance (scikit-learn), in float64, for each
     normal class in turn. CPU only (--device is not used)."""
@@ -35,6 +35,7 @@ def main(cache_path, protocol, scales, scaling, classes, device, expect, schedul
 
     check_outputs(files={"--metrics": metrics_path}, folders={"--plots": plots_dir, "--save-heads": save_dir})
     cache, tasks = open_cache(cache_path, expect, classes, protocol)
+    shifted = shift_plan(cache, shift, shift_labels)
     head = GaussianHead(scales=scales, scaling=scaling, threshold_quantile=threshold_quantile)
     if scales == "multi" and not cache.map_names("train"):
         raise PipelineError(f"{cache_path} has no intermediate maps for --scales multi: extract it with --maps "
@@ -42,7 +43,7 @@ def main(cache_path, protocol, scales, scaling, classes, device, expect, schedul
     saver = saver_for(save_dir, "gaussian", cache, threshold_quantile, "cpu")
     with open_client(scheduler) as client:
         results = evaluate_one_vs_all(cache, head, tasks, desc=f"Gaussian {scales}", client=client,
-                                      after_fit=saver)
+                                      after_fit=saver, shift=shifted)
     about = {"head": "gaussian", "scales": scales, "scaling": scaling, "covariance": "Ledoit-Wolf (scikit-learn)",
              "score": "squared Mahalanobis distance, float64"}
     if scales == "multi":

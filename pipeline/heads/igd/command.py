@@ -9,7 +9,7 @@ import click
 
 from pipeline import params
 from pipeline.heads.igd import RECONSTRUCTIONS, STANDARDISATIONS
-from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for
+from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for, shift_plan
 
 # Parameters that do not decide the metrics, left out of the metrics file's description.
 NOT_REPORTED = ("device", "seed", "threshold_quantile")
@@ -44,7 +44,7 @@ NOT_REPORTED = ("device", "seed", "threshold_quantile")
 @click.option("--curves", "curves_dir", default=None,
               help="Folder for training curves (train_<class>.json: loss terms and test AUROC per epoch and seed).")
 def main(cache_path, protocol, seeds, classes, device, expect, scheduler, metrics_path, plots_dir, curves_dir, save_dir,
-         threshold_quantile, **settings):
+         threshold_quantile, shift, shift_labels, **settings):
     """Train IGD (an autoencoder whose codes a Gaussian descriptor gathers, with an adversarial
     critic on interpolated codes) on each normal class in turn, and score the test set with the
     reconstruction error plus 1 - p(normal). The test AUROC is recorded after every epoch: the
@@ -59,11 +59,12 @@ def main(cache_path, protocol, seeds, classes, device, expect, scheduler, metric
     check_outputs(files={"--metrics": metrics_path},
                   folders={"--plots": plots_dir, "--curves": curves_dir, "--save-heads": save_dir})
     cache, tasks = open_cache(cache_path, expect, classes, protocol)
+    shifted = shift_plan(cache, shift, shift_labels)
     head = IGDHead(device=str(resolve_device(device)), threshold_quantile=threshold_quantile, **settings)
     saver = saver_for(save_dir, "igd", cache, threshold_quantile, head.device)
     with open_client(scheduler) as client:
         results = evaluate_one_vs_all(cache, head, tasks, seeds=range(seeds), track_epochs=True, desc="IGD", client=client,
-                                      after_fit=saver)
+                                      after_fit=saver, shift=shifted)
     about = {"head": "igd", **{k: v for k, v in head.params().items() if k not in NOT_REPORTED},
              "seeds": seeds,
              "auroc_is": "final epoch; best_epoch_auroc = best test AUROC over epochs (peeks at the test set)"}

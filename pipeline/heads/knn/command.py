@@ -9,7 +9,7 @@ import click
 
 from pipeline import params
 from pipeline.errors import PipelineError
-from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for
+from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for, shift_plan
 
 
 @click.command(context_settings=CONTEXT)
@@ -27,7 +27,7 @@ from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for
 @click.option("--save-float32", is_flag=True,
               help="With --save-heads: keep the gallery in float32 (a file twice as large) instead of float16.")
 def main(cache_path, protocol, k, classes, device, stream, out_of_core, scheduler, expect, metrics_path, plots_dir, save_dir,
-         threshold_quantile, save_float32):
+         threshold_quantile, save_float32, shift, shift_labels):
     """Score every test image by the sum of squared L2 distances to its K nearest normal
     training features (DN2), for each normal class in turn."""
     from pipeline.cli import check_outputs, resolve_device
@@ -40,6 +40,7 @@ def main(cache_path, protocol, k, classes, device, stream, out_of_core, schedule
         raise PipelineError("--stream and --out-of-core are two ways of reading a large gallery; give one of them.")
     check_outputs(files={"--metrics": metrics_path}, folders={"--plots": plots_dir, "--save-heads": save_dir})
     cache, tasks = open_cache(cache_path, expect, classes, protocol)
+    shifted = shift_plan(cache, shift, shift_labels)
     device_ = str(resolve_device(device))
     saver = saver_for(save_dir, "knn", cache, threshold_quantile, device_,
                       gallery_dtype="float32" if save_float32 else "float16")
@@ -49,7 +50,7 @@ def main(cache_path, protocol, k, classes, device, stream, out_of_core, schedule
     head = KNNHead(k=k, device=device_, threshold_quantile=threshold_quantile if access == "memory" else None)
     with open_client(scheduler) as client:
         results = evaluate_one_vs_all(cache, head, tasks, desc=f"kNN k={k}", train_access=access, client=client,
-                                      after_fit=saver)
+                                      after_fit=saver, shift=shifted)
     payload = write_results(results, cache.metadata, {"head": "knn", "k": k}, metrics_path, plots_dir)
     click.echo(format_summary(payload))
     if saver is not None:

@@ -11,7 +11,7 @@ import click
 from pipeline import params
 from pipeline.errors import PipelineError
 from pipeline.heads.panda import FISHER_SOURCES, PRECISIONS
-from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for
+from pipeline.heads.stage import CONTEXT, common_options, open_cache, saver_for, shift_plan
 
 # Parameters that do not decide the metrics, or that the cache's label already gives (backbone,
 # image size), left out of the metrics file's description.
@@ -52,8 +52,8 @@ NOT_REPORTED = ("device", "seed", "threshold_quantile", "backbone", "image_size"
 @click.option("--curves", "curves_dir", default=None,
               help="Folder for training curves (train_<class>.json: loss terms and test AUROC per epoch and seed; "
                    "epoch 0 is the model before adaptation).")
-def main(cache_path, seeds, classes, device, expect, scheduler, metrics_path, plots_dir, curves_dir, save_dir,
-         threshold_quantile, weights_file, **settings):
+def main(cache_path, protocol, seeds, classes, device, expect, scheduler, metrics_path, plots_dir, curves_dir,
+         save_dir, threshold_quantile, weights_file, shift, shift_labels, **settings):
     """Adapt a copy of the backbone's later stages to each normal class in turn with PANDA's
     compactness loss, trained on the cache's full-resolution trunk maps (only the tail runs),
     and score the test set by kNN on the adapted features. The test AUROC is recorded after
@@ -67,7 +67,8 @@ def main(cache_path, seeds, classes, device, expect, scheduler, metrics_path, pl
 
     check_outputs(files={"--metrics": metrics_path},
                   folders={"--plots": plots_dir, "--curves": curves_dir, "--save-heads": save_dir})
-    cache, chosen = open_cache(cache_path, expect, classes)
+    cache, tasks = open_cache(cache_path, expect, classes, protocol)
+    shifted = shift_plan(cache, shift, shift_labels)
     trunk = cache.metadata.get("features", {}).get("trunk")
     if not trunk or trunk.get("stage") not in cache.trunk_names("train"):
         raise PipelineError(f"the feature cache {cache.path} has no full-resolution trunk maps, which the PANDA head "
@@ -80,8 +81,8 @@ def main(cache_path, seeds, classes, device, expect, scheduler, metrics_path, pl
                      device=str(resolve_device(device)), threshold_quantile=threshold_quantile, **settings)
     saver = saver_for(save_dir, "panda", cache, threshold_quantile, head.device)
     with open_client(scheduler) as client:
-        results = evaluate_one_vs_all(cache, head, chosen, seeds=range(seeds), track_epochs=True, desc="PANDA",
-                                      client=client, after_fit=saver)
+        results = evaluate_one_vs_all(cache, head, tasks, seeds=range(seeds), track_epochs=True, desc="PANDA",
+                                      client=client, after_fit=saver, shift=shifted)
     about = {"head": "panda", **{k: v for k, v in head.params().items() if k not in NOT_REPORTED},
              "seeds": seeds, "fisher_is": _fisher_words(head.fisher),
              "auroc_is": "final epoch; best_epoch_auroc = best test AUROC over epochs 0..N, epoch 0 before "
@@ -89,7 +90,7 @@ def main(cache_path, seeds, classes, device, expect, scheduler, metrics_path, pl
     payload = write_results(results, cache.metadata, about, metrics_path, plots_dir, curves_dir)
     click.echo(format_summary(payload))
     if saver is not None:
-        click.echo(saved_heads_note(saver, [cache.classes[c] for c in chosen]))
+        click.echo(saved_heads_note(saver, [task.name for task in tasks]))
 
 
 def _fisher_words(fisher: str) -> str:

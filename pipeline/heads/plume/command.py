@@ -12,7 +12,7 @@ import click
 from pipeline import params
 from pipeline.heads.plume import (BATCH_MODES, GUIDANCE_FORMS, GUIDANCES, IDENTITY_LOSSES, IDENTITY_TARGETS,
                                   LR_RULES, PERTURBATIONS)
-from pipeline.heads.stage import CONTEXT, apply_options, common_options, open_cache, saver_for
+from pipeline.heads.stage import CONTEXT, apply_options, common_options, open_cache, saver_for, shift_plan
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pipeline.store.cache import FeatureCache
     from pipeline.evaluate import AfterFit
     from pipeline.protocol import Task
+    from pipeline.shift import ShiftPlan
 
 
 
@@ -101,7 +102,8 @@ def training_options(command: Callable) -> Callable:
 
 def run_plume(cache: "FeatureCache", classes: "list[int] | list[Task]", seeds: list[int], device: str, perturbation: str,
               guidance: str, desc: str, client: "Client | None" = None, after_fit: "AfterFit | None" = None,
-              threshold_quantile: float | None = None, **settings) -> dict[str, dict]:
+              threshold_quantile: float | None = None, shift: "ShiftPlan | None" = None,
+              **settings) -> dict[str, dict]:
     """Train and evaluate one PLUME variant on every chosen class (or task of a protocol) and
     seed, the test AUROC recorded after every epoch (each (class, seed) a job on ``client``'s Dask cluster if given).
     ``after_fit`` is called with each class's first-seed head (to save it)."""
@@ -111,7 +113,7 @@ def run_plume(cache: "FeatureCache", classes: "list[int] | list[Task]", seeds: l
     head = PlumeHead(perturbation=perturbation, guidance=guidance, device=device,
                      threshold_quantile=threshold_quantile, **settings)
     return evaluate_one_vs_all(cache, head, classes, seeds=seeds, track_epochs=True, desc=desc, client=client,
-                               after_fit=after_fit)
+                               after_fit=after_fit, shift=shift)
 
 
 def head_label(settings: dict, perturbation: str, guidance: str, seeds: list[int], **resolved) -> dict:
@@ -157,7 +159,7 @@ def plume_payload(results: dict[str, dict], metadata: dict, label: dict) -> dict
 @click.option("--curves", "curves_dir", default=None,
               help="Folder for training curves (train_<class>.json: loss terms and test AUROC per epoch and seed).")
 def main(cache_path, protocol, perturbation, guidance, seeds, classes, device, expect, scheduler, metrics_path, plots_dir,
-         curves_dir, save_dir, threshold_quantile, **settings):
+         curves_dir, save_dir, threshold_quantile, shift, shift_labels, **settings):
     """Train PLUME (a perturbator generating pseudo-anomalies and a classifier telling them from
     normal features) on each normal class in turn and score the test set with minus the
     classifier's logit. The test AUROC is recorded after every epoch: the reported AUROC is the
@@ -171,12 +173,13 @@ def main(cache_path, protocol, perturbation, guidance, seeds, classes, device, e
     check_outputs(files={"--metrics": metrics_path},
                   folders={"--plots": plots_dir, "--curves": curves_dir, "--save-heads": save_dir})
     cache, tasks = open_cache(cache_path, expect, classes, protocol)
+    shifted = shift_plan(cache, shift, shift_labels)
     device_ = str(resolve_device(device))
     saver = saver_for(save_dir, "plume", cache, threshold_quantile, device_)
     with open_client(scheduler) as client:
         results = run_plume(cache, tasks, seeds, device_, perturbation, guidance,
                             desc=f"PLUME {perturbation}/{guidance}", client=client, after_fit=saver,
-                            threshold_quantile=threshold_quantile, **settings)
+                            threshold_quantile=threshold_quantile, shift=shifted, **settings)
     label = head_label(settings, perturbation, guidance, seeds,
                        **resolved_settings(cache, settings, device_, threshold_quantile))
     payload = plume_payload(results, cache.metadata, label)
