@@ -107,8 +107,8 @@ def shift_metrics(plan: ShiftPlan, normal: tuple[int, ...], clean_scores: np.nda
 
     ``clean_scores``: the head's scores of the clean test split; ``shifted[split]`` = (scores,
     labels, rows): its scores of the corrupted split, their class labels, and the clean test
-    rows they were made from; ``normal`` the task's normal classes. Per split: ``auroc`` (labels unchanged), ``clean_auroc`` (the
-    clean images of the same rows, so a subset's drop is not the subset's doing) and, for
+    rows they were made from; ``normal``: the task's normal classes. Per split: ``auroc`` (labels
+    unchanged), ``clean_auroc`` (the clean images of the same rows, so a subset's drop is not the subset's doing) and, for
     ``labels`` anomalous or both, ``flagged_auroc`` (corrupted normal images against the same
     images clean)."""
     figures = {}
@@ -120,9 +120,9 @@ def shift_metrics(plan: ShiftPlan, normal: tuple[int, ...], clean_scores: np.nda
             values["auroc"] = _auroc(is_anomaly, scores)
             values["clean_auroc"] = _auroc(is_anomaly, clean_scores[rows])
         if plan.labels in ("anomalous", "both"):
-            normal = is_anomaly == 0
-            flagged = np.concatenate([np.zeros(normal.sum()), np.ones(normal.sum())])
-            values["flagged_auroc"] = _auroc(flagged, np.concatenate([clean_scores[rows][normal], scores[normal]]))
+            is_normal = is_anomaly == 0
+            flagged = np.concatenate([np.zeros(is_normal.sum()), np.ones(is_normal.sum())])
+            values["flagged_auroc"] = _auroc(flagged, np.concatenate([clean_scores[rows][is_normal], scores[is_normal]]))
         figures[test] = values
     return figures
 

@@ -855,8 +855,10 @@ class FeatureCache:
 
 def _array_differences(existing: FeatureCache, arrays: dict[str, list[ArraySpec]]) -> list[str]:
     """The arrays a store has that a run would not write, and those it lacks (a cache made with
-    a trunk map, resumed without one, say: the metadata compares only what the run records)."""
-    have = {f"{split}/{name}" for split in existing.splits for name in existing.array_names(split)}
+    a trunk map, resumed without one, say: the metadata compares only what the run records).
+    Derived splits (test@fog@5) are the extraction's to add or refuse, split by split."""
+    have = {f"{split}/{name}" for split in existing.splits if not is_derived(split)
+            for name in existing.array_names(split)}
     wanted = {f"{split}/{spec.name}" for split, specs in arrays.items() for spec in specs}
     found = []
     if have - wanted:
