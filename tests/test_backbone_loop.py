@@ -86,7 +86,7 @@ def test_views_command_equals_plain_augmented_forward_passes(tmp_path):
     data = load_dataset("synthetic")
     model, _ = load_backbone("efficientnet_lite0", 32)
     augment = Augmentation().transform(32)
-    preprocessing = Preprocessing(image_size=32)
+    preprocessing = Preprocessing(**FeatureCache.open(out).metadata["preprocessing"])
     for rows in ([0, 1, 2, 3], [12, 13, 14, 15]):  # the first batch of the first and of the second chunk
         # The documented recipe: each batch's views are drawn from a seed made of --views-seed and its first row.
         torch.manual_seed(3 * 1_000_003 + rows[0])

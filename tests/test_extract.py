@@ -200,7 +200,7 @@ def test_an_image_edited_in_place_is_detected_and_overwrite_re_extracts_it(tmp_p
     # The edited image's features are the backbone's on the edited pixels.
     model, _ = load_backbone("efficientnet_lite0", 32)
     with torch.inference_mode():
-        direct = model(Preprocessing(image_size=32)([load_dataset("imagefolder", root).train.images[row]]))["pooled"]
+        direct = model(Preprocessing(**after.metadata["preprocessing"])([load_dataset("imagefolder", root).train.images[row]]))["pooled"]
     np.testing.assert_allclose(new_features[row], direct[0].numpy(), rtol=1e-4, atol=1e-4)
 
 
@@ -209,8 +209,10 @@ def test_overwrite_extracts_a_complete_cache_again_and_resumes_an_unfinished_one
 
     path = tmp_path / "again.zarr"
     shutil.copytree(synthetic_cache.path, path)
+    # The fixture's settings (Preprocessing's defaults: imagenet normalisation, float32).
     command = ["--dataset", "synthetic", "--image-size", "32", "--maps", "intermediate", "--trunk-maps", "--chunk-rows",
-               "16", "--batch-size", "8", "--workers", "0", "--out", str(path)]
+               "16", "--batch-size", "8", "--workers", "0", "--normalisation", "imagenet", "--precision", "float32",
+               "--out", str(path)]
     result = CliRunner().invoke(main, command)
     assert result.exit_code == 0 and "already complete; nothing to do" in result.output
     chunk0 = path / "train" / "features" / "c" / "0" / "0"

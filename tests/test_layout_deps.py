@@ -195,6 +195,7 @@ def test_the_torch_free_names_are_the_registries_keys():
     assert names.DATASET_NAMES == tuple(DATASETS) and names.BACKBONE_NAMES == tuple(BACKBONES)
     assert names.INTERPOLATION_NAMES == tuple(INTERPOLATIONS)
     assert names.NORMALISATION_NAMES == tuple(NORMALISATIONS) and names.PRECISION_NAMES == tuple(PRECISIONS)
+    assert names.AUTO not in NORMALISATIONS and names.AUTO not in PRECISIONS
 
 
 @pytest.mark.parametrize("command", ["extract", "cache", "knn", "plume", "anomem", "gaussian", "classical", "igd",

@@ -104,16 +104,16 @@ def test_extract_refuses_the_working_directory(tmp_path, monkeypatch):
 
 def test_extract_still_replaces_a_real_cache_and_the_views_store_only_if_it_is_one(tmp_path):
     out = tmp_path / "synthetic.zarr"
-    assert CliRunner().invoke(extract_cli, [*EXTRACT, "--out", str(out)]).exit_code == 0
-    result = CliRunner().invoke(extract_cli, [*EXTRACT, "--out", str(out), "--normalisation", "inception"])
+    assert CliRunner().invoke(extract_cli, [*EXTRACT, "--out", str(out)]).exit_code == 0  # auto: inception (Lite0)
+    result = CliRunner().invoke(extract_cli, [*EXTRACT, "--out", str(out), "--normalisation", "imagenet"])
     assert result.exit_code == 1 and "was made differently" in result.output and "--overwrite" in result.output
-    result = CliRunner().invoke(extract_cli, [*EXTRACT, "--out", str(out), "--normalisation", "inception",
+    result = CliRunner().invoke(extract_cli, [*EXTRACT, "--out", str(out), "--normalisation", "imagenet",
                                               "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert FeatureCache.open(out).metadata["preprocessing"]["normalisation"] == "inception"
+    assert FeatureCache.open(out).metadata["preprocessing"]["normalisation"] == "imagenet"
     # The views store beside the cache is replaced under the same rule.
     files = documents(tmp_path / "synthetic.views.zarr")
-    result = CliRunner().invoke(extract_cli, [*EXTRACT, "--out", str(out), "--normalisation", "inception",
+    result = CliRunner().invoke(extract_cli, [*EXTRACT, "--out", str(out), "--normalisation", "imagenet",
                                               "--views", "1", "--overwrite"])
     assert_refused(result, str(tmp_path / "synthetic.views.zarr"), "not a feature cache made by this project")
     assert_untouched(files)

@@ -16,7 +16,7 @@ import click
 from pipeline import params
 from pipeline.cli import check_outputs, verbosity_options
 from pipeline.errors import PipelineError
-from pipeline.extract.names import (BACKBONE_NAMES, DATASET_NAMES, INTERPOLATION_NAMES, NORMALISATION_NAMES,
+from pipeline.extract.names import (AUTO, BACKBONE_NAMES, DATASET_NAMES, INTERPOLATION_NAMES, NORMALISATION_NAMES,
                                     PRECISION_NAMES, RESIZE_MODES)
 from pipeline.extract.corruptions import CONSTANT_SETS, CORRUPTIONS, SMALL_IMAGE_SIDE
 from pipeline.store.cache import DEFAULT_CHUNK_ROWS
@@ -54,9 +54,11 @@ def _maps_default() -> tuple[str, ...]:
               help="resize: straight to the image size (PLUME); resize_crop: short side to size*256/224, "
                    "then centre crop (PANDA).")
 @params.option("preprocess", "interpolation", type=click.Choice(INTERPOLATION_NAMES))
-@params.option("preprocess", "normalisation", type=click.Choice(NORMALISATION_NAMES),
-              help="imagenet mean/std, or inception (x-0.5)/0.5, the statistics TensorFlow-trained "
-                   "models such as EfficientNet-Lite were trained with.")
+@params.option("preprocess", "normalisation", type=click.Choice((AUTO, *NORMALISATION_NAMES)),
+              help="auto: what the backbone's weights were trained with (inception for EfficientNet-Lite, "
+                   "imagenet for torchvision's); imagenet mean/std; inception (x-0.5)/0.5, the statistics "
+                   "TensorFlow-trained models such as EfficientNet-Lite were trained with. The cache records "
+                   "the one used.")
 @click.option("--maps", "maps", multiple=True, default=_maps_default(), show_default=True,
               help="Also store an intermediate map, pooled to a small grid (repeatable). "
                    "'intermediate' names the backbone's stage-3 map (AnoMem); none: no map.")
@@ -69,9 +71,10 @@ def _maps_default() -> tuple[str, ...]:
                    "no trunk map. C x H x W x 2 bytes per image (EfficientNet-Lite0 at 224: 61 KiB).")
 @params.option("extract", "dtype", "--dtype", "feature_dtype",
               type=click.Choice(["float32", "float16"]), help="Storage type of the pooled features.")
-@params.option("extract", "precision", type=click.Choice(PRECISION_NAMES),
-              help="Compute precision of the forward pass; bfloat16/float16 use autocast (mixed precision, "
-                   "for GPUs). Recorded in the cache.")
+@params.option("extract", "precision", type=click.Choice((AUTO, *PRECISION_NAMES)),
+              help="Compute precision of the forward pass. auto: bfloat16 where it is native (a CPU with "
+                   "AVX512-BF16 or AMX, a GPU that supports it), else float32; bfloat16/float16 use autocast "
+                   "(the features come out float32). The cache records the one used (README, Speed).")
 @params.option("extract", "batch_size", type=click.IntRange(1, 4096),
               help="Images per forward pass.")
 @params.option("extract", "workers", type=click.IntRange(0, 64),
@@ -126,17 +129,19 @@ def main(dataset, data_dir, normal, download, backbone, weights_tag, weights_fil
          corrupt_per_class, corruption_constants):
     """Extract pooled (and optionally intermediate) features of DATASET with a frozen BACKBONE
     into a Zarr feature cache. An interrupted run resumes where it stopped when run again."""
-    from pipeline.extract.backbones import load_backbone
+    from pipeline.extract.backbones import get_spec, load_backbone
     from pipeline.extract.corruptions import CorruptionPlan
     from pipeline.extract.datasets import drop_unreadable, load_dataset
     from pipeline.extract.extraction import default_cache_path, extract
-    from pipeline.extract.preprocess import Preprocessing
+    from pipeline.extract.preprocess import Preprocessing, resolve_normalisation
     from pipeline.extract.views import Augmentation, extract_views
     from pipeline.store.cache import check_replaceable
     from pipeline.store.views import views_path
 
     maps = tuple(m for m in maps if m.lower() != "none")
-    preprocessing = Preprocessing(image_size, resize, interpolation, normalisation)
+    # auto: the statistics the backbone's weights were trained with; the cache records the name used.
+    preprocessing = Preprocessing(image_size, resize, interpolation,
+                                  resolve_normalisation(normalisation, get_spec(backbone).native_normalisation))
     plan = CorruptionPlan(corruptions, severities, corrupt_per_class, corruption_constants) if corruptions else None
     out_path = Path(out) if out else default_cache_path(dataset, backbone, image_size)
     # Before loading anything: --out (and the views store beside it) must not be the data, a

@@ -16,7 +16,7 @@ from pipeline.cli import resolve_device, safe_filename
 from pipeline.errors import PipelineError
 from pipeline.extract.backbones import load_backbone
 from pipeline.extract.datasets import ImageDataset, drop_unreadable
-from pipeline.extract.loop import (ChunkBuffer, ChunkWriter, PreprocessedBatches, backbone_batches, check_precision,
+from pipeline.extract.loop import (ChunkBuffer, ChunkWriter, PreprocessedBatches, backbone_batches, resolve_precision,
                                    chunk_batches, user_facing_errors)
 from pipeline.extract.preprocess import Preprocessing
 from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, check_replaceable,
@@ -80,7 +80,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
     check_replaceable(out, protected)  # before the lock files beside it and any work
     with writer_lock(out, shard), user_facing_errors(out):
         device_ = resolve_device(device)
-        check_precision(precision)
+        precision = resolve_precision(precision, device_)  # auto: bfloat16 where native; recorded
         model, weights = loaded or load_backbone(backbone, preprocessing.image_size, weights_tag, weights_file)
         model = model.to(device_, memory_format=torch.channels_last)
         maps = tuple(model.spec.intermediate if m == "intermediate" else m for m in maps)

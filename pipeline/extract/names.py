@@ -9,5 +9,8 @@ BACKBONE_NAMES = ("resnet50", "resnet152", "wide_resnet50_2", "convnext_tiny", "
                   "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 RESIZE_MODES = ("resize", "resize_crop")
 INTERPOLATION_NAMES = ("bilinear", "bicubic", "nearest")
+# "auto": resolved when the backbone (normalisation: the statistics its weights were trained
+# with) and the device (precision: bfloat16 where it is native) are known; the cache records both.
+AUTO = "auto"
 NORMALISATION_NAMES = ("imagenet", "inception", "none")
 PRECISION_NAMES = ("float32", "bfloat16", "float16")

@@ -21,6 +21,13 @@ NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = 
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "none": None,
 }
+
+
+def resolve_normalisation(normalisation: str, native: str) -> str:
+    """``auto`` -> ``native``, the statistics the backbone's weights were trained with
+    (``BackboneSpec.native_normalisation``: inception for EfficientNet-Lite, imagenet for
+    torchvision's); any other name as it is."""
+    return native if normalisation == "auto" else normalisation
 INTERPOLATIONS = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
