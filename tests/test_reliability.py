@@ -136,6 +136,37 @@ def test_unreadable_images_are_listed_or_skipped_and_recorded(tmp_path):
     assert list(cache.labels("train")) == [0, 0, 0, 0, 1, 1, 1]
 
 
+def test_a_resumed_or_repeated_extraction_takes_the_unreadable_files_from_the_cache(tmp_path, monkeypatch):
+    """The full decode that finds unreadable files is made once per set of files: a cache made
+    from the same files (same content digest) records what it found, the next run reuses it."""
+    from pipeline.extract import datasets
+
+    root = image_folder(tmp_path / "images", ["train/b/1.jpg"])
+    decoded = []
+    original = datasets.unreadable_images
+    monkeypatch.setattr(datasets, "unreadable_images", lambda images, workers=0: decoded.append(len(images))
+                        or original(images, workers))
+    path = tmp_path / "c.zarr"
+    first = extract(load_dataset("imagefolder", root), "efficientnet_lite0", Preprocessing(image_size=32), path,
+                    skip_bad=True, **SMALL)
+    assert decoded == [8 + 1, 8]  # train (one of them the empty file), test
+    first.set_aside("train", {0})  # as if interrupted: the next run resumes
+    again = extract(load_dataset("imagefolder", root), "efficientnet_lite0", Preprocessing(image_size=32), path,
+                    skip_bad=True, **SMALL)
+    assert decoded == [9, 8] and again.is_complete and again.verify() == []
+    assert again.metadata["dataset"]["skipped_files"] == first.metadata["dataset"]["skipped_files"]
+    np.testing.assert_array_equal(again.labels("train"), [0, 0, 0, 0, 1, 1, 1])
+    # Without --skip-bad the recorded files are refused at once, by name, still without decoding.
+    with pytest.raises(PipelineError, match=r"2 image files cannot be read.*train/b/1.jpg"):
+        extract(load_dataset("imagefolder", root), "efficientnet_lite0", Preprocessing(image_size=32), path, **SMALL)
+    assert decoded == [9, 8]
+    # Files changed since (another content digest): decoded again, and the fixed file is found readable.
+    (root / "train" / "a" / "empty.png").unlink()
+    fixed = extract(load_dataset("imagefolder", root), "efficientnet_lite0", Preprocessing(image_size=32), path,
+                    skip_bad=True, overwrite=True, **SMALL)
+    assert decoded == [9, 8, 8, 8] and fixed.size("train") == 7
+
+
 def test_knn_metrics_are_identical_across_runs(synthetic_cache, tmp_path):
     from pipeline.heads.knn.command import main
 

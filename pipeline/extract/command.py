@@ -174,7 +174,7 @@ def main(dataset, data_dir, normal, download, backbone, weights_tag, weights_fil
         # Files left out by --skip-bad are left out of the views too (a second full decode
         # only when some were).
         if len(data.train.labels) != cache.size("train"):
-            data = drop_unreadable(data, skip_bad, workers)
+            data = drop_unreadable(data, skip_bad, workers, cache.metadata["dataset"])
         extract_views(data, cache, loaded, views=views,
                       per_class=views_per_class, seed=views_seed,
                       augmentation=Augmentation(crop_scale_min=views_crop_scale), batch_size=batch_size,

@@ -568,10 +568,45 @@ def first_few(items: list[str], limit: int = 10) -> str:
     return "; ".join(items[:limit]) + more
 
 
-def drop_unreadable(dataset: ImageDataset, skip_bad: bool, workers: int = 0) -> ImageDataset:
+def recorded_unreadable(dataset: ImageDataset, recorded: dict | None) -> dict[str, list[tuple[int, str]]] | None:
+    """The unreadable files of ``dataset`` as a cache made from these very files recorded them
+    (``recorded``: that cache's ``metadata["dataset"]``), without decoding anything: per split,
+    (index, reason). None when ``recorded`` is not of these files (another folder, or files
+    changed since: the content digest differs) or the dataset is not made of files."""
+    if recorded is None or not isinstance(dataset.train.images, FileImages) or "content_sha256" not in dataset.identity:
+        return None
+    same = {"name": dataset.name, "classes": list(dataset.classes),
+            **{k: v for k, v in dataset.identity.items() if k != "skipped_files"}}
+    if any(recorded.get(key) != value for key, value in same.items()):
+        return None
+    root = dataset.root or Path(".")
+    position = {(split, os.path.relpath(path, root)): (split, i) for split in ("train", "test")
+                for i, path in enumerate(dataset.split(split).images.paths)}
+    found: dict[str, list[tuple[int, str]]] = {"train": [], "test": []}
+    for entry in recorded.get("skipped_files", []):  # "split: relative path (reason)"
+        split, _, rest = str(entry).partition(": ")
+        # The path ends at one of the " (" that open the reason: the one that names a listed file.
+        cuts = [i for i in range(len(rest)) if rest.startswith(" (", i)]
+        match = next(((rest[:i], rest[i + 2:-1]) for i in cuts if (split, rest[:i]) in position), None)
+        if match is not None:  # entries the listing refused (broken links) are not in the splits
+            found[split].append((position[(split, match[0])][1], match[1]))
+    if sum(len(v) for v in found.values()) + len(dataset.refused) != len(recorded.get("skipped_files", [])):
+        return None  # the record does not fit this listing: decode again
+    return found
+
+
+def drop_unreadable(dataset: ImageDataset, skip_bad: bool, workers: int = 0,
+                    recorded: dict | None = None) -> ImageDataset:
     """Refuse a dataset with unreadable files (listing them) or, with ``skip_bad``, leave them
-    out and record their paths in the dataset identity (and so in the cache metadata)."""
-    bad = {split: unreadable_images(dataset.split(split).images, workers) for split in ("train", "test")}
+    out and record their paths in the dataset identity (and so in the cache metadata).
+
+    Finding them decodes every file once. ``recorded``: the dataset description of a cache
+    already at the output; when it was made from these very files (``recorded_unreadable``), its
+    record of the unreadable files stands for that decode, so resuming or repeating an
+    extraction does not decode everything twice."""
+    bad = recorded_unreadable(dataset, recorded)
+    if bad is None:
+        bad = {split: unreadable_images(dataset.split(split).images, workers) for split in ("train", "test")}
     if not any(bad.values()) and not dataset.refused:
         return dataset
     root = dataset.root or Path(".")

@@ -20,7 +20,7 @@ from pipeline.extract.loop import (ChunkBuffer, ChunkWriter, PreprocessedBatches
                                    chunk_batches, user_facing_errors)
 from pipeline.extract.preprocess import Preprocessing
 from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, check_replaceable,
-                                  is_derived, open_or_create, writer_lock)
+                                  is_derived, occupied, open_or_create, writer_lock)
 
 if TYPE_CHECKING:
     from pipeline.extract.corruptions import CorruptionPlan, ShiftedSplit
@@ -45,6 +45,17 @@ def cache_metadata(dataset: ImageDataset, backbone: str, weights, preprocessing:
         "preprocessing": preprocessing.to_dict(),
         "features": features,
     }
+
+
+def recorded_dataset(out: Path) -> dict | None:
+    """What the cache at ``out`` (complete or not) records of its dataset, or None if there is
+    none there (its unreadable-file check is then made again: ``drop_unreadable``)."""
+    if not occupied(out):
+        return None
+    try:
+        return FeatureCache.open(out, require_complete=False).metadata.get("dataset")
+    except PipelineError:
+        return None
 
 
 def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, out: Path, *,
@@ -90,7 +101,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         trunk = model.spec.trunk_end if trunk_maps == "panda" else trunk_maps
         if trunk is not None:
             model.split(trunk)  # refuses a stage that leaves no tail to train
-        dataset = drop_unreadable(dataset, skip_bad, workers)
+        dataset = drop_unreadable(dataset, skip_bad, workers, recorded_dataset(out))
 
         with torch.inference_mode():
             probe = model(torch.zeros(1, 3, preprocessing.image_size, preprocessing.image_size, device=device_),
