@@ -92,7 +92,10 @@ class Group:
 
     def heading(self) -> str:
         protocol = "" if self.protocol == ONE_VS_ALL else f", {self.protocol}"
-        return f"{self.dataset}: {self.backbone} @ {self.image_size}x{self.image_size}{protocol}"
+        # The normalisation tells apart tables of one backbone whose features were made two ways.
+        parts = self.preprocessing.split("/")
+        normalisation = f", {parts[-1]} normalisation" if len(parts) == 3 and parts[-1] != "None" else ""
+        return f"{self.dataset}: {self.backbone} @ {self.image_size}x{self.image_size}{protocol}{normalisation}"
 
 
 # --- reading --------------------------------------------------------------------------------
