@@ -1,0 +1,435 @@
+"""Exact k nearest neighbours with a reduced-precision (bfloat16) first pass and a certificate.
+
+A bfloat16 matrix product is 2-4x faster than a float32 one on CPUs with AVX512-BF16 or AMX
+and on GPUs. Its 8-bit significands are far too coarse to rank neighbours by, but enough to
+find a short list of ``m`` candidates per query, among which the exact k nearest provably lie:
+
+1. **Screen** (``_screen``): centre queries and gallery on the gallery's mean (distances do not
+   change; the norms every bound scales with shrink, a lot for CNN features with their large
+   common mean), round both to bfloat16 and compute, by one augmented matrix product per block,
+   a lower bound on every squared distance. Keep, per query, the ``m`` smallest bounds and the
+   smallest bound of everything dropped (``lam``).
+2. **Re-rank**: the squared distances of the candidates that can still be among the k nearest
+   are computed in float64 from the original float32 rows, as ``sum((q - g)**2)``.
+3. **Certify**: when the k-th smallest of those is no larger than ``lam``, no other gallery row
+   can be nearer, and the answer is exact. Queries that are not certified are screened again
+   with 8x more candidates, then with a float64 product, and what is left (many exact ties) is
+   computed by brute force in float64. Every query's answer is therefore the exact top-k.
+
+The bound (one query q, one gallery row g; c = x - mu exactly, x' = float32(x - mu),
+a = bf16(q'), b = bf16(g'); u the float32 unit roundoff)::
+
+    |q - g|^2 = |c_q|^2 + P,   P = |c_g|^2 - 2 c_q.c_g
+    |c_q.c_g - a.b| <= alpha |c_g| + |a| beta,   alpha >= |c_q - a|, beta >= |c_g - b|
+                                                 (per-row residuals, centring error included)
+    P >= n_g - 2 a.b - 2 alpha nu_g - 2 kappa beta_g,   nu_g >= |b| + beta >= |c_g|, kappa >= |a|,
+                                                         n_g <= |c_g|^2
+
+The right-hand side is one matrix product of augmented rows, ``[-2a, 1, 1, 1, -alpha, -kappa,
+-tau, -tau']`` against ``[b, n_g (3 bfloat16 pieces), 2 nu, 2 beta, 1, 1]``, so the per-pair
+residual terms cost nothing. Its own errors are bounded too: the products of bfloat16 numbers
+are exact in float32 and are summed in float32 (any order: gamma_K times the sum of the terms'
+magnitudes, K = d + 7); on a CPU the result comes back rounded to bfloat16, so each block is
+shifted by a per-query ``tau`` (the current ``lam``), which makes the values near the decision
+small and their rounding (at most 2 units in the last place, safe for truncation as well) tiny.
+The float64 distances of the re-rank are within gamma_{d+2} (float64) of the exact ones, and
+the certificate allows for that as well.
+
+Assumption, checked once per process (``_check_accumulation``): the library's bfloat16 product
+accumulates in float32 (oneDNN on CPUs; cuBLAS with ``out_dtype=float32`` on GPUs).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from pipeline.errors import PipelineError
+
+U64 = 2.0 ** -53
+# Relative slack added to every float64 bound for the few roundings of the bound's own
+# arithmetic (each a few float64 operations on the magnitudes involved, so far below 2^-40).
+BOUND_SLACK = 2.0 ** -40
+GROWTH = 8  # a query not certified is screened again with this many times more candidates
+
+
+def _unit(dtype: torch.dtype) -> float:
+    """Unit roundoff (half the machine epsilon) of a floating dtype."""
+    return torch.finfo(dtype).eps / 2
+
+
+def _gamma(n: int, u: float) -> float:
+    """The standard bound on the relative error of a sum of n terms: n u / (1 - n u)."""
+    if n * u >= 0.5:
+        raise PipelineError(f"vectors of {n} dimensions are too long for a certified reduced-precision product.")
+    return n * u / (1 - n * u)
+
+
+# --- the matrix product of a screening pass --------------------------------------------------
+
+@dataclass(frozen=True)
+class Product:
+    """How one screening pass multiplies: the input dtype, the product itself, and the unit
+    roundoffs of its accumulation and of its output (which may be coarser than the sum)."""
+
+    dtype: torch.dtype
+    multiply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    accumulation: float
+    output: float
+
+
+def _bf16_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.mm(a, b)
+
+
+def _fp32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.mm(a, b, out_dtype=torch.float32)
+
+
+def _fp32_out_emulated(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # The same numbers as the GPU's bf16 x bf16 -> fp32 product (exact products, float32
+    # sums), for running that branch on CPU tensors in the tests.
+    return torch.mm(a.float(), b.float())
+
+
+def product_for(precision: str, device: torch.device) -> Product:
+    """The product of a screening pass in ``precision`` ("bfloat16" or "float64") on ``device``.
+
+    bfloat16 on a CPU: PyTorch returns the float32 sums rounded to bfloat16 (2 units in the
+    last place allowed for, so truncating libraries are covered too). On a GPU the float32
+    sums come back as they are (``out_dtype``).
+    """
+    if precision == "float64":
+        return Product(torch.float64, torch.mm, U64, 2 * U64)
+    if precision != "bfloat16":
+        raise ValueError(precision)
+    if device.type == "cuda":
+        return Product(torch.bfloat16, _fp32_out, 2.0 ** -24, 2.0 ** -23)
+    return Product(torch.bfloat16, _bf16_out, 2.0 ** -24, 2.0 ** -7)
+
+
+EMULATED_GPU_PRODUCT = Product(torch.bfloat16, _fp32_out_emulated, 2.0 ** -24, 2.0 ** -23)
+
+_accumulation_checked: set = set()
+
+
+def _check_accumulation(product: Product, device: torch.device) -> None:
+    """Refuse a bfloat16 product whose sums are not float32 (once per process and device):
+    256 + 1279 / 64 - 256 comes out near 0 when sums are kept in bfloat16, within the bound
+    of the screen when they are float32."""
+    key = (product, str(device))
+    if key in _accumulation_checked or product.dtype == torch.float64:
+        return
+    width = 1288
+    a = torch.ones(4, width, dtype=product.dtype, device=device)
+    b = torch.full((width, 4), 1 / 64, dtype=product.dtype, device=device)
+    b[0], b[-1] = 256.0, -256.0
+    exact = (width - 2) / 64
+    got = float(product.multiply(a, b).double().max())
+    allowed = product.output * exact + _gamma(width, product.accumulation) * (512 + exact)
+    if abs(got - exact) > allowed:
+        raise PipelineError(f"this machine's bfloat16 matrix product does not accumulate in float32 "
+                            f"({got} for {exact}), so a bfloat16 kNN pass cannot be certified; use "
+                            f"precision float32.")
+    _accumulation_checked.add(key)
+
+
+# --- per-row quantities ----------------------------------------------------------------------
+
+def _round_up(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Non-negative float64 values as ``dtype`` numbers no smaller than them, and no positive
+    value below the smallest normal number (which a product may flush to zero)."""
+    if dtype == torch.float64:
+        return values * (1 + 4 * U64)
+    rounded = (values * (1 + 4 * _unit(dtype))).to(dtype)
+    rounded = torch.where(values > 0, rounded.clamp_min(torch.finfo(dtype).tiny), rounded)
+    assert bool((rounded.double() >= values).all())
+    return rounded
+
+
+def _pieces(values: torch.Tensor, dtype: torch.dtype, count: int) -> list[torch.Tensor]:
+    """``values`` (float64) as a sum of ``count`` numbers of ``dtype``, largest first: each
+    remainder is exact in float64, so the sum is within 2^-(8 count) of the value (bfloat16)."""
+    pieces, rest = [], values
+    for _ in range(count):
+        piece = rest.to(dtype)
+        pieces.append(piece)
+        rest = rest - piece.double()
+    return pieces
+
+
+@dataclass
+class _Rows:
+    """One side's rows, centred and reduced, with the per-row bounds of the screen. With c the
+    exact centred row and a its reduced copy: ``residual`` >= |c - a|, ``norm`` >= |c| (gallery)
+    or >= |a| (queries), ``reduced_norm`` >= |a|, ``square_low`` <= |c|^2 <= ``square_high``."""
+
+    reduced: torch.Tensor
+    norm: torch.Tensor      # in the product's dtype
+    residual: torch.Tensor  # in the product's dtype
+    reduced_norm: torch.Tensor
+    square_low: torch.Tensor
+    square_high: torch.Tensor
+
+
+def _rows(x: torch.Tensor, mean: torch.Tensor, dtype: torch.dtype, gallery: bool) -> _Rows:
+    # Row sums in the working precision (float32 for a bfloat16 product): their error,
+    # gamma_{d+1} relative, matters little next to the residuals'.
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    unit = _unit(work)
+    u = unit / (1 - unit)  # |c - fl(x - mean)| <= u |fl(x - mean)|, element by element
+    gamma = _gamma(x.shape[1] + 1, unit)
+    centred = x.to(work) - mean.to(work)
+    reduced = centred.to(dtype)
+    squares = torch.linalg.vecdot(centred, centred).double()
+    # centred - reduced is exact in the working precision (the low bits of each element).
+    low_bits = centred - reduced.to(work)
+    residual_squares = torch.linalg.vecdot(low_bits, low_bits).double()
+    centred_norm = (squares / (1 - gamma)).sqrt() * (1 + 4 * U64)
+    residual = (residual_squares / (1 - gamma)).sqrt() * (1 + 4 * U64) + u * centred_norm
+    reduced_norm = centred_norm + residual  # |a| <= |fl(x - mean)| + |fl(x - mean) - a|
+    norm = centred_norm / (1 - u) if gallery else reduced_norm
+    return _Rows(reduced, _round_up(norm, dtype), _round_up(residual, dtype), reduced_norm,
+                 squares / (1 + gamma) / (1 + u) ** 2, squares / (1 - gamma) / (1 - u) ** 2)
+
+
+# --- one screening pass ------------------------------------------------------------------------
+
+@dataclass
+class _Shortlist:
+    """Per query: the ``m`` candidates with the smallest lower bounds (float64 bounds on the
+    squared distance, gallery row indices; +inf / -1 where fewer), and ``lam``, a lower bound
+    on the squared distance of every row that is not a candidate."""
+
+    low: torch.Tensor
+    high: torch.Tensor
+    index: torch.Tensor
+    lam: torch.Tensor
+
+
+@dataclass
+class _Block:
+    """One gallery block ready for the screen: the augmented rows [b, n_g (3 pieces), 2 nu,
+    2 beta, 1, 1] (transposed), the per-row terms of the bounds, and the block's largest ones."""
+
+    start: int
+    right: torch.Tensor
+    nu: torch.Tensor         # >= |c_g|, float64
+    beta: torch.Tensor       # >= |c_g - b|, float64
+    shortfall: torch.Tensor  # >= |c_g|^2 - (the pieces' sum), float64
+    terms: tuple[float, float, float, float, float]  # largest |b|, pieces' magnitude, nu, beta; row norm
+
+
+def _prepare(gallery: torch.Tensor, mean: torch.Tensor, dtype: torch.dtype, start: int, stop: int) -> _Block:
+    g = _rows(gallery[start:stop], mean, dtype, gallery=True)
+    pieces = _pieces(g.square_low * (1 - 2.0 ** -22), dtype, 3)  # their sum stays below |c_g|^2
+    square = sum(p.double().abs() for p in pieces)  # the pieces' magnitudes, >= their sum
+    # |c_g|^2 less the pieces' sum, at most (the sum is within 2^-24 of what was split).
+    shortfall = g.square_high - g.square_low * (1 - 2.0 ** -22) * (1 - 2.0 ** -23)
+    nu, beta = g.norm.double(), g.residual.double()
+    right = torch.cat([g.reduced, *(p[:, None] for p in pieces), 2 * g.norm[:, None], 2 * g.residual[:, None],
+                       torch.ones(stop - start, 2, dtype=dtype, device=gallery.device)], 1).T
+    largest = [float(v.max()) for v in (g.reduced_norm, square, nu, beta)]
+    row_norm = largest[0] + largest[1] + 2 * largest[2] + 2 * largest[3] + 2
+    return _Block(start, right, nu, beta, shortfall, (*largest, row_norm))
+
+
+def _blocks(gallery: torch.Tensor, mean: torch.Tensor, dtype: torch.dtype, gallery_block: int,
+            run: Callable = map) -> list[_Block]:
+    """The gallery as prepared blocks, the first one small: later blocks are shifted by the
+    threshold it gives (see the module's notes)."""
+    first = min(gallery_block, 1024)
+    edges = [0] + list(range(first, len(gallery), gallery_block)) + [len(gallery)]
+    return list(run(lambda span: _prepare(gallery, mean, dtype, *span), zip(edges[:-1], edges[1:])))
+
+
+def _screen(blocks: list[_Block], queries: torch.Tensor, mean: torch.Tensor, m: int, product: Product,
+            tiles: list[slice], run: Callable = map) -> _Shortlist:
+    """The m candidates per query, by lower bounds from a reduced-precision product; ``run``
+    maps the work on one query tile over ``tiles`` (a thread pool's map on CPUs)."""
+    device, dtype, (nq, d) = queries.device, product.dtype, queries.shape
+    width = d + 7  # K, the augmented rows' length
+    q = _rows(queries, mean, dtype, gallery=False)
+    # [-2a, 1, 1, 1, -alpha, -kappa, -tau (2 pieces)]; the tau columns are set per block.
+    left = torch.cat([-2 * q.reduced, torch.ones(nq, 3, dtype=dtype, device=device),
+                      -q.residual[:, None], -q.norm[:, None], torch.zeros(nq, 2, dtype=dtype, device=device)], 1)
+    alpha, kappa = q.residual.double(), q.norm.double()  # alpha >= |c_q - a|, kappa >= |a|
+    inf = torch.tensor(float("inf"), dtype=torch.float64, device=device)
+    out = _Shortlist(inf.expand(nq, m).clone(), inf.expand(nq, m).clone(),
+                     torch.full((nq, m), -1, dtype=torch.long, device=device), inf.expand(nq).clone())
+    gamma = _gamma(width + 1, product.accumulation)  # + 1: float64 products are rounded too
+    # Subnormal inputs, products and sums may be flushed to zero: per product at most the
+    # smallest normal number times the other factor, per sum at most that number.
+    tiny = torch.finfo(torch.float32 if dtype == torch.bfloat16 else torch.float64).tiny
+
+    def one_tile(block: _Block, rows: slice) -> None:
+        b_max, square_max, nu_max, beta_max, right_norm = block.terms
+        lam = out.lam[rows]
+        tau_pieces = _pieces(torch.where(torch.isfinite(lam), lam - q.square_low[rows], 0.0), dtype, 2)
+        left[rows, -2], left[rows, -1] = -tau_pieces[0], -tau_pieces[1]
+        tau = (tau_pieces[0].double() + tau_pieces[1].double())[:, None]
+        tau_size = tau_pieces[0].double().abs() + tau_pieces[1].double().abs()
+        take = min(m + 1, block.right.shape[1])
+        values, where = torch.topk(product.multiply(left[rows], block.right), take, dim=1, largest=False, sorted=False)
+        o = values.double()
+        # The sum's error: gamma_K times its terms' magnitudes, with the block's largest rows.
+        terms = 2 * kappa[rows] * b_max + square_max + 2 * alpha[rows] * nu_max + 2 * kappa[rows] * beta_max + tau_size
+        left_norm = 3 * kappa[rows] + alpha[rows] + tau_size + 2
+        error = (gamma * terms + tiny * (width ** 0.5 * (left_norm + right_norm) + 2 * width))[:, None]
+        rounding = product.output * o.abs() + torch.finfo(dtype).tiny
+        slack = BOUND_SLACK * (tau.abs() + o.abs() + error + q.square_high[rows, None])
+        low = q.square_low[rows, None] + tau + o - rounding - error - slack
+        # The upper bound adds back the residual terms twice over and the norm pieces' shortfall.
+        spread = (4 * (alpha[rows, None] * block.nu[where] + kappa[rows, None] * block.beta[where])
+                  + block.shortfall[where]) * (1 + BOUND_SLACK)
+        high = q.square_high[rows, None] + tau + o + rounding + error + spread + slack
+        # The rows of the block not taken are no nearer than the largest taken (the bounds grow
+        # with the product's value); all m + 1 taken join the shortlist.
+        block_lam = low.amax(1) if take > m else inf.expand(len(low))
+        _merge(out, rows, low, high, where + block.start, block_lam, m)
+
+    for block in blocks:
+        # Query tiles touch disjoint rows of the shortlist, so they can run side by side.
+        list(run(lambda rows: one_tile(block, rows), tiles))
+    return out
+
+
+def _merge(out: _Shortlist, rows: slice, low: torch.Tensor, high: torch.Tensor, index: torch.Tensor,
+           block_lam: torch.Tensor, m: int) -> None:
+    """Keep the m smallest lower bounds of the old and new candidates; what is dropped lowers lam."""
+    low = torch.cat([out.low[rows], low], 1)
+    order = low.argsort(1)
+    low = low.gather(1, order)
+    high = torch.cat([out.high[rows], high], 1).gather(1, order)
+    index = torch.cat([out.index[rows], index], 1).gather(1, order)
+    dropped = low[:, m:].amin(1) if low.shape[1] > m else block_lam
+    out.lam[rows] = torch.minimum(out.lam[rows], torch.minimum(block_lam, dropped))
+    out.low[rows], out.high[rows], out.index[rows] = low[:, :m], high[:, :m], index[:, :m]
+
+
+# --- exact distances and the certificate -------------------------------------------------------
+
+def exact_distances(gallery: torch.Tensor, queries: torch.Tensor, query_rows: torch.Tensor,
+                    gallery_rows: torch.Tensor, max_entries: int = 1 << 20) -> torch.Tensor:
+    """sum((q - g)^2) in float64 for the pairs (query_rows[i], gallery_rows[i]), from the float32
+    rows: every term is non-negative, so it is within gamma_{d+2} (float64) of the exact value."""
+    out = torch.empty(len(query_rows), dtype=torch.float64, device=queries.device)
+    step = max(1, max_entries // max(1, queries.shape[1]))
+    for s in range(0, len(query_rows), step):
+        diff = queries[query_rows[s:s + step]].double() - gallery[gallery_rows[s:s + step]].double()
+        out[s:s + step] = diff.square_().sum(1)
+    return out
+
+
+def _brute_force(gallery: torch.Tensor, queries: torch.Tensor, k: int,
+                 max_entries: int = 1 << 23) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest ``exact_distances`` of each query over the whole gallery (for the few
+    queries no screen could certify: more than m exact ties)."""
+    best = torch.full((len(queries), k), float("inf"), dtype=torch.float64, device=queries.device)
+    best_index = torch.full((len(queries), k), -1, dtype=torch.long, device=queries.device)
+    step = max(1, max_entries // max(1, queries.shape[1]))
+    for i in range(len(queries)):
+        for s in range(0, len(gallery), step):
+            block = gallery[s:s + step].double()
+            distances = (block - queries[i].double()).square_().sum(1)
+            merged = torch.cat([best[i], distances])
+            indices = torch.cat([best_index[i], torch.arange(s, s + len(block), device=queries.device)])
+            values, where = torch.topk(merged, min(k, len(merged)), largest=False)
+            best[i, :len(values)], best_index[i, :len(values)] = values, indices[where]
+    return best, best_index
+
+
+def _certify(gallery: torch.Tensor, queries: torch.Tensor, short: _Shortlist, k: int
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(certified mask, distances, indices): re-rank the candidates that can still be among the
+    k nearest, and certify the queries whose k-th distance is no larger than lam."""
+    g = _gamma(queries.shape[1] + 2, U64) + BOUND_SLACK  # exact_distances' relative error, and the check's
+    upper = torch.kthvalue(short.high * (1 + g), k, dim=1).values
+    needed = (short.low.clamp_min(0) * (1 - g) <= upper[:, None]) & (short.index >= 0)
+    query_rows, slots = needed.nonzero(as_tuple=True)
+    distances = torch.full_like(short.low, float("inf"))
+    distances[query_rows, slots] = exact_distances(gallery, queries, query_rows, short.index[query_rows, slots])
+    values, where = torch.topk(distances, k, dim=1, largest=False)
+    certified = short.lam.clamp_min(0) * (1 - g) >= values[:, -1]
+    return certified, values, short.index.gather(1, where)
+
+
+# --- the search --------------------------------------------------------------------------------
+
+@dataclass
+class Certified:
+    """Exact k nearest neighbours of every query: squared distances (float64, ascending) and
+    gallery row indices, and which pass answered each query: 0 the bfloat16 screen, 1 the
+    screen with GROWTH x more candidates, 2 a float64 screen, 3 brute force."""
+
+    distances: torch.Tensor
+    indices: torch.Tensor
+    answered_by: torch.Tensor
+
+    PASSES = ("bfloat16 screen", "bfloat16 screen with more candidates", "float64 screen", "brute force")
+
+    @property
+    def certified_fraction(self) -> float:
+        """The fraction of queries answered by the bfloat16 screens (the fast path)."""
+        return float((self.answered_by <= 1).double().mean()) if len(self.answered_by) else 1.0
+
+
+def gallery_mean(gallery: torch.Tensor, block: int = 8192) -> torch.Tensor:
+    """The rows' mean, summed in float64 block by block (no float64 copy of the gallery)."""
+    total = torch.zeros(gallery.shape[1], dtype=torch.float64, device=gallery.device)
+    for s in range(0, len(gallery), block):
+        total += gallery[s:s + block].double().sum(0)
+    return (total / max(1, len(gallery))).float()
+
+
+def certified_nearest(gallery: torch.Tensor, queries: torch.Tensor, k: int, candidates: int,
+                      query_block: int = 1024, gallery_block: int = 8192, workers: int | None = None,
+                      product: Product | None = None) -> Certified:
+    """The exact k nearest gallery rows of every query (float32 tensors on one device), with a
+    bfloat16 screen keeping ``candidates`` (> k) per query; see the module's notes. On a CPU,
+    query tiles are shared among ``workers`` threads (default: torch's thread count), each
+    with one torch thread: independent tiles keep every core busy with no waiting between
+    threads, which matters on a machine shared with other processes."""
+    device, nq = queries.device, len(queries)
+    distances = torch.full((nq, k), float("inf"), dtype=torch.float64, device=device)
+    indices = torch.full((nq, k), -1, dtype=torch.long, device=device)
+    answered_by = torch.full((nq,), len(Certified.PASSES) - 1, dtype=torch.long, device=device)
+    left = torch.arange(nq, device=device)
+    if len(gallery) > candidates + 1:
+        bf16 = product or product_for("bfloat16", device)
+        _check_accumulation(bf16, device)
+        mean = gallery_mean(gallery)
+        passes = [(bf16, candidates), (bf16, GROWTH * candidates), (product_for("float64", device), GROWTH * candidates)]
+        workers = max(1, workers or torch.get_num_threads()) if device.type == "cpu" else 1
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            run = pool.map if workers > 1 else map
+            prepared: dict = {}  # the bfloat16 passes share their gallery blocks
+            for number, (pass_product, m) in enumerate(passes):
+                if not len(left) or len(gallery) <= m + 1:
+                    break
+                if pass_product.dtype not in prepared:
+                    prepared = {pass_product.dtype: _blocks(gallery, mean, pass_product.dtype, gallery_block, run)}
+                rows = min(query_block, -(-len(left) // workers))
+                tiles = [slice(s, s + rows) for s in range(0, len(left), rows)]
+                short = _screen(prepared[pass_product.dtype], queries[left], mean, m, pass_product, tiles, run)
+                certified, values, where = _certify(gallery, queries[left], short, k)
+                done = left[certified]
+                distances[done], indices[done], answered_by[done] = values[certified], where[certified], number
+                left = left[~certified]
+    if len(left):
+        distances[left], indices[left] = _brute_force(gallery, queries[left], k)
+    return Certified(distances, indices, answered_by)
+
+
+def merge(total: Certified | None, part: Certified, offset: int, k: int) -> Certified:
+    """One result over a gallery given in pieces: the result so far and one over the piece
+    whose first row is ``offset``."""
+    indices = torch.where(part.indices >= 0, part.indices + offset, part.indices)
+    if total is None:
+        return Certified(part.distances, indices, part.answered_by)
+    values, where = torch.topk(torch.cat([total.distances, part.distances], 1), k, dim=1, largest=False)
+    return Certified(values, torch.cat([total.indices, indices], 1).gather(1, where),
+                     torch.maximum(total.answered_by, part.answered_by))
