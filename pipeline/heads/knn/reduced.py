@@ -237,19 +237,9 @@ def _prepare(gallery: torch.Tensor, mean: torch.Tensor, dtype: torch.dtype, star
     return _Block(start, right, nu, beta, shortfall, (*largest, row_norm))
 
 
-def _blocks(gallery: torch.Tensor, mean: torch.Tensor, dtype: torch.dtype, gallery_block: int,
-            run: Callable = map) -> list[_Block]:
-    """The gallery as prepared blocks, the first one small: later blocks are shifted by the
-    threshold it gives (see the module's notes)."""
-    first = min(gallery_block, 1024)
-    edges = [0] + list(range(first, len(gallery), gallery_block)) + [len(gallery)]
-    return list(run(lambda span: _prepare(gallery, mean, dtype, *span), zip(edges[:-1], edges[1:])))
-
-
-def _screen(blocks: list[_Block], queries: torch.Tensor, mean: torch.Tensor, m: int, product: Product,
-            tiles: list[slice], run: Callable = map) -> _Shortlist:
-    """The m candidates per query, by lower bounds from a reduced-precision product; ``run``
-    maps the work on one query tile over ``tiles`` (a thread pool's map on CPUs)."""
+def _screen(blocks: list[_Block], queries: torch.Tensor, mean: torch.Tensor, m: int, product: Product) -> _Shortlist:
+    """The m candidates of each query (one tile of them), by lower bounds from a
+    reduced-precision product, block by block."""
     device, dtype, (nq, d) = queries.device, product.dtype, queries.shape
     width = d + 7  # K, the augmented rows' length
     q = _rows(queries, mean, dtype, gallery=False)
@@ -264,50 +254,45 @@ def _screen(blocks: list[_Block], queries: torch.Tensor, mean: torch.Tensor, m: 
     # Subnormal inputs, products and sums may be flushed to zero: per product at most the
     # smallest normal number times the other factor, per sum at most that number.
     tiny = torch.finfo(torch.float32 if dtype == torch.bfloat16 else torch.float64).tiny
-
-    def one_tile(block: _Block, rows: slice) -> None:
+    for block in blocks:
         b_max, square_max, nu_max, beta_max, right_norm = block.terms
-        lam = out.lam[rows]
-        tau_pieces = _pieces(torch.where(torch.isfinite(lam), lam - q.square_low[rows], 0.0), dtype, 2)
-        left[rows, -2], left[rows, -1] = -tau_pieces[0], -tau_pieces[1]
+        # Shift by the current threshold, so that the values that decide are small and so is
+        # their rounding (tau = 0 until there is one).
+        tau_pieces = _pieces(torch.where(torch.isfinite(out.lam), out.lam - q.square_low, 0.0), dtype, 2)
+        left[:, -2], left[:, -1] = -tau_pieces[0], -tau_pieces[1]
         tau = (tau_pieces[0].double() + tau_pieces[1].double())[:, None]
         tau_size = tau_pieces[0].double().abs() + tau_pieces[1].double().abs()
         take = min(m + 1, block.right.shape[1])
-        values, where = torch.topk(product.multiply(left[rows], block.right), take, dim=1, largest=False, sorted=False)
+        values, where = torch.topk(product.multiply(left, block.right), take, dim=1, largest=False, sorted=False)
         o = values.double()
         # The sum's error: gamma_K times its terms' magnitudes, with the block's largest rows.
-        terms = 2 * kappa[rows] * b_max + square_max + 2 * alpha[rows] * nu_max + 2 * kappa[rows] * beta_max + tau_size
-        left_norm = 3 * kappa[rows] + alpha[rows] + tau_size + 2
+        terms = 2 * kappa * b_max + square_max + 2 * alpha * nu_max + 2 * kappa * beta_max + tau_size
+        left_norm = 3 * kappa + alpha + tau_size + 2
         error = (gamma * terms + tiny * (width ** 0.5 * (left_norm + right_norm) + 2 * width))[:, None]
         rounding = product.output * o.abs() + torch.finfo(dtype).tiny
-        slack = BOUND_SLACK * (tau.abs() + o.abs() + error + q.square_high[rows, None])
-        low = q.square_low[rows, None] + tau + o - rounding - error - slack
+        slack = BOUND_SLACK * (tau.abs() + o.abs() + error + q.square_high[:, None])
+        low = q.square_low[:, None] + tau + o - rounding - error - slack
         # The upper bound adds back the residual terms twice over and the norm pieces' shortfall.
-        spread = (4 * (alpha[rows, None] * block.nu[where] + kappa[rows, None] * block.beta[where])
+        spread = (4 * (alpha[:, None] * block.nu[where] + kappa[:, None] * block.beta[where])
                   + block.shortfall[where]) * (1 + BOUND_SLACK)
-        high = q.square_high[rows, None] + tau + o + rounding + error + spread + slack
+        high = q.square_high[:, None] + tau + o + rounding + error + spread + slack
         # The rows of the block not taken are no nearer than the largest taken (the bounds grow
         # with the product's value); all m + 1 taken join the shortlist.
-        block_lam = low.amax(1) if take > m else inf.expand(len(low))
-        _merge(out, rows, low, high, where + block.start, block_lam, m)
-
-    for block in blocks:
-        # Query tiles touch disjoint rows of the shortlist, so they can run side by side.
-        list(run(lambda rows: one_tile(block, rows), tiles))
+        block_lam = low.amax(1) if take > m else inf.expand(nq)
+        _merge(out, low, high, where + block.start, block_lam, m)
     return out
 
 
-def _merge(out: _Shortlist, rows: slice, low: torch.Tensor, high: torch.Tensor, index: torch.Tensor,
+def _merge(out: _Shortlist, low: torch.Tensor, high: torch.Tensor, index: torch.Tensor,
            block_lam: torch.Tensor, m: int) -> None:
     """Keep the m smallest lower bounds of the old and new candidates; what is dropped lowers lam."""
-    low = torch.cat([out.low[rows], low], 1)
+    low = torch.cat([out.low, low], 1)
     order = low.argsort(1)
     low = low.gather(1, order)
-    high = torch.cat([out.high[rows], high], 1).gather(1, order)
-    index = torch.cat([out.index[rows], index], 1).gather(1, order)
-    dropped = low[:, m:].amin(1) if low.shape[1] > m else block_lam
-    out.lam[rows] = torch.minimum(out.lam[rows], torch.minimum(block_lam, dropped))
-    out.low[rows], out.high[rows], out.index[rows] = low[:, :m], high[:, :m], index[:, :m]
+    high = torch.cat([out.high, high], 1).gather(1, order)
+    index = torch.cat([out.index, index], 1).gather(1, order)
+    out.lam = torch.minimum(out.lam, torch.minimum(block_lam, low[:, m:].amin(1)))
+    out.low, out.high, out.index = low[:, :m], high[:, :m], index[:, :m]
 
 
 # --- exact distances and the certificate -------------------------------------------------------
@@ -322,24 +307,6 @@ def exact_distances(gallery: torch.Tensor, queries: torch.Tensor, query_rows: to
         diff = queries[query_rows[s:s + step]].double() - gallery[gallery_rows[s:s + step]].double()
         out[s:s + step] = diff.square_().sum(1)
     return out
-
-
-def _brute_force(gallery: torch.Tensor, queries: torch.Tensor, k: int,
-                 max_entries: int = 1 << 23) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k smallest ``exact_distances`` of each query over the whole gallery (for the few
-    queries no screen could certify: more than m exact ties)."""
-    best = torch.full((len(queries), k), float("inf"), dtype=torch.float64, device=queries.device)
-    best_index = torch.full((len(queries), k), -1, dtype=torch.long, device=queries.device)
-    step = max(1, max_entries // max(1, queries.shape[1]))
-    for i in range(len(queries)):
-        for s in range(0, len(gallery), step):
-            block = gallery[s:s + step].double()
-            distances = (block - queries[i].double()).square_().sum(1)
-            merged = torch.cat([best[i], distances])
-            indices = torch.cat([best_index[i], torch.arange(s, s + len(block), device=queries.device)])
-            values, where = torch.topk(merged, min(k, len(merged)), largest=False)
-            best[i, :len(values)], best_index[i, :len(values)] = values, indices[where]
-    return best, best_index
 
 
 def _certify(gallery: torch.Tensor, queries: torch.Tensor, short: _Shortlist, k: int
@@ -357,6 +324,19 @@ def _certify(gallery: torch.Tensor, queries: torch.Tensor, short: _Shortlist, k:
     return certified, values, short.index.gather(1, where)
 
 
+def _brute_force(gallery: torch.Tensor, query: torch.Tensor, k: int,
+                 max_entries: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest ``exact_distances`` of one query over the whole gallery (for the few
+    queries no screen could certify: more than m exact ties)."""
+    step = max(1, max_entries // max(1, len(query)))
+    distances = torch.cat([(gallery[s:s + step].double() - query.double()).square_().sum(1)
+                           for s in range(0, len(gallery), step)])
+    values, where = torch.topk(distances, min(k, len(distances)), largest=False)
+    pad = k - len(values)
+    return (torch.cat([values, values.new_full((pad,), float("inf"))]),
+            torch.cat([where, where.new_full((pad,), -1)]))
+
+
 # --- the search --------------------------------------------------------------------------------
 
 @dataclass
@@ -371,56 +351,62 @@ class Certified:
 
     PASSES = ("bfloat16 screen", "bfloat16 screen with more candidates", "float64 screen", "brute force")
 
-    @property
-    def certified_fraction(self) -> float:
-        """The fraction of queries answered by the bfloat16 screens (the fast path)."""
-        return float((self.answered_by <= 1).double().mean()) if len(self.answered_by) else 1.0
-
-
-def gallery_mean(gallery: torch.Tensor, block: int = 8192) -> torch.Tensor:
-    """The rows' mean, summed in float64 block by block (no float64 copy of the gallery)."""
-    total = torch.zeros(gallery.shape[1], dtype=torch.float64, device=gallery.device)
-    for s in range(0, len(gallery), block):
-        total += gallery[s:s + block].double().sum(0)
-    return (total / max(1, len(gallery))).float()
-
 
 def certified_nearest(gallery: torch.Tensor, queries: torch.Tensor, k: int, candidates: int,
                       query_block: int = 1024, gallery_block: int = 8192, workers: int | None = None,
                       product: Product | None = None) -> Certified:
     """The exact k nearest gallery rows of every query (float32 tensors on one device), with a
-    bfloat16 screen keeping ``candidates`` (> k) per query; see the module's notes. On a CPU,
-    query tiles are shared among ``workers`` threads (default: torch's thread count), each
-    with one torch thread: independent tiles keep every core busy with no waiting between
-    threads, which matters on a machine shared with other processes."""
+    bfloat16 screen keeping ``candidates`` (> k) per query; see the module's notes.
+
+    On a CPU the work is split into independent pieces (gallery blocks to prepare, query tiles
+    to screen and certify) shared among ``workers`` threads (default: torch's thread count),
+    each with one torch thread: no thread ever waits for another, which keeps the cores busy
+    on a machine shared with other processes. Memory: a bfloat16 copy of the gallery (half its
+    float32 size) and per worker one (query_block x gallery_block) product.
+    """
     device, nq = queries.device, len(queries)
     distances = torch.full((nq, k), float("inf"), dtype=torch.float64, device=device)
     indices = torch.full((nq, k), -1, dtype=torch.long, device=device)
     answered_by = torch.full((nq,), len(Certified.PASSES) - 1, dtype=torch.long, device=device)
     left = torch.arange(nq, device=device)
-    if len(gallery) > candidates + 1:
-        bf16 = product or product_for("bfloat16", device)
-        _check_accumulation(bf16, device)
-        mean = gallery_mean(gallery)
-        passes = [(bf16, candidates), (bf16, GROWTH * candidates), (product_for("float64", device), GROWTH * candidates)]
-        workers = max(1, workers or torch.get_num_threads()) if device.type == "cpu" else 1
-        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            run = pool.map if workers > 1 else map
+    workers = max(1, workers or torch.get_num_threads()) if device.type == "cpu" else 1
+    threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
+    run = pool.map if workers > 1 else map
+    try:
+        if len(gallery) > candidates + 1:
+            bf16 = product or product_for("bfloat16", device)
+            _check_accumulation(bf16, device)
+            first = min(gallery_block, 1024)  # a small first block: see _screen's tau
+            edges = [0] + list(range(first, len(gallery), gallery_block)) + [len(gallery)]
+            spans = list(zip(edges[:-1], edges[1:]))
+            # Any centre keeps the bounds valid; the mean makes them tight.
+            mean = sum(run(lambda span: gallery[span[0]:span[1]].sum(0), spans)) / len(gallery)
+            passes = [(bf16, candidates), (bf16, GROWTH * candidates),
+                      (product_for("float64", device), GROWTH * candidates)]
             prepared: dict = {}  # the bfloat16 passes share their gallery blocks
             for number, (pass_product, m) in enumerate(passes):
                 if not len(left) or len(gallery) <= m + 1:
                     break
                 if pass_product.dtype not in prepared:
-                    prepared = {pass_product.dtype: _blocks(gallery, mean, pass_product.dtype, gallery_block, run)}
+                    prepared = {pass_product.dtype: list(run(
+                        lambda span: _prepare(gallery, mean, pass_product.dtype, *span), spans))}
+                blocks = prepared[pass_product.dtype]
                 rows = min(query_block, -(-len(left) // workers))
-                tiles = [slice(s, s + rows) for s in range(0, len(left), rows)]
-                short = _screen(prepared[pass_product.dtype], queries[left], mean, m, pass_product, tiles, run)
-                certified, values, where = _certify(gallery, queries[left], short, k)
-                done = left[certified]
-                distances[done], indices[done], answered_by[done] = values[certified], where[certified], number
-                left = left[~certified]
-    if len(left):
-        distances[left], indices[left] = _brute_force(gallery, queries[left], k)
+                tiles = [left[s:s + rows] for s in range(0, len(left), rows)]
+                # Each tile of queries is screened and certified on its own.
+                for tile, (certified, values, where) in zip(tiles, run(
+                        lambda tile: _certify(gallery, queries[tile], _screen(blocks, queries[tile], mean, m,
+                                                                              pass_product), k), tiles)):
+                    done = tile[certified]
+                    distances[done], indices[done], answered_by[done] = values[certified], where[certified], number
+                left = left[answered_by[left] == len(Certified.PASSES) - 1]
+        for i, (values, where) in zip(left.tolist(), run(lambda i: _brute_force(gallery, queries[i], k), left.tolist())):
+            distances[i], indices[i] = values, where
+    finally:
+        pool.shutdown()
+        # The pool's threads set torch's process-wide default too; give back this thread's.
+        torch.set_num_threads(threads)
     return Certified(distances, indices, answered_by)
 
 
