@@ -125,7 +125,8 @@ def knn_certified(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], que
                   candidates: int | None = None) -> Neighbours:
     """The exact k nearest gallery rows of each query, found by a bfloat16 screen that keeps
     ``candidates`` per query and proves that the k nearest are among them (queries it cannot
-    certify are screened again with more candidates, then in float64, then by brute force).
+    certify are screened again with more candidates, then in float32 and float64, then by brute
+    force).
 
     Distances are computed in float64 from the float32 rows and returned rounded to float32:
     they are the exact ones to float32 rounding, whereas the float32 path's last bits depend

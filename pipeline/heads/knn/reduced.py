@@ -13,7 +13,8 @@ find a short list of ``m`` candidates per query, among which the exact k nearest
    are computed in float64 from the original float32 rows, as ``sum((q - g)**2)``.
 3. **Certify**: when the k-th smallest of those is no larger than ``lam``, no other gallery row
    can be nearer, and the answer is exact. Queries that are not certified are screened again
-   with 8x more candidates, then with a float64 product, and what is left (many exact ties) is
+   with 4x more candidates, then with a float32 product (whose bound is ~100x tighter), then a
+   float64 one with 4x more candidates, and what is left (more exact ties than candidates) is
    computed by brute force in float64. Every query's answer is therefore the exact top-k.
 
 The bound (one query q, one gallery row g; c = x - mu exactly, x' = float32(x - mu),
@@ -53,7 +54,7 @@ U64 = 2.0 ** -53
 # Relative slack added to every float64 bound for the few roundings of the bound's own
 # arithmetic (each a few float64 operations on the magnitudes involved, so far below 2^-40).
 BOUND_SLACK = 2.0 ** -40
-GROWTH = 8  # a query not certified is screened again with this many times more candidates
+GROWTH = 4  # a query not certified is screened again with this many times more candidates
 
 
 def _unit(dtype: torch.dtype) -> float:
@@ -96,14 +97,16 @@ def _fp32_out_emulated(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def product_for(precision: str, device: torch.device) -> Product:
-    """The product of a screening pass in ``precision`` ("bfloat16" or "float64") on ``device``.
+    """The product of a screening pass in ``precision`` ("bfloat16", "float32" or "float64")
+    on ``device``.
 
     bfloat16 on a CPU: PyTorch returns the float32 sums rounded to bfloat16 (2 units in the
     last place allowed for, so truncating libraries are covered too). On a GPU the float32
-    sums come back as they are (``out_dtype``).
+    sums come back as they are (``out_dtype``). float32 and float64: the sums themselves.
     """
-    if precision == "float64":
-        return Product(torch.float64, torch.mm, U64, 2 * U64)
+    if precision in ("float32", "float64"):
+        dtype = getattr(torch, precision)
+        return Product(dtype, torch.mm, _unit(dtype), 2 * _unit(dtype))
     if precision != "bfloat16":
         raise ValueError(precision)
     if device.type == "cuda":
@@ -121,7 +124,7 @@ def _check_accumulation(product: Product, device: torch.device) -> None:
     256 + 1279 / 64 - 256 comes out near 0 when sums are kept in bfloat16, within the bound
     of the screen when they are float32."""
     key = (product, str(device))
-    if key in _accumulation_checked or product.dtype == torch.float64:
+    if key in _accumulation_checked or product.dtype != torch.bfloat16:
         return
     width = 1288
     a = torch.ones(4, width, dtype=product.dtype, device=device)
@@ -152,7 +155,7 @@ def _round_up(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _pieces(values: torch.Tensor, dtype: torch.dtype, count: int) -> list[torch.Tensor]:
     """``values`` (float64) as a sum of ``count`` numbers of ``dtype``, largest first: each
-    remainder is exact in float64, so the sum is within 2^-(8 count) of the value (bfloat16)."""
+    remainder is exact in float64 (Sterbenz), and shrinks by the dtype's rounding each time."""
     pieces, rest = [], values
     for _ in range(count):
         piece = rest.to(dtype)
@@ -225,10 +228,12 @@ class _Block:
 
 def _prepare(gallery: torch.Tensor, mean: torch.Tensor, dtype: torch.dtype, start: int, stop: int) -> _Block:
     g = _rows(gallery[start:stop], mean, dtype, gallery=True)
-    pieces = _pieces(g.square_low * (1 - 2.0 ** -22), dtype, 3)  # their sum stays below |c_g|^2
+    # Three pieces are within (2u)^3 of what they split (u: the dtype's unit roundoff, doubled
+    # for rounding through float32); split a little less than |c_g|^2 so that they stay below.
+    short = (2 * _unit(dtype)) ** 3 * 2
+    pieces = _pieces(g.square_low * (1 - short), dtype, 3)
     square = sum(p.double().abs() for p in pieces)  # the pieces' magnitudes, >= their sum
-    # |c_g|^2 less the pieces' sum, at most (the sum is within 2^-24 of what was split).
-    shortfall = g.square_high - g.square_low * (1 - 2.0 ** -22) * (1 - 2.0 ** -23)
+    shortfall = g.square_high - g.square_low * (1 - short) ** 2  # |c_g|^2 less the pieces' sum, at most
     nu, beta = g.norm.double(), g.residual.double()
     right = torch.cat([g.reduced, *(p[:, None] for p in pieces), 2 * g.norm[:, None], 2 * g.residual[:, None],
                        torch.ones(stop - start, 2, dtype=dtype, device=gallery.device)], 1).T
@@ -253,7 +258,7 @@ def _screen(blocks: list[_Block], queries: torch.Tensor, mean: torch.Tensor, m: 
     gamma = _gamma(width + 1, product.accumulation)  # + 1: float64 products are rounded too
     # Subnormal inputs, products and sums may be flushed to zero: per product at most the
     # smallest normal number times the other factor, per sum at most that number.
-    tiny = torch.finfo(torch.float32 if dtype == torch.bfloat16 else torch.float64).tiny
+    tiny = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).tiny
     for block in blocks:
         b_max, square_max, nu_max, beta_max, right_norm = block.terms
         # Shift by the current threshold, so that the values that decide are small and so is
@@ -343,13 +348,15 @@ def _brute_force(gallery: torch.Tensor, query: torch.Tensor, k: int,
 class Certified:
     """Exact k nearest neighbours of every query: squared distances (float64, ascending) and
     gallery row indices, and which pass answered each query: 0 the bfloat16 screen, 1 the
-    screen with GROWTH x more candidates, 2 a float64 screen, 3 brute force."""
+    screen with GROWTH x more candidates, 2 a float32 screen, 3 a float64 screen with GROWTH x
+    more candidates (for many ties), 4 brute force."""
 
     distances: torch.Tensor
     indices: torch.Tensor
     answered_by: torch.Tensor
 
-    PASSES = ("bfloat16 screen", "bfloat16 screen with more candidates", "float64 screen", "brute force")
+    PASSES = ("bfloat16 screen", "bfloat16 screen with more candidates", "float32 screen", "float64 screen",
+              "brute force")
 
 
 def certified_nearest(gallery: torch.Tensor, queries: torch.Tensor, k: int, candidates: int,
@@ -382,10 +389,12 @@ def certified_nearest(gallery: torch.Tensor, queries: torch.Tensor, k: int, cand
             spans = list(zip(edges[:-1], edges[1:]))
             # Any centre keeps the bounds valid; the mean makes them tight.
             mean = sum(run(lambda span: gallery[span[0]:span[1]].sum(0), spans)) / len(gallery)
-            passes = [(bf16, candidates), (bf16, GROWTH * candidates),
-                      (product_for("float64", device), GROWTH * candidates)]
+            passes = {0: (bf16, candidates), 1: (bf16, GROWTH * candidates), 2: (product_for("float32", device), candidates),
+                      3: (product_for("float64", device), GROWTH * candidates)}
+            if device.type == "cuda" and torch.get_float32_matmul_precision() != "highest":
+                del passes[2]  # TensorFloat-32 products would round the inputs beyond the bound
             prepared: dict = {}  # the bfloat16 passes share their gallery blocks
-            for number, (pass_product, m) in enumerate(passes):
+            for number, (pass_product, m) in passes.items():
                 if not len(left) or len(gallery) <= m + 1:
                     break
                 if pass_product.dtype not in prepared:
