@@ -15,7 +15,7 @@ from pipeline.heads.knn.engine import knn_certified, knn_distances, knn_scores_d
 from pipeline.heads.knn.head import KNNHead
 
 # Small blocks and tiles, two workers: several gallery blocks (tau shifts), query tiles and threads.
-SMALL = dict(query_block=16, gallery_block=100, workers=2)
+SMALL = dict(query_block=16, gallery_block=96, workers=2)
 
 
 def brute_force(gallery: np.ndarray, queries: np.ndarray, k: int):
@@ -156,7 +156,7 @@ def test_the_bounds_hold_for_every_pair(product):
               "float64": reduced.product_for("float64", torch.device("cpu"))}[product]
     g, q = torch.from_numpy(gallery), torch.from_numpy(queries)
     mean = g.mean(0)
-    blocks = [reduced._prepare(g, mean, chosen.dtype, a, b) for a, b in [(0, 30), (30, 130), (130, 240)]]
+    blocks = [reduced._prepare(g, mean, chosen.dtype, a, b) for a, b in [(0, 32), (32, 128), (128, 240)]]
     short = reduced._screen(blocks, q, mean, 6, chosen)
     kept = torch.zeros_like(exact, dtype=torch.bool).scatter_(1, short.index, True)
     # Candidates: low <= exact <= high; everything else: at least lam.

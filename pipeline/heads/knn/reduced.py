@@ -267,25 +267,78 @@ def _screen(blocks: list[_Block], queries: torch.Tensor, mean: torch.Tensor, m: 
         left[:, -2], left[:, -1] = -tau_pieces[0], -tau_pieces[1]
         tau = (tau_pieces[0].double() + tau_pieces[1].double())[:, None]
         tau_size = tau_pieces[0].double().abs() + tau_pieces[1].double().abs()
-        take = min(m + 1, block.right.shape[1])
-        values, where = torch.topk(product.multiply(left, block.right), take, dim=1, largest=False, sorted=False)
-        o = values.double()
         # The sum's error: gamma_K times its terms' magnitudes, with the block's largest rows.
         terms = 2 * kappa * b_max + square_max + 2 * alpha * nu_max + 2 * kappa * beta_max + tau_size
         left_norm = 3 * kappa + alpha + tau_size + 2
         error = (gamma * terms + tiny * (width ** 0.5 * (left_norm + right_norm) + 2 * width))[:, None]
-        rounding = product.output * o.abs() + torch.finfo(dtype).tiny
-        slack = BOUND_SLACK * (tau.abs() + o.abs() + error + q.square_high[:, None])
-        low = q.square_low[:, None] + tau + o - rounding - error - slack
+        # The lower bound of a product value o is base + o - rate |o|: the output's rounding, the
+        # sum's error, and slack for this float64 arithmetic (rate's share of it grows with |o|).
+        base = (q.square_low[:, None] + tau - torch.finfo(dtype).tiny - error
+                - BOUND_SLACK * (tau.abs() + error + q.square_high[:, None]))
+        rate = product.output + BOUND_SLACK
+        cutoff = None
+        if bool(torch.isfinite(out.lam).all()):
+            # Values whose bound would be lam or more change nothing: neither kept nor lowering lam.
+            gap = out.lam[:, None] - base
+            theta = gap / torch.where(gap >= 0, 1 - rate, 1 + rate)
+            cutoff = theta + BOUND_SLACK * (theta.abs() + out.lam[:, None].abs() + base.abs())
+        values, where, more = _smallest(product.multiply(left, block.right), m + 1, cutoff)
+        real = torch.isfinite(values)
+        o = torch.where(real, values.double(), 0.0)
+        low = torch.where(real, base + o - rate * o.abs(), torch.inf)
         # The upper bound adds back the residual terms twice over and the norm pieces' shortfall.
         spread = (4 * (alpha[:, None] * block.nu[where] + kappa[:, None] * block.beta[where])
                   + block.shortfall[where]) * (1 + BOUND_SLACK)
-        high = q.square_high[:, None] + tau + o + rounding + error + spread + slack
-        # The rows of the block not taken are no nearer than the largest taken (the bounds grow
-        # with the product's value); all m + 1 taken join the shortlist.
-        block_lam = low.amax(1) if take > m else inf.expand(nq)
-        _merge(out, low, high, where + block.start, block_lam, m)
+        high = q.square_high[:, None] + tau + o + rate * o.abs() + torch.finfo(dtype).tiny + error + spread
+        high = torch.where(real, high + BOUND_SLACK * (tau.abs() + error + q.square_high[:, None]), torch.inf)
+        # The values of the block not taken are no smaller than the largest taken, and the
+        # bounds grow with the value; all those taken join the shortlist.
+        block_lam = torch.where(more, low.amax(1), torch.inf)
+        _merge(out, low, high, torch.where(real, where + block.start, -1), block_lam, m)
     return out
+
+
+GROUP = 16  # columns of a product block whose smallest value is tested first against the cutoff
+
+
+def _smallest(o: torch.Tensor, count: int, cutoff: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of the product block ``o``: its ``count`` smallest values (unsorted) and their
+    columns, or, given a float64 ``cutoff`` per row (a value at or above it does not matter),
+    only those below it, at most ``count``, padded with inf; and whether any value that
+    matters was left out. With a cutoff, most of the block is passed over: the minimum of
+    each group of GROUP columns is tested first (one elementwise pass), then only the groups
+    that hold a value below the cutoff are looked at."""
+    rows, columns = o.shape
+    hits = None
+    if cutoff is not None and columns % GROUP == 0:
+        limit = cutoff.to(o.dtype)
+        limit = torch.where(limit.double() < cutoff, torch.nextafter(limit, torch.full_like(limit, torch.inf)), limit)
+        span = columns // GROUP  # group j: the columns j, j + span, ..., j + (GROUP - 1) span
+        hits = o.view(rows, GROUP, span).amin(1) < limit
+        # Gathering costs more than top-k when many groups are hit (a loose cutoff).
+        if int(hits.sum()) > count * rows:
+            hits = None
+    if hits is None:
+        values, where = torch.topk(o, min(count, columns), dim=1, largest=False, sorted=False)
+        return values, where, torch.full((rows,), columns > count, device=o.device)
+    hit_rows, hit_groups = hits.nonzero(as_tuple=True)
+    hit_columns = hit_groups[:, None] + span * torch.arange(GROUP, device=o.device)
+    candidates = o[hit_rows[:, None], hit_columns]
+    below = candidates < limit[hit_rows]
+    row_of = hit_rows[:, None].expand_as(hit_columns)[below]  # in row order, as nonzero gives them
+    values, where = candidates[below], hit_columns[below]
+    counts = torch.bincount(row_of, minlength=rows)
+    slot = torch.arange(len(row_of), device=o.device) - (counts.cumsum(0) - counts)[row_of]
+    size = max(1, int(counts.max())) if len(row_of) else 1
+    dense = o.new_full((rows, size), torch.inf)
+    dense[row_of, slot] = values
+    dense_where = torch.zeros((rows, size), dtype=torch.long, device=o.device)
+    dense_where[row_of, slot] = where
+    if size > count:
+        dense, pick = torch.topk(dense, count, dim=1, largest=False, sorted=False)
+        dense_where = dense_where.gather(1, pick)
+    return dense, dense_where, counts > count
 
 
 def _merge(out: _Shortlist, low: torch.Tensor, high: torch.Tensor, index: torch.Tensor,
@@ -384,7 +437,7 @@ def certified_nearest(gallery: torch.Tensor, queries: torch.Tensor, k: int, cand
         if len(gallery) > candidates + 1:
             bf16 = product or product_for("bfloat16", device)
             _check_accumulation(bf16, device)
-            first = min(gallery_block, 1024)  # a small first block: see _screen's tau
+            first = min(gallery_block, 2048)  # a small first block: see _screen's tau
             edges = [0] + list(range(first, len(gallery), gallery_block)) + [len(gallery)]
             spans = list(zip(edges[:-1], edges[1:]))
             # Any centre keeps the bounds valid; the mean makes them tight.
