@@ -168,6 +168,25 @@ def test_the_bounds_hold_for_every_pair(product):
     assert float(((short.high - short.low) / exact.std(1, keepdim=True)).median()) < 0.5
 
 
+def test_the_screen_passes_over_values_above_the_cutoff_only():
+    o = torch.randn(50, 160, generator=torch.Generator().manual_seed(0)).bfloat16()
+    o[3, :] = 5  # a row with ties, none below its cutoff
+    cutoff = torch.linspace(-2.5, 0.3, 50, dtype=torch.float64)[:, None]
+    for count in (4, 40):
+        values, columns, more = reduced._smallest(o, count, cutoff)
+        assert torch.equal(o.gather(1, columns)[torch.isfinite(values)], values[torch.isfinite(values)])
+        for row in range(50):
+            below = o[row][o[row].double() < cutoff[row]].double().sort().values[:count]
+            got = values[row][torch.isfinite(values[row])].double().sort().values
+            # The smallest values below the cutoff are all there (more may come with them, when a
+            # loose cutoff makes a plain top-k cheaper); "more" is never False while some are missing.
+            assert torch.equal(got[:len(below)], below)
+            assert bool(more[row]) or len(o[row][o[row].double() < cutoff[row]]) <= count
+    # No cutoff: the plain top-k.
+    values, _, more = reduced._smallest(o, 4, None)
+    assert torch.equal(values.sort(1).values, o.topk(4, 1, largest=False).values.sort(1).values) and more.all()
+
+
 def test_near_ties_that_bfloat16_ranks_wrongly_still_give_the_exact_answer():
     rng = np.random.default_rng(13)
     gallery, queries = near_duplicates(rng, 40)

@@ -305,10 +305,10 @@ def _smallest(o: torch.Tensor, count: int, cutoff: torch.Tensor | None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row of the product block ``o``: its ``count`` smallest values (unsorted) and their
     columns, or, given a float64 ``cutoff`` per row (a value at or above it does not matter),
-    only those below it, at most ``count``, padded with inf; and whether any value that
-    matters was left out. With a cutoff, most of the block is passed over: the minimum of
-    each group of GROUP columns is tested first (one elementwise pass), then only the groups
-    that hold a value below the cutoff are looked at."""
+    those below it, at most ``count``, padded with inf; and per row whether a value that may
+    matter was left out. With a cutoff, most of the block is passed over: the minimum of each
+    group of GROUP columns is tested first (one elementwise pass), then only the groups that
+    hold a value below the cutoff are looked at, unless so many are that a top-k is cheaper."""
     rows, columns = o.shape
     hits = None
     if cutoff is not None and columns % GROUP == 0:
@@ -448,8 +448,10 @@ def certified_nearest(gallery: torch.Tensor, queries: torch.Tensor, k: int, cand
                 del passes[2]  # TensorFloat-32 products would round the inputs beyond the bound
             prepared: dict = {}  # the bfloat16 passes share their gallery blocks
             for number, (pass_product, m) in passes.items():
-                if not len(left) or len(gallery) <= m + 1:
+                if not len(left):
                     break
+                if len(gallery) <= m + 1:  # then the brute force is as quick
+                    continue
                 if pass_product.dtype not in prepared:
                     prepared = {pass_product.dtype: list(run(
                         lambda span: _prepare(gallery, mean, pass_product.dtype, *span), spans))}
