@@ -132,8 +132,10 @@ def knn_certified(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], que
     they are the exact ones to float32 rounding, whereas the float32 path's last bits depend
     on where the BLAS puts each pair in its tiles. An array gallery is searched in one piece
     (centred on its mean); an iterable's blocks are joined into pieces of ``gallery_block``
-    rows, each searched on its own and the results merged. Memory: the queries in bfloat16,
-    one gallery block in bfloat16 and one (query_block x gallery_block) bfloat16 product.
+    rows, each searched on its own and the results merged. Memory: a bfloat16 copy of the
+    piece (half its float32 size), kept for the second bfloat16 pass, and per worker one
+    (query_block x gallery_block) bfloat16 product. ``workers``: CPU threads, each with one
+    torch thread (default: torch's thread count).
     """
     device = torch.device(device)
     queries_t = _float32(queries, device)
