@@ -4,18 +4,24 @@
 product per block, the fastest dense kernel on CPU and GPU. Queries and gallery are
 processed in blocks so memory stays bounded whatever their sizes, and a running top-k is
 merged across gallery blocks. Accumulation is float32 even for float16 inputs.
+
+``precision="bfloat16"`` finds the same neighbours faster: a bfloat16 screen with a proof that
+the exact k nearest are among its candidates, then float64 distances (``pipeline.heads.knn.reduced``).
 """
 
 from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, choice_error
+from pipeline.heads.knn import PRECISIONS
+from pipeline.heads.knn.reduced import Certified, certified_nearest, merge
 
 
 def _float32(rows: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -28,40 +34,123 @@ def _float32(rows: np.ndarray | torch.Tensor, device: torch.device) -> torch.Ten
 
 def knn_distances(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], queries: np.ndarray | torch.Tensor,
                   k: int = 2, query_block: int = 1024, gallery_block: int = 8192,
-                  device: str | torch.device = "cpu", workers: int | None = None) -> np.ndarray:
+                  device: str | torch.device = "cpu", workers: int | None = None,
+                  precision: str = "float32") -> np.ndarray:
     """Squared L2 distances from each query to its ``k`` nearest gallery vectors, ascending.
 
     ``gallery`` may be an array or an iterable of row blocks (for example Zarr chunks read
     one at a time), so a gallery larger than memory is streamed. Returns (n_queries, k).
     Memory: the queries, one gallery block and, per CPU core, one (query_block x
     gallery_block) block of distances. ``workers``: CPU threads (default: torch's thread count).
+    ``precision="bfloat16"``: the same neighbours by ``knn_certified`` (its float64 distances
+    rounded to float32, which agree with these to float32 rounding).
     """
+    if precision not in PRECISIONS:
+        raise choice_error("kNN precision", precision, PRECISIONS)
+    if precision != "float32":
+        return knn_certified(gallery, queries, k, query_block, gallery_block, device, workers).distances
     device = torch.device(device)
     queries_t = _float32(queries, device)
-    if isinstance(gallery, (np.ndarray, torch.Tensor)):
-        blocks: Iterable = (gallery[i:i + gallery_block] for i in range(0, len(gallery), gallery_block))
-    else:
-        blocks = gallery
     best = torch.full((len(queries_t), k), float("inf"), device=device)
     seen = 0
     with _BlockNearest(queries_t, query_block, workers) as nearest_in:
-        for block in blocks:
-            block_t = _float32(block, device)
-            if block_t.shape[1] != queries_t.shape[1]:
-                raise PipelineError(f"gallery features have dimension {block_t.shape[1]} but queries have "
-                                    f"dimension {queries_t.shape[1]}.")
-            if not len(block_t):
-                continue
+        for block_t in _gallery_blocks(gallery, gallery_block, queries_t):
             seen += len(block_t)
             merged = torch.cat([best, nearest_in(block_t, min(k, len(block_t)))], dim=1)
             best = torch.topk(merged, k, dim=1, largest=False).values
-    if seen < k:
-        raise PipelineError(f"kNN with k={k} needs at least {k} gallery features, got {seen}.")
+    _check_enough(seen, k)
     # |q|^2 is the same for a whole row, so it does not change which neighbours are nearest
     # and is added once at the end.
     best += (queries_t * queries_t).sum(1, keepdim=True)
     # Rounding can make a distance of 0 slightly negative.
     return best.clamp_min_(0).cpu().numpy()
+
+
+def _gallery_blocks(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], rows: int,
+                    queries: torch.Tensor, min_rows: int = 1) -> Iterator[torch.Tensor]:
+    """The gallery as non-empty float32 blocks on the queries' device, checked against their
+    dimension: an array in blocks of ``rows``; an iterable's blocks as they come, joined until
+    each has at least ``min_rows`` rows (the last may have fewer)."""
+    blocks: Iterable = gallery
+    if isinstance(gallery, (np.ndarray, torch.Tensor)):
+        blocks = (gallery[i:i + rows] for i in range(0, len(gallery), rows))
+    pending, count = [], 0
+    for block in blocks:
+        block_t = _float32(block, queries.device)
+        if block_t.shape[1] != queries.shape[1]:
+            raise PipelineError(f"gallery features have dimension {block_t.shape[1]} but queries have "
+                                f"dimension {queries.shape[1]}.")
+        if len(block_t):
+            pending.append(block_t)
+            count += len(block_t)
+        if count >= min_rows:
+            yield pending[0] if len(pending) == 1 else torch.cat(pending)
+            pending, count = [], 0
+    if pending:
+        yield torch.cat(pending)
+
+
+def _check_enough(seen: int, k: int) -> None:
+    if seen < k:
+        raise PipelineError(f"kNN with k={k} needs at least {k} gallery features, got {seen}.")
+
+
+def default_candidates(k: int) -> int:
+    """Candidates per query kept by the bfloat16 screen: enough for most queries to be
+    certified at once on CNN features and on random data (benchmarks/knn_reduced_precision.py)."""
+    return max(16, 4 * k)
+
+
+@dataclass
+class Neighbours:
+    """The exact k nearest gallery rows of each query (``knn_certified``)."""
+
+    distances: np.ndarray    # (n_queries, k) float32 squared distances, ascending
+    indices: np.ndarray      # (n_queries, k) int64 gallery rows (in the order the gallery was given)
+    answered_by: np.ndarray  # (n_queries,) which pass answered each query (Certified.PASSES)
+
+    @property
+    def certified_fraction(self) -> float:
+        """The fraction of queries the bfloat16 screen certified (the rest took a slower pass)."""
+        return float(np.mean(self.answered_by <= 1)) if len(self.answered_by) else 1.0
+
+    def passes(self) -> dict[str, int]:
+        """How many queries each pass answered."""
+        return {name: int(np.sum(self.answered_by == number)) for number, name in enumerate(Certified.PASSES)}
+
+
+def knn_certified(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], queries: np.ndarray | torch.Tensor,
+                  k: int = 2, query_block: int = 1024, gallery_block: int = 8192,
+                  device: str | torch.device = "cpu", workers: int | None = None,
+                  candidates: int | None = None) -> Neighbours:
+    """The exact k nearest gallery rows of each query, found by a bfloat16 screen that keeps
+    ``candidates`` per query and proves that the k nearest are among them (queries it cannot
+    certify are screened again with more candidates, then in float32 and float64, then by brute
+    force).
+
+    Distances are computed in float64 from the float32 rows and returned rounded to float32:
+    they are the exact ones to float32 rounding, whereas the float32 path's last bits depend
+    on where the BLAS puts each pair in its tiles. An array gallery is searched in one piece
+    (centred on its mean); an iterable's blocks are joined into pieces of ``gallery_block``
+    rows, each searched on its own and the results merged. Memory: a bfloat16 copy of the
+    piece (half its float32 size), kept for the second bfloat16 pass, and per worker one
+    (query_block x gallery_block) bfloat16 product. ``workers``: CPU threads, each with one
+    torch thread (default: torch's thread count).
+    """
+    device = torch.device(device)
+    queries_t = _float32(queries, device)
+    candidates = candidates or default_candidates(k)
+    if candidates <= k:
+        raise PipelineError(f"the bfloat16 screen needs more candidates than k = {k}, got {candidates}.")
+    result, seen = None, 0
+    pieces = [gallery] if isinstance(gallery, (np.ndarray, torch.Tensor)) else gallery
+    for piece in _gallery_blocks(pieces, gallery_block, queries_t, min_rows=gallery_block):
+        part = certified_nearest(piece, queries_t, k, candidates, query_block, gallery_block, workers)
+        result = merge(result, part, seen, k)
+        seen += len(piece)
+    _check_enough(seen, k)
+    return Neighbours(result.distances.float().cpu().numpy(), result.indices.cpu().numpy(),
+                      result.answered_by.cpu().numpy())
 
 
 _blas_lock = threading.Lock()
@@ -215,7 +304,8 @@ def _fix_mmap_threshold() -> None:
         pass
 
 
-def _block_nearest(block: np.ndarray, queries: np.ndarray, k: int, query_block: int, device: str) -> np.ndarray:
+def _block_nearest(block: np.ndarray, queries: np.ndarray, k: int, query_block: int, device: str,
+                   precision: str = "float32") -> np.ndarray:
     """The k smallest distances from each query to one gallery block, padded with inf when
     the block has fewer than k rows (a Dask task: it holds one block)."""
     _fix_mmap_threshold()  # here too: on a cluster this runs in the worker process
@@ -225,7 +315,8 @@ def _block_nearest(block: np.ndarray, queries: np.ndarray, k: int, query_block: 
         # The engine's own gallery blocks (8,192 rows) within the chunk: its distance buffer is
         # queries x 8,192 however large the cache's chunks are.
         # One worker: Dask already runs one such task per core.
-        out[:, :kk] = knn_distances(block, queries, k=kk, query_block=query_block, device=device, workers=1)
+        out[:, :kk] = knn_distances(block, queries, k=kk, query_block=query_block, device=device, workers=1,
+                                    precision=precision)
     return out
 
 
@@ -236,7 +327,7 @@ def _merge_nearest(*parts: np.ndarray) -> np.ndarray:
 
 
 def knn_distances_dask(gallery, queries: np.ndarray, k: int = 2, query_block: int = 1024,
-                       split_every: int = 8, device: str = "cpu") -> np.ndarray:
+                       split_every: int = 8, device: str = "cpu", precision: str = "float32") -> np.ndarray:
     """``knn_distances`` over a Dask array gallery, computed out of core.
 
     One task per block of gallery rows (for a cache, ``FeatureCache.dask_rows``: one per
@@ -244,6 +335,7 @@ def knn_distances_dask(gallery, queries: np.ndarray, k: int = 2, query_block: in
     merged ``split_every`` at a time in a tree. Memory is therefore a few gallery blocks per
     worker thread plus the queries, whatever the gallery's size. The computation runs on the
     active Dask scheduler: a distributed Client if one is open, else Dask's local threads.
+    ``precision`` as for ``knn_distances``, chunk by chunk.
     """
     import dask
 
@@ -259,7 +351,8 @@ def knn_distances_dask(gallery, queries: np.ndarray, k: int = 2, query_block: in
     # Blocks must hold whole rows; a gallery chunked along the features is rechunked.
     blocks = gallery.rechunk({1: -1}).to_delayed().ravel()
     shared = dask.delayed(queries, pure=True)  # one copy in the graph, not one per task
-    level = [dask.delayed(_block_nearest, pure=True)(block, shared, k, query_block, str(device)) for block in blocks]
+    level = [dask.delayed(_block_nearest, pure=True)(block, shared, k, query_block, str(device), precision)
+             for block in blocks]
     while len(level) > 1:
         level = [dask.delayed(_merge_nearest, pure=True)(*level[i:i + split_every])
                  for i in range(0, len(level), split_every)]

@@ -1,17 +1,23 @@
 """DN2 / PANDA kNN head (PANDA paper, section 2.2): score = sum of squared L2 distances to
-the k nearest normal training features."""
+the k nearest normal training features.
+
+``precision="bfloat16"`` finds the same k nearest with a certified bfloat16 screen
+(pipeline/heads/knn/reduced.py), faster on CPUs with AVX512-BF16 or AMX and on GPUs; the
+fraction of test images it certified at once is the head's ``diagnostics``."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, choice_error
 from pipeline.heads.base import EpochCallback, Features, Head
-from pipeline.heads.knn.engine import knn_loo_scores, knn_scores, knn_scores_dask
+from pipeline.heads.knn import PRECISIONS
+from pipeline.heads.knn.engine import Neighbours, knn_certified, knn_loo_scores, knn_scores, knn_scores_dask
 
 
 # A gallery too large for memory is given as a function returning an iterable of row
@@ -34,11 +40,14 @@ class KNNHead(Head):
 
     k: int = 2
     device: str = "cpu"
+    precision: str = "float32"  # of the test images' search; the leave-one-out training scores are float32
 
     def _check_params(self) -> None:
         super()._check_params()
         if self.k < 1:
             raise PipelineError(f"k must be at least 1, got {self.k}.")
+        if self.precision not in PRECISIONS:
+            raise choice_error("kNN precision", self.precision, PRECISIONS)
 
     def _fit(self, features: Features, labels: np.ndarray | None, callback: EpochCallback | None) -> None:
         """Keep the gallery: an array, a GallerySource, or a Dask array (Any: dask is optional here)."""
@@ -56,11 +65,38 @@ class KNNHead(Head):
             raise PipelineError("fit the kNN head before scoring")
         test = Features.of(features).pooled
         if _is_dask(self.gallery_):
-            scores = knn_scores_dask(self.gallery_, test, k=self.k, device=self.device)
-        else:
+            # Chunk by chunk; the certificate's figures are not gathered from the chunk tasks.
+            scores = knn_scores_dask(self.gallery_, test, k=self.k, device=self.device, precision=self.precision)
+        elif self.precision == "float32":
             gallery = self.gallery_() if callable(self.gallery_) else self.gallery_
             scores = knn_scores(gallery, test, k=self.k, device=self.device)
+        else:
+            scores = self._certified(test).distances.sum(axis=1)
         return np.asarray(scores, dtype=np.float64)
+
+    def _certified(self, test: np.ndarray) -> Neighbours:
+        """The certified search of these test rows, remembered (weakly) for ``diagnostics``."""
+        gallery = self.gallery_() if callable(self.gallery_) else self.gallery_
+        found = knn_certified(gallery, test, k=self.k, device=self.device)
+        self._last_search = (weakref.ref(test), found)
+        return found
+
+    def diagnostics(self, features: Features | np.ndarray | Any) -> dict[str, float]:
+        """With precision bfloat16, ``certified_fraction``: the fraction of these images whose
+        k nearest the bfloat16 screen certified (the others were found by slower exact passes;
+        every score is exact). From the last ``score_samples`` of these very rows, if any."""
+        if self.precision == "float32" or _is_dask(self.gallery_):
+            return {}
+        test = Features.of(features).pooled
+        last, found = getattr(self, "_last_search", (None, None))
+        if last is None or last() is not test:
+            found = self._certified(test)
+        return {"certified_fraction": found.certified_fraction}
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        state.pop("_last_search", None)  # a weak reference (not picklable) and what it found
+        return state
 
     def training_scores(self, features: Features | np.ndarray | Any) -> np.ndarray:
         """Leave-one-out: each gallery row against the others (against all, each would score ~0)."""
@@ -84,12 +120,12 @@ class KNNHead(Head):
         if gallery_dtype not in ("float16", "float32"):
             raise PipelineError(f"a kNN gallery is saved as float16 or float32, not {gallery_dtype!r}.")
         gallery = self.gallery_array()
-        return {"k": self.k, "feature_dim": int(gallery.shape[1]),
+        return {"k": self.k, "feature_dim": int(gallery.shape[1]), "precision": self.precision,
                 "gallery": torch.from_numpy(np.ascontiguousarray(gallery, dtype=gallery_dtype))}
 
     @classmethod
     def _from_state(cls, state: dict, device: str = "cpu") -> "KNNHead":
-        head = cls(k=int(state["k"]), device=device)
+        head = cls(k=int(state["k"]), device=device, precision=state.get("precision", "float32"))
         head.gallery_ = torch.as_tensor(state["gallery"]).to(torch.float32).numpy()
         return head
 
