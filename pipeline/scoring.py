@@ -115,7 +115,8 @@ def image_features(saved: SavedHead, paths: list[Path], device: torch.device, ba
     batches = [list(range(start, min(start + batch_size, len(paths)))) for start in range(0, len(paths), batch_size)]
     inputs = PreprocessedBatches(FileImages([str(p) for p in paths]), batches, preprocessing)
     pooled, pooled_maps = [], {name: [] for name in [*maps, *([f"trunk/{trunk}"] if trunk else [])]}
-    for _, out in backbone_batches(model, inputs, batches, maps, device, precision=precision, workers=workers,
+    for _, out in backbone_batches(model, inputs, batches, maps, device, precision=precision,
+                                   engine=about.get("engine", "torch"), workers=workers,
                                    desc=f"extract {model.spec.name}", trunk=trunk):
         pooled.append(out["features"])
         for name, info in maps.items():

@@ -189,13 +189,13 @@ def test_the_torch_free_names_are_the_registries_keys():
     from pipeline.extract import names
     from pipeline.extract.backbones import BACKBONES
     from pipeline.extract.datasets import DATASETS
-    from pipeline.extract.loop import PRECISIONS
+    from pipeline.extract.loop import ENGINES, PRECISIONS
     from pipeline.extract.preprocess import INTERPOLATIONS, NORMALISATIONS
 
     assert names.DATASET_NAMES == tuple(DATASETS) and names.BACKBONE_NAMES == tuple(BACKBONES)
     assert names.INTERPOLATION_NAMES == tuple(INTERPOLATIONS)
     assert names.NORMALISATION_NAMES == tuple(NORMALISATIONS) and names.PRECISION_NAMES == tuple(PRECISIONS)
-    assert names.AUTO not in NORMALISATIONS and names.AUTO not in PRECISIONS
+    assert names.AUTO not in NORMALISATIONS and names.AUTO not in PRECISIONS and names.ENGINE_NAMES == ENGINES
 
 
 @pytest.mark.parametrize("command", ["extract", "cache", "knn", "plume", "anomem", "gaussian", "classical", "igd",

@@ -16,7 +16,8 @@ from pipeline.cli import resolve_device, safe_filename
 from pipeline.errors import PipelineError
 from pipeline.extract.backbones import load_backbone
 from pipeline.extract.datasets import ImageDataset, drop_unreadable
-from pipeline.extract.loop import (ChunkBuffer, ChunkWriter, PreprocessedBatches, backbone_batches, resolve_precision,
+from pipeline.extract.loop import (ChunkBuffer, ChunkWriter, PreprocessedBatches, backbone_batches, check_engine,
+                                   engine_version, resolve_precision,
                                    chunk_batches, user_facing_errors)
 from pipeline.extract.preprocess import Preprocessing
 from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, check_replaceable,
@@ -33,12 +34,13 @@ def default_cache_path(dataset: str, backbone: str, image_size: int) -> Path:
 
 def cache_metadata(dataset: ImageDataset, backbone: str, weights, preprocessing: Preprocessing,
                    feature_dtype: str, maps: dict[str, dict], precision: str = "float32",
-                   trunk: dict | None = None) -> dict:
+                   trunk: dict | None = None, engine: str = "torch") -> dict:
     """Everything that decides the numbers in a cache; compared on resume and by the heads.
-    ``trunk`` (the full-resolution trunk map's stage and shape) only when one is stored, so
-    caches made without one keep their metadata."""
+    ``trunk`` (the full-resolution trunk map's stage and shape) and ``engine`` (with its version)
+    only when not the default, so caches made without them keep their metadata."""
     features = {"pooled": "global average of the last feature map", "dtype": feature_dtype, "maps": maps,
-                "compute_precision": precision, **({"trunk": trunk} if trunk else {})}
+                "compute_precision": precision, **({"trunk": trunk} if trunk else {}),
+                **({"engine": engine, "engine_version": engine_version(engine)} if engine != "torch" else {})}
     return {
         "dataset": dataset.describe(),
         "backbone": {"name": backbone, "weights": weights.tag, "weights_sha256": weights.sha256},
@@ -63,7 +65,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
             map_grid: int = 4, feature_dtype: str = "float32", map_dtype: str = "float16",
             batch_size: int = 64, workers: int = 1, device: str = "auto",
             chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False, skip_bad: bool = False,
-            precision: str = "float32", loaded: tuple | None = None,
+            precision: str = "float32", engine: str = "torch", loaded: tuple | None = None,
             shard: tuple[int, int] | None = None, protected: Sequence[str | Path] = (),
             trunk_maps: str | None = None, corruptions: "CorruptionPlan | None" = None) -> FeatureCache:
     """Run the backbone over both splits, writing chunk by chunk; resumable.
@@ -92,6 +94,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
     with writer_lock(out, shard), user_facing_errors(out):
         device_ = resolve_device(device)
         precision = resolve_precision(precision, device_)  # auto: bfloat16 where native; recorded
+        check_engine(engine, device_, precision)
         model, weights = loaded or load_backbone(backbone, preprocessing.image_size, weights_tag, weights_file)
         model = model.to(device_, memory_format=torch.channels_last)
         maps = tuple(model.spec.intermediate if m == "intermediate" else m for m in maps)
@@ -110,7 +113,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         trunk_info = None if trunk is None else {"stage": trunk, "dtype": "float16",
                                                  "shape": [int(n) for n in probe[trunk].shape[1:]]}
         metadata = cache_metadata(dataset, backbone, weights, preprocessing, feature_dtype, map_info, precision,
-                                  trunk_info)
+                                  trunk_info, engine)
         feature_dim = int(probe["pooled"].shape[1])
         specs = [ArraySpec("features", (feature_dim,), feature_dtype), ArraySpec("labels", (), "int64")]
         specs += [ArraySpec(f"maps/{name}", (info["channels"], map_grid, map_grid), map_dtype) for name, info in map_info.items()]
@@ -151,7 +154,8 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         buffer = ChunkBuffer()
         with ChunkWriter() as writer:
             batches = backbone_batches(model, inputs, [rows for _, _, rows, _ in plan], map_info, device_,
-                                       precision=precision, workers=workers, desc=f"extract {backbone}", trunk=trunk)
+                                       precision=precision, engine=engine, workers=workers,
+                                       desc=f"extract {backbone}", trunk=trunk)
             for (split, chunk, _, last), (_, outputs) in zip(plan, batches):
                 buffer.add(outputs)
                 if last:

@@ -3,7 +3,7 @@ the two cache writers share around it (batches cut at chunk ends, chunks gathere
 in the background, errors that say how to resume).
 
 Every feature this project computes goes through ``backbone_batches``, so a head scoring new
-images sees features computed exactly as its training cache's were: the same compute
+images sees features computed exactly as its training cache's were: the same engine, compute
 precision, memory layout, map pooling and batching machinery.
 """
 
@@ -26,6 +26,10 @@ from pipeline.extract.preprocess import Preprocessing
 
 # Compute precision of the forward pass -> autocast dtype (None: plain float32, no autocast).
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# What runs the forward pass: PyTorch (eager), or the same modules exported to ONNX and run by
+# ONNX Runtime's CPU execution provider (float32; 3.5x eager PyTorch for EfficientNet-Lite0 on
+# a 2-core AVX-512 CPU, features within 2e-6 relative: benchmarks/extraction_engines.py).
+ENGINES = ("torch", "onnxruntime")
 
 
 def check_precision(precision: str) -> None:
@@ -70,14 +74,93 @@ class PreprocessedBatches(Dataset):
         return self.preprocessing([self.images[i] for i in self.batches[index]])
 
 
-def run_backbone(model: torch.nn.Module, batch: torch.Tensor, maps: Mapping[str, Mapping], device: torch.device,
-                 autocast: torch.autocast, trunk: str | None = None) -> dict[str, np.ndarray]:
+Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def check_engine(engine: str, device: torch.device, precision: str) -> None:
+    if engine not in ENGINES:
+        raise PipelineError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}.")
+    if engine == "onnxruntime" and (device.type != "cpu" or precision != "float32"):
+        raise PipelineError(f"--engine onnxruntime runs float32 on the CPU (asked: {precision} on {device}); use "
+                            f"--engine torch for a GPU or another precision.")
+
+
+def torch_forward(model: torch.nn.Module, names: tuple[str, ...], device: torch.device, precision: str) -> Forward:
+    """``model(batch, names)`` in channels-last layout, under autocast unless float32."""
+    # Mixed precision runs the convolutions in 16 bits; the features come out float32.
+    autocast = torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "float32")
+    model = model.to(device, memory_format=torch.channels_last)
+
+    def forward(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.inference_mode(), autocast:
+            return model(batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), names)
+    return forward
+
+
+class OnnxForward:
+    """``model(batch, names)`` exported to ONNX (at the first batch, which sets the image size;
+    the batch axis stays free) and run by ONNX Runtime on the CPU, as many threads as torch."""
+
+    def __init__(self, model: torch.nn.Module, names: tuple[str, ...]) -> None:
+        try:
+            import onnx  # noqa: F401  (torch.onnx.export needs it)
+            import onnxruntime
+        except ImportError as error:
+            raise PipelineError("--engine onnxruntime needs ONNX Runtime: pip install -e '.[onnx]' (onnxruntime, "
+                                "onnx).") from error
+        self.runtime, self.model, self.names, self.session = onnxruntime, model, names, None
+
+    def _export(self, batch: torch.Tensor) -> None:
+        import tempfile
+        import warnings
+
+        model, names = self.model.float().eval(), self.names
+
+        class Outputs(torch.nn.Module):  # a tuple, as ONNX graphs return
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                out = self.model(images, names)
+                return (out["pooled"], *(out[name] for name in names))
+
+        outputs = ["pooled", *names]
+        with tempfile.TemporaryDirectory(prefix="ffad-onnx-") as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            path = str(Path(folder) / "backbone.onnx")
+            # In eval mode: the exporter puts the module back in the mode it found it in, and a new
+            # module is in training mode (batch norm would then use batch statistics in PyTorch).
+            torch.onnx.export(Outputs().eval(), (batch[:1].contiguous(),), path, input_names=["images"],
+                              output_names=outputs, dynamic_axes={n: {0: "batch"} for n in ["images", *outputs]},
+                              dynamo=False)
+            options = self.runtime.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            self.session = self.runtime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch = batch.float().contiguous()
+        if self.session is None:
+            self._export(batch)
+        values = self.session.run(None, {"images": batch.numpy()})
+        return {name: torch.from_numpy(value) for name, value in zip(["pooled", *self.names], values)}
+
+
+def engine_version(engine: str) -> str:
+    """What the cache records of the engine beside its name (its numbers are the engine's)."""
+    if engine == "onnxruntime":
+        import onnxruntime
+
+        return onnxruntime.__version__
+    return torch.__version__
+
+
+def run_backbone(forward: Forward, batch: torch.Tensor, maps: Mapping[str, Mapping],
+                 trunk: str | None = None) -> dict[str, np.ndarray]:
     """One forward pass as every cache stores it: ``features`` (pooled, float32), each
     ``maps/<name>`` average-pooled to its ``grid`` (float32; the store rounds to its dtype) and,
     if asked for, ``trunk/<trunk>``, that stage's map at full resolution in float16."""
-    names = tuple(maps) + ((trunk,) if trunk else ())
-    with torch.inference_mode(), autocast:
-        out = model(batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), names)
+    out = forward(batch)
     result = {"features": out["pooled"].float().cpu().numpy()}
     for name, info in maps.items():
         result[f"maps/{name}"] = F.adaptive_avg_pool2d(out[name].float(), info["grid"]).cpu().numpy()
@@ -90,27 +173,28 @@ def run_backbone(model: torch.nn.Module, batch: torch.Tensor, maps: Mapping[str,
 
 def backbone_batches(model: torch.nn.Module, inputs: Dataset, batch_rows: Sequence[Sequence[int]],
                      maps: Mapping[str, Mapping], device: torch.device, *, precision: str = "float32",
-                     workers: int = 0, desc: str = "extract", images_per_row: int = 1, trunk: str | None = None
-                     ) -> Iterator[tuple[Sequence[int], dict[str, np.ndarray]]]:
+                     engine: str = "torch", workers: int = 0, desc: str = "extract", images_per_row: int = 1,
+                     trunk: str | None = None) -> Iterator[tuple[Sequence[int], dict[str, np.ndarray]]]:
     """Run ``model`` over every batch of ``inputs`` and yield, in order, ``(rows, outputs)``:
     the rows ``batch_rows[i]`` that item i of ``inputs`` holds, and ``run_backbone``'s outputs.
 
     ``workers`` DataLoader processes prepare the next batches (four each in flight) while the
-    backbone runs in channels-last layout, under autocast when ``precision`` is not float32
-    (it is recorded in the cache, since it changes the numbers slightly). The progress bar counts
+    backbone runs: with ``engine`` torch in channels-last layout, under autocast when
+    ``precision`` is not float32; with onnxruntime exported to ONNX (float32, CPU). Both are
+    recorded in the cache, since they change the numbers slightly. The progress bar counts
     ``images_per_row`` images per row (the augmented views run several copies of each image).
     ``trunk``: a stage whose full-resolution map is also returned (``run_backbone``).
     """
     check_precision(precision)
-    # Mixed precision runs the convolutions in 16 bits (fast on GPUs); the features come out float32.
-    autocast = torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "float32")
-    model = model.to(device, memory_format=torch.channels_last)
+    check_engine(engine, device, precision)
+    names = tuple(maps) + ((trunk,) if trunk else ())
+    forward = torch_forward(model, names, device, precision) if engine == "torch" else OnnxForward(model, names)
     loader = DataLoader(inputs, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
     total = sum(len(rows) for rows in batch_rows) * images_per_row
     with progress(total=total, desc=desc, unit="img") as bar:
         for rows, batch in zip(batch_rows, loader):
-            outputs = run_backbone(model, batch, maps, device, autocast, trunk)
+            outputs = run_backbone(forward, batch, maps, trunk)
             bar.update(len(rows) * images_per_row)
             yield rows, outputs
 

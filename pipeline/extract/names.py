@@ -14,3 +14,4 @@ INTERPOLATION_NAMES = ("bilinear", "bicubic", "nearest")
 AUTO = "auto"
 NORMALISATION_NAMES = ("imagenet", "inception", "none")
 PRECISION_NAMES = ("float32", "bfloat16", "float16")
+ENGINE_NAMES = ("torch", "onnxruntime")
