@@ -80,7 +80,8 @@ def test_views_command_equals_plain_augmented_forward_passes(tmp_path):
     out = tmp_path / "synthetic.zarr"
     result = CliRunner().invoke(extract_cli, ["--dataset", "synthetic", "--image-size", "32", "--maps", "intermediate",
                                               "--chunk-rows", "8", "--batch-size", "4", "--workers", "1",
-                                              "--views", "2", "--views-seed", "3", "--out", str(out)])
+                                              "--views", "2", "--views-seed", "3", "--engine", "torch",
+                                              "--out", str(out)])
     assert result.exit_code == 0, result.output
     views = FeatureCache.open(views_path(out))
     data = load_dataset("synthetic")

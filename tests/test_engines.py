@@ -10,7 +10,6 @@ from pipeline.extract.datasets import load_dataset
 from pipeline.extract.extraction import extract
 from pipeline.extract.preprocess import Preprocessing
 
-pytest.importorskip("onnxruntime")
 SMALL = dict(maps=("intermediate",), chunk_rows=16, batch_size=8, workers=0)
 
 

@@ -209,10 +209,10 @@ def test_overwrite_extracts_a_complete_cache_again_and_resumes_an_unfinished_one
 
     path = tmp_path / "again.zarr"
     shutil.copytree(synthetic_cache.path, path)
-    # The fixture's settings (Preprocessing's defaults: imagenet normalisation, float32).
+    # The fixture's settings (extract's defaults: imagenet normalisation, float32, PyTorch).
     command = ["--dataset", "synthetic", "--image-size", "32", "--maps", "intermediate", "--trunk-maps", "--chunk-rows",
                "16", "--batch-size", "8", "--workers", "0", "--normalisation", "imagenet", "--precision", "float32",
-               "--out", str(path)]
+               "--engine", "torch", "--out", str(path)]
     result = CliRunner().invoke(main, command)
     assert result.exit_code == 0 and "already complete; nothing to do" in result.output
     chunk0 = path / "train" / "features" / "c" / "0" / "0"

@@ -16,8 +16,8 @@ from pipeline.cli import resolve_device, safe_filename
 from pipeline.errors import PipelineError
 from pipeline.extract.backbones import load_backbone
 from pipeline.extract.datasets import ImageDataset, drop_unreadable
-from pipeline.extract.loop import (ChunkBuffer, ChunkWriter, PreprocessedBatches, backbone_batches, check_engine,
-                                   engine_version, resolve_precision,
+from pipeline.extract.loop import (ChunkBuffer, ChunkWriter, PreprocessedBatches, backbone_batches, engine_version,
+                                   resolve_engine, resolve_precision,
                                    chunk_batches, user_facing_errors)
 from pipeline.extract.preprocess import Preprocessing
 from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, check_replaceable,
@@ -94,7 +94,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
     with writer_lock(out, shard), user_facing_errors(out):
         device_ = resolve_device(device)
         precision = resolve_precision(precision, device_)  # auto: bfloat16 where native; recorded
-        check_engine(engine, device_, precision)
+        engine = resolve_engine(engine, device_, precision)  # auto: onnxruntime for float32 on a CPU; recorded
         model, weights = loaded or load_backbone(backbone, preprocessing.image_size, weights_tag, weights_file)
         model = model.to(device_, memory_format=torch.channels_last)
         maps = tuple(model.spec.intermediate if m == "intermediate" else m for m in maps)
