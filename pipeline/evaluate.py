@@ -435,7 +435,9 @@ def format_summary(payload: dict) -> str:
     headline = mean if overall is None else overall
     best = ""
     if "best_epoch_auroc" in headline:
-        best = (f" (final epoch, +/- {100 * headline['auroc_std']:.2f} over seeds); best-epoch AUROC "
+        # The epoch ``auroc`` is of: the last, unless the head kept another (chosen without the test set).
+        best = (f" ({about.get('auroc_epoch', 'final epoch')}, +/- {100 * headline['auroc_std']:.2f} over seeds); "
+                f"best-epoch AUROC "
                 f"{100 * headline['best_epoch_auroc']:.2f}% (picked on the test set, the paper's protocol)")
     where = f"{about['head']} on {about['dataset']} / {about['backbone']} @ {about['image_size']}"
     robustness = f"\n{summary_line(payload['shift'])}" if "shift" in payload else ""

@@ -80,12 +80,13 @@ def plural(count: Any, word: str) -> str:
 
 def final_and_best_epoch_rows(display_name: str, label: str, run: Run, extra: str,
                               published: Published | None) -> list[Row]:
-    """Two rows of a head trained by epochs, named apart: the model after the last epoch, and
+    """Two rows of a head trained by epochs, named apart: the model it kept (after the last
+    epoch, or the epoch its ``about.auroc_epoch`` names, chosen without the test set), and
     the best test AUROC over the epochs (which picks the epoch on the test set). A published
     figure sits beside the latter, the protocol of the papers' code."""
     p = run.payload
     std = run.several_seeds
-    final = Row(display_name, f"{label}; final epoch{extra}",
+    final = Row(display_name, f"{label}; {run.about.get('auroc_epoch', 'final epoch')}{extra}",
                 figures(p["per_class"], "auroc", "auroc_std" if std else None),
                 Figure(p["mean"]["auroc"], p["mean"].get("auroc_std") if std else None))
     if "best_epoch_auroc" not in p["mean"]:

@@ -15,3 +15,6 @@ IDENTITY_TARGETS = ("paper", "authors")
 GUIDANCE_FORMS = ("paper", "authors")
 # How a range test picks the one-cycle peak learning rate (besides a number).
 LR_RULES = ("lowest-loss", "steepest")
+# Which epoch's weights the head keeps: the last one's, or those of the epoch that scored best on
+# normal training images held out of training, against their own pseudo-anomalies.
+SELECTIONS = ("final", "held-out")

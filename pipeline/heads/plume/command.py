@@ -11,7 +11,7 @@ import click
 
 from pipeline import params
 from pipeline.heads.plume import (BATCH_MODES, GUIDANCE_FORMS, GUIDANCES, IDENTITY_LOSSES, IDENTITY_TARGETS,
-                                  LR_RULES, PERTURBATIONS)
+                                  LR_RULES, PERTURBATIONS, SELECTIONS)
 from pipeline.heads.stage import CONTEXT, apply_options, common_options, open_cache, saver_for, shift_plan
 
 if TYPE_CHECKING:
@@ -94,6 +94,17 @@ def training_options(command: Callable) -> Callable:
                            "normalises each alone (authors' code); joint: one batch (PLAD)."),
         params.option("plume", "noise_std", type=float,
                       help="sigma of the gaussian perturbation, on batch-normalised features."),
+        params.option("plume", "val_fraction", type=click.FloatRange(0, 1, max_open=True),
+                      help="Fraction of the normal class's training images held out of training (drawn from the "
+                           "seed), scored after every epoch against their own pseudo-anomalies: the validation "
+                           "AUROC (val_auroc in the training curves). 0: none; every image trains."),
+        params.option("plume", "select", type=click.Choice(SELECTIONS),
+                      help="Which epoch's weights to keep: final, the last epoch's; held-out, the epoch with the "
+                           "best validation AUROC (needs --val-fraction above 0). Neither reads the test set; the "
+                           "kept epoch is in the metrics (selected_epoch)."),
+        params.option("plume", "ema", type=click.FloatRange(0, 1, max_open=True),
+                      help="Score with an exponential moving average of the classifier's weights (and batch-norm "
+                           "statistics), updated after every step with this decay (torch.optim.swa_utils); 0: off."),
         params.option("plume", "seeds", callback=lambda c, p, v: parse_seeds(v),
                       help="Number of seeds (0..N-1) or a comma-separated list; mean and standard deviation are "
                            "reported."),
@@ -116,6 +127,10 @@ def run_plume(cache: "FeatureCache", classes: "list[int] | list[Task]", seeds: l
                                after_fit=after_fit, shift=shift)
 
 
+# What a PLUME metrics file's ``auroc`` is the test AUROC of, by ``select``.
+AUROC_EPOCH = {"final": "final epoch", "held-out": "epoch chosen on held-out normal images"}
+
+
 def head_label(settings: dict, perturbation: str, guidance: str, seeds: list[int], **resolved) -> dict:
     """The about sidecar's description of a run: every setting as given, how ``lr`` was
     resolved (the rates themselves are numbers in the metrics, lr_used), and ``resolved``
@@ -125,7 +140,9 @@ def head_label(settings: dict, perturbation: str, guidance: str, seeds: list[int
             **{k: v for k, v in settings.items() if k not in ("lr", "seeds")},
             "lr": f"{lr} range test" if isinstance(lr, str) else lr, "seeds": len(seeds), "seed_list": list(seeds),
             **resolved, "lr_used_is": "the one-cycle peak rate each class and seed trained at (per_class.lr_used)",
-            "auroc_is": "final epoch; best_epoch_auroc = best test AUROC over epochs (paper protocol, peeks at test)"}
+            "auroc_epoch": AUROC_EPOCH[settings["select"]],
+            "auroc_is": f"{AUROC_EPOCH[settings['select']]}; best_epoch_auroc = best test AUROC over epochs "
+                        f"(paper protocol, peeks at test)"}
 
 
 def resolved_settings(cache: "FeatureCache", settings: dict, device: str, threshold_quantile: float | None) -> dict:
@@ -137,14 +154,23 @@ def resolved_settings(cache: "FeatureCache", settings: dict, device: str, thresh
 
 def plume_payload(results: dict[str, dict], metadata: dict, label: dict) -> dict:
     """``metrics_payload`` with, per class (normal-vs-anomalies: in ``overall``, the one
-    training's), the learning rate each seed trained at (``lr_used: {seed_<n>: rate}``; from
-    the epoch records, which carry it)."""
+    training's), from the epoch records: the learning rate each seed trained at (``lr_used:
+    {seed_<n>: rate}``) and, with a held-out validation split, the epoch whose weights each
+    seed kept (``selected_epoch``: the best validation epoch with ``select: held-out``, else
+    the last) and its validation AUROC (``val_auroc``)."""
     from pipeline.evaluate import metrics_payload
 
     payload = metrics_payload(results, metadata, label)
     for name, result in results.items():
         trained = payload["overall"] if "overall" in payload else payload["per_class"][name]
         trained["lr_used"] = {f"seed_{r['seed']}": r["lr_used"] for r in result["curves"]}
+        last = {r["seed"]: r for r in result["curves"]}  # each seed's last epoch record
+        if any("val_auroc" in r for r in last.values()):
+            kept = {seed: r["val_best_epoch"] if label.get("select") == "held-out" else r["epoch"]
+                    for seed, r in last.items()}
+            trained["selected_epoch"] = {f"seed_{seed}": epoch for seed, epoch in kept.items()}
+            trained["val_auroc"] = {f"seed_{r['seed']}": round(r["val_auroc"], 6) for r in result["curves"]
+                                    if r["epoch"] == kept[r["seed"]]}
     return payload
 
 

@@ -14,14 +14,16 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline.cli import detail, progress
 from pipeline.errors import PipelineError
 from pipeline.heads.base import EpochCallback, Features, Head
 from pipeline.heads.plume import (BATCH_MODES, GUIDANCE_FORMS, GUIDANCES, IDENTITY_LOSSES, IDENTITY_TARGETS,
-                                  LR_RULES, PERTURBATIONS)
+                                  LR_RULES, PERTURBATIONS, SELECTIONS)
 from pipeline.heads.plume.model import (Classifier, InputNorm, Perturbator, guidance_loss, identity_targets,
-                                        kl_divergence, near_identity_loss, perturb)
+                                        kl_divergence, near_identity_loss, perturb, perturbation_diagnostics)
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -46,6 +48,9 @@ class PlumeHead(Head):
     identity_target: str = "paper"   # linear map: alpha -> 1, beta -> 0 (paper) | alpha -> 0, beta -> 1 (authors)
     batch_mode: str = "joint"      # one batch through the classifier (PLAD), or separate (PLUME authors' code)
     noise_std: float = 0.1         # sigma of the gaussian perturbation (the paper does not give it)
+    select: str = "final"          # keep the last epoch's weights | the best validation epoch's (SELECTIONS)
+    val_fraction: float = 0.0      # normal training images held out of training for validation; 0: none
+    ema: float = 0.0               # decay per step of an average of the classifier's weights, scored instead; 0: off
     seed: int = 0
     device: str = "cpu"
 
@@ -66,6 +71,11 @@ class PlumeHead(Head):
                                      and self.lr > 0),
              f"lr must be a positive number or one of {', '.join(LR_RULES)}"),
             (self.dim == "native" or (isinstance(self.dim, int) and self.dim >= 2), "dim must be native or an integer >= 2"),
+            (self.select in SELECTIONS, f"select must be one of {', '.join(SELECTIONS)}"),
+            (0.0 <= self.val_fraction < 1.0, "the validation fraction must lie in [0, 1)"),
+            (self.select != "held-out" or self.val_fraction > 0,
+             "select held-out needs normal training images to hold out: give a validation fraction above 0"),
+            (0.0 <= self.ema < 1.0, "ema (the averaging decay per step) must lie in [0, 1); 0 turns it off"),
         ]
         for ok, message in checks:
             if not ok:
@@ -75,21 +85,32 @@ class PlumeHead(Head):
 
     def _fit(self, features: Features, labels: np.ndarray | None, callback: EpochCallback | None) -> None:
         """Train on the normal class; ``callback(self, record)`` after every epoch (the
-        evaluation records the test AUROC there; it never changes the training)."""
+        evaluation records the test AUROC there; it never changes the training).
+
+        With ``val_fraction`` > 0, that fraction of the rows (``held_out_rows_``, drawn from
+        ``seed``) is kept out of training (the range test included) and scored after every
+        epoch against its own pseudo-anomalies (``_validate``: ``val_auroc``, ``val_ce`` and
+        ``val_best_epoch`` in the records); ``select="held-out"`` then keeps the weights of
+        the best validation epoch (``selected_epoch_``)."""
         device = torch.device(self.device)
         x_all = torch.as_tensor(np.asarray(features.pooled), dtype=torch.float32, device=device)
         if x_all.ndim != 2:
             raise PipelineError(f"PLUME needs 2-D features (samples, dimensions), got shape {tuple(x_all.shape)}.")
-        if len(x_all) < 2:
-            raise PipelineError(f"PLUME needs at least 2 training features, got {len(x_all)}.")
-        batch_size = min(self.batch_size, len(x_all))
-        steps_per_epoch = len(x_all) // batch_size
-        perturbator = self._build(x_all.shape[1], device)
+        train_rows, self.held_out_rows_ = held_out_split(len(x_all), self.val_fraction, self.seed)
+        if len(train_rows) < 2:
+            raise PipelineError(f"PLUME needs at least 2 training features, got {len(train_rows)}"
+                                + (f" after holding out {len(self.held_out_rows_)} for validation."
+                                   if len(self.held_out_rows_) else "."))
+        x_train = x_all[torch.as_tensor(train_rows, device=device)]
+        held_out = x_all[torch.as_tensor(self.held_out_rows_, device=device)] if len(self.held_out_rows_) else None
+        batch_size = min(self.batch_size, len(x_train))
+        steps_per_epoch = len(x_train) // batch_size
+        perturbator = self._build(x_train.shape[1], device)
         modules = [m for m in (self.input_norm_, self.classifier_, perturbator) if m is not None]
 
         generator = torch.Generator().manual_seed(self.seed)
         if isinstance(self.lr, str):
-            self.lr_used_ = lr_range_test(self, perturbator, x_all, batch_size, generator, self.lr)
+            self.lr_used_ = lr_range_test(self, perturbator, x_train, batch_size, generator, self.lr)
             detail(f"PLUME seed {self.seed}: the learning-rate range test ({self.lr}) chose lr {self.lr_used_:.3g}")
         else:
             self.lr_used_ = float(self.lr)
@@ -97,19 +118,26 @@ class PlumeHead(Head):
         optimiser = adamw(params, self.lr_used_, self.weight_decay)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=self.lr_used_,
                                                        total_steps=self.epochs * steps_per_epoch)
-        self.history_ = []
+        # The average (its batch-norm statistics too) starts as a copy of the classifier and is
+        # what score_samples uses while it exists; it becomes ``classifier_`` at the end.
+        self._averaged = (AveragedModel(self.classifier_, multi_avg_fn=get_ema_multi_avg_fn(self.ema),
+                                        use_buffers=True) if self.ema else None)
+        self.history_, self.validation_ = [], None
+        best: dict | None = None  # the best validation epoch so far: its figures and (held-out) its weights
         for epoch in range(1, self.epochs + 1):
             for m in modules:
                 m.train()
-            order = torch.randperm(len(x_all), generator=generator).to(device)
+            order = torch.randperm(len(x_train), generator=generator).to(device)
             sums: dict[str, float] = {}
             for step in range(steps_per_epoch):
-                batch = x_all[order[step * batch_size:(step + 1) * batch_size]]
+                batch = x_train[order[step * batch_size:(step + 1) * batch_size]]
                 losses = self._losses(batch, perturbator)
                 optimiser.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 optimiser.step()
                 schedule.step()
+                if self._averaged is not None:
+                    self._averaged.update_parameters(self.classifier_)
                 for name, value in losses.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
             # lr_used (the one-cycle peak) in every record: the evaluation's curves carry it per seed.
@@ -118,9 +146,81 @@ class PlumeHead(Head):
             if not math.isfinite(record["loss"]):
                 raise PipelineError(f"PLUME diverged at epoch {epoch} (loss {record['loss']}); "
                                     f"lower the learning rate (it was {self.lr_used_:.3g}).")
+            if held_out is not None:
+                self.validation_ = self._validate(held_out, perturbator, epoch)
+                figures = {"val_auroc": self.validation_["auroc"], "val_ce": self.validation_["ce"]}
+                # Higher AUROC first; on a tie (it saturates at 1) the lower cross-entropy; then the earlier epoch.
+                if best is None or (figures["val_auroc"], -figures["val_ce"]) > (best["val_auroc"], -best["val_ce"]):
+                    best = {"epoch": epoch, **figures}
+                    if self.select == "held-out":
+                        best["weights"] = self._scoring_state()
+                        best["validation"] = self.validation_
+                record.update(figures, val_best_epoch=best["epoch"])
             self.history_.append(record)
             if callback is not None:
                 callback(self, record)
+        if self._averaged is not None:
+            self.classifier_ = self._averaged.module
+        self._averaged = None
+        self.selected_epoch_ = self.epochs
+        if self.select == "held-out":
+            self.input_norm_.load_state_dict(best["weights"]["input_norm"])
+            self.classifier_.load_state_dict(best["weights"]["classifier"])
+            self.selected_epoch_, self.validation_ = best["epoch"], best["validation"]
+
+    def _scoring_classifier(self) -> torch.nn.Module:
+        """The classifier score_samples uses: the running average of its weights while
+        training with ``ema``, else the classifier itself."""
+        averaged = getattr(self, "_averaged", None)
+        return self.classifier_ if averaged is None else averaged.module
+
+    def _scoring_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Copies of the input normalisation's and the scoring classifier's states."""
+        return {"input_norm": copy.deepcopy(self.input_norm_.state_dict()),
+                "classifier": copy.deepcopy(self._scoring_classifier().state_dict())}
+
+    @torch.no_grad()
+    def _validate(self, held_out: torch.Tensor, perturbator: Perturbator | None, epoch: int) -> dict:
+        """The held-out normal rows against their own pseudo-anomalies, scored as the test set
+        is (eval mode: batch norm on its running statistics, the scoring classifier):
+
+        - ``auroc``: AUROC with the pseudo-anomalies as positives. It is the figure the
+          selection ranks by, not the held-out loss, because it is what the test is graded
+          by (a ranking, blind to the scale of the logits, which the cross-entropy rewards
+          and which grows as the classifier grows confident); and because, scored in eval
+          mode, it shows the inversion the training loss cannot: a classifier whose logit
+          rises with the feature norm ranks its own (larger) pseudo-anomalies as normal.
+        - ``ce``: the training's cross-entropy on the same scores (normal 1, perturbed 0);
+          it breaks ties of the AUROC, which saturates at 1.
+        - ``normal_scores``, ``anomaly_scores``: the scores themselves; ``anomalies``: the
+          pseudo-anomalies mapped back to the cached feature space (``InputNorm.invert``;
+          None when the classifier's input is pooled to another size).
+
+        The perturbator's noise is drawn from ``seed`` in a forked random state, so every
+        epoch sees the same draw and the training's random numbers are untouched."""
+        self.input_norm_.eval()
+        classifier = self._scoring_classifier()
+        classifier.eval()
+        x = self.input_norm_(held_out)
+        devices = [held_out.device] if held_out.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            if perturbator is None:
+                x_tilde = perturb(x, self.perturbation, noise_std=self.noise_std)
+            else:
+                perturbator.eval()
+                alpha, beta, _, _ = perturbator(x)
+                x_tilde = perturb(x, self.perturbation, alpha, beta)
+        logits, logits_tilde = classifier(x), classifier(x_tilde)
+        ce = (F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+              + F.binary_cross_entropy_with_logits(logits_tilde, torch.zeros_like(logits_tilde)))
+        normal_scores = -logits.double().cpu().numpy()
+        anomaly_scores = -logits_tilde.double().cpu().numpy()
+        auroc = roc_auc_score(np.r_[np.zeros(len(normal_scores)), np.ones(len(anomaly_scores))],
+                              np.r_[normal_scores, anomaly_scores])
+        anomalies = self.input_norm_.invert(x_tilde).cpu().numpy() if self.input_norm_.invertible else None
+        return {"epoch": epoch, "auroc": float(auroc), "ce": float(ce), "normal_scores": normal_scores,
+                "anomaly_scores": anomaly_scores, "anomalies": anomalies}
 
     def _build(self, in_dim: int, device: torch.device | str = "cpu") -> Perturbator | None:
         """The input normalisation and classifier (kept: ``input_norm_``, ``classifier_``) and the
@@ -154,7 +254,8 @@ class PlumeHead(Head):
         guide = (guidance_loss(self.guidance, z, z_tilde, self.tau, self.guidance_form) if self.gamma
                  else x.new_zeros(()))
         total = ce + self.lam * identity + self.nu * kl + self.gamma * guide
-        return {"loss": total, "ce": ce, "identity": identity, "kl": kl, "guidance": guide}
+        return {"loss": total, "ce": ce, "identity": identity, "kl": kl, "guidance": guide,
+                **perturbation_diagnostics(x, x_tilde)}
 
     # -- scoring --------------------------------------------------------------------------
 
@@ -162,16 +263,17 @@ class PlumeHead(Head):
     def score_samples(self, features: Features | np.ndarray, batch_size: int = 4096) -> np.ndarray:
         if not hasattr(self, "classifier_"):
             raise PipelineError("fit the PLUME head before scoring")
+        classifier = self._scoring_classifier()
         self.input_norm_.eval()
-        self.classifier_.eval()
-        device = next(self.classifier_.parameters()).device
+        classifier.eval()
+        device = next(classifier.parameters()).device
         features = np.asarray(Features.of(features).pooled)
         if features.ndim != 2 or features.shape[1] != self.input_norm_.in_dim:
             raise PipelineError(f"PLUME was trained on {self.input_norm_.in_dim}-d features; got shape {features.shape}.")
         scores = []
         for start in range(0, len(features), batch_size):
             block = torch.as_tensor(features[start:start + batch_size], dtype=torch.float32, device=device)
-            scores.append(-self.classifier_(self.input_norm_(block)).float().cpu())
+            scores.append(-classifier(self.input_norm_(block)).float().cpu())
         return torch.cat(scores).numpy().astype(np.float64)
 
     # -- saving (pipeline.heads.saving) ----------------------------------------------------
@@ -188,7 +290,8 @@ class PlumeHead(Head):
 
         return {"config": self.params(), "feature_dim": self.input_norm_.in_dim,
                 "dim": self.input_norm_.dim, "input_norm": on_cpu(self.input_norm_),
-                "classifier": on_cpu(self.classifier_), "lr_used": self.lr_used_,
+                "classifier": on_cpu(self._scoring_classifier()), "lr_used": self.lr_used_,
+                "selected_epoch": getattr(self, "selected_epoch_", None),
                 # Plain floats: the file is read with weights_only=True, which refuses NumPy scalars.
                 "history": json.loads(json.dumps(self.history_, default=float))}
 
@@ -196,6 +299,7 @@ class PlumeHead(Head):
     def _from_state(cls, state: dict, device: str = "cpu") -> "PlumeHead":
         head = cls(**{**state["config"], "device": device})
         head.history_, head.lr_used_ = list(state.get("history", [])), state.get("lr_used")
+        head.selected_epoch_ = state.get("selected_epoch")
         in_dim, dim = int(state["feature_dim"]), int(state["dim"])
         head.input_norm_, head.classifier_ = InputNorm(in_dim, dim), Classifier(dim)
         head.input_norm_.load_state_dict(state["input_norm"])
@@ -203,6 +307,17 @@ class PlumeHead(Head):
         head.input_norm_.to(device).eval()
         head.classifier_.to(device).eval()
         return head
+
+
+def held_out_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the training and the held-out rows among ``n`` (both sorted): a random
+    ``fraction`` of them (rounded, at least one when the fraction is above 0), drawn from
+    ``seed`` alone, so every configuration trained with that seed holds out the same rows."""
+    if fraction <= 0:
+        return np.arange(n), np.arange(0)
+    count = min(n, max(1, round(fraction * n)))
+    held_out = np.sort(np.random.default_rng(seed).permutation(n)[:count])
+    return np.setdiff1d(np.arange(n), held_out), held_out
 
 
 def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:

@@ -29,6 +29,17 @@ class InputNorm(nn.Module):
             features = F.adaptive_avg_pool1d(features.unsqueeze(1), self.dim).squeeze(1)
         return self.norm(features)
 
+    @property
+    def invertible(self) -> bool:
+        """Whether ``invert`` exists: no pooling to another size (which loses entries)."""
+        return self.dim == self.in_dim
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        """The cached features that eval-mode ``forward`` maps to ``x``: the running statistics undone."""
+        if not self.invertible:
+            raise ValueError(f"features pooled from {self.in_dim} to {self.dim} entries cannot be mapped back")
+        return x * torch.sqrt(self.norm.running_var + self.norm.eps) + self.norm.running_mean
+
 
 class Perturbator(nn.Module):
     """The VAE ``g`` of table 3: x -> (mu, logvar) -> z -> (alpha, beta).
@@ -133,6 +144,18 @@ def near_identity_loss(alpha: torch.Tensor, beta: torch.Tensor, reduction: str =
     if reduction == "mean":
         return per_entry.mean()  # = mse_loss(alpha, a) + mse_loss(beta, b)
     raise ValueError(f"unknown reduction {reduction!r}; use {' or '.join(IDENTITY_LOSSES)}")
+
+
+def perturbation_diagnostics(x: torch.Tensor, x_tilde: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the pseudo-anomalies look like next to the normal batch (no gradient; batch means):
+    ``norm_ratio``, ||x~|| / ||x||, how much the perturbation rescales a sample, which
+    separate batches hide from the classifier (each is batch-normalised alone); and
+    ``ones_cosine``, |cos(x~ - x, 1)|, how closely the perturbation follows the all-ones
+    direction, where the paper's identity target (alpha -> 1, beta -> 0) puts it."""
+    x, x_tilde = x.detach(), x_tilde.detach()
+    ratio = x_tilde.norm(dim=1) / x.norm(dim=1).clamp_min(1e-12)
+    ones = torch.ones_like(x[:1])
+    return {"norm_ratio": ratio.mean(), "ones_cosine": F.cosine_similarity(x_tilde - x, ones, dim=1).abs().mean()}
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ DISPLAY_NAME = "PLUME"
 ORDER = 1
 SETTINGS = {"lam": "lambda = {}", "epochs": "{} epochs", "dim": "D = {}", "batch_mode": "batch mode {}",
             "identity_loss": "identity loss {}", "identity_target": "identity target {}",
-            "guidance_form": "guidance form {}", "lr": "lr {}", "seeds": "{}"}
+            "guidance_form": "guidance form {}", "lr": "lr {}", "val_fraction": "{} held out",
+            "select": "kept epoch {}", "ema": "EMA {}", "seeds": "{}"}
 ROC_CURVES = "final model"
 
 # Table 1c / 8 of the PLUME paper: (perturbation, guidance) -> key in paper_results.json.
@@ -77,7 +78,8 @@ def plume_ablation_table(variants: dict[str, dict], knn: dict | None = None, pap
     classes = list(first["per_class"])
     about = first["about"]
     paper_label = "paper mean (ResNet50, best epoch, 5 runs)"
-    header = ["Perturbation", "Guidance", *classes, "Mean (final epoch)", "Mean (best epoch)"]
+    header = ["Perturbation", "Guidance", *classes, f"Mean ({about.get('auroc_epoch', 'final epoch')})",
+              "Mean (best epoch)"]
     if paper_column:
         header.append(paper_label)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -105,7 +107,11 @@ def plume_ablation_table(variants: dict[str, dict], knn: dict | None = None, pap
                f"({about['preprocessing']}), one-vs-all; PLUME lambda = {about.get('lam')}, "
                f"{about.get('epochs')} epochs, D = {about.get('dim')}, batch mode {about.get('batch_mode')}, "
                f"identity loss {about.get('identity_loss')}, identity target {about.get('identity_target')}, "
-               f"guidance form {about.get('guidance_form')}, lr {about.get('lr')}, {about.get('seeds')} seed(s). Final epoch = the model after the last "
-               f"epoch; best epoch = the best test AUROC seen during training (the paper's protocol, which "
-               f"reads the test set).")
+               f"guidance form {about.get('guidance_form')}, lr {about.get('lr')}, "
+               f"{about.get('val_fraction', 0)} of the training images held out, kept epoch "
+               f"{about.get('select', 'final')}, EMA {about.get('ema', 0)}, {about.get('seeds')} seed(s). "
+               f"Final epoch = the model after the last epoch; epoch chosen on held-out normal images = the "
+               f"epoch whose held-out normal images were told best from their own pseudo-anomalies (no test "
+               f"image read); best epoch = the best test AUROC seen during training (the paper's protocol, "
+               f"which reads the test set).")
     return caption + "\n\n" + "\n".join(lines) + "\n"
