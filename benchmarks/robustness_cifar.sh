@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-data/cifar10-jpg}
 C=${CACHE:-cache/cifar10jpg_efficientnet_lite0_224.zarr}
-OUT=${OUT:-results/robustness_cifar}
+OUT=${OUT:-results/cifar_auto}
 SEVERITIES=${SEVERITIES:-1,3,5}
 PER_CLASS=${PER_CLASS:-100}
 WORKERS=${WORKERS:-2}
@@ -68,12 +68,13 @@ cat "$OUT/extraction.txt"
 # 2. Every head, fitted once per class, scoring the clean and every corrupted test split.
 python -m stages.knn --cache "$C" --shift all --metrics "$OUT/knn.json"
 python -m stages.gaussian --cache "$C" --shift all --metrics "$OUT/gaussian.json"
-for d in ocsvm iforest lof; do
-    python -m stages.classical --cache "$C" --detector "$d" --shift all --metrics "$OUT/classical_$d.json"
+python -m stages.gaussian --cache "$C" --scales multi --shift all --metrics "$OUT/gaussian_multi.json"
+for d in ocsvm iforest lof pyod:ECOD pyod:HBOS; do      # pyod: pip install -e '.[pyod]'
+    python -m stages.classical --cache "$C" --detector "$d" --shift all --metrics "$OUT/classical_${d/:/_}.json"
 done
 python -m stages.igd --cache "$C" --shift all --metrics "$OUT/igd.json"
 python -m stages.plume --cache "$C" --dim native --epochs 5 --shift all --metrics "$OUT/plume.json"
-python -m stages.anomem --cache "$C" --gammas none --knn-baseline 0 --shift all --metrics "$OUT/anomem.json"
+python -m stages.anomem --cache "$C" --gammas none --shift all --metrics "$OUT/anomem.json"
 
 # 3. The report: robustness table, heat map, AUROC against severity.
 python -m pipeline.report build "$OUT" --out-md "$OUT/report.md" --out-html "$OUT/report.html"
