@@ -157,11 +157,19 @@ def candidates_of(rows: list[dict], configs: list[dict], classes: list[str]) -> 
     return candidates
 
 
-def pick(candidates: list[dict], pick_by: str) -> dict:
-    """The candidate with the highest mean validation figure ``pick_by``; no test figure is read."""
+def pick(candidates: list[dict], pick_by: str, max_ones_cosine: float = 1.0) -> dict:
+    """The candidate with the highest mean validation figure ``pick_by``; no test figure is read.
+    Candidates whose perturbation follows the all-ones direction more closely than
+    ``max_ones_cosine`` (mean |cos(x~ - x, 1)| on training batches) are left out: one fixed
+    direction is a degenerate family of pseudo-anomalies, which held-out pseudo-anomalies of the
+    same grid cannot expose."""
     if not pick_by.startswith("val_"):
         raise ValueError(f"{pick_by!r} is not a validation figure")
-    return max(candidates, key=lambda c: c["mean"][pick_by])
+    allowed = [c for c in candidates if not c["ones_cosine"] > max_ones_cosine]  # NaN (no perturbation) stays
+    if not allowed:
+        raise PipelineError(f"every candidate's perturbation has |cos(x~ - x, 1)| above {max_ones_cosine}; "
+                            f"raise --max-ones-cosine.")
+    return max(allowed, key=lambda c: c["mean"][pick_by])
 
 
 def run_grid(cache, tasks, seeds: list[int], configs: list[dict], fixed: dict) -> list[dict]:
@@ -216,13 +224,17 @@ def merged(paths: tuple[str, ...]) -> tuple[dict, list[dict]]:
               help="An axis of the grid, KEY=V1,V2 (repeatable).")
 @click.option("--pick-by", type=click.Choice(["val_panel", "val_own"]), default="val_panel", show_default=True,
               help="The validation figure that picks the configuration (mean over classes).")
+@click.option("--max-ones-cosine", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Leave out of the pick candidates whose perturbation x~ - x follows the all-ones vector "
+                   "more closely than this (mean |cosine| on training batches; 1: none left out).")
 @params.option("plume", "device")
 @click.option("--rows-from", multiple=True, type=click.Path(dir_okay=False, exists=True),
               help="Train nothing: combine the --out files of earlier runs of the same grid (on other classes, "
                    "say) and pick on all their rows (repeatable).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="JSON file of every figure.")
-def main(cache_path, classes, seeds, epochs, val_fraction, grid_items, pick_by, device, rows_from, out_path):
+def main(cache_path, classes, seeds, epochs, val_fraction, grid_items, pick_by, max_ones_cosine, device, rows_from,
+         out_path):
     """Run the grid, pick a configuration on validation figures only, print its test figures."""
     if rows_from:
         about, rows = merged(rows_from)
@@ -248,13 +260,15 @@ def main(cache_path, classes, seeds, epochs, val_fraction, grid_items, pick_by, 
                  "test_is": "test AUROC at the kept epoch; best_test peeks at the test set"}
     names = list(dict.fromkeys(r["class"] for r in rows))
     candidates = candidates_of(rows, configs, names)
-    picked = pick(candidates, pick_by)
-    write_json(out_path, {"about": {**about, "seeds": sorted({r["seed"] for r in rows}), "pick_by": pick_by},
+    picked = pick(candidates, pick_by, max_ones_cosine)
+    write_json(out_path, {"about": {**about, "seeds": sorted({r["seed"] for r in rows}), "pick_by": pick_by,
+                                    "max_ones_cosine": max_ones_cosine},
                           "candidates": candidates, "picked": {"config": picked["config"], "kept": picked["kept"]},
                           "rows": rows})
     click.echo(study_table(candidates, pick_by))
+    left_out = "" if max_ones_cosine >= 1 else f", perturbations with |cos(x~ - x, 1)| > {max_ones_cosine} left out"
     click.echo(f"\nPicked on validation figures only ({pick_by}, held-out normal training images against "
-               f"pseudo-anomalies): {config_name(picked['config'])}, kept epoch {picked['kept']} "
+               f"pseudo-anomalies{left_out}): {config_name(picked['config'])}, kept epoch {picked['kept']} "
                f"({pick_by} {100 * picked['mean'][pick_by]:.2f}).")
     click.echo(f"Its test figures (not used to pick): mean AUROC {100 * picked['mean']['test']:.2f} at the kept "
                f"epoch, {100 * picked['mean']['best_test']:.2f} at the best test epoch (peeking); per class "

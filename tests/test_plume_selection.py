@@ -256,12 +256,19 @@ def test_panel_is_the_mean_auroc_against_the_other_configurations_pseudo_anomali
 
 
 def test_the_pick_reads_validation_figures_only():
+    from pipeline.errors import PipelineError
+
     study = load_study()
-    candidates = [{"config": {"x": i}, "kept": "final",
+    candidates = [{"config": {"x": i}, "kept": "final", "ones_cosine": ones,
                    "mean": {"val_panel": v, "val_own": 1 - v, "test": t, "best_test": t}}
-                  for i, (v, t) in enumerate([(0.6, 0.9), (0.8, 0.1), (0.7, 0.5)])]
+                  for i, (v, t, ones) in enumerate([(0.6, 0.9, 0.1), (0.8, 0.1, 0.99), (0.7, 0.5, float("nan"))])]
     assert study.pick(candidates, "val_panel")["config"] == {"x": 1}
     assert study.pick(candidates, "val_own")["config"] == {"x": 0}
+    # Perturbations along the all-ones vector are left out on request; NaN (none measured) stays.
+    assert study.pick(candidates, "val_panel", max_ones_cosine=0.5)["config"] == {"x": 2}
+    assert study.pick(candidates[:2], "val_panel", max_ones_cosine=0.5)["config"] == {"x": 0}
+    with pytest.raises(PipelineError, match="raise --max-ones-cosine"):
+        study.pick(candidates[1:2], "val_panel", max_ones_cosine=0.5)
     with pytest.raises(ValueError):
         study.pick(candidates, "test")
 
