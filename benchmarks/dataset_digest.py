@@ -13,8 +13,9 @@ file list (train then test, as the image-folder dataset lists them):
   DIGEST_THREADS threads (what the cache records now), and the same in one thread.
 Each runs with the files in the page cache (warm) and after every file was dropped from it
 with posix_fadvise(DONTNEED) (cold; a virtual machine's host may still cache them). For
-scale, the decode check every extraction already makes (pipeline.extract.datasets.
-unreadable_images: every file read and decoded, in this process) runs once, warm.
+scale, decoding every file, which every extraction does once (here as the decode check that
+--skip-bad makes first, pipeline.extract.datasets.unreadable_images, in this process), runs
+once, warm.
 Prints medians of each digest's time and files/s, and the median over rounds of its time
 over path+size's in the same round.
 """
@@ -116,7 +117,7 @@ def main(data_dir: str, files: int, rounds: int) -> None:
             ratios = [t / base for t, base in zip(times[name, cache], times["path+size", cache])]
             print(f"  {name:22s} {median * 1e3:8.1f} ms  {len(paths) / median:9.0f} files/s  "
                   f"{statistics.median(ratios):5.1f}x path+size (range {min(ratios):.1f}-{max(ratios):.1f})")
-    print(f"for scale: the decode check of every extraction (unreadable_images, warm, 0 workers) "
+    print(f"for scale: decoding every file, as every extraction does (unreadable_images, warm, 0 workers) "
           f"{decode * 1e3:.0f} ms, {len(paths) / decode:.0f} files/s")
 
 

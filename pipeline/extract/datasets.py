@@ -42,8 +42,31 @@ class ArrayImages(Sequence):
         return image if self.channels_first else image.permute(2, 0, 1)
 
 
+def decode_failure_reason(error: Exception) -> str:
+    """Why a file could not be decoded, as the messages give it: the error's type and the first
+    line of its message, less the C++ source location torchvision's messages start with."""
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    message = re.split(r"\.cpp:\d+, ", first_line)[-1]
+    return f"{type(error).__name__}: {message}"[:200]
+
+
+class UnreadableImageError(PipelineError):
+    """An image file that cannot be decoded (``FileImages``): its path and why.
+
+    Loaders running in DataLoader workers return it rather than raise it there (a worker's
+    exception reaches the main process only as text); ``loop.backbone_batches`` raises it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read the image file {path} ({reason}).")
+        self.path, self.reason = path, reason
+
+    def __reduce__(self) -> tuple:  # pickled by its fields, to cross from a worker process
+        return type(self), (self.path, self.reason)
+
+
 class FileImages(Sequence):
-    """Images read from files on demand (decoded by torchvision.io, not PIL)."""
+    """Images read from files on demand (decoded by torchvision.io, not PIL). A file that
+    cannot be decoded raises ``UnreadableImageError``."""
 
     def __init__(self, paths: list[str]) -> None:
         self.paths = paths
@@ -52,22 +75,30 @@ class FileImages(Sequence):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        from torchvision.io import ImageReadMode, decode_image
-        from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype
-
         path = self.paths[index]
-        if path.lower().endswith(TORCHVISION_DECODES):
-            image = decode_image(path, mode=ImageReadMode.RGB)
-        else:  # formats torchvision.io cannot decode (BMP, TIFF): PIL
-            from PIL import Image
+        try:
+            return decode_image_file(path)
+        except Exception as error:  # any decoder error means the file is unusable
+            raise UnreadableImageError(path, decode_failure_reason(error)) from error
 
-            with Image.open(path) as pil:
-                image = pil_to_tensor(pil.convert("RGB"))
-        if image.ndim == 4:  # an animated GIF: its first frame
-            image = image[0]
-        if image.dtype != torch.uint8:  # 16-bit PNG
-            image = to_dtype(image, torch.uint8, scale=True)
-        return image
+
+def decode_image_file(path: str) -> torch.Tensor:
+    """The image file ``path`` as an RGB uint8 tensor (3, H, W)."""
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype
+
+    if path.lower().endswith(TORCHVISION_DECODES):
+        image = decode_image(path, mode=ImageReadMode.RGB)
+    else:  # formats torchvision.io cannot decode (BMP, TIFF): PIL
+        from PIL import Image
+
+        with Image.open(path) as pil:
+            image = pil_to_tensor(pil.convert("RGB"))
+    if image.ndim == 4:  # an animated GIF: its first frame
+        image = image[0]
+    if image.dtype != torch.uint8:  # 16-bit PNG
+        image = to_dtype(image, torch.uint8, scale=True)
+    return image
 
 
 @dataclass
@@ -543,10 +574,8 @@ class _ReadCheck(torch.utils.data.Dataset):
         for i in self.batches[index]:
             try:
                 self.images[i]
-            except Exception as error:  # any decoder error means the file is unusable
-                # torchvision's messages start with its C++ source location; keep the reason.
-                reason = re.split(r"\.cpp:\d+, ", str(error).splitlines()[0] if str(error) else "")[-1]
-                failures.append((i, f"{type(error).__name__}: {reason}"[:200]))
+            except UnreadableImageError as error:
+                failures.append((i, error.reason))
         return failures
 
 
@@ -600,13 +629,17 @@ def drop_unreadable(dataset: ImageDataset, skip_bad: bool, workers: int = 0,
     """Refuse a dataset with unreadable files (listing them) or, with ``skip_bad``, leave them
     out and record their paths in the dataset identity (and so in the cache metadata).
 
-    Finding them decodes every file once. ``recorded``: the dataset description of a cache
-    already at the output; when it was made from these very files (``recorded_unreadable``), its
-    record of the unreadable files stands for that decode, so resuming or repeating an
-    extraction does not decode everything twice."""
+    Finding them decodes every file once, which only ``skip_bad`` needs before the extraction:
+    the rows of the store depend on which files are left out. Without it only the entries the
+    listing refused, and the files ``recorded`` lists, are refused here; the extraction decodes
+    each file once and stops at the first it cannot read (``UnreadableImageError``).
+    ``recorded``: the dataset description of a cache already at the output; when it was made
+    from these very files (``recorded_unreadable``), its record of the unreadable files stands
+    for that decode, so resuming or repeating an extraction does not decode everything twice."""
     bad = recorded_unreadable(dataset, recorded)
     if bad is None:
-        bad = {split: unreadable_images(dataset.split(split).images, workers) for split in ("train", "test")}
+        bad = {split: unreadable_images(dataset.split(split).images, workers) if skip_bad else []
+               for split in ("train", "test")}
     if not any(bad.values()) and not dataset.refused:
         return dataset
     root = dataset.root or Path(".")

@@ -50,14 +50,25 @@ def cache_metadata(dataset: ImageDataset, backbone: str, weights, preprocessing:
 
 
 def recorded_dataset(out: Path) -> dict | None:
-    """What the cache at ``out`` (complete or not) records of its dataset, or None if there is
-    none there (its unreadable-file check is then made again: ``drop_unreadable``)."""
+    """What the cache at ``out`` (complete or not) records of its dataset, when that record
+    tells which of its files are unreadable; else None (the unreadable-file check, when
+    ``--skip-bad`` needs it, is then made again: ``drop_unreadable``).
+
+    It tells when it lists files left out (``--skip-bad`` checked every file first) or its train
+    and test splits are finished (every file was decoded). An unfinished cache that lists none
+    may have been made without ``--skip-bad``, whose extraction stops at the first unreadable
+    file: the files after it were never decoded."""
     if not occupied(out):
         return None
     try:
-        return FeatureCache.open(out, require_complete=False).metadata.get("dataset")
+        cache = FeatureCache.open(out, require_complete=False)
     except PipelineError:
         return None
+    recorded = cache.metadata.get("dataset")
+    unfinished = any(cache.missing_chunks().get(split) for split in ("train", "test"))
+    if recorded is not None and unfinished and not recorded.get("skipped_files"):
+        return None
+    return recorded
 
 
 def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, out: Path, *,
@@ -85,13 +96,16 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
     ``trunk_maps``: also store this stage's map at full resolution, float16, as
     ``trunk/<stage>`` (what PANDA's trainable tail reads); ``"panda"`` names the backbone's
     PANDA split (``BackboneSpec.trunk_end``).
+    Each image is decoded once; one that cannot be (``UnreadableImageError``) stops the run,
+    naming it, with the chunks finished before it kept (``user_facing_errors``). Only
+    ``skip_bad`` decodes every file first (``drop_unreadable``), to leave the unreadable out.
     """
     out = Path(out)
     if shard is not None and not 0 <= shard[0] < shard[1]:
         raise PipelineError(f"--shard {shard[0]}/{shard[1]}: the index must be between 0 and {shard[1] - 1}.")
     protected = [*protected, *([dataset.root] if dataset.root is not None else [])]
     check_replaceable(out, protected)  # before the lock files beside it and any work
-    with writer_lock(out, shard), user_facing_errors(out):
+    with writer_lock(out, shard), user_facing_errors(out, dataset.root):
         device_ = resolve_device(device)
         precision = resolve_precision(precision, device_)  # auto: bfloat16 where native; recorded
         engine = resolve_engine(engine, device_, precision)  # auto: onnxruntime for float32 on a CPU; recorded

@@ -10,6 +10,7 @@ precision, memory layout, map pooling and batching machinery.
 from __future__ import annotations
 
 import errno
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.cli import progress
 from pipeline.errors import PipelineError
+from pipeline.extract.datasets import UnreadableImageError
 from pipeline.extract.preprocess import Preprocessing
 
 # Compute precision of the forward pass -> autocast dtype (None: plain float32, no autocast).
@@ -62,7 +64,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 class PreprocessedBatches(Dataset):
     """Item i is the preprocessed batch of ``images[j] for j in batches[i]``, so that DataLoader
-    workers do the decoding and resizing while the backbone runs."""
+    workers do the decoding and resizing while the backbone runs; or, when one of those images
+    cannot be decoded, its ``UnreadableImageError``, returned for ``backbone_batches`` to raise."""
 
     def __init__(self, images: Sequence, batches: Sequence[Sequence[int]], preprocessing: Preprocessing) -> None:
         self.images, self.batches, self.preprocessing = images, batches, preprocessing
@@ -70,8 +73,12 @@ class PreprocessedBatches(Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.preprocessing([self.images[i] for i in self.batches[index]])
+    def __getitem__(self, index: int) -> torch.Tensor | UnreadableImageError:
+        try:
+            images = [self.images[i] for i in self.batches[index]]
+        except UnreadableImageError as unreadable:
+            return unreadable  # raised in a worker, it would reach the main process only as text
+        return self.preprocessing(images)
 
 
 Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
@@ -201,6 +208,9 @@ def backbone_batches(model: torch.nn.Module, inputs: Dataset, batch_rows: Sequen
     recorded in the cache, since they change the numbers slightly. The progress bar counts
     ``images_per_row`` images per row (the augmented views run several copies of each image).
     ``trunk``: a stage whose full-resolution map is also returned (``run_backbone``).
+
+    An item of ``inputs`` that is an ``UnreadableImageError`` (an image that could not be
+    decoded) is raised, after every batch before it has been yielded.
     """
     check_precision(precision)
     check_engine(engine, device, precision)
@@ -209,11 +219,17 @@ def backbone_batches(model: torch.nn.Module, inputs: Dataset, batch_rows: Sequen
     loader = DataLoader(inputs, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
     total = sum(len(rows) for rows in batch_rows) * images_per_row
+    unreadable = None
     with progress(total=total, desc=desc, unit="img") as bar:
         for rows, batch in zip(batch_rows, loader):
+            if isinstance(batch, UnreadableImageError):
+                unreadable = batch
+                break  # out of the loop first, which stops the loader's workers
             outputs = run_backbone(forward, batch, maps, trunk)
             bar.update(len(rows) * images_per_row)
             yield rows, outputs
+    if unreadable is not None:
+        raise unreadable
 
 
 def chunk_batches(chunk_slices: Sequence[slice], chunks: Iterable[int], batch_size: int,
@@ -285,10 +301,20 @@ class ChunkWriter:
 
 
 @contextmanager
-def user_facing_errors(out: Path) -> Iterator[None]:
-    """A full disk or Ctrl-C ends the run with what to do next, not a traceback."""
+def user_facing_errors(out: Path, root: Path | None = None) -> Iterator[None]:
+    """A full disk, Ctrl-C or an image file that cannot be decoded (named relative to the
+    dataset's ``root``) ends the run with what to do next, not a traceback. The chunks written
+    before are kept: ``ChunkWriter`` finishes the one in flight, and records it, on the way out."""
     try:
         yield
+    except UnreadableImageError as unreadable:
+        path = os.path.relpath(unreadable.path, root) if root is not None else unreadable.path
+        raise PipelineError(
+            f"cannot read the image file {path} ({unreadable.reason}). The chunks finished before it are kept in "
+            f"{out} (not marked complete): the same command resumes there, and stops at this file again while it "
+            f"is unreadable. Replace or remove the file, or pass --skip-bad to leave unreadable files out (listed "
+            f"in the cache metadata); either changes the dataset, so add --overwrite to make the cache again."
+        ) from None
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -28,7 +28,7 @@ import torchvision.transforms.v2 as T
 
 from pipeline.cli import resolve_device
 from pipeline.errors import PipelineError
-from pipeline.extract.datasets import ImageDataset
+from pipeline.extract.datasets import ImageDataset, UnreadableImageError
 from pipeline.extract.loop import ChunkBuffer, ChunkWriter, backbone_batches, chunk_batches, user_facing_errors
 from pipeline.extract.preprocess import Preprocessing
 from pipeline.store.cache import ArraySpec, FeatureCache, attrs_lock, open_or_create, writer_lock
@@ -89,16 +89,20 @@ class _ViewBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | UnreadableImageError:
         rows = self.batches[index]
+        try:  # each image decoded once for all its views
+            images = [Preprocessing.rgb(self.images[i]) for i in rows]
+        except UnreadableImageError as unreadable:
+            return unreadable  # raised in a worker, it would reach the main process only as text
         out = []
         # Seeded by the batch's first row, in a forked RNG: the same views whatever the run,
         # worker or resume, without touching the caller's random state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + rows[0])
             for _ in range(self.views):
-                for i in rows:
-                    out.append(self.augment(Preprocessing.rgb(self.images[i])).float().div_(255.0))
+                for image in images:
+                    out.append(self.augment(image).float().div_(255.0))
         return self.preprocessing.normalise(torch.stack(out))
 
 
@@ -131,7 +135,7 @@ def extract_views(dataset: ImageDataset, cache: FeatureCache, loaded, *, views: 
              ArraySpec("labels", (), "int64"), ArraySpec("rows", (), "int64")]
     specs += [ArraySpec(f"maps/{name}", (views, info["channels"], info["grid"], info["grid"]), info["dtype"])
               for name, info in maps_info.items()]
-    with writer_lock(out), user_facing_errors(out):
+    with writer_lock(out), user_facing_errors(out, dataset.root):
         device_ = resolve_device(device)
         with attrs_lock(out):
             store = open_or_create(out, metadata, {"train": specs}, {"train": len(rows)}, cache.chunk_rows, overwrite,

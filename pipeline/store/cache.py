@@ -891,9 +891,12 @@ def open_or_create(out: Path, metadata: dict, arrays: dict[str, list[ArraySpec]]
         if same and not (overwrite and existing.is_complete):
             return existing
         if not same and not overwrite:
+            changed_files = (" The image files are not those it was made from (one was replaced, edited, added or "
+                             "removed since), so none of its chunks can be reused."
+                             if any(entry.startswith("dataset.content_sha256 ") for entry in found) else "")
             raise PipelineError(
-                f"{out} already exists but was made differently: {'; '.join(found) or 'other chunk size'}. "
-                f"Pass --overwrite to replace it, or choose another --out."
+                f"{out} already exists but was made differently: {'; '.join(found) or 'other chunk size'}."
+                f"{changed_files} Pass --overwrite to replace it, or choose another --out."
             )
     return FeatureCache.create(out, {**metadata, "versions": library_versions()}, arrays, sizes, chunk_rows,
                                protected)
