@@ -66,10 +66,10 @@ class Clock:
 def main(images_dir: str, images: int, image_size: int, batch_size: int, rounds: int, device: str,
          threads: int | None, precision: str, scoring: bool) -> None:
     from pipeline import params
-    from pipeline.extract.backbones import load_backbone
+    from pipeline.extract.backbones import get_spec, load_backbone
     from pipeline.extract.datasets import FileImages
     from pipeline.extract.listing import list_images
-    from pipeline.extract.preprocess import Preprocessing
+    from pipeline.extract.preprocess import Preprocessing, resolve_normalisation
     from pipeline.heads.panda.model import autocast, embed, train_step
 
     device_ = torch.device(device)
@@ -77,7 +77,9 @@ def main(images_dir: str, images: int, image_size: int, batch_size: int, rounds:
         torch.set_num_threads(threads)
     paths = sorted(list_images(Path(images_dir))[0])[:images]
     files = FileImages([str(p) for p in paths])
-    preprocessing = Preprocessing(**{**params.section("preprocess"), "image_size": image_size})
+    preprocess = params.section("preprocess")  # auto: Lite0's own normalisation, as extraction resolves it
+    normalisation = resolve_normalisation(preprocess["normalisation"], get_spec("efficientnet_lite0").native_normalisation)
+    preprocessing = Preprocessing(**{**preprocess, "image_size": image_size, "normalisation": normalisation})
     model, _ = load_backbone("efficientnet_lite0", image_size)
     trunk, pretrained_tail = model.split()
     trunk = trunk.to(device_, memory_format=torch.channels_last)

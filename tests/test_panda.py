@@ -255,3 +255,23 @@ def test_published_figures_are_the_papers_cifar10_means():
 
     assert panda_paper("none") == paper_section("panda")["panda_early_stopping"]["cifar10"] == 96.2
     assert panda_paper("uniform") == paper_section("panda")["panda_ewc"]["cifar10"]
+
+
+def test_epoch_benchmark_runs_with_the_default_preprocessing(tmp_path):
+    """benchmarks/panda_epoch.py reads params.yaml's preprocessing (normalisation auto) as the
+    extraction does, and prints both ways' epochs and their ratio."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(images / f"{i}.png")
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "panda_epoch.py"), "--images-dir", str(images),
+                           "--images", "4", "--image-size", "32", "--batch-size", "2", "--rounds", "1",
+                           "--no-scoring", "--threads", "1"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "4 images from" in done.stdout and "PANDA's way" in done.stdout and "ratio" in done.stdout

@@ -28,7 +28,9 @@ from pipeline.heads.plume.model import (Classifier, InputNorm, Perturbator, guid
 
 @dataclass(eq=False, repr=False, kw_only=True)
 class PlumeHead(Head):
-    """Trained on the normal class; score = minus the classifier's logit."""
+    """Trained on the normal class; score = minus the classifier's logit. The defaults here are
+    the paper's run (eq. 1 taken literally, D = 3072, 100 epochs); the command's come from
+    params.yaml's plume section (the configuration benchmarks/plume_study.py picked)."""
 
     name = "plume"
 
