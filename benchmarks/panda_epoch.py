@@ -14,6 +14,10 @@ the two ways, so a machine that slows down or speeds up during the run affects b
 - PANDA's way: every epoch decodes and resizes each minibatch's images, runs the frozen trunk
   (no gradients, as PANDA's frozen layers) and then the same tail step.
 
+``--padding both`` also times both ways with EfficientNet-Lite's "same" padding as the
+package builds it (a ZeroPad2d copy before every convolution) instead of folded into the
+convolutions (``pipeline.extract.backbones._fold_symmetric_padding``), in the same rounds.
+
 Also timed, per epoch: the scoring pass over the same images that PANDA's code makes after
 every epoch (its ``get_score`` runs the whole model on the training and test sets), from
 cached maps (tail only) and from images (decode, trunk, tail).
@@ -61,10 +65,12 @@ class Clock:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", default=None, type=click.IntRange(1), help="torch CPU threads (default: torch's).")
 @click.option("--precision", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16"]))
+@click.option("--padding", default="folded", show_default=True, type=click.Choice(["folded", "both"]),
+              help="folded: the backbone as the project builds it; both: also with the package's ZeroPad2d.")
 @click.option("--scoring/--no-scoring", default=True, show_default=True,
               help="Also time the per-epoch scoring pass of PANDA's code over the same images.")
 def main(images_dir: str, images: int, image_size: int, batch_size: int, rounds: int, device: str,
-         threads: int | None, precision: str, scoring: bool) -> None:
+         threads: int | None, precision: str, padding: str, scoring: bool) -> None:
     from pipeline import params
     from pipeline.extract.backbones import get_spec, load_backbone
     from pipeline.extract.datasets import FileImages
@@ -81,39 +87,45 @@ def main(images_dir: str, images: int, image_size: int, batch_size: int, rounds:
     normalisation = resolve_normalisation(preprocess["normalisation"], get_spec("efficientnet_lite0").native_normalisation)
     preprocessing = Preprocessing(**{**preprocess, "image_size": image_size, "normalisation": normalisation})
     model, _ = load_backbone("efficientnet_lite0", image_size)
-    trunk, pretrained_tail = model.split()
-    trunk = trunk.to(device_, memory_format=torch.channels_last)
+    # Per padding: the frozen trunk (channels-last, as the extraction runs it) and the pretrained tail.
+    splits = {name: model.split() for name, model in
+              (("folded", model), ("package", package_padding(copy.deepcopy(model))))
+              if padding == "both" or name == "folded"}
+    splits = {name: (trunk.to(device_, memory_format=torch.channels_last), tail) for name, (trunk, tail) in splits.items()}
     settings = params.section("panda")  # PANDA's code: lr, momentum, weight decay, clipping
     batches = [list(range(i, min(i + batch_size, len(files)))) for i in range(0, len(files), batch_size)]
     print(f"{len(files)} images from {images_dir}, EfficientNet-Lite0 at {image_size}x{image_size}, trunk to "
           f"{model.spec.trunk_end}, batch {batch_size}, {precision}, device {device_}, torch threads "
-          f"{torch.get_num_threads()}, {rounds} rounds")
+          f"{torch.get_num_threads()}, {rounds} rounds, padding {', '.join(splits)}")
 
     def decode(rows: list[int]) -> torch.Tensor:
         return preprocessing([files[i] for i in rows]).to(device_)
 
-    def run_trunk(x: torch.Tensor) -> torch.Tensor:
+    def run_trunk(trunk: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), autocast(device_, precision):
             return trunk(x.contiguous(memory_format=torch.channels_last)).to(torch.float16)
 
     # The one-time cost of the cache: decode, resize and the trunk, once per image.
     once = Clock(device_)
-    maps = torch.cat([once.time("trunk forward", lambda: run_trunk(once.time("decode + resize", lambda: decode(b))))
+    trunk = splits["folded"][0]
+    maps = torch.cat([once.time("trunk forward", lambda: run_trunk(trunk, once.time("decode + resize",
+                                                                                    lambda: decode(b))))
                       for b in batches])
     print(f"trunk maps {tuple(maps.shape[1:])} float16, {maps[0].numel() * 2 / 1024:.1f} KiB per image; made once "
           f"in {sum(once.parts.values()):.2f} s ({_parts(once.parts)})")
 
-    def fresh_tail():
+    def fresh_tail(pretrained_tail: torch.nn.Module):
         tail = copy.deepcopy(pretrained_tail).to(device_, memory_format=torch.channels_last).eval()
         params_ = [p for p in tail.requires_grad_(True).parameters()]
         optimiser = torch.optim.SGD(params_, lr=settings["lr"], momentum=settings["momentum"],
                                     weight_decay=settings["weight_decay"])
         return tail, params_, optimiser
 
-    centre = embed(fresh_tail()[0], maps, precision).mean(0)
+    centre = embed(fresh_tail(splits["folded"][1])[0], maps, precision).mean(0)
 
-    def epoch(way: str, seed: int) -> dict[str, float]:
-        tail, params_, optimiser = fresh_tail()
+    def epoch(way: str, split: str, seed: int) -> dict[str, float]:
+        trunk, pretrained_tail = splits[split]
+        tail, params_, optimiser = fresh_tail(pretrained_tail)
         clock = Clock(device_)
         order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).split(batch_size)
         for index in order:
@@ -121,42 +133,59 @@ def main(images_dir: str, images: int, image_size: int, batch_size: int, rounds:
             if way == "cached":
                 batch = maps[index.to(device_)]
             else:
-                batch = clock.time("trunk forward", lambda: run_trunk(clock.time("decode + resize",
-                                                                                 lambda: decode(rows))))
+                batch = clock.time("trunk forward", lambda: run_trunk(trunk, clock.time("decode + resize",
+                                                                                        lambda: decode(rows))))
             clock.time("tail forward + backward + step", lambda: train_step(
                 tail, params_, optimiser, batch, centre, settings["grad_clip"], precision))
         if scoring:  # PANDA's get_score after the epoch: the model over the images, no gradients
             for rows in batches:
                 batch = maps[rows] if way == "cached" else clock.time(
-                    "scoring: trunk forward", lambda: run_trunk(clock.time("scoring: decode + resize",
-                                                                           lambda: decode(rows))))
+                    "scoring: trunk forward", lambda: run_trunk(trunk, clock.time("scoring: decode + resize",
+                                                                                  lambda: decode(rows))))
                 clock.time("scoring: tail forward", lambda: embed(tail, batch, precision))
         return clock.parts
 
-    results: dict[str, list[dict[str, float]]] = {"cached": [], "panda": []}
-    for way in results:  # warm-up: first-call allocations, lazy imports
-        epoch(way, seed=0)
+    runs = [(way, split) for split in splits for way in ("cached", "panda")]
+    results: dict[tuple[str, str], list[dict[str, float]]] = {run: [] for run in runs}
+    for run in runs:  # warm-up: first-call allocations, lazy imports
+        epoch(*run, seed=0)
     for r in range(rounds):
-        for way in (("cached", "panda") if r % 2 == 0 else ("panda", "cached")):
-            results[way].append(epoch(way, seed=r))
-            total = sum(results[way][-1].values())
-            print(f"round {r + 1} {way:6s} {total:7.2f} s  ({_parts(results[way][-1])})")
+        for run in (runs if r % 2 == 0 else runs[::-1]):
+            results[run].append(epoch(*run, seed=r))
+            total = sum(results[run][-1].values())
+            print(f"round {r + 1} {run[0]:6s} {run[1]:7s} {total:7.2f} s  ({_parts(results[run][-1])})")
 
-    def median(way: str, only_training: bool) -> float:
+    def median(run: tuple[str, str], only_training: bool) -> float:
         return statistics.median(sum(v for k, v in parts.items() if not (only_training and k.startswith("scoring")))
-                                 for parts in results[way])
+                                 for parts in results[run])
 
     print()
-    for label, only_training in (("training epoch", True), ("epoch + scoring pass", False)):
-        if only_training or scoring:
-            cached, panda = median("cached", only_training), median("panda", only_training)
-            print(f"{label:22s} cached {cached:7.2f} s   PANDA's way {panda:7.2f} s   ratio {panda / cached:5.2f}x")
-    print("median breakdown, PANDA's way: " + _parts({k: statistics.median(p[k] for p in results["panda"])
-                                                      for k in results["panda"][0]}))
-    print("median breakdown, cached:      " + _parts({k: statistics.median(p[k] for p in results["cached"])
-                                                      for k in results["cached"][0]}))
+    for split in splits:
+        for label, only_training in (("training epoch", True), ("epoch + scoring pass", False)):
+            if only_training or scoring:
+                cached, panda = median(("cached", split), only_training), median(("panda", split), only_training)
+                print(f"padding {split:7s} {label:22s} cached {cached:7.2f} s   PANDA's way {panda:7.2f} s   "
+                      f"ratio {panda / cached:5.2f}x")
+    if "package" in splits:
+        for way in ("cached", "panda"):
+            package, folded = median((way, "package"), True), median((way, "folded"), True)
+            print(f"training epoch, {way:6s}: package padding {package:7.2f} s   folded {folded:7.2f} s   "
+                  f"ratio {package / folded:5.2f}x")
+    for run in runs:
+        print(f"median breakdown, {run[0]:6s} {run[1]:7s}: "
+              + _parts({k: statistics.median(p[k] for p in results[run]) for k in results[run][0]}))
     print(f"the cache's one-time trunk pass: {sum(once.parts.values()):.2f} s, the decoding and trunk work that "
           f"each of PANDA's epochs repeats.")
+
+
+def package_padding(model: torch.nn.Module) -> torch.nn.Module:
+    """EfficientNet-Lite with its "same" padding as the package builds it: the padding that
+    ``_fold_symmetric_padding`` moved into each convolution moved back into a ZeroPad2d."""
+    for module in model.modules():
+        if hasattr(module, "static_padding") and any(module.padding):
+            top, left = module.padding
+            module.static_padding, module.padding = torch.nn.ZeroPad2d((left, left, top, top)), (0, 0)
+    return model
 
 
 def _parts(parts: dict[str, float]) -> str:
