@@ -88,10 +88,13 @@ def main(images_dir: str, images: int, image_size: int, batch_size: int, rounds:
     preprocessing = Preprocessing(**{**preprocess, "image_size": image_size, "normalisation": normalisation})
     model, _ = load_backbone("efficientnet_lite0", image_size)
     # Per padding: the frozen trunk (channels-last, as the extraction runs it) and the pretrained tail.
-    splits = {name: model.split() for name, model in
-              (("folded", model), ("package", package_padding(copy.deepcopy(model))))
-              if padding == "both" or name == "folded"}
-    splits = {name: (trunk.to(device_, memory_format=torch.channels_last), tail) for name, (trunk, tail) in splits.items()}
+    variants = {"folded": model}
+    if padding == "both":
+        variants["package"] = package_padding(copy.deepcopy(model))
+    splits = {}
+    for name, variant in variants.items():
+        trunk, tail = variant.split()
+        splits[name] = trunk.to(device_, memory_format=torch.channels_last), tail
     settings = params.section("panda")  # PANDA's code: lr, momentum, weight decay, clipping
     batches = [list(range(i, min(i + batch_size, len(files)))) for i in range(0, len(files), batch_size)]
     print(f"{len(files)} images from {images_dir}, EfficientNet-Lite0 at {image_size}x{image_size}, trunk to "

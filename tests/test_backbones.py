@@ -27,6 +27,9 @@ def test_efficientnet_lite0_pooled_feature_matches_the_reference_model():
     assert out["pooled"].shape == (2, BACKBONES["efficientnet_lite0"].feature_dim)
     assert out["stride16"].shape == (2, 112, 4, 4)  # stride 16 at 64 px
     assert not any(p.requires_grad for p in extractor.parameters())
+    # The symmetric "same" paddings are folded into the convolutions; only one-sided ones remain.
+    paddings = [m.padding for m in extractor.modules() if isinstance(m, torch.nn.ZeroPad2d)]
+    assert paddings and all(left != right or top != bottom for left, right, top, bottom in paddings)
     # The pretrained classifier on the pooled feature gives the reference model's logits.
     with torch.inference_mode():
         torch.testing.assert_close(extractor.classifier(out["pooled"]), reference(x))

@@ -259,7 +259,7 @@ def test_published_figures_are_the_papers_cifar10_means():
 
 def test_epoch_benchmark_runs_with_the_default_preprocessing(tmp_path):
     """benchmarks/panda_epoch.py reads params.yaml's preprocessing (normalisation auto) as the
-    extraction does, and prints both ways' epochs and their ratio."""
+    extraction does, and prints both ways' epochs and their ratio, for both paddings."""
     import subprocess
     import sys
 
@@ -272,6 +272,8 @@ def test_epoch_benchmark_runs_with_the_default_preprocessing(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, str(repo / "benchmarks" / "panda_epoch.py"), "--images-dir", str(images),
                            "--images", "4", "--image-size", "32", "--batch-size", "2", "--rounds", "1",
-                           "--no-scoring", "--threads", "1"], cwd=repo, capture_output=True, text=True, timeout=300)
+                           "--no-scoring", "--threads", "1", "--padding", "both"],
+                          cwd=repo, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "4 images from" in done.stdout and "PANDA's way" in done.stdout and "ratio" in done.stdout
+    assert "padding package training epoch" in done.stdout and "package padding" in done.stdout
