@@ -110,9 +110,9 @@ def main(images_dir: str, images: int, image_size: int, batch_size: int, rounds:
 
     # The one-time cost of the cache: decode, resize and the trunk, once per image.
     once = Clock(device_)
-    trunk = splits["folded"][0]
-    maps = torch.cat([once.time("trunk forward", lambda: run_trunk(trunk, once.time("decode + resize",
-                                                                                    lambda: decode(b))))
+    folded_trunk, folded_tail = splits["folded"]
+    maps = torch.cat([once.time("trunk forward", lambda: run_trunk(folded_trunk, once.time("decode + resize",
+                                                                                           lambda: decode(b))))
                       for b in batches])
     print(f"trunk maps {tuple(maps.shape[1:])} float16, {maps[0].numel() * 2 / 1024:.1f} KiB per image; made once "
           f"in {sum(once.parts.values()):.2f} s ({_parts(once.parts)})")
@@ -124,7 +124,7 @@ def main(images_dir: str, images: int, image_size: int, batch_size: int, rounds:
                                     weight_decay=settings["weight_decay"])
         return tail, params_, optimiser
 
-    centre = embed(fresh_tail(splits["folded"][1])[0], maps, precision).mean(0)
+    centre = embed(fresh_tail(folded_tail)[0], maps, precision).mean(0)
 
     def epoch(way: str, split: str, seed: int) -> dict[str, float]:
         trunk, pretrained_tail = splits[split]
