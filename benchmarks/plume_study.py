@@ -48,9 +48,9 @@ DEFAULT_GRID = ("batch_mode=joint,separate", "identity_target=paper,authors", "i
                 "lr=lowest-loss,steepest", "ema=0,0.99")
 KEPT = ("final", "held-out")
 # The head's settings a study can vary or fix, and how a value given as text becomes one.
-CONVERT = {"lr": parse_lr, "dim": parse_dim, "epochs": int, "batch_size": int, "lam": float, "nu": float,
-           "gamma": float, "tau": float, "weight_decay": float, "noise_std": float, "ema": float,
-           "perturbation": str, "guidance": str, "guidance_form": str, "identity_loss": str,
+CONVERT = {"lr": parse_lr, "dim": parse_dim, "epochs": int, "min_steps": int, "batch_size": int, "lam": float,
+           "nu": float, "gamma": float, "tau": float, "weight_decay": float, "noise_std": float, "ema": float,
+           "max_shift": float, "perturbation": str, "guidance": str, "guidance_form": str, "identity_loss": str,
            "identity_target": str, "batch_mode": str}
 
 
@@ -83,7 +83,7 @@ def study_head_class():
     class StudyHead(PlumeHead):
         def _fit(self, features, labels, callback):
             def at_epoch(head, record):
-                if record["epoch"] == self.epochs:
+                if record["epoch"] == self.epochs_run_:
                     self.final_ = (PlumeHead._from_state(self._state(), self.device), self.validation_)
                 if callback is not None:
                     callback(head, record)
@@ -153,7 +153,8 @@ def candidates_of(rows: list[dict], configs: list[dict], classes: list[str]) -> 
             candidates.append({"config": config, "kept": kept, **candidate_figures(mine, classes),
                                "epochs_kept": {f"{r['class']}/seed_{r['seed']}": r["epoch"] for r in mine},
                                "norm_ratio": float(np.mean([r["norm_ratio"] for r in mine])),
-                               "ones_cosine": float(np.mean([r["ones_cosine"] for r in mine]))})
+                               "ones_cosine": float(np.mean([r["ones_cosine"] for r in mine])),
+                               "shift_cosine": float(np.mean([r.get("shift_cosine", np.nan) for r in mine]))})
     return candidates
 
 
@@ -193,7 +194,8 @@ def run_grid(cache, tasks, seeds: list[int], configs: list[dict], fixed: dict) -
                                  "epoch": record["epoch"], "val_own": validation["auroc"],
                                  "val_panel": panel[(name, kept)], "test": record["test_auroc"],
                                  "best_test": run["best_test"],
-                                 "norm_ratio": record["norm_ratio"], "ones_cosine": record["ones_cosine"]})
+                                 "norm_ratio": record["norm_ratio"], "ones_cosine": record["ones_cosine"],
+                                 "shift_cosine": record["shift_cosine"]})
     return rows
 
 
@@ -215,7 +217,7 @@ def merged(paths: tuple[str, ...]) -> tuple[dict, list[dict]]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--cache", "cache_path", type=click.Path(file_okay=False), help="The feature cache to study.")
 @params.option("plume", "classes", help="Normal classes: all, or comma-separated names or indices.")
-@params.option("plume", "seeds", callback=lambda c, p, v: parse_seeds(v), help="Number of seeds, or a list.")
+@params.option("plume", "seeds", type=str, callback=lambda c, p, v: parse_seeds(v), help="Number of seeds, or a list.")
 @params.option("plume", "epochs", type=click.IntRange(1, 100_000))
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Fraction of each class's training images held out (the same for every "
@@ -280,14 +282,16 @@ def main(cache_path, classes, seeds, epochs, val_fraction, grid_items, pick_by, 
 def study_table(candidates: list[dict], pick_by: str) -> str:
     """Markdown: one line per candidate, validation figures first, test figures after."""
     lines = ["| configuration | kept | val own | val panel | test (kept epoch) | test best epoch (peeking) "
-             "| within 2 of best, every class | none below 50 | ||x~||/||x|| | abs cos(x~ - x, 1) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| within 2 of best, every class | none below 50 | ||x~||/||x|| | abs cos(x~ - x, 1) "
+             "| abs cos between shifts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(candidates, key=lambda c: -c["mean"][pick_by]):
         m = c["mean"]
         lines.append(f"| {config_name(c['config'])} | {c['kept']} | {100 * m['val_own']:.1f} | "
                      f"{100 * m['val_panel']:.1f} | {100 * m['test']:.1f} | {100 * m['best_test']:.1f} | "
                      f"{'yes' if c['within_2_of_best_every_class'] else 'no'} | "
-                     f"{'yes' if c['none_below_50'] else 'no'} | {c['norm_ratio']:.2f} | {c['ones_cosine']:.2f} |")
+                     f"{'yes' if c['none_below_50'] else 'no'} | {c['norm_ratio']:.2f} | {c['ones_cosine']:.2f} | "
+                     f"{c['shift_cosine']:.2f} |")
     return "\n".join(lines)
 
 

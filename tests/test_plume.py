@@ -16,7 +16,8 @@ from pipeline.heads.plume.head import (PlumeHead, debiased_moving_average, light
                                        lr_range_test, steepest_descent_rate)
 from pipeline.heads.plume.model import (Classifier, InputNorm, Perturbator, contrastive_loss,
                                         explicit_linear_perturbation, identity_targets, kl_divergence,
-                                        linear_perturbation, mean_contrastive_loss, near_identity_loss, perturb)
+                                        limit_shift, linear_perturbation, mean_contrastive_loss, near_identity_loss,
+                                        perturb, perturbation_diagnostics)
 
 
 def random_inputs(n=6, d=40, seed=0):
@@ -108,6 +109,67 @@ def test_identity_targets_set_the_direction_of_the_perturbation_near_identity():
     along_alpha = torch.nn.functional.cosine_similarity(authors, noise_a, dim=1).abs()
     assert float(along_ones.min()) > 0.99 and float(along_alpha.min()) > 0.99
     assert float(torch.nn.functional.cosine_similarity(authors, ones.expand_as(authors), dim=1).abs().mean()) < 0.5
+
+
+def test_limit_shift_against_a_plain_loop():
+    """Each row's shift x~ - x is cut to max_shift * ||x|| when longer, direction kept; shorter
+    ones and max_shift 0 leave x~ as it was; the gradient reaches x~ through the cut."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 30, generator=g, dtype=torch.float64)
+    scales = torch.tensor([0.01, 0.1, 0.3, 0.5, 1.0, 2.0, 5.0, 20.0], dtype=torch.float64)
+    shift = torch.randn(8, 30, generator=g, dtype=torch.float64)
+    shift = shift / shift.norm(dim=1, keepdim=True) * x.norm(dim=1, keepdim=True) * scales[:, None]
+    x_tilde = (x + shift).requires_grad_(True)
+    limited = limit_shift(x, x_tilde, 0.5)
+    for i in range(8):
+        length, allowed = float((x_tilde[i] - x[i]).norm()), 0.5 * float(x[i].norm())
+        expected = x_tilde[i] if length <= allowed else x[i] + (x_tilde[i] - x[i]) * allowed / length
+        assert torch.allclose(limited[i], expected.detach(), atol=1e-12)
+    assert torch.equal(limit_shift(x, x_tilde, 0.0), x_tilde)
+    limited.sum().backward()
+    assert torch.all(torch.isfinite(x_tilde.grad)) and float(x_tilde.grad.abs().sum()) > 0
+
+
+def test_perturbation_diagnostics_against_plain_loops():
+    g = torch.Generator().manual_seed(1)
+    x, x_tilde = torch.randn(5, 12, generator=g, dtype=torch.float64), torch.randn(5, 12, generator=g, dtype=torch.float64)
+    figures = perturbation_diagnostics(x, x_tilde)
+    shifts = [x_tilde[i] - x[i] for i in range(5)]
+    cosine = lambda a, b: abs(float(a @ b / (a.norm() * b.norm())))
+    assert math.isclose(float(figures["norm_ratio"]),
+                        np.mean([float(x_tilde[i].norm() / x[i].norm()) for i in range(5)]), rel_tol=1e-12)
+    assert math.isclose(float(figures["ones_cosine"]),
+                        np.mean([cosine(s, torch.ones(12, dtype=torch.float64)) for s in shifts]), rel_tol=1e-12)
+    assert math.isclose(float(figures["shift_cosine"]),
+                        np.mean([cosine(shifts[i], shifts[j]) for i in range(5) for j in range(5) if i != j]),
+                        rel_tol=1e-12)
+    along_one_line = perturbation_diagnostics(x, x + torch.randn(5, 1, generator=g, dtype=torch.float64) * x[:1])
+    assert math.isclose(float(along_one_line["shift_cosine"]), 1.0, rel_tol=1e-12)
+
+
+def test_min_steps_adds_epochs_to_a_small_class_only():
+    x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    head = PlumeHead(dim="native", epochs=2, lr=1e-3, batch_size=16, min_steps=7).fit(x)
+    # 40 rows make 2 steps of 16 per epoch: 4 epochs for 7 steps.
+    assert head.epochs_run_ == 4 and [r["epoch"] for r in head.history_] == [1, 2, 3, 4]
+    # The same training as 4 epochs asked for: one one-cycle schedule over all of them.
+    assert head.selected_epoch_ == 4
+    assert head.history_ == PlumeHead(dim="native", epochs=4, lr=1e-3, batch_size=16).fit(x).history_
+    assert PlumeHead(epochs=2, batch_size=16, min_steps=7).epochs_for(400) == 2
+    assert PlumeHead(epochs=2, batch_size=16, min_steps=0).epochs_for(40) == 2
+    with pytest.raises(PipelineError, match="min steps"):
+        PlumeHead(min_steps=-1).fit(x)
+
+
+def test_head_keeps_its_pseudo_anomalies_within_max_shift():
+    """Through the head: with max_shift the training batches' ||x~|| / ||x|| stays within 1 + max_shift."""
+    x = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
+    free = PlumeHead(dim="native", epochs=2, lr=1e-2, identity_target="authors").fit(x)
+    limited = PlumeHead(dim="native", epochs=2, lr=1e-2, identity_target="authors", max_shift=0.05).fit(x)
+    assert max(r["norm_ratio"] for r in free.history_) > 1.05
+    assert max(r["norm_ratio"] for r in limited.history_) <= 1.05 + 1e-6
+    with pytest.raises(PipelineError, match="max shift"):
+        PlumeHead(max_shift=-1).fit(x)
 
 
 def cos(a, b, tau):
@@ -357,6 +419,27 @@ def test_ablation_command_lays_out_table_1c_with_knn_and_paper_columns(synthetic
     assert [line for line in rebuilt.output.splitlines() if line.startswith("| ")] == rows
     bad = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--variants", "linear/magic"])
     assert bad.exit_code == 2 and "PERTURBATION/GUIDANCE" in bad.output
+    # A variant run apart by stages.plume (here with 2 seeds) joins the table, with its own spread.
+    from pipeline.heads.plume.command import main as plume_main
+    single = tmp_path / "linear_mean.json"
+    assert runner.invoke(plume_main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--dim", "native",
+                                      "--lr", "1e-3", "--classes", "0,1", "--seeds", "2", "--guidance", "mean",
+                                      "--metrics", str(single)]).exit_code == 0
+    combined = runner.invoke(report_main, ["plume-table", str(tmp_path / "abl.json"), str(single)])
+    assert combined.exit_code == 0, combined.output
+    lines = [line for line in combined.output.splitlines() if line.startswith("| ")]
+    assert lines[3].startswith("| LinearMap | mean |") and "±" in lines[3] and "±" not in lines[2]
+    assert "seeds: gaussian/none 1, linear/contrastive 1, linear/mean 2" in combined.output
+    # A kNN row from other features is refused, before any training.
+    other = json.loads(metrics_file.sidecar_path(knn_metrics).read_text())
+    other["about"]["preprocessing"] = "resize/bilinear/other"
+    other_knn = tmp_path / "other_knn.json"
+    other_knn.write_text(knn_metrics.read_text())
+    metrics_file.sidecar_path(other_knn).write_text(json.dumps(other))
+    refused = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--classes", "0,1",
+                                   "--knn-metrics", str(other_knn), "--metrics", str(tmp_path / "never.json")])
+    assert refused.exit_code == 1 and "other features" in refused.output and "Traceback" not in refused.output
+    assert not (tmp_path / "never.json").exists()
 
 
 def test_published_column_matches_the_reference_file():

@@ -185,18 +185,20 @@ def test_command_with_held_out_selection_and_ema(synthetic_cache, tmp_path):
     metrics, curves = tmp_path / "plume.json", tmp_path / "curves"
     result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "3", "--dim", "native",
                                        "--lr", "1e-3", "--classes", "0,2", "--seeds", "2", "--val-fraction", "0.25",
-                                       "--select", "held-out", "--ema", "0.5", "--metrics", str(metrics),
-                                       "--curves", str(curves)])
+                                       "--select", "held-out", "--ema", "0.5", "--max-shift", "0.3",
+                                       "--metrics", str(metrics), "--curves", str(curves)])
     assert result.exit_code == 0, result.output
     assert "epoch chosen on held-out normal images" in result.output
     numbers = json.loads(metrics.read_text())
     about = json.loads(metrics_file.sidecar_path(metrics).read_text())["about"]
-    assert {k: about[k] for k in ("select", "val_fraction", "ema", "auroc_epoch")} == {
-        "select": "held-out", "val_fraction": 0.25, "ema": 0.5, "auroc_epoch": "epoch chosen on held-out normal images"}
+    assert {k: about[k] for k in ("select", "val_fraction", "ema", "max_shift", "auroc_epoch")} == {
+        "select": "held-out", "val_fraction": 0.25, "ema": 0.5, "max_shift": 0.3,
+        "auroc_epoch": "epoch chosen on held-out normal images"}
     for name in numbers["per_class"]:
         trained = numbers["per_class"][name]
         records = json.loads((curves / f"train_{name}.json").read_text())
-        assert {"val_auroc", "val_ce", "val_best_epoch", "norm_ratio", "ones_cosine"} <= set(records[0])
+        assert {"val_auroc", "val_ce", "val_best_epoch", "norm_ratio", "ones_cosine", "shift_cosine"} <= set(records[0])
+        assert all(r["norm_ratio"] <= 1.3 + 1e-6 for r in records)  # --max-shift reached the head
         runs = []
         for seed in (0, 1):
             mine = [r for r in records if r["seed"] == seed]
@@ -312,3 +314,37 @@ def test_study_help_loads_no_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_seed_summary_combines_runs_trained_apart(synthetic_cache, tmp_path):
+    """benchmarks/plume_seed_summary.py: seeds 0, 1 from one run's curves and seed 2 from a
+    one-seed metrics file give the per-seed figures, their means and spread over seeds."""
+    from pipeline.heads.plume.command import main
+
+    common = ["--cache", str(synthetic_cache.path), "--epochs", "2", "--dim", "native", "--lr", "1e-3",
+              "--classes", "0,2", "--val-fraction", "0", "--select", "final"]
+    curves, single = tmp_path / "curves", tmp_path / "seed2.json"
+    assert CliRunner().invoke(main, [*common, "--seeds", "2", "--metrics", str(tmp_path / "a.json"),
+                                     "--curves", str(curves)]).exit_code == 0
+    assert CliRunner().invoke(main, [*common, "--seeds", "2,", "--metrics", str(single)]).exit_code == 0
+    out = tmp_path / "summary.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "plume_seed_summary.py"),
+                             "--run", f"both={curves},{single}", "--out", str(out)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(out.read_text())["both"]
+    assert summary["seeds"] == [0, 1, 2]
+    third = json.loads(single.read_text())["per_class"]
+    finals = {}
+    for name in third:
+        records = json.loads((curves / f"train_{name}.json").read_text())
+        finals[name] = [r["test_auroc"] for r in records if r["epoch"] == 2] + [third[name]["auroc"]]
+        assert summary["per_class"][name]["final"] == pytest.approx(np.mean(finals[name]))
+    per_seed = np.mean(list(finals.values()), axis=0)
+    assert summary["mean"]["final"] == pytest.approx(per_seed.mean())
+    assert summary["mean"]["final_std"] == pytest.approx(np.std(per_seed))
+    assert "| both | 3 |" in result.stdout
+    # A source that repeats a seed is refused.
+    again = subprocess.run([sys.executable, str(REPO / "benchmarks" / "plume_seed_summary.py"),
+                            "--run", f"twice={curves},{curves}"], capture_output=True, text=True, cwd=REPO)
+    assert again.returncode != 0 and "repeats" in again.stderr

@@ -101,12 +101,16 @@ class Group:
 # --- reading --------------------------------------------------------------------------------
 
 def ablation_payloads(paths: list[str | Path]) -> dict[str, dict]:
-    """Variants from one or more ablation metrics files (python -m stages.plume_ablation), in order."""
+    """Variants from one or more ablation metrics files (python -m stages.plume_ablation) or
+    single-variant PLUME metrics files (python -m stages.plume), in order."""
     payloads: dict[str, dict] = {}
     for path in paths:
         data = metrics_file.read(path)
+        about = data.get("about", {})
+        if "variants" not in data and about.get("head") == "plume" and "per_class" in data:
+            data = {"about": about, "variants": {f"{about['perturbation']}/{about['guidance']}": data}}
         if "variants" not in data:
-            raise PipelineError(f"{path} is not a PLUME ablation metrics file (no 'variants' section).")
+            raise PipelineError(f"{path} is not a PLUME metrics file (no 'variants' section, no PLUME head).")
         for name, payload in data["variants"].items():
             about = {**data["about"], **payload.get("about", {})}
             payloads[name] = {**payload, "about": about}

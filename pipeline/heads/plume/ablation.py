@@ -12,14 +12,14 @@ from pathlib import Path
 import click
 
 from pipeline import metrics_file
-from pipeline.cli import check_outputs, info, resolve_device, safe_filename, write_text
+from pipeline.cli import cache_label, check_outputs, info, resolve_device, safe_filename, write_text
 from pipeline.distributed import open_client
 from pipeline.errors import PipelineError
 from pipeline.heads.plume import GUIDANCES, PERTURBATIONS
 from pipeline.heads.plume.command import head_label, plume_payload, resolved_settings, run_plume, training_options
-from pipeline.heads.plume.report import plume_ablation_table
+from pipeline.heads.plume.report import check_same_cache, plume_ablation_table
 from pipeline.heads.stage import cache_options, open_cache
-from pipeline.protocol import NORMAL_VS_ANOMALIES
+from pipeline.protocol import NORMAL_VS_ANOMALIES, ONE_VS_ALL
 from pipeline.report.published import has_published_column
 
 TABLE_1C = "gaussian/none,addmult/none,linear/none,linear/mean,linear/contrastive"
@@ -43,7 +43,7 @@ def parse_variants(value: str) -> list[tuple[str, str]]:
               help="Comma-separated PERTURBATION/GUIDANCE pairs (the default is the paper's table 1c; "
                    "add gaussian/contrastive, addmult/contrastive, add/contrastive, mult/contrastive for "
                    "the rest of tables 1c and 8).")
-@click.option("--knn-metrics", default=None, type=click.Path(dir_okay=False),
+@click.option("--knn-metrics", default=None, type=click.Path(exists=True, dir_okay=False),
               help="A kNN metrics file on the same cache (python -m stages.knn) to add as a row.")
 @click.option("--metrics", "metrics_path", default="metrics/plume_ablation.json", show_default=True,
               help="Metrics JSON with one section per variant (same layout as python -m stages.plume).")
@@ -61,6 +61,9 @@ def main(cache_path, protocol, variants, seeds, classes, device, expect, schedul
         raise PipelineError(f"stages.plume_ablation lays out the PLUME paper's one-vs-all table (table 1c), and "
                             f"{cache_path} is evaluated {NORMAL_VS_ANOMALIES}: give --protocol one-vs-all, or run "
                             f"python -m stages.plume --perturbation P --guidance G for each variant.")
+    knn = metrics_file.read(knn_metrics) if knn_metrics else None
+    if knn is not None:  # before hours of training, not after
+        check_same_cache(knn["about"], {**cache_label(cache.metadata), "protocol": ONE_VS_ALL})
     from pipeline.evaluate import write_plots
 
     device_ = str(resolve_device(device))
@@ -83,8 +86,7 @@ def main(cache_path, protocol, variants, seeds, classes, device, expect, schedul
     metrics_file.write(metrics_path, {"variants": {name: {"mean": p["mean"], "per_class": p["per_class"]}
                                            for name, p in payloads.items()},
                               "about": {k: v for k, v in about.items() if k not in ("perturbation", "guidance")}})
-    table = plume_ablation_table(payloads, knn=metrics_file.read(knn_metrics) if knn_metrics else None,
-                                 paper_column=has_published_column(about))
+    table = plume_ablation_table(payloads, knn=knn, paper_column=has_published_column(about))
     if table_path:
         write_text(table_path, table)
     click.echo(table)

@@ -66,6 +66,9 @@ def training_options(command: Callable) -> Callable:
         params.option("plume", "gamma", type=float, help="Weight of the guidance loss."),
         params.option("plume", "tau", type=float, help="Temperature of the cosine similarities in the guidance loss."),
         params.option("plume", "epochs", type=click.IntRange(1, 100_000), help="Training epochs (paper: 100)."),
+        params.option("plume", "min_steps", type=click.IntRange(0),
+                      help="Train at least this many optimiser steps: a class too small for them in --epochs "
+                           "epochs trains more epochs (0: --epochs only; the paper has no such floor)."),
         params.option("plume", "batch_size", type=click.IntRange(2, 1 << 16),
                       help="Normal samples per step (paper: 32); as many pseudo-anomalies are generated."),
         params.option("plume", "lr", callback=lambda c, p, v: parse_lr(v),
@@ -94,6 +97,10 @@ def training_options(command: Callable) -> Callable:
                            "normalises each alone (authors' code); joint: one batch (PLAD)."),
         params.option("plume", "noise_std", type=float,
                       help="sigma of the gaussian perturbation, on batch-normalised features."),
+        params.option("plume", "max_shift", type=click.FloatRange(0),
+                      help="Longest shift of a pseudo-anomaly from its normal feature, as a fraction of the "
+                           "feature's norm (in batch-normalised coordinates): longer shifts x~ - x are pulled back "
+                           "to it, keeping their direction. 0: no limit (the paper)."),
         params.option("plume", "val_fraction", type=click.FloatRange(0, 1, max_open=True),
                       help="Fraction of the normal class's training images held out of training (drawn from the "
                            "seed), scored after every epoch against their own pseudo-anomalies: the validation "
@@ -105,7 +112,7 @@ def training_options(command: Callable) -> Callable:
         params.option("plume", "ema", type=click.FloatRange(0, 1, max_open=True),
                       help="Score with an exponential moving average of the classifier's weights (and batch-norm "
                            "statistics), updated after every step with this decay (torch.optim.swa_utils); 0: off."),
-        params.option("plume", "seeds", callback=lambda c, p, v: parse_seeds(v),
+        params.option("plume", "seeds", type=str, callback=lambda c, p, v: parse_seeds(v),
                       help="Number of seeds (0..N-1) or a comma-separated list; mean and standard deviation are "
                            "reported."),
     ])

@@ -23,7 +23,8 @@ from pipeline.heads.base import EpochCallback, Features, Head
 from pipeline.heads.plume import (BATCH_MODES, GUIDANCE_FORMS, GUIDANCES, IDENTITY_LOSSES, IDENTITY_TARGETS,
                                   LR_RULES, PERTURBATIONS, SELECTIONS)
 from pipeline.heads.plume.model import (Classifier, InputNorm, Perturbator, guidance_loss, identity_targets,
-                                        kl_divergence, near_identity_loss, perturb, perturbation_diagnostics)
+                                        kl_divergence, limit_shift, near_identity_loss, perturb,
+                                        perturbation_diagnostics)
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -42,6 +43,7 @@ class PlumeHead(Head):
     gamma: float = 1.0             # weight of the guidance loss (eq. 7 or 9)
     tau: float = 0.5               # temperature of the cosine similarities
     epochs: int = 100
+    min_steps: int = 0             # at least this many optimiser steps (more epochs on a small class); 0: epochs only
     batch_size: int = 32
     lr: float | str = "lowest-loss"  # peak one-cycle learning rate, or a range test's rule (LR_RULES)
     weight_decay: float = 0.01     # AdamW's default
@@ -50,6 +52,7 @@ class PlumeHead(Head):
     identity_target: str = "paper"   # linear map: alpha -> 1, beta -> 0 (paper) | alpha -> 0, beta -> 1 (authors)
     batch_mode: str = "joint"      # one batch through the classifier (PLAD), or separate (PLUME authors' code)
     noise_std: float = 0.1         # sigma of the gaussian perturbation (the paper does not give it)
+    max_shift: float = 0.0         # longest ||x~ - x|| / ||x|| of a pseudo-anomaly, longer ones pulled back; 0: no limit
     select: str = "final"          # keep the last epoch's weights | the best validation epoch's (SELECTIONS)
     val_fraction: float = 0.0      # normal training images held out of training for validation; 0: none
     ema: float = 0.0               # decay per step of an average of the classifier's weights, scored instead; 0: off
@@ -67,6 +70,7 @@ class PlumeHead(Head):
              f"identity target must be one of {', '.join(IDENTITY_TARGETS)}"),
             (self.guidance_form in GUIDANCE_FORMS, f"guidance form must be one of {', '.join(GUIDANCE_FORMS)}"),
             (self.epochs >= 1, "epochs must be at least 1"),
+            (self.min_steps >= 0, "min steps must be 0 (epochs only) or positive"),
             (self.batch_size >= 2, "batch size must be at least 2 (batch norm and the contrastive loss need pairs)"),
             (self.tau > 0, "tau must be positive"),
             (self.lr in LR_RULES or (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
@@ -77,6 +81,7 @@ class PlumeHead(Head):
             (0.0 <= self.val_fraction < 1.0, "the validation fraction must lie in [0, 1)"),
             (self.select != "held-out" or self.val_fraction > 0,
              "select held-out needs normal training images to hold out: give a validation fraction above 0"),
+            (self.max_shift >= 0, "max shift must be 0 (no limit) or positive"),
             (0.0 <= self.ema < 1.0, "ema (the averaging decay per step) must lie in [0, 1); 0 turns it off"),
         ]
         for ok, message in checks:
@@ -107,6 +112,7 @@ class PlumeHead(Head):
         held_out = x_all[torch.as_tensor(self.held_out_rows_, device=device)] if len(self.held_out_rows_) else None
         batch_size = min(self.batch_size, len(x_train))
         steps_per_epoch = len(x_train) // batch_size
+        self.epochs_run_ = self.epochs_for(len(x_train))
         perturbator = self._build(x_train.shape[1], device)
         modules = [m for m in (self.input_norm_, self.classifier_, perturbator) if m is not None]
 
@@ -119,14 +125,14 @@ class PlumeHead(Head):
         params = [p for m in modules for p in m.parameters()]
         optimiser = adamw(params, self.lr_used_, self.weight_decay)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=self.lr_used_,
-                                                       total_steps=self.epochs * steps_per_epoch)
+                                                       total_steps=self.epochs_run_ * steps_per_epoch)
         # The average (its batch-norm statistics too) starts as a copy of the classifier and is
         # what score_samples uses while it exists; it becomes ``classifier_`` at the end.
         self._averaged = (AveragedModel(self.classifier_, multi_avg_fn=get_ema_multi_avg_fn(self.ema),
                                         use_buffers=True) if self.ema else None)
         self.history_, self.validation_ = [], None
         best: dict | None = None  # the best validation epoch so far: its figures and (held-out) its weights
-        for epoch in range(1, self.epochs + 1):
+        for epoch in range(1, self.epochs_run_ + 1):
             for m in modules:
                 m.train()
             order = torch.randperm(len(x_train), generator=generator).to(device)
@@ -164,11 +170,18 @@ class PlumeHead(Head):
         if self._averaged is not None:
             self.classifier_ = self._averaged.module
         self._averaged = None
-        self.selected_epoch_ = self.epochs
+        self.selected_epoch_ = self.epochs_run_
         if self.select == "held-out":
             self.input_norm_.load_state_dict(best["weights"]["input_norm"])
             self.classifier_.load_state_dict(best["weights"]["classifier"])
             self.selected_epoch_, self.validation_ = best["epoch"], best["validation"]
+
+    def epochs_for(self, n_train: int) -> int:
+        """The epochs run on ``n_train`` training rows: ``epochs``, or more where that many would
+        make fewer than ``min_steps`` optimiser steps (a small class: digits' 81 rows make 2
+        steps of 32 per epoch, CIFAR-10's 4,500 make 140)."""
+        steps_per_epoch = max(1, n_train // max(1, min(self.batch_size, n_train)))
+        return max(self.epochs, -(-self.min_steps // steps_per_epoch))
 
     def _scoring_classifier(self) -> torch.nn.Module:
         """The classifier score_samples uses: the running average of its weights while
@@ -207,12 +220,9 @@ class PlumeHead(Head):
         devices = [held_out.device] if held_out.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
-            if perturbator is None:
-                x_tilde = perturb(x, self.perturbation, noise_std=self.noise_std)
-            else:
+            if perturbator is not None:
                 perturbator.eval()
-                alpha, beta, _, _ = perturbator(x)
-                x_tilde = perturb(x, self.perturbation, alpha, beta)
+            x_tilde, _ = self._pseudo_anomalies(x, perturbator)
         logits, logits_tilde = classifier(x), classifier(x_tilde)
         ce = (F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
               + F.binary_cross_entropy_with_logits(logits_tilde, torch.zeros_like(logits_tilde)))
@@ -233,15 +243,25 @@ class PlumeHead(Head):
         self.classifier_ = Classifier(dim).to(device)
         return None if self.perturbation == "gaussian" else Perturbator(dim, self.perturbation).to(device)
 
+    def _pseudo_anomalies(self, x: torch.Tensor, perturbator: Perturbator | None
+                          ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """The pseudo-anomalies of a batch of normalised features, their shifts limited to
+        ``max_shift``, and the perturbator's (alpha, beta, mu, logvar) (None: gaussian noise)."""
+        if perturbator is None:
+            x_tilde, outputs = perturb(x, self.perturbation, noise_std=self.noise_std), None
+        else:
+            outputs = perturbator(x)
+            x_tilde = perturb(x, self.perturbation, outputs[0], outputs[1])
+        return limit_shift(x, x_tilde, self.max_shift), outputs
+
     def _losses(self, raw: torch.Tensor, perturbator: Perturbator | None) -> dict[str, torch.Tensor]:
         """Eq. 8 for one batch of raw cached features: the total and each term."""
         x = self.input_norm_(raw)
-        if perturbator is None:
-            x_tilde = perturb(x, self.perturbation, noise_std=self.noise_std)
+        x_tilde, outputs = self._pseudo_anomalies(x, perturbator)
+        if outputs is None:
             identity = kl = x.new_zeros(())
         else:
-            alpha, beta, mu, logvar = perturbator(x)
-            x_tilde = perturb(x, self.perturbation, alpha, beta)
+            alpha, beta, mu, logvar = outputs
             identity = near_identity_loss(alpha, beta, self.identity_loss,
                                           identity_targets(self.perturbation, self.identity_target))
             kl = kl_divergence(mu, logvar)

@@ -115,6 +115,17 @@ def perturb(x: torch.Tensor, perturbation: str, alpha: torch.Tensor | None = Non
     raise ValueError(f"unknown perturbation {perturbation!r}; choose from {', '.join(PERTURBATIONS)}")
 
 
+def limit_shift(x: torch.Tensor, x_tilde: torch.Tensor, max_shift: float) -> torch.Tensor:
+    """``x~`` pulled back along ``x~ - x`` wherever that shift is longer than ``max_shift * ||x||``
+    (per row), to exactly that length; shorter shifts, and every shift when ``max_shift`` is 0,
+    are left as they are. Differentiable: the perturbator still learns the shift's direction."""
+    if not max_shift:
+        return x_tilde
+    shift = x_tilde - x
+    limit = max_shift * x.norm(dim=1, keepdim=True)
+    return x + shift * (limit / shift.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+
+
 def identity_targets(perturbation: str, identity_target: str = "paper") -> tuple[float, float]:
     """The values (alpha, beta) the near-identity loss pulls towards.
 
@@ -151,11 +162,17 @@ def perturbation_diagnostics(x: torch.Tensor, x_tilde: torch.Tensor) -> dict[str
     ``norm_ratio``, ||x~|| / ||x||, how much the perturbation rescales a sample, which
     separate batches hide from the classifier (each is batch-normalised alone); and
     ``ones_cosine``, |cos(x~ - x, 1)|, how closely the perturbation follows the all-ones
-    direction, where the paper's identity target (alpha -> 1, beta -> 0) puts it."""
+    direction, where the paper's identity target (alpha -> 1, beta -> 0) puts it; and
+    ``shift_cosine``, the mean |cos| between the shifts x~ - x of two different samples, how
+    much the pseudo-anomalies of a batch share one direction (1: all along one line)."""
     x, x_tilde = x.detach(), x_tilde.detach()
     ratio = x_tilde.norm(dim=1) / x.norm(dim=1).clamp_min(1e-12)
     ones = torch.ones_like(x[:1])
-    return {"norm_ratio": ratio.mean(), "ones_cosine": F.cosine_similarity(x_tilde - x, ones, dim=1).abs().mean()}
+    shifts = F.normalize(x_tilde - x, dim=1)
+    n = len(x)
+    pairs = (shifts @ shifts.T).abs().sum() - (shifts.square().sum(dim=1)).sum()  # the diagonal left out
+    return {"norm_ratio": ratio.mean(), "ones_cosine": F.cosine_similarity(x_tilde - x, ones, dim=1).abs().mean(),
+            "shift_cosine": pairs / max(n * (n - 1), 1)}
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

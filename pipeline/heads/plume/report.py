@@ -5,15 +5,20 @@ Reads metrics payloads only: no torch, no head class."""
 
 from __future__ import annotations
 
+from pipeline.errors import PipelineError
 from pipeline.report.published import Published, has_published_column, paper_section, published
 from pipeline.report.rows import Row, Run, final_and_best_epoch_rows
 
 DISPLAY_NAME = "PLUME"
 ORDER = 1
-SETTINGS = {"lam": "lambda = {}", "epochs": "{} epochs", "dim": "D = {}", "batch_mode": "batch mode {}",
+SETTINGS = {"lam": "lambda = {}", "epochs": "{} epochs",
+            "min_steps": lambda about: f"at least {about['min_steps']} steps" if about.get("min_steps") else None,
+            "dim": "D = {}", "batch_mode": "batch mode {}",
             "identity_loss": "identity loss {}", "identity_target": "identity target {}",
             "guidance_form": "guidance form {}", "lr": "lr {}", "val_fraction": "{} held out",
-            "select": "kept epoch {}", "ema": "EMA {}", "seeds": "{}"}
+            "select": "kept epoch {}", "ema": "EMA {}",
+            # Runs made before the option existed had no limit.
+            "max_shift": lambda about: f"max shift {about.get('max_shift', 0.0)}", "seeds": "{}"}
 ROC_CURVES = "final model"
 
 # Table 1c / 8 of the PLUME paper: (perturbation, guidance) -> key in paper_results.json.
@@ -69,6 +74,24 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
+def check_same_cache(knn_about: dict, about: dict) -> None:
+    """A kNN row belongs in the table only if it was scored on the same cache's features."""
+    keys = ("dataset", "backbone", "image_size", "preprocessing", "protocol")
+    differ = {k: (knn_about.get(k), about.get(k)) for k in keys if knn_about.get(k) != about.get(k)}
+    if differ:
+        raise PipelineError("the kNN metrics come from other features than the PLUME runs: "
+                            + ", ".join(f"{k} {a} against {b}" for k, (a, b) in differ.items())
+                            + ". Give the kNN metrics of the same cache (python -m stages.knn --cache ...).")
+
+
+def seeds_words(variants: dict[str, dict]) -> str:
+    """"3 seed(s)", or each variant's count where they differ (files run apart, combined)."""
+    counts = {name: payload["about"].get("seeds") for name, payload in variants.items()}
+    if len(set(counts.values())) == 1:
+        return f"{next(iter(counts.values()))} seed(s)"
+    return "seeds: " + ", ".join(f"{name} {count}" for name, count in counts.items())
+
+
 def plume_ablation_table(variants: dict[str, dict], knn: dict | None = None, paper_column: bool = True) -> str:
     """Markdown table laid out like table 1c of the PLUME paper: one row per variant, AUROC
     per class (final epoch, mean +/- std over seeds), the mean, the best-epoch mean, and the
@@ -77,6 +100,8 @@ def plume_ablation_table(variants: dict[str, dict], knn: dict | None = None, pap
     first = next(iter(variants.values()))
     classes = list(first["per_class"])
     about = first["about"]
+    if knn is not None:
+        check_same_cache(knn["about"], about)
     paper_label = "paper mean (ResNet50, best epoch, 5 runs)"
     header = ["Perturbation", "Guidance", *classes, f"Mean ({about.get('auroc_epoch', 'final epoch')})",
               "Mean (best epoch)"]
@@ -86,12 +111,13 @@ def plume_ablation_table(variants: dict[str, dict], knn: dict | None = None, pap
     for name, payload in variants.items():
         perturbation, guidance = name.split("/")
         per_class = payload["per_class"]
+        spread = payload["about"].get("seeds", 1) > 1  # each variant's own seeds: files may be combined
         cells = [PLUME_NAMES.get(perturbation, perturbation), GUIDANCE_NAMES.get(guidance, guidance)]
         for c in classes:
             m = per_class[c]
-            cells.append(_pct(m["auroc"]) + (f" ± {_pct(m['auroc_std'])}" if about.get("seeds", 1) > 1 else ""))
+            cells.append(_pct(m["auroc"]) + (f" ± {_pct(m['auroc_std'])}" if spread else ""))
         mean = payload["mean"]
-        cells.append(f"**{_pct(mean['auroc'])}**" + (f" ± {_pct(mean['auroc_std'])}" if about.get("seeds", 1) > 1 else ""))
+        cells.append(f"**{_pct(mean['auroc'])}**" + (f" ± {_pct(mean['auroc_std'])}" if spread else ""))
         cells.append(_pct(mean["best_epoch_auroc"]))
         if paper_column:
             paper = plume_paper_mean(perturbation, guidance)
@@ -109,7 +135,8 @@ def plume_ablation_table(variants: dict[str, dict], knn: dict | None = None, pap
                f"identity loss {about.get('identity_loss')}, identity target {about.get('identity_target')}, "
                f"guidance form {about.get('guidance_form')}, lr {about.get('lr')}, "
                f"{about.get('val_fraction', 0)} of the training images held out, kept epoch "
-               f"{about.get('select', 'final')}, EMA {about.get('ema', 0)}, {about.get('seeds')} seed(s). "
+               f"{about.get('select', 'final')}, EMA {about.get('ema', 0)}, max shift {about.get('max_shift', 0)}, "
+               f"{seeds_words(variants)}. "
                f"Final epoch = the model after the last epoch; epoch chosen on held-out normal images = the "
                f"epoch whose held-out normal images were told best from their own pseudo-anomalies (no test "
                f"image read); best epoch = the best test AUROC seen during training (the paper's protocol, "
