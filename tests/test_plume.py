@@ -349,7 +349,7 @@ def test_plume_command_writes_final_and_best_epoch_metrics_and_curves(synthetic_
 
     metrics, plots = tmp_path / "plume.json", tmp_path / "plots"
     # --dim 16: the classifier on features pooled to 16 entries keeps the four range tests quick.
-    result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "2", "--dim", "16",
+    result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "2", "--min-steps", "0", "--dim", "16",
                                        "--seeds", "2", "--classes", "0,1", "--lr", "steepest",
                                        "--identity-target", "authors", "--guidance-form", "authors",
                                        "--metrics", str(metrics), "--plots", str(plots),
@@ -384,7 +384,7 @@ def test_plume_command_help_and_bad_input(synthetic_cache):
     assert "--perturbation" in help_text and "range test" in help_text and "--identity-target" in help_text
     bad = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--lr", "fast"])
     assert bad.exit_code == 2 and "neither a number nor lowest-loss nor steepest" in bad.output
-    bad = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--dim", "native",
+    bad = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--min-steps", "0", "--dim", "native",
                                "--expect", "backbone.name=resnet50"])
     assert bad.exit_code == 1 and "Traceback" not in bad.output
 
@@ -398,7 +398,7 @@ def test_ablation_command_lays_out_table_1c_with_knn_and_paper_columns(synthetic
     assert runner.invoke(knn_main, ["--cache", str(synthetic_cache.path), "--classes", "0,1",
                                     "--metrics", str(knn_metrics)]).exit_code == 0
     table = tmp_path / "table.md"
-    result = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--dim", "native",
+    result = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--min-steps", "0", "--dim", "native",
                                   "--lr", "1e-3", "--classes", "0,1", "--variants", "gaussian/none,linear/contrastive",
                                   "--knn-metrics", str(knn_metrics), "--metrics", str(tmp_path / "abl.json"),
                                   "--plots", str(tmp_path / "plots"), "--table", str(table)])
@@ -422,7 +422,7 @@ def test_ablation_command_lays_out_table_1c_with_knn_and_paper_columns(synthetic
     # A variant run apart by stages.plume (here with 2 seeds) joins the table, with its own spread.
     from pipeline.heads.plume.command import main as plume_main
     single = tmp_path / "linear_mean.json"
-    assert runner.invoke(plume_main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--dim", "native",
+    assert runner.invoke(plume_main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--min-steps", "0", "--dim", "native",
                                       "--lr", "1e-3", "--classes", "0,1", "--seeds", "2", "--guidance", "mean",
                                       "--metrics", str(single)]).exit_code == 0
     combined = runner.invoke(report_main, ["plume-table", str(tmp_path / "abl.json"), str(single)])
@@ -436,7 +436,7 @@ def test_ablation_command_lays_out_table_1c_with_knn_and_paper_columns(synthetic
     other_knn = tmp_path / "other_knn.json"
     other_knn.write_text(knn_metrics.read_text())
     metrics_file.sidecar_path(other_knn).write_text(json.dumps(other))
-    refused = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--classes", "0,1",
+    refused = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--min-steps", "0", "--classes", "0,1",
                                    "--knn-metrics", str(other_knn), "--metrics", str(tmp_path / "never.json")])
     assert refused.exit_code == 1 and "other features" in refused.output and "Traceback" not in refused.output
     assert not (tmp_path / "never.json").exists()

@@ -183,7 +183,7 @@ def test_command_with_held_out_selection_and_ema(synthetic_cache, tmp_path):
     from pipeline.heads.plume.command import main
 
     metrics, curves = tmp_path / "plume.json", tmp_path / "curves"
-    result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "3", "--dim", "native",
+    result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "3", "--min-steps", "0", "--dim", "native",
                                        "--lr", "1e-3", "--classes", "0,2", "--seeds", "2", "--val-fraction", "0.25",
                                        "--select", "held-out", "--ema", "0.5", "--max-shift", "0.3",
                                        "--metrics", str(metrics), "--curves", str(curves)])
@@ -208,7 +208,7 @@ def test_command_with_held_out_selection_and_ema(synthetic_cache, tmp_path):
             runs.append(mine[epoch - 1]["test_auroc"])
         # The metrics' AUROC is the kept epoch's (mean over seeds), not the last epoch's.
         assert trained["auroc"] == pytest.approx(np.mean(runs), abs=2e-6)
-    bad = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--select", "held-out",
+    bad = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--min-steps", "0", "--select", "held-out",
                                     "--val-fraction", "0", "--metrics", str(tmp_path / "bad.json")])
     assert bad.exit_code == 1 and "Error:" in bad.output and "Traceback" not in bad.output
     assert "select held-out needs normal training images to hold out" in bad.output
@@ -277,7 +277,7 @@ def test_the_pick_reads_validation_figures_only():
 
 def test_study_end_to_end_on_a_small_grid(synthetic_cache, tmp_path):
     out = tmp_path / "study.json"
-    args = [sys.executable, str(STUDY), "--cache", str(synthetic_cache.path), "--classes", "0,1", "--epochs", "2",
+    args = [sys.executable, str(STUDY), "--cache", str(synthetic_cache.path), "--classes", "0,1", "--epochs", "2", "--grid", "min_steps=0",
             "--val-fraction", "0.25", "--grid", "batch_mode=joint,separate", "--grid", "lr=0.001",
             "--out", str(out)]
     done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -321,7 +321,7 @@ def test_seed_summary_combines_runs_trained_apart(synthetic_cache, tmp_path):
     one-seed metrics file give the per-seed figures, their means and spread over seeds."""
     from pipeline.heads.plume.command import main
 
-    common = ["--cache", str(synthetic_cache.path), "--epochs", "2", "--dim", "native", "--lr", "1e-3",
+    common = ["--cache", str(synthetic_cache.path), "--epochs", "2", "--min-steps", "0", "--dim", "native", "--lr", "1e-3",
               "--classes", "0,2", "--val-fraction", "0", "--select", "final"]
     curves, single = tmp_path / "curves", tmp_path / "seed2.json"
     assert CliRunner().invoke(main, [*common, "--seeds", "2", "--metrics", str(tmp_path / "a.json"),

@@ -151,7 +151,7 @@ def test_knn_command_prints_plain_progress_lines_or_none_with_quiet(synthetic_ca
 def test_plume_verbose_prints_epochs_and_the_lr_range_test_progress(synthetic_cache, tmp_path, plain_lines):
     from pipeline.heads.plume.command import main
 
-    result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "2", "--dim", "16",
+    result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "2", "--min-steps", "0", "--dim", "16",
                                        "--seeds", "1", "--classes", "0", "--lr", "lowest-loss", "-v",
                                        "--metrics", str(tmp_path / "p.json")])
     assert result.exit_code == 0, result.output
@@ -160,7 +160,7 @@ def test_plume_verbose_prints_epochs_and_the_lr_range_test_progress(synthetic_ca
     assert "the learning-rate range test (lowest-loss) chose lr" in result.stderr
     epochs = [line for line in result.stderr.splitlines() if re.search(r"class0 seed 0 epoch \d+: .*loss ", line)]
     assert len(epochs) == 2 and "test AUROC" in epochs[0]
-    quiet = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--dim", "16",
+    quiet = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--min-steps", "0", "--dim", "16",
                                       "--seeds", "1", "--classes", "0", "--lr", "lowest-loss", "-q",
                                       "--metrics", str(tmp_path / "p.json")])
     assert quiet.exit_code == 0 and quiet.stderr == ""

@@ -385,9 +385,9 @@ def test_plume_stage_saves_the_first_seed_and_keeps_its_metrics(image_cache, tmp
 
     root, cache = image_cache
     # The head class's defaults are the paper's eq. 1, the command's params.yaml's: pinned alike here.
-    args = ["--cache", str(cache.path), "--epochs", "1", "--dim", "native", "--lr", "1e-3", "--seeds", "2",
-            "--classes", "good", "--device", "cpu", "--identity-target", "paper", "--val-fraction", "0",
-            "--select", "final"]
+    args = ["--cache", str(cache.path), "--epochs", "1", "--min-steps", "0", "--dim", "native", "--lr", "1e-3",
+            "--seeds", "2", "--classes", "good", "--device", "cpu", "--identity-target", "paper", "--val-fraction", "0",
+            "--select", "final", "--max-shift", "0"]
     runner = CliRunner()
     plain = runner.invoke(main, [*args, "--metrics", str(tmp_path / "plain.json")])
     saving = runner.invoke(main, [*args, "--metrics", str(tmp_path / "saving.json"),
