@@ -27,8 +27,9 @@ from PIL import Image
 ENV = {**os.environ, "PIPELINE_PROGRESS": "0"}
 
 
-def run(args: list[str], cwd: Path) -> tuple[int, str, str]:
-    result = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env=ENV)
+def run(args: list[str], cwd: Path, env: dict | None = None) -> tuple[int, str, str]:
+    result = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
+                            env={**ENV, **(env or {})})
     return result.returncode, result.stdout, result.stderr
 
 
@@ -74,10 +75,10 @@ def main() -> None:
     extract = ["pipeline.extract", "--image-size", "32"]
     rows = []
 
-    def case(name: str, args: list[str], setup=None) -> None:
+    def case(name: str, args: list[str], setup=None, env: dict | None = None) -> None:
         if setup is not None:
             setup()
-        record(name, args, *run(args, repo))
+        record(name, args, *run(args, repo, env))
 
     def record(name: str, args: list[str], code: int, out: str, err: str) -> None:
         text = (err.strip() or out.strip()).splitlines()
@@ -219,6 +220,53 @@ def main() -> None:
                                                                  "--out", str(work / "s.csv")])
     case("the same with --skip-bad", ["stages.score", "--head", str(work / "heads" / "a.head"), "--images",
                                       str(to_score), "--out", str(work / "s.csv"), "--skip-bad"])
+
+    # params.yaml checked against the declared parameters (FFAD_PARAMS: a copy with one change).
+    import yaml
+
+    def params_with(name: str, change) -> dict:
+        data = yaml.safe_load((repo / "params.yaml").read_text())
+        change(data)
+        (work / name).write_text(yaml.safe_dump(data))
+        return {"FFAD_PARAMS": str(work / name)}
+
+    for name, change in (("misspelt key knn.kk", lambda d: d["knn"].update(kk=2)),
+                         ("k: true", lambda d: d["knn"].update(k=True)),
+                         ("k: 2.7", lambda d: d["knn"].update(k=2.7)),
+                         ("k: null", lambda d: d["knn"].update(k=None)),
+                         ("unknown section knnn", lambda d: d.update(knnn={"k": 2}))):
+        case(f"params.yaml {name}", ["stages.knn", "--cache", str(cache), "--metrics", str(work / "p.json")],
+             env=params_with("p.yaml", change))
+    case("params.yaml preprocess.image_size: 32.9", [*extract, "--out", str(work / "p.zarr")],
+         env=params_with("p.yaml", lambda d: d["preprocess"].update(image_size=32.9)))
+    case("FFAD_PARAMS names a missing file", ["stages.knn", "--cache", str(cache)],
+         env={"FFAD_PARAMS": str(work / "nothing.yaml")})
+    case("FFAD_PARAMS names a folder", ["stages.knn", "--cache", str(cache)], env={"FFAD_PARAMS": str(work)})
+
+    # Outputs never written over what the command reads.
+    head = work / "heads" / "a.head"
+    case("score --out is the head file", ["stages.score", "--head", str(head), "--images", str(to_score),
+                                          "--out", str(head)])
+    (work / "head_link.csv").symlink_to(head)
+    case("score --out is a link to the head file", ["stages.score", "--head", str(head), "--images", str(to_score),
+                                                    "--out", str(work / "head_link.csv")])
+    case("knn --metrics inside the cache", ["stages.knn", "--cache", str(cache), "--metrics",
+                                            str(cache / "train" / "m.json")])
+    case("knn --plots is the cache", ["stages.knn", "--cache", str(cache), "--plots", str(cache)])
+    case("export-hdf5 onto the cache's zarr.json", ["pipeline.cache", "export-hdf5", str(cache),
+                                                    str(cache / "zarr.json")])
+
+    # Saved heads checked like caches: a checksum of state and description, a schema for the rest.
+    flipped = work / "flipped.head"
+    raw = bytearray(head.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    flipped.write_bytes(bytes(raw))
+    truncated = work / "truncated.head"
+    truncated.write_bytes(head.read_bytes()[: len(raw) // 2])
+    (work / "text.head").write_text("not a head")
+    for name, path in (("one bit flipped in a head file", flipped), ("a truncated head file", truncated),
+                       ("a text file named .head", work / "text.head")):
+        case(name, ["stages.score", "--head", str(path), "--images", str(to_score), "--out", str(work / "h.csv")])
 
     shared = work / "read_only"
     shared.mkdir()

@@ -65,8 +65,10 @@ def linear_map(fn):
 
 def training_step_timer(n: int, d: int, device: torch.device):
     features = torch.randn(4 * n, d).numpy()
-    head = PlumeHead(dim="native", epochs=1, batch_size=n, lr=1e-4, device=str(device), threshold_quantile=None)
-    # One epoch of one step builds the modules; the timed steps below reuse them.
+    # The paper's eq. 1 (no held-out rows, no step floor, no shift limit): one epoch of one step
+    # builds the modules; the timed steps below reuse them.
+    head = PlumeHead.preset("paper", dim="native", epochs=1, batch_size=n, lr=1e-4, device=str(device),
+                            threshold_quantile=None)
     head.fit(features[:n])
     perturbator = plume_model.Perturbator(d, "linear").to(device)
     params = [*head.classifier_.parameters(), *perturbator.parameters()]

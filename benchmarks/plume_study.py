@@ -40,18 +40,21 @@ import numpy as np
 
 from pipeline import params
 from pipeline.cli import cache_label, info, write_json
+from pipeline.commands.options import declared_options
+from pipeline.commands.stage import open_cache
+from pipeline.declare import specs
 from pipeline.errors import PipelineError
-from pipeline.heads.plume.command import parse_dim, parse_lr, parse_seeds
-from pipeline.heads.stage import open_cache
+from pipeline.heads.plume.settings import RUN, PlumeParams
+from pipeline.params import StageParams
 
 DEFAULT_GRID = ("batch_mode=joint,separate", "identity_target=paper,authors", "identity_loss=sum,mean",
                 "lr=lowest-loss,steepest", "ema=0,0.99")
 KEPT = ("final", "held-out")
-# The head's settings a study can vary or fix, and how a value given as text becomes one.
-CONVERT = {"lr": parse_lr, "dim": parse_dim, "epochs": int, "min_steps": int, "batch_size": int, "lam": float,
-           "nu": float, "gamma": float, "tau": float, "weight_decay": float, "noise_std": float, "ema": float,
-           "max_shift": float, "perturbation": str, "guidance": str, "guidance_form": str, "identity_loss": str,
-           "identity_target": str, "batch_mode": str}
+# The head's settings a study can vary or fix, read (--grid) and checked as the head's command
+# reads them: all but the held-out split and the kept epoch, which the study sets, and where and
+# with what threshold the head runs.
+STUDIED = {key: spec for key, spec in specs(PlumeParams).items()
+           if spec.config and key not in ("val_fraction", "select", "device", "threshold_quantile")}
 
 
 def parse_grid(items: tuple[str, ...]) -> dict[str, list]:
@@ -59,9 +62,9 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list]:
     for item in items:
         key, _, values = item.partition("=")
         key = key.strip().replace("-", "_")
-        if key not in CONVERT or not values:
-            raise click.BadParameter(f"{item!r}: write KEY=V1,V2 with KEY one of {', '.join(CONVERT)}")
-        grid[key] = [CONVERT[key](v.strip()) for v in values.split(",") if v.strip()]
+        if key not in STUDIED or not values:
+            raise click.BadParameter(f"{item!r}: write KEY=V1,V2 with KEY one of {', '.join(STUDIED)}")
+        grid[key] = [STUDIED[key].parse(v.strip(), key) for v in values.split(",") if v.strip()]
     return grid
 
 
@@ -216,9 +219,9 @@ def merged(paths: tuple[str, ...]) -> tuple[dict, list[dict]]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--cache", "cache_path", type=click.Path(file_okay=False), help="The feature cache to study.")
-@params.option("plume", "classes", help="Normal classes: all, or comma-separated names or indices.")
-@params.option("plume", "seeds", type=str, callback=lambda c, p, v: parse_seeds(v), help="Number of seeds, or a list.")
-@params.option("plume", "epochs", type=click.IntRange(1, 100_000))
+@declared_options("plume", StageParams, RUN)
+@declared_options("plume", PlumeParams,
+                  skip=tuple(key for key in specs(PlumeParams) if key not in ("epochs", "device")))
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Fraction of each class's training images held out (the same for every "
                                       "configuration).")
@@ -229,13 +232,12 @@ def merged(paths: tuple[str, ...]) -> tuple[dict, list[dict]]:
 @click.option("--max-ones-cosine", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Leave out of the pick candidates whose perturbation x~ - x follows the all-ones vector "
                    "more closely than this (mean |cosine| on training batches; 1: none left out).")
-@params.option("plume", "device")
 @click.option("--rows-from", multiple=True, type=click.Path(dir_okay=False, exists=True),
               help="Train nothing: combine the --out files of earlier runs of the same grid (on other classes, "
                    "say) and pick on all their rows (repeatable).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="JSON file of every figure.")
-def main(cache_path, classes, seeds, epochs, val_fraction, grid_items, pick_by, max_ones_cosine, device, rows_from,
+def main(cache_path, classes, seeds, device, epochs, val_fraction, grid_items, pick_by, max_ones_cosine, rows_from,
          out_path):
     """Run the grid, pick a configuration on validation figures only, print its test figures."""
     if rows_from:
@@ -244,11 +246,10 @@ def main(cache_path, classes, seeds, epochs, val_fraction, grid_items, pick_by, 
     else:
         if cache_path is None:
             raise PipelineError("give --cache (or --rows-from files of earlier runs).")
-        from pipeline.cli import resolve_device
+        from pipeline.devices import resolve_device
 
         grid = parse_grid(grid_items)
-        fixed = {k: CONVERT[k](str(v)) if k in ("lr", "dim") else v
-                 for k, v in params.section("plume").items() if k in CONVERT and k not in grid}
+        fixed = {k: v for k, v in params.section("plume").items() if k in STUDIED and k not in grid}
         fixed.update(epochs=epochs, val_fraction=val_fraction, device=str(resolve_device(device)),
                      threshold_quantile=None)
         if fixed.get("dim", "native") != "native" or "dim" in grid:

@@ -20,9 +20,9 @@ from pipeline.heads.registry import HEADS
 COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("pipeline.extract.command:main", "Extract frozen backbone features of a dataset into a feature cache."),
     "cache": ("pipeline.store.command:main", "Inspect, verify, repair, export or import a feature cache."),
-    **{name: (f"{package}.command:main", f"Train and evaluate the {name} head on a feature cache.")
-       for name, package in HEADS.items()},
-    "plume-ablation": ("pipeline.heads.plume.ablation:main", "Several PLUME variants side by side (table 1c)."),
+    **{name: (f"pipeline.commands.{name}:main", f"Train and evaluate the {name} head on a feature cache.")
+       for name in HEADS},
+    "plume-ablation": ("pipeline.commands.plume_ablation:main", "Several PLUME variants side by side (table 1c)."),
     "score": ("pipeline.scoring:main", "Score new images or features with a saved head."),
     "report": ("pipeline.report.command:main", "Build the results tables and the HTML report from metrics files."),
 }
@@ -38,7 +38,14 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, _, attribute = COMMANDS[name][0].partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        try:
+            return getattr(importlib.import_module(module), attribute)
+        except ModuleNotFoundError as error:
+            if error.name != module or name not in HEADS:
+                raise
+            from pipeline.commands.stage import generic_command  # a head with no command of its own
+
+            return generic_command(name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):

@@ -29,13 +29,6 @@ from pipeline.errors import PipelineError
 if TYPE_CHECKING:  # distributed is imported only when a scheduler is asked for (it is slow to import)
     from distributed import Client
 
-HELP = ("Where the (class, seed) jobs run. Absent, empty or none: in this process. local:N: a Dask "
-        "LocalCluster with N worker processes on this machine. HOST:PORT (or tcp://HOST:PORT): an "
-        "existing Dask scheduler, e.g. one started on a SLURM allocation or in Kubernetes. A path "
-        "ending in .json: that scheduler's --scheduler-file. Workers open the cache themselves, so "
-        "its path must be on storage every worker sees. Metrics files are laid out as in process "
-        "(identical for kNN; for PLUME identical when the torch thread counts are equal).")
-
 _ADDRESS = re.compile(r"^(?:(?P<scheme>tcp|tls|ucx|ws|wss)://)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]+)"
                       r":(?P<port>\d{1,5})$")
 
@@ -93,15 +86,6 @@ def validate_option(ctx: click.Context, param: click.Parameter, value: str | Non
     """Click callback: check the value at parse time (so a typo fails before any work)."""
     parse_scheduler(value)
     return value or None
-
-
-def scheduler_option(command: Callable) -> Callable:
-    """The ``--scheduler`` option, identical on every head stage; its default is params.yaml's
-    top-level ``scheduler``."""
-    from pipeline import params
-
-    return params.option("", "scheduler", "--scheduler", metavar="[local:N|HOST:PORT|FILE.json]",
-                         callback=validate_option, help=HELP)(command)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import write_json
+from pipeline.files import write_json
 
 SIDECAR = ".about.json"
 

@@ -5,7 +5,10 @@
     python -m stages.score --head heads/cat.head --features new.h5 --out scores.csv
 
 Images are turned into features exactly as the head's training cache was made (backbone,
-weights, preprocessing, compute precision and storage type, all read from the head file).
+weights, preprocessing, compute precision and storage type, all read from the head file). A head
+trained on features imported without a record of their preprocessing (an HDF5 file with no
+metadata) scores images only when the preprocessing is given (--image-size, --resize,
+--interpolation, --normalisation), as it would otherwise be guessed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 
 from pipeline.cli import check_outputs, resolve_device, verbosity_options, write_text
 from pipeline.errors import PipelineError
+from pipeline.extract.names import AUTO, INTERPOLATION_NAMES, NORMALISATION_NAMES, RESIZE_MODES
 
 if TYPE_CHECKING:  # imported where used, so that --help loads no torch
     import torch
@@ -30,6 +34,12 @@ if TYPE_CHECKING:  # imported where used, so that --help loads no torch
 
 # What decides the features' numbers; an HDF5 file that records any of it must agree with the head.
 COMPARED = ("backbone", "preprocessing")
+# The fields of the preprocessing record (pipeline.extract.preprocess.Preprocessing) and the
+# options that give them for a head whose cache does not record them.
+PREPROCESSING_OPTIONS = {"image_size": "--image-size", "resize": "--resize", "interpolation": "--interpolation",
+                         "normalisation": "--normalisation"}
+PREPROCESSING_HINT = (f"--image-size PIXELS --resize {'|'.join(RESIZE_MODES)} --interpolation "
+                      f"{'|'.join(INTERPOLATION_NAMES)} --normalisation {'|'.join((AUTO, *NORMALISATION_NAMES))}")
 
 
 def find_images(folder: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -46,25 +56,57 @@ def find_images(folder: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]
     return sorted(Path(p) for p in files), [(Path(p), reason) for p, reason in refused]
 
 
-def load_matching_backbone(saved: SavedHead, weights_file: str | None = None):
-    """The head's backbone with its weights, refused unless they are the very weights (SHA-256)
-    the training cache was made with."""
-    from pipeline.extract.backbones import get_spec, load_backbone
-    from pipeline.extract.preprocess import Preprocessing
+def image_preprocessing(saved: SavedHead, given: dict | None = None):
+    """How images become the head's backbone inputs: the preprocessing its training cache
+    records, each field of it (image_size, resize, interpolation, normalisation) recorded or
+    ``given`` (the command's options; None: not given). A field neither recorded nor given is
+    refused rather than guessed (features imported from HDF5 without their metadata record
+    none); a given field that contradicts the record is refused too. Also refuses a backbone this
+    version cannot run."""
+    from pipeline.extract.backbones import get_spec
+    from pipeline.extract.preprocess import Preprocessing, resolve_normalisation
 
     backbone, where = saved.backbone, f"the head {saved.path}"
     name = backbone.get("name")
     try:
-        get_spec(name)
+        spec = get_spec(name)
     except PipelineError:
         raise PipelineError(f"{where} was trained on features of backbone {name!r}, which this version cannot run "
                             f"(imported features?); score features made the same way with --features FILE.h5 "
                             f"instead.") from None
+    given = {key: value for key, value in (given or {}).items() if value is not None}
+    if given.get("normalisation") == AUTO:
+        given["normalisation"] = resolve_normalisation(AUTO, spec.native_normalisation)
+    recorded = saved.preprocessing
+    missing = [option for key, option in PREPROCESSING_OPTIONS.items() if key not in recorded and key not in given]
+    if missing:
+        said = "records no preprocessing" if not recorded else f"records only part of its preprocessing ({recorded})"
+        raise PipelineError(f"{where} was trained on features whose cache {said} (features imported from HDF5 without "
+                            f"their metadata?), so how to prepare images for it is not known. Give how the images of "
+                            f"its training features were prepared: {' '.join(missing)} (all: {PREPROCESSING_HINT}), "
+                            f"or score features made the same way with --features FILE.h5 instead.")
+    contradicted = [f"{PREPROCESSING_OPTIONS[key]} {given[key]} (the head records {key} {recorded[key]!r})"
+                    for key in PREPROCESSING_OPTIONS if key in given and key in recorded and given[key] != recorded[key]]
+    if contradicted:
+        raise PipelineError(f"{where} records how its training images were prepared, and {'; '.join(contradicted)} "
+                            f"would make features unlike its training features. Leave "
+                            f"{'these options' if len(contradicted) > 1 else 'the option'} out.")
     try:
-        preprocessing = Preprocessing(**saved.preprocessing)
+        return Preprocessing(**{key: recorded.get(key, given.get(key)) for key in PREPROCESSING_OPTIONS})
     except (TypeError, PipelineError) as error:
-        raise PipelineError(f"{where} records no usable preprocessing ({saved.preprocessing!r}: {error}); "
+        raise PipelineError(f"{where} records no usable preprocessing ({recorded!r}: {error}); "
                             f"score features made the same way with --features FILE.h5 instead.") from None
+
+
+def load_matching_backbone(saved: SavedHead, weights_file: str | None = None, preprocessing=None):
+    """The head's backbone with its weights, refused unless they are the very weights (SHA-256)
+    the training cache was made with, and its preprocessing (``image_preprocessing``, unless
+    given)."""
+    from pipeline.extract.backbones import load_backbone
+
+    backbone, where = saved.backbone, f"the head {saved.path}"
+    name = backbone.get("name")
+    preprocessing = preprocessing or image_preprocessing(saved)
     model, weights = load_backbone(name, preprocessing.image_size, backbone.get("weights"), weights_file)
     recorded = backbone.get("weights_sha256")
     if recorded and weights.sha256 != recorded:
@@ -94,14 +136,16 @@ def readable_images(paths: list[Path], skip_bad: bool, workers: int = 0,
 
 
 def image_features(saved: SavedHead, paths: list[Path], device: torch.device, batch_size: int = 64,
-                   weights_file: str | None = None, workers: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                   weights_file: str | None = None, workers: int = 0,
+                   preprocessing=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Pooled features (N, D) and the cache's maps (and, for a head that reads it, its trunk map
     as ``trunk/<stage>``), computed as pipeline.extract computed the head's training cache: same
-    model layout, precision, map pooling and storage rounding."""
+    model layout, precision, map pooling and storage rounding; ``preprocessing`` (default: the
+    one the cache records, ``image_preprocessing``)."""
     from pipeline.extract.datasets import FileImages
     from pipeline.extract.loop import PRECISIONS, PreprocessedBatches, backbone_batches
 
-    model, preprocessing = load_matching_backbone(saved, weights_file)
+    model, preprocessing = load_matching_backbone(saved, weights_file, preprocessing)
     about = saved.cache_metadata.get("features", {})
     precision = about.get("compute_precision", "float32")
     if precision not in PRECISIONS:
@@ -265,13 +309,36 @@ def write_scores(out: str | Path, names: list[str], scores: np.ndarray, threshol
 @click.option("--weights", "weights_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="The backbone weights file the training cache was made with, if it was not the default "
                    "(checked against the SHA-256 the head records).")
+@click.option("--image-size", default=None, type=click.IntRange(16, 1024),
+              help="Side of the square backbone input, in pixels, that the images of the head's training features "
+                   "were prepared at: needed with --images or --calibrate only for a head whose training cache "
+                   "records no preprocessing (features imported from HDF5 without it); otherwise the record is "
+                   "used, and an option that contradicts it is refused. Likewise --resize, --interpolation and "
+                   "--normalisation.")
+@click.option("--resize", default=None, type=click.Choice(RESIZE_MODES),
+              help="resize: straight to the image size; resize_crop: short side to size*256/224, then centre crop "
+                   "(see --image-size).")
+@click.option("--interpolation", default=None, type=click.Choice(INTERPOLATION_NAMES),
+              help="Resampling filter of the resize (see --image-size).")
+@click.option("--normalisation", default=None, type=click.Choice((AUTO, *NORMALISATION_NAMES)),
+              help="auto: the backbone's own (inception for EfficientNet-Lite, imagenet for torchvision's); imagenet; "
+                   "inception; none (see --image-size).")
 @verbosity_options
 def main(head_path, images_dir, features_file, out_path, threshold_quantile, calibration_dir, device, batch_size,
-         workers, skip_bad, weights_file):
+         workers, skip_bad, weights_file, image_size, resize, interpolation, normalisation):
     """Score images or features with a saved head and flag those above its threshold."""
     if (images_dir is None) == (features_file is None):
         raise PipelineError("give exactly one of --images FOLDER and --features FILE.h5.")
-    check_outputs(files={"--out": out_path})
+    given = {"image_size": image_size, "resize": resize, "interpolation": interpolation,
+             "normalisation": normalisation}
+    if images_dir is None and calibration_dir is None and any(value is not None for value in given.values()):
+        named = [PREPROCESSING_OPTIONS[key] for key, value in given.items() if value is not None]
+        raise PipelineError(f"{', '.join(named)} (how images are prepared) {'goes' if len(named) == 1 else 'go'} with "
+                            f"--images or --calibrate, not with --features alone (a feature file's recorded "
+                            f"preprocessing is checked against the head's).")
+    check_outputs(files={"--out": out_path}, inputs={"--head": head_path, "--images": images_dir,
+                                                     "--features": features_file, "--calibrate": calibration_dir,
+                                                     "--weights": weights_file})
     device_ = resolve_device(device)
     from pipeline.heads.loading import load_head
 
@@ -280,6 +347,8 @@ def main(head_path, images_dir, features_file, out_path, threshold_quantile, cal
     if features_file is not None and saved.multi_scale:
         raise PipelineError(f"the {saved.kind} head {head_path} also needs feature maps (intermediate or trunk "
                             f"maps), which a --features file does not carry; score --images instead.")
+    # Before any image is read: how they become backbone inputs, refused if it is not known.
+    preprocessing = image_preprocessing(saved, given) if images_dir or calibration_dir else None
 
     def readable(folder: str | None) -> list[Path]:
         if folder is None:
@@ -293,7 +362,8 @@ def main(head_path, images_dir, features_file, out_path, threshold_quantile, cal
     # The images to score and the calibration images go through the backbone in one pass.
     paths, calibration = readable(images_dir), readable(calibration_dir)
     if paths or calibration:
-        features, maps = image_features(saved, paths + calibration, device_, batch_size, weights_file, workers)
+        features, maps = image_features(saved, paths + calibration, device_, batch_size, weights_file, workers,
+                                        preprocessing)
         image_scores = saved.score(features, maps)
         scores, reference = image_scores[:len(paths)], image_scores[len(paths):]
     if images_dir is not None:

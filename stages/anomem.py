@@ -1,5 +1,5 @@
-"""`python -m stages.anomem`: the anomem head's command (pipeline/heads/anomem/command.py)."""
-from pipeline.heads.anomem.command import main
+"""`python -m stages.anomem`: the anomem head's command (pipeline/commands/anomem.py)."""
+from pipeline.commands.anomem import main
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,5 @@
-"""`python -m stages.classical`: the classical detectors' command (pipeline/heads/classical/command.py)."""
-from pipeline.heads.classical.command import main
+"""`python -m stages.classical`: the classical detectors' command (pipeline/commands/classical.py)."""
+from pipeline.commands.classical import main
 
 if __name__ == "__main__":
     main()

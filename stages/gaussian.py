@@ -1,5 +1,5 @@
-"""`python -m stages.gaussian`: the gaussian head's command (pipeline/heads/gaussian/command.py)."""
-from pipeline.heads.gaussian.command import main
+"""`python -m stages.gaussian`: the gaussian head's command (pipeline/commands/gaussian.py)."""
+from pipeline.commands.gaussian import main
 
 if __name__ == "__main__":
     main()

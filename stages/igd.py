@@ -1,5 +1,5 @@
-"""`python -m stages.igd`: the igd head's command (pipeline/heads/igd/command.py)."""
-from pipeline.heads.igd.command import main
+"""`python -m stages.igd`: the igd head's command (pipeline/commands/igd.py)."""
+from pipeline.commands.igd import main
 
 if __name__ == "__main__":
     main()

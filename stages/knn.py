@@ -1,5 +1,5 @@
-"""`python -m stages.knn`: the knn head's command (pipeline/heads/knn/command.py)."""
-from pipeline.heads.knn.command import main
+"""`python -m stages.knn`: the knn head's command (pipeline/commands/knn.py)."""
+from pipeline.commands.knn import main
 
 if __name__ == "__main__":
     main()

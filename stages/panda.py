@@ -1,5 +1,5 @@
-"""`python -m stages.panda`: the panda head's command (pipeline/heads/panda/command.py)."""
-from pipeline.heads.panda.command import main
+"""`python -m stages.panda`: the panda head's command (pipeline/commands/panda.py)."""
+from pipeline.commands.panda import main
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,5 @@
-"""`python -m stages.plume`: the plume head's command (pipeline/heads/plume/command.py)."""
-from pipeline.heads.plume.command import main
+"""`python -m stages.plume`: the plume head's command (pipeline/commands/plume.py)."""
+from pipeline.commands.plume import main
 
 if __name__ == "__main__":
     main()

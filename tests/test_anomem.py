@@ -162,6 +162,41 @@ PAPER = dict(projection="mlp", standardise="dimension", retrieval="dot", beta=2.
              lambda_recall=0.0, variance_hinge=None, min_steps=1)
 
 
+def test_the_paper_preset_is_the_papers_literal_form_and_the_defaults_are_params_yaml():
+    import yaml
+
+    from pipeline.declare import defaults, specs
+    from pipeline.heads.anomem.settings import PARAMS, RUN
+    from pipeline.params import PROJECT_PARAMS
+
+    preset = {k: v for k, v in PARAMS.PRESETS["paper"].items() if k != "about"}
+    assert preset == dict(PAPER, semi_stage_a="retrain")
+    declared, default = {**specs(PARAMS), **specs(RUN)}, {**defaults(PARAMS), **defaults(RUN)}
+    assert all(declared[k].paper == v for k, v in preset.items())
+    section = yaml.safe_load(PROJECT_PARAMS.read_text())["anomem"]
+    assert {k for k, spec in declared.items() if spec.config} <= set(section)
+    for key in set(section) & set(declared):
+        assert declared[key].check(section[key], key) == declared[key].check(default[key], key), key
+
+
+def test_declared_ranges_refuse_what_the_head_cannot_train_with():
+    from pipeline.declare import specs
+    from pipeline.heads.anomem.settings import RUN
+
+    gammas = specs(RUN)["gammas"]
+    assert gammas.parse("0.01,0.1", "gammas") == (0.01, 0.1) and gammas.parse("none", "gammas") is None
+    assert gammas.check("0.01,0.05,0.1", "gammas") == (0.01, 0.05, 0.1)  # params.yaml writes them as text
+    for bad in ("0", "0.5,1.5"):
+        with pytest.raises(PipelineError, match="gammas"):
+            gammas.parse(bad, "gammas")
+    for settings, name in ((dict(variance_hinge=0.0), "variance_hinge"), (dict(sampling_ratio=0.0), "sampling_ratio"),
+                           (dict(batch_size=1), "batch_size"), (dict(epochs=True), "epochs"),
+                           (dict(lambda_recall=-1.0), "lambda_recall"), (dict(slot_init="zeros"), "slot_init")):
+        with pytest.raises(PipelineError, match=name):
+            AnoMemHead(**settings)._check_params()
+    AnoMemHead(variance_hinge=None)._check_params()  # the paper's unbounded -std
+
+
 @pytest.mark.parametrize("settings", [dict(), dict(memory="kmeans"), dict(scales="last"), PAPER,
                                       dict(PAPER, memory="kmeans")])
 def test_one_class_head_detects_features_off_the_normal_subspace(settings):
@@ -369,7 +404,7 @@ def test_views_of_an_interrupted_run_resume_to_the_same_numbers(cache_with_views
 
 
 def test_anomem_stage_writes_one_class_and_semi_supervised_metrics(cache_with_views, tmp_path):
-    from pipeline.heads.anomem.command import main
+    from pipeline.commands.anomem import main
 
     metrics = tmp_path / "anomem.json"
     result = CliRunner().invoke(main, ["--cache", str(cache_with_views.path), "--epochs", "3", "--sup-epochs", "3",
@@ -400,25 +435,40 @@ def test_anomem_stage_writes_one_class_and_semi_supervised_metrics(cache_with_vi
 
 
 def test_anomem_stage_explains_a_cache_without_views(synthetic_cache, tmp_path):
-    from pipeline.heads.anomem.command import main
+    from pipeline.commands.anomem import main
 
     path = tmp_path / "noviews.zarr"
     shutil.copytree(synthetic_cache.path, path)
     result = CliRunner().invoke(main, ["--cache", str(path), "--metrics", str(tmp_path / "m.json")])
     assert result.exit_code != 0 and "--views 2" in result.output and "Traceback" not in result.output
-    bad = CliRunner().invoke(main, ["--cache", str(path), "--gammas", "0.5,abc"])
-    assert bad.exit_code != 0 and "fractions" in bad.output
+    assert not (tmp_path / "m.json").exists()
+    for gammas in ("0.5,abc", "0", "1.5"):  # each in (0, 1]: refused by the option, before the cache is read
+        bad = CliRunner().invoke(main, ["--cache", str(path), "--gammas", gammas])
+        assert bad.exit_code != 0 and "gammas must be a number > 0 and <= 1" in bad.output, gammas
+
+
+def test_anomem_stage_refuses_a_knn_baseline_above_the_images_with_views_before_training(cache_with_views, tmp_path):
+    """The baseline's kNN runs after every AnoMem run: a k it cannot take is refused first."""
+    from pipeline.commands.anomem import main
+
+    with_views = len(open_views(cache_with_views).read("train", "rows"))
+    result = CliRunner().invoke(main, ["--cache", str(cache_with_views.path), "--knn-baseline", str(with_views),
+                                       "--metrics", str(tmp_path / "m.json")])
+    assert result.exit_code != 0 and "--knn-baseline" in result.output and "Traceback" not in result.output
+    assert "mean AUROC" not in result.output and not (tmp_path / "m.json").exists()
 
 
 def test_saved_anomem_head_scores_like_the_trained_one(cache_with_views, tmp_path):
+    from pipeline.commands.anomem import main
     from pipeline.heads.loading import load_head
-    from pipeline.heads.anomem.command import main
 
     result = CliRunner().invoke(main, ["--cache", str(cache_with_views.path), "--epochs", "2", "--classes", "class1",
                                        "--memory", "kmeans", "--slots-intermediate", "8", "--slots-last", "4",
-                                       "--knn-baseline", "0", "--metrics", str(tmp_path / "m.json"),
+                                       "--knn-baseline", "0", "--gammas", "none", "--metrics", str(tmp_path / "m.json"),
                                        "--save-heads", str(tmp_path / "heads")])
     assert result.exit_code == 0, result.output
+    payload = metrics_file.read(tmp_path / "m.json")  # --gammas none: one-class only
+    assert "semi_supervised" not in payload and "knn_same_rows" not in payload and payload["about"]["gammas"] is None
     saved = load_head(tmp_path / "heads" / "class1.head")
     assert saved.kind == "anomem" and saved.multi_scale and saved.class_name == "class1"
     data = read_data(cache_with_views, maps=True, views=True)
@@ -456,8 +506,8 @@ def test_anomem_jobs_on_a_local_cluster_equal_in_process(cache_with_views, tmp_p
 
     import torch
 
+    from pipeline.commands.anomem import main
     from pipeline.distributed import open_client
-    from pipeline.heads.anomem.command import main
 
     head = AnoMemHead(epochs=2, sup_epochs=2, slots_intermediate=16, slots_last=8, device="cpu")
     cache = cache_with_views

@@ -225,14 +225,14 @@ def test_a_saved_head_scores_as_the_fitted_one_with_no_pickle(name, tmp_path):
 def test_a_classical_head_that_refits_differently_is_refused(tmp_path):
     import torch
 
-    from pipeline.heads.saving import read_head_file
+    from pipeline.heads.saving import read_head_file, seal
 
     train = subspace(seed=9)[0].astype(np.float32)
     path = ClassicalHead(detector="ocsvm").fit(train).save(tmp_path / "a.head", about={"class_name": "a"})
     payload = torch.load(path, weights_only=True)
     payload["state"]["check_scores"] = payload["state"]["check_scores"] * 1.01  # as if another version fitted it
     payload["state"]["library"] = "scikit-learn 0.1"
-    torch.save(payload, path)
+    torch.save(seal(payload), path)  # re-sealed: an edit the checksum does not catch
     with pytest.raises(PipelineError, match="does not score them as it did when saved.*scikit-learn 0.1"):
         read_head_file(path, lambda kind: ClassicalHead)
 
@@ -240,8 +240,8 @@ def test_a_classical_head_that_refits_differently_is_refused(tmp_path):
 # --- the stages and the report ------------------------------------------------------------------
 
 def test_the_stages_write_metrics_the_report_names_by_detector(synthetic_cache, tmp_path):
-    from pipeline.heads.classical.command import main as classical
-    from pipeline.heads.gaussian.command import main as gaussian
+    from pipeline.commands.classical import main as classical
+    from pipeline.commands.gaussian import main as gaussian
     from pipeline.report.command import main as report
 
     cache = str(synthetic_cache.path)
@@ -271,7 +271,7 @@ def test_the_stages_write_metrics_the_report_names_by_detector(synthetic_cache, 
 
 
 def test_a_deterministic_detector_runs_one_seed_and_an_unknown_one_stops_before_any_work(synthetic_cache, tmp_path):
-    from pipeline.heads.classical.command import main as classical
+    from pipeline.commands.classical import main as classical
 
     result = CliRunner().invoke(classical, ["--cache", str(synthetic_cache.path), "--detector", "lof", "--seeds", "3",
                                             "--metrics", str(tmp_path / "lof.json")])

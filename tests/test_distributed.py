@@ -47,7 +47,7 @@ def test_bad_scheduler_values_are_clean_errors(value, tmp_path):
         parse_scheduler(value)
     assert "\n" not in error.value.message and "--scheduler" in error.value.message
     # And from the command line: one "Error:" paragraph, no traceback, before any work.
-    from pipeline.heads.knn.command import main
+    from pipeline.commands.knn import main
 
     result = CliRunner().invoke(main, ["--cache", str(tmp_path / "none.zarr"), "--scheduler", value])
     assert result.exit_code == 1 and result.output.startswith("Error: --scheduler")
@@ -66,7 +66,7 @@ def test_unreachable_scheduler_is_a_clean_error():
 # --- head jobs on the cluster ---------------------------------------------------------
 
 def test_knn_stage_local_cluster_writes_the_same_metrics_file(synthetic_cache, tmp_path):
-    from pipeline.heads.knn.command import main
+    from pipeline.commands.knn import main
 
     files = {}
     for name, extra in (("serial", []), ("local2", ["--scheduler", "local:2"])):

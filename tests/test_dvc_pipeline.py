@@ -83,6 +83,17 @@ def test_repro_is_incremental_and_metrics_diff_shows_changes(project):
     assert "mean.auroc" in diff and "about" not in diff  # metrics files hold numbers only
     assert json.loads((project / "metrics" / "knn_efficientnet_lite0.about.json").read_text())["about"]["k"] == 5
 
+    # A head stage that fails on a bad setting keeps the last good run's metrics and plots.
+    kept = [project / "metrics" / "knn_efficientnet_lite0.json", project / "metrics" / "knn_efficientnet_lite0.about.json",
+            *sorted((project / "plots" / "knn_efficientnet_lite0").glob("*.json"))]
+    before = {path: path.read_bytes() for path in kept}
+    set_params(project / "params.yaml", **{"knn.k": 10_000})  # more than a class's training images
+    failed = subprocess.run([sys.executable, "-m", "dvc", "repro", "knn"], cwd=project, capture_output=True, text=True,
+                            env={**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(project)})
+    assert failed.returncode != 0 and "fewer than k = 10000" in failed.stdout + failed.stderr
+    assert {path: path.read_bytes() for path in kept} == before
+    set_params(project / "params.yaml", **{"knn.k": 5})
+
     set_params(project / "params.yaml", **{"plume.guidance": "none"})
     out = dvc(project, "repro")
     assert "Running stage 'plume@efficientnet_lite0'" in out and "Running stage 'knn" not in out
@@ -114,7 +125,7 @@ def test_repro_is_incremental_and_metrics_diff_shows_changes(project):
 def stale_after_edits(project):
     """An edit to any file a stage imports makes every stage that imports it stale
     (``dvc status``, which is what ``dvc repro`` re-runs)."""
-    from test_layout_deps import closure, stage_commands
+    from pipeline.commands.dvc_deps import closure, stage_commands
 
     stages = {name: closure(project, module) for name, (module, _) in stage_commands(project).items()}
     files = sorted(set().union(*stages.values()))

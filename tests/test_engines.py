@@ -59,7 +59,7 @@ def test_a_head_saved_from_an_onnxruntime_cache_scores_images_with_onnxruntime(t
     from PIL import Image
 
     from pipeline.extract import loop
-    from pipeline.heads.knn.command import main as knn_main
+    from pipeline.commands.knn import main as knn_main
     from pipeline.scoring import main as score_main
 
     rng = np.random.default_rng(0)

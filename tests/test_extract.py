@@ -101,7 +101,7 @@ def test_unknown_names_list_the_valid_ones():
 
 def test_knn_stage_writes_metrics_and_plots_and_refuses_a_mismatched_cache(synthetic_cache, tmp_path):
     from pipeline import metrics_file
-    from pipeline.heads.knn.command import main
+    from pipeline.commands.knn import main
 
     runner = CliRunner()
     metrics = tmp_path / "m.json"

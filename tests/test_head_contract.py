@@ -11,15 +11,17 @@ from pipeline.errors import PipelineError
 from pipeline.heads.base import Features, Head
 from pipeline.heads.registry import HEADS, head_class
 
-SMALL = {  # fast settings per head, on 16-d toy features
-    "knn": dict(k=2),
-    "plume": dict(epochs=2, dim="native", lr=1e-3, batch_size=16),
-    "anomem": dict(epochs=2, scales="last", slots_last=4, proj_dim=4, proj_hidden=8, batch_size=32),
-    "igd": dict(epochs=2, hidden=16, latent_dim=4, batch_size=16, lr=1e-3),
+# Fast settings per head, on 16-d toy features; device cpu (the default is auto) where a head has
+# one: load() puts a head on the device it is asked for, cpu by default.
+SMALL = {
+    "knn": dict(k=2, device="cpu"),
+    "plume": dict(epochs=2, dim="native", lr=1e-3, batch_size=16, device="cpu"),
+    "anomem": dict(epochs=2, scales="last", slots_last=4, proj_dim=4, proj_hidden=8, batch_size=32, device="cpu"),
+    "igd": dict(epochs=2, hidden=16, latent_dim=4, batch_size=16, lr=1e-3, device="cpu"),
     "gaussian": dict(),
     "classical": dict(detector="ocsvm"),
     # The tail of EfficientNet-Lite0 (its pip-installed weights) on 32 px trunk maps (40 x 4 x 4).
-    "panda": dict(image_size=32, epochs=2, batch_size=16),
+    "panda": dict(image_size=32, epochs=2, batch_size=16, device="cpu"),
 }
 
 

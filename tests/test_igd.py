@@ -211,7 +211,7 @@ def test_bad_configurations_and_inputs_are_clear_errors():
     data = np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32)
     with pytest.raises(PipelineError, match="reconstruction must be one of"):
         IGDHead(reconstruction="ssim").fit(data)
-    with pytest.raises(PipelineError, match="batch size"):
+    with pytest.raises(PipelineError, match="batch_size must be an integer >= 2"):
         IGDHead(batch_size=1).fit(data)
     with pytest.raises(PipelineError, match="at least 2 training"):
         IGDHead().fit(data[:1])
@@ -227,7 +227,7 @@ def test_bad_configurations_and_inputs_are_clear_errors():
 # --- the command and the report -----------------------------------------------------------------
 
 def test_igd_command_writes_final_and_best_epoch_metrics_curves_and_report_rows(synthetic_cache, tmp_path):
-    from pipeline.heads.igd.command import main
+    from pipeline.commands.igd import main
     from pipeline.report.command import main as report_main
 
     metrics, plots, curves = tmp_path / "metrics" / "igd.json", tmp_path / "plots" / "igd", tmp_path / "plots" / "igd_training"
@@ -263,11 +263,11 @@ def test_igd_command_writes_final_and_best_epoch_metrics_curves_and_report_rows(
 
 
 def test_igd_command_help_and_bad_input(synthetic_cache):
-    from pipeline.heads.igd.command import main
+    from pipeline.commands.igd import main
 
     runner = CliRunner()
     help_text = " ".join(runner.invoke(main, ["--help"]).output.split())
-    for option in ("--lambda-3", "--alpha-max", "--standardise", "--curves", "(paper: 128)", "reads the test set", "MS-SSIM"):
+    for option in ("--lambda-3", "--alpha-max", "--standardise", "--curves", "Paper: 128", "reads the test set", "MS-SSIM"):
         assert option in help_text
     bad = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--reconstruction", "ssim"])
     assert bad.exit_code == 2 and "ssim" in bad.output
@@ -277,7 +277,7 @@ def test_igd_command_help_and_bad_input(synthetic_cache):
 
 
 def test_published_figure_is_the_papers_imagenet_cifar10_mean():
-    from pipeline.heads.igd.report import igd_paper
+    from pipeline.report.heads.igd import igd_paper
 
     reference = json.loads((Path(__file__).resolve().parents[1] / "pipeline" / "report" / "paper_results.json")
                            .read_text())

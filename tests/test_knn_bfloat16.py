@@ -266,7 +266,7 @@ def test_head_scores_diagnostics_saving_and_pickling(tmp_path, monkeypatch):
 
 def test_command_option_metrics_and_verbose_certificate(synthetic_cache, tmp_path):
     from pipeline import metrics_file
-    from pipeline.heads.knn.command import main
+    from pipeline.commands.knn import main
 
     runner = CliRunner()
     payloads = {}

@@ -1,127 +1,30 @@
 """DVC dependencies complete by construction: every project file a stage's command imports
-(statically, inside functions too, and through the head registry's module names) lies under
-one of that stage's ``deps`` in dvc.yaml; and no import circles."""
+(statically, inside functions too, and modules named in strings) lies under one of that
+stage's ``deps`` in dvc.yaml, which ``pipeline.commands.dvc_deps`` writes from the imports;
+and no import circles, and layers that read one way."""
 
 from __future__ import annotations
 
-import ast
-import re
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("pipeline", "stages")
-
-
-def module_file(root: Path, name: str) -> Path | None:
-    """The file of a project module or package, or None if ``name`` is not one."""
-    if name.split(".")[0] not in PACKAGES:
-        return None
-    base = root.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imported_modules(root: Path, path: Path) -> set[str]:
-    """Project modules one file imports: import statements anywhere in it, and string
-    constants naming a project module (what importlib imports by name, as the registry does)."""
-    package = ".".join(path.relative_to(root).with_suffix("").parts)
-    if path.name == "__init__.py":
-        package = package.rsplit(".", 1)[0] + ".__init__"
-    names: set[str] = set()
-    tree = ast.parse(path.read_text(), str(path))
-    # Imports under `if TYPE_CHECKING:` never run.
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-                   and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[:-node.level]
-                base = ".".join(parent + ([base] if base else []))
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            name = node.value.split(":")[0]
-            if re.fullmatch(r"(pipeline|stages)(\.\w+)+", name):
-                names.add(name)
-                # A package named in a string (the registry's) is imported part by part: all of it.
-                folder = root.joinpath(*name.split("."))
-                if (folder / "__init__.py").is_file():
-                    names.update(".".join(f.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
-                                 for f in folder.rglob("*.py"))
-    found = set()
-    for name in names:
-        parts = name.split(".")
-        # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
-        for i in range(1, len(parts) + 1):
-            if module_file(root, ".".join(parts[:i])) is not None:
-                found.add(".".join(parts[:i]))
-    return found
-
-
-def import_graph(root: Path) -> dict[str, set[str]]:
-    graph = {}
-    for package in PACKAGES:
-        for path in (root / package).rglob("*.py"):
-            name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
-            graph[name] = imported_modules(root, path) - {name}
-    return graph
-
-
-def closure(root: Path, module: str) -> set[Path]:
-    """Every project file that running ``python -m module`` may import."""
-    graph, seen, todo = import_graph(root), set(), [module]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        todo.extend(graph.get(name, ()))
-    files = {module_file(root, name) for name in seen if module_file(root, name) is not None}
-    main = module_file(root, f"{module}.__main__")  # python -m <package> runs its __main__.py
-    return files | ({main} | closure(root, f"{module}.__main__") if main else set())
-
-
-def stage_commands(root: Path) -> dict[str, tuple[str, list[str]]]:
-    """dvc.yaml's stages: name -> (the module its command runs, its deps without templated outputs)."""
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    found = {}
-    for name, stage in stages.items():
-        body = stage.get("do", stage)
-        match = re.search(r"python -m ([\w.]+)", body["cmd"])
-        assert match, f"stage {name} does not run python -m <module>"
-        found[name] = (match[1], [d for d in body.get("deps", []) if "${" not in d])
-    return found
-
-
-def uncovered(root: Path) -> dict[str, list[str]]:
-    """Per stage, the imported files that none of its deps covers."""
-    missing = {}
-    for name, (module, deps) in stage_commands(root).items():
-        paths = [(root / d).resolve() for d in deps]
-        left = sorted(str(f.relative_to(root)) for f in closure(root, module)
-                      if not any(f.resolve() == p or p in f.resolve().parents for p in paths))
-        if left:
-            missing[name] = left
-    return missing
+from pipeline.commands.dvc_deps import REPO, closure, import_graph, rewritten, uncovered
 
 
 def test_every_stage_depends_on_every_file_it_imports():
     assert uncovered(REPO) == {}
 
 
+def test_dvc_yaml_deps_are_what_the_tool_writes():
+    """The deps are exactly the imports (no stale file, no missing one): python -m
+    pipeline.commands.dvc_deps rewrites them; this fails until it has been run."""
+    assert rewritten(REPO) == (REPO / "dvc.yaml").read_text()
+
+
 def test_the_check_fails_on_a_stage_whose_deps_miss_an_imported_file(tmp_path):
-    for item in (*PACKAGES, "dvc.yaml"):
+    for item in ("pipeline", "stages", "dvc.yaml"):
         (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, tmp_path / item)
     dvc = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
     dvc["stages"]["knn"]["do"]["deps"].remove("pipeline/heads/knn")
@@ -167,12 +70,21 @@ def test_no_import_circles():
     assert not found, "import circles: " + "; ".join(" -> ".join(c) for c in found)
 
 
+ABOVE_HEADS = ("pipeline.commands", "pipeline.evaluate", "pipeline.report", "pipeline.cli", "pipeline.params",
+               "pipeline.protocol", "pipeline.shift", "pipeline.distributed", "pipeline.scoring", "pipeline.console",
+               "stages")
+
+
 @pytest.mark.parametrize("layer,forbidden", [("pipeline.store", ("pipeline.extract", "pipeline.heads", "stages")),
-                                             ("pipeline.report", ("pipeline.heads.knn.head", "pipeline.heads.plume.head",
-                                                                  "pipeline.heads.anomem.head", "pipeline.evaluate"))])
+                                             ("pipeline.report", ("pipeline.heads", "pipeline.evaluate",
+                                                                  "pipeline.commands", "pipeline.params")),
+                                             ("pipeline.heads", ABOVE_HEADS),
+                                             ("pipeline.evaluate", ("pipeline.commands", "pipeline.report", "stages"))])
 def test_layers_import_nothing_above_them(layer, forbidden):
-    """The store knows no backbone or head (directly or through others); reports read metrics
-    files, not heads (the registry's head packages aside, which it imports by name)."""
+    """Layers read one way: commands -> evaluation / report -> heads -> extract / store. The
+    store knows no backbone or head; reports read metrics files, not heads; a head package
+    imports nothing from the commands, the evaluation, the report or the console helpers
+    (directly or through others; the registry's by-name imports aside)."""
     graph = import_graph(REPO)
     for module in (m for m in graph if m == layer or m.startswith(layer + ".")):
         reached, todo = set(), [module]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.heads.knn.command import main as knn_cli
+from pipeline.commands.knn import main as knn_cli
 from pipeline.scoring import main as score_cli
 from pipeline.store.command import main as cache_cli
 

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 from click.testing import CliRunner
 
-from pipeline.heads.knn.command import main as knn_cli
+from pipeline.commands.knn import main as knn_cli
 from pipeline.store.cache import FeatureCache
 from pipeline.store.command import main as cache_cli
 

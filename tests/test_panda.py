@@ -203,7 +203,7 @@ def test_a_damaged_trunk_chunk_is_refused_and_a_cache_without_trunk_maps_has_no_
 # --- the command -----------------------------------------------------------------------------
 
 def test_panda_command_writes_final_and_best_epoch_metrics_and_curves_from_epoch_0(synthetic_cache, tmp_path):
-    from pipeline.heads.panda.command import main
+    from pipeline.commands.panda import main
     from pipeline.report.command import main as report_main
 
     metrics, curves = tmp_path / "metrics" / "panda.json", tmp_path / "plots" / "panda_training"
@@ -238,19 +238,19 @@ def test_panda_command_refuses_a_cache_without_trunk_maps(tmp_path):
     from pipeline.extract.datasets import load_synthetic
     from pipeline.extract.extraction import extract
     from pipeline.extract.preprocess import Preprocessing
-    from pipeline.heads.panda.command import main
+    from pipeline.commands.panda import main
 
     plain = extract(load_synthetic(Path(), False, n_train=4, n_test=4), "efficientnet_lite0", Preprocessing(image_size=32),
                     tmp_path / "plain.zarr", chunk_rows=8, batch_size=8, workers=0)
     result = CliRunner().invoke(main, ["--cache", str(plain.path), "--metrics", str(tmp_path / "m.json")])
     assert "--trunk-maps" in error_line(result)
     help_text = " ".join(CliRunner().invoke(main, ["--help"]).output.split())
-    for words in ("--fisher", "normal_class", "(paper: 1e-3)", "reads the test set", "epoch 0"):
+    for words in ("--fisher", "normal_class", "Paper: 0.001", "reads the test set", "epoch 0"):
         assert words in help_text
 
 
 def test_published_figures_are_the_papers_cifar10_means():
-    from pipeline.heads.panda.report import panda_paper
+    from pipeline.report.heads.panda import panda_paper
     from pipeline.report.published import paper_section
 
     assert panda_paper("none") == paper_section("panda")["panda_early_stopping"]["cifar10"] == 96.2

@@ -20,6 +20,12 @@ from pipeline.heads.plume.model import (Classifier, InputNorm, Perturbator, cont
                                         perturb, perturbation_diagnostics)
 
 
+def paper(**changes) -> PlumeHead:
+    """The paper's eq. 1 with ``changes``: no held-out images, no step floor, no limit on the
+    shifts, so that what a test sets is all that shapes the training."""
+    return PlumeHead.preset("paper", **changes)
+
+
 def random_inputs(n=6, d=40, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
@@ -149,26 +155,26 @@ def test_perturbation_diagnostics_against_plain_loops():
 
 def test_min_steps_adds_epochs_to_a_small_class_only():
     x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
-    head = PlumeHead(dim="native", epochs=2, lr=1e-3, batch_size=16, min_steps=7).fit(x)
+    head = paper(dim="native", epochs=2, lr=1e-3, batch_size=16, min_steps=7).fit(x)
     # 40 rows make 2 steps of 16 per epoch: 4 epochs for 7 steps.
     assert head.epochs_run_ == 4 and [r["epoch"] for r in head.history_] == [1, 2, 3, 4]
     # The same training as 4 epochs asked for: one one-cycle schedule over all of them.
     assert head.selected_epoch_ == 4
-    assert head.history_ == PlumeHead(dim="native", epochs=4, lr=1e-3, batch_size=16).fit(x).history_
+    assert head.history_ == paper(dim="native", epochs=4, lr=1e-3, batch_size=16).fit(x).history_
     assert PlumeHead(epochs=2, batch_size=16, min_steps=7).epochs_for(400) == 2
     assert PlumeHead(epochs=2, batch_size=16, min_steps=0).epochs_for(40) == 2
-    with pytest.raises(PipelineError, match="min steps"):
+    with pytest.raises(PipelineError, match="min_steps must be an integer >= 0"):
         PlumeHead(min_steps=-1).fit(x)
 
 
 def test_head_keeps_its_pseudo_anomalies_within_max_shift():
     """Through the head: with max_shift the training batches' ||x~|| / ||x|| stays within 1 + max_shift."""
     x = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
-    free = PlumeHead(dim="native", epochs=2, lr=1e-2, identity_target="authors").fit(x)
-    limited = PlumeHead(dim="native", epochs=2, lr=1e-2, identity_target="authors", max_shift=0.05).fit(x)
+    free = paper(dim="native", epochs=2, lr=1e-2, identity_target="authors").fit(x)
+    limited = paper(dim="native", epochs=2, lr=1e-2, identity_target="authors", max_shift=0.05).fit(x)
     assert max(r["norm_ratio"] for r in free.history_) > 1.05
     assert max(r["norm_ratio"] for r in limited.history_) <= 1.05 + 1e-6
-    with pytest.raises(PipelineError, match="max shift"):
+    with pytest.raises(PipelineError, match="max_shift must be a number >= 0"):
         PlumeHead(max_shift=-1).fit(x)
 
 
@@ -247,8 +253,7 @@ def subspace_data(seed=0, d=32, rank=4):
                                                    ("addmult", "none"), ("linear", "mean")])
 def test_head_learns_to_detect_points_off_the_normal_subspace(perturbation, guidance):
     train, test, is_anomaly = subspace_data()
-    head = PlumeHead(perturbation=perturbation, guidance=guidance, epochs=6, dim="native",
-                                 batch_mode="joint")
+    head = paper(perturbation=perturbation, guidance=guidance, epochs=6, dim="native", batch_mode="joint")
     from sklearn.metrics import roc_auc_score
     monitored = []  # the evaluation's callback: the head never sees the test set itself
     head.fit(train, callback=lambda h, r: monitored.append(roc_auc_score(is_anomaly, h.score_samples(test))))
@@ -263,9 +268,9 @@ def test_head_learns_to_detect_points_off_the_normal_subspace(perturbation, guid
 def test_score_is_minus_the_logit_and_training_is_deterministic():
     train, test, is_anomaly = subspace_data(seed=1)
     config = dict(epochs=2, dim=24, lr=1e-3)
-    head = PlumeHead(seed=3, **config).fit(train)
-    again = PlumeHead(seed=3, **config).fit(train)
-    other = PlumeHead(seed=4, **config).fit(train)
+    head = paper(seed=3, **config).fit(train)
+    again = paper(seed=3, **config).fit(train)
+    other = paper(seed=4, **config).fit(train)
     np.testing.assert_array_equal(head.score_samples(test), again.score_samples(test))
     assert not np.array_equal(head.score_samples(test), other.score_samples(test))
     with torch.no_grad():
@@ -318,7 +323,7 @@ def test_steepest_descent_rate_against_plain_finite_differences():
 @pytest.mark.parametrize("rule,low,high", [("lowest-loss", 1e-7, 0.1), ("steepest", 1e-8, 1.0)])
 def test_lr_range_test_rules_pick_a_rate_and_restore_the_modules(rule, low, high):
     train, _, _ = subspace_data()
-    head = PlumeHead(dim="native")
+    head = paper(dim="native")
     perturbator = head._build(32)
     before = [p.clone() for m in (head.classifier_, perturbator) for p in m.parameters()]
     lr = lr_range_test(head, perturbator, torch.as_tensor(train), 32, torch.Generator().manual_seed(0), rule,
@@ -331,21 +336,21 @@ def test_lr_range_test_rules_pick_a_rate_and_restore_the_modules(rule, low, high
 def test_bad_configurations_are_clear_errors():
     with pytest.raises(PipelineError, match="perturbation must be one of"):
         PlumeHead(perturbation="rotate").fit(np.zeros((4, 8), np.float32))
-    with pytest.raises(PipelineError, match="lr must be a positive number or one of lowest-loss, steepest"):
+    with pytest.raises(PipelineError, match="lr must be a number > 0, or lowest-loss or steepest, not 'auto'"):
         PlumeHead(lr="auto").fit(np.zeros((4, 8), np.float32))
-    with pytest.raises(PipelineError, match="identity target must be one of paper, authors"):
+    with pytest.raises(PipelineError, match="identity_target must be one of paper, authors"):
         PlumeHead(identity_target="both").fit(np.zeros((4, 8), np.float32))
-    with pytest.raises(PipelineError, match="batch size"):
+    with pytest.raises(PipelineError, match="batch_size must be an integer >= 2"):
         PlumeHead(batch_size=1).fit(np.zeros((4, 8), np.float32))
     with pytest.raises(PipelineError, match="at least 2 training"):
         PlumeHead(dim="native").fit(np.zeros((1, 8), np.float32))
-    head = PlumeHead(dim="native", epochs=1).fit(np.random.rand(8, 8).astype(np.float32))
+    head = paper(dim="native", epochs=1).fit(np.random.rand(8, 8).astype(np.float32))
     with pytest.raises(PipelineError, match="trained on 8-d"):
         head.score_samples(np.zeros((3, 5), np.float32))
 
 
 def test_plume_command_writes_final_and_best_epoch_metrics_and_curves(synthetic_cache, tmp_path):
-    from pipeline.heads.plume.command import main
+    from pipeline.commands.plume import main
 
     metrics, plots = tmp_path / "plume.json", tmp_path / "plots"
     # --dim 16: the classifier on features pooled to 16 entries keeps the four range tests quick.
@@ -377,20 +382,45 @@ def test_plume_command_writes_final_and_best_epoch_metrics_and_curves(synthetic_
 
 
 def test_plume_command_help_and_bad_input(synthetic_cache):
-    from pipeline.heads.plume.command import main
+    from pipeline.commands.plume import main
 
     runner = CliRunner()
     help_text = runner.invoke(main, ["--help"]).output
     assert "--perturbation" in help_text and "range test" in help_text and "--identity-target" in help_text
     bad = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--lr", "fast"])
-    assert bad.exit_code == 2 and "neither a number nor lowest-loss nor steepest" in bad.output
+    assert bad.exit_code == 2 and "lr must be a number > 0, or lowest-loss or steepest, not 'fast'" in bad.output
     bad = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--min-steps", "0", "--dim", "native",
                                "--expect", "backbone.name=resnet50"])
     assert bad.exit_code == 1 and "Traceback" not in bad.output
 
 
+PAPER_EQ1 = {"batch_mode": "joint", "identity_target": "paper", "identity_loss": "sum", "guidance_form": "paper",
+             "lr": "lowest-loss", "val_fraction": 0.0, "select": "final", "max_shift": 0.0, "min_steps": 0,
+             "epochs": 100, "dim": 3072, "ema": 0.0, "lam": 5.0, "batch_size": 32}
+
+
+def test_paper_preset_is_eq_1_taken_literally_and_options_given_win(synthetic_cache, tmp_path):
+    """PlumeHead.preset("paper") and --preset paper give the paper's configuration, where the
+    defaults (params.yaml's) differ from it; a setting given on top (a keyword, an option) wins."""
+    from pipeline.commands.plume import main
+
+    assert {k: getattr(PlumeHead.preset("paper"), k) for k in PAPER_EQ1} == PAPER_EQ1
+    assert {k: getattr(PlumeHead(), k) for k in PAPER_EQ1} != PAPER_EQ1
+    assert PlumeHead.preset("paper", epochs=3).epochs == 3 and PlumeHead.preset("paper", epochs=3).dim == 3072
+    with pytest.raises(PipelineError, match="no preset 'eq1'; it has: paper, authors"):
+        PlumeHead.preset("eq1")
+    metrics = tmp_path / "paper.json"
+    # The range test and D = 3072 are the slow part of the paper's run: given here, they win over the preset.
+    result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--preset", "paper", "--epochs", "1",
+                                       "--dim", "16", "--lr", "1e-3", "--classes", "0", "--metrics", str(metrics)])
+    assert result.exit_code == 0, result.output
+    about = json.loads(metrics_file.sidecar_path(metrics).read_text())["about"]
+    assert {k: about[k] for k in PAPER_EQ1} == {**PAPER_EQ1, "epochs": 1, "dim": 16, "lr": 1e-3}
+    assert about["auroc_epoch"] == "final epoch"
+
+
 def test_ablation_command_lays_out_table_1c_with_knn_and_paper_columns(synthetic_cache, tmp_path):
-    from pipeline.heads.knn.command import main as knn_main
+    from pipeline.commands.knn import main as knn_main
     from stages.plume_ablation import main
 
     runner = CliRunner()
@@ -420,7 +450,7 @@ def test_ablation_command_lays_out_table_1c_with_knn_and_paper_columns(synthetic
     bad = runner.invoke(main, ["--cache", str(synthetic_cache.path), "--variants", "linear/magic"])
     assert bad.exit_code == 2 and "PERTURBATION/GUIDANCE" in bad.output
     # A variant run apart by stages.plume (here with 2 seeds) joins the table, with its own spread.
-    from pipeline.heads.plume.command import main as plume_main
+    from pipeline.commands.plume import main as plume_main
     single = tmp_path / "linear_mean.json"
     assert runner.invoke(plume_main, ["--cache", str(synthetic_cache.path), "--epochs", "1", "--min-steps", "0", "--dim", "native",
                                       "--lr", "1e-3", "--classes", "0,1", "--seeds", "2", "--guidance", "mean",
@@ -443,7 +473,7 @@ def test_ablation_command_lays_out_table_1c_with_knn_and_paper_columns(synthetic
 
 
 def test_published_column_matches_the_reference_file():
-    from pipeline.heads.plume.report import plume_paper_mean
+    from pipeline.report.heads.plume import plume_paper_mean
 
     assert plume_paper_mean("linear", "contrastive") == 83.4
     assert plume_paper_mean("gaussian", "none") == 77.5
@@ -513,15 +543,12 @@ def authors_training_step(raw, w, noise, dim, lam, gamma, phi, tau):
             "guidance": contrastive if gamma else mean_contrastive}
 
 
-AUTHORS_CONFIGURATION = dict(batch_mode="separate", identity_target="authors", identity_loss="mean",
-                             guidance_form="authors", lam=5.0, nu=1.0, gamma=1.0, tau=0.5)
-
-
 def head_and_reference_step(guidance, n=6, in_dim=12, dim=16, seed=0, **overrides):
     """The head's losses and gradients for one batch, and the authors' step on the same batch,
-    parameters and reparametrisation noise (float64)."""
-    head = PlumeHead(perturbation="linear", guidance=guidance, dim=dim, seed=seed,
-                     **{**AUTHORS_CONFIGURATION, **overrides})
+    parameters and reparametrisation noise (float64). The head is the ``authors`` preset: this
+    re-computation is what checks that the preset is the authors' step."""
+    head = PlumeHead.preset("authors", perturbation="linear", guidance=guidance, dim=dim, seed=seed, **overrides)
+    assert (head.lam, head.nu, head.gamma, head.tau) == (5.0, 1.0, 1.0, 0.5)  # what the reference computes with
     perturbator = head._build(in_dim)
     modules = {"": perturbator.double(), "classifier": head.classifier_.double()}
     head.input_norm_.double()

@@ -22,6 +22,12 @@ REPO = Path(__file__).resolve().parent.parent
 STUDY = REPO / "benchmarks" / "plume_study.py"
 
 
+def paper(**changes) -> PlumeHead:
+    """The paper's eq. 1 with ``changes`` (no held-out images, no step floor, no limit on the
+    shifts, the last epoch kept), so that the selection settings a test gives are the only ones."""
+    return PlumeHead.preset("paper", **changes)
+
+
 def subspace_data(seed=0, d=24, rank=3, n_train=120):
     """Normal data near a rank-3 subspace; test anomalies leave it."""
     rng = np.random.default_rng(seed)
@@ -63,7 +69,7 @@ def test_held_out_rows_are_the_normal_class_training_rows_and_never_train(synthe
         return losses(self, raw, perturbator)
 
     monkeypatch.setattr(PlumeHead, "_losses", recording)
-    head = PlumeHead(epochs=2, dim=16, lr="lowest-loss", val_fraction=0.25, select="held-out", batch_size=8)
+    head = paper(epochs=2, dim=16, lr="lowest-loss", val_fraction=0.25, select="held-out", batch_size=8)
     (result,) = evaluate_one_vs_all(synthetic_cache, head, [1], track_epochs=True, keep_heads=True).values()
     fitted = result["head"]
     train_labels = synthetic_cache.labels("train")
@@ -98,7 +104,7 @@ def test_validation_auroc_is_the_auroc_of_the_held_out_scores(monkeypatch):
         assert len(normal) == len(anomalies) == 30
         checked.append(record["val_auroc"])
 
-    PlumeHead(epochs=4, dim="native", lr=1e-3, val_fraction=0.25).fit(train, callback=check)
+    paper(epochs=4, dim="native", lr=1e-3, val_fraction=0.25).fit(train, callback=check)
     assert len(checked) == 4 and len(set(checked)) > 1
 
 
@@ -118,7 +124,7 @@ def test_held_out_selection_keeps_the_best_validation_epochs_weights(ema, tmp_pa
     # Separate batches: the validation AUROC does not climb steadily, so the kept epoch is not the last.
     config = dict(epochs=8, dim="native", lr=3e-3, val_fraction=0.25, ema=ema, seed=1, batch_mode="separate")
     per_epoch = []
-    held = PlumeHead(select="held-out", **config).fit(train, callback=lambda h, r: per_epoch.append(
+    held = paper(select="held-out", **config).fit(train, callback=lambda h, r: per_epoch.append(
         h.score_samples(test)))
     selected = plain_best_epoch(held.history_)
     assert held.selected_epoch_ == selected == held.history_[-1]["val_best_epoch"]
@@ -126,7 +132,7 @@ def test_held_out_selection_keeps_the_best_validation_epochs_weights(ema, tmp_pa
     np.testing.assert_array_equal(held.score_samples(test), per_epoch[selected - 1])
     assert held.validation_["epoch"] == selected
     # Selection changes which weights are kept, not the training.
-    final = PlumeHead(select="final", **config).fit(train)
+    final = paper(select="final", **config).fit(train)
     assert final.history_ == held.history_ and final.selected_epoch_ == config["epochs"]
     np.testing.assert_array_equal(final.score_samples(test), per_epoch[-1])
     # A saved head scores as the kept weights do.
@@ -141,7 +147,7 @@ def test_ema_scores_with_the_average_of_the_weights():
     parameters, step by step (batch size = rows, so one step per epoch)."""
     train, test, _ = subspace_data(seed=3, n_train=16)
     decay, trained = 0.8, []
-    head = PlumeHead(epochs=4, dim="native", lr=1e-3, batch_size=16, ema=decay)
+    head = paper(epochs=4, dim="native", lr=1e-3, batch_size=16, ema=decay)
     head.fit(train, callback=lambda h, r: trained.append({k: v.detach().clone()
                                                           for k, v in h.classifier_.state_dict().items()}))
     expected = {k: v.clone() for k, v in trained[0].items()}  # the first update copies the weights
@@ -157,11 +163,11 @@ def test_ema_scores_with_the_average_of_the_weights():
 def test_selection_is_deterministic():
     train, test, _ = subspace_data(seed=4)
     config = dict(epochs=3, dim="native", lr="lowest-loss", val_fraction=0.2, select="held-out", ema=0.5)
-    a, b = PlumeHead(seed=5, **config).fit(train), PlumeHead(seed=5, **config).fit(train)
+    a, b = paper(seed=5, **config).fit(train), paper(seed=5, **config).fit(train)
     np.testing.assert_array_equal(a.score_samples(test), b.score_samples(test))
     assert a.history_ == b.history_ and np.array_equal(a.held_out_rows_, b.held_out_rows_)
     assert a.selected_epoch_ == b.selected_epoch_
-    c = PlumeHead(seed=6, **config).fit(train)
+    c = paper(seed=6, **config).fit(train)
     assert not np.array_equal(a.held_out_rows_, c.held_out_rows_)
 
 
@@ -170,17 +176,17 @@ def test_bad_selection_settings_are_clear_errors():
 
     x = np.random.rand(10, 8).astype(np.float32)
     with pytest.raises(PipelineError, match="select held-out needs normal training images to hold out"):
-        PlumeHead(select="held-out").fit(x)
+        PlumeHead(select="held-out", val_fraction=0.0).fit(x)
     with pytest.raises(PipelineError, match="select must be one of final, held-out"):
         PlumeHead(select="best").fit(x)
     with pytest.raises(PipelineError, match=r"at least 2 training features, got 1 after holding out 9"):
         PlumeHead(val_fraction=0.9, dim="native").fit(x)
-    with pytest.raises(PipelineError, match="ema"):
+    with pytest.raises(PipelineError, match="ema must be a number >= 0 and < 1"):
         PlumeHead(ema=1.0).fit(x)
 
 
 def test_command_with_held_out_selection_and_ema(synthetic_cache, tmp_path):
-    from pipeline.heads.plume.command import main
+    from pipeline.commands.plume import main
 
     metrics, curves = tmp_path / "plume.json", tmp_path / "curves"
     result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "3", "--min-steps", "0", "--dim", "native",
@@ -215,7 +221,7 @@ def test_command_with_held_out_selection_and_ema(synthetic_cache, tmp_path):
 
 
 def test_report_names_the_kept_epoch():
-    from pipeline.heads.plume.report import plume_ablation_table
+    from pipeline.report.heads.plume import plume_ablation_table
 
     per_class = {"a": {"auroc": 0.8, "best_epoch_auroc": 0.9}}
     about = {"dataset": "digits", "backbone": "b", "image_size": 64, "preprocessing": "p", "seeds": 1,
@@ -319,7 +325,7 @@ def test_study_help_loads_no_torch():
 def test_seed_summary_combines_runs_trained_apart(synthetic_cache, tmp_path):
     """benchmarks/plume_seed_summary.py: seeds 0, 1 from one run's curves and seed 2 from a
     one-seed metrics file give the per-seed figures, their means and spread over seeds."""
-    from pipeline.heads.plume.command import main
+    from pipeline.commands.plume import main
 
     common = ["--cache", str(synthetic_cache.path), "--epochs", "2", "--min-steps", "0", "--dim", "native", "--lr", "1e-3",
               "--classes", "0,2", "--val-fraction", "0", "--select", "final"]

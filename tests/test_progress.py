@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline import cli
+from pipeline import progress as progress_module
 from pipeline.errors import PipelineError
 
 # <desc>: done/total (pct%), rate unit/s, elapsed H:MM:SS, ETA H:MM:SS [postfix]
@@ -86,7 +87,7 @@ def test_progress_mode_follows_the_stream_the_variables_and_the_verbosity(monkey
         monkeypatch.setenv("PIPELINE_PROGRESS", value)
         assert cli.progress_mode(io.StringIO()) == expected, value
     monkeypatch.setenv("PIPELINE_PROGRESS", "auto")
-    monkeypatch.setattr(cli, "_verbosity", cli.QUIET)
+    monkeypatch.setattr(progress_module, "_verbosity", cli.QUIET)
     assert cli.progress_mode(Terminal()) == "off"
     monkeypatch.setenv("FFAD_PROGRESS_INTERVAL", "soon")
     with pytest.raises(PipelineError, match="FFAD_PROGRESS_INTERVAL"):
@@ -129,7 +130,7 @@ def test_verbosity_options_set_the_level_for_the_run_and_give_it_back():
 
 
 def test_knn_command_prints_plain_progress_lines_or_none_with_quiet(synthetic_cache, tmp_path, plain_lines):
-    from pipeline.heads.knn.command import main
+    from pipeline.commands.knn import main
 
     args = ["--cache", str(synthetic_cache.path), "--k", "2", "--metrics", str(tmp_path / "m.json")]
     result = CliRunner().invoke(main, args)
@@ -149,7 +150,7 @@ def test_knn_command_prints_plain_progress_lines_or_none_with_quiet(synthetic_ca
 
 
 def test_plume_verbose_prints_epochs_and_the_lr_range_test_progress(synthetic_cache, tmp_path, plain_lines):
-    from pipeline.heads.plume.command import main
+    from pipeline.commands.plume import main
 
     result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "2", "--min-steps", "0", "--dim", "16",
                                        "--seeds", "1", "--classes", "0", "--lr", "lowest-loss", "-v",

@@ -241,7 +241,7 @@ def test_an_unreadable_file_found_late_leaves_a_resumable_cache_and_a_clear_mess
 
 
 def test_knn_metrics_are_identical_across_runs(synthetic_cache, tmp_path):
-    from pipeline.heads.knn.command import main
+    from pipeline.commands.knn import main
 
     outputs = []
     for i in range(2):

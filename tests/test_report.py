@@ -405,7 +405,7 @@ def test_readme_section_between_markers_is_replaced_and_the_rest_kept():
         replace_between_markers("no markers", "x")
 
 
-# --- heads: their rows come from their own report module, found through the registry ----------
+# --- heads: their rows come from their own report module (pipeline/report/heads/) --------------
 
 FAKE_REPORT = '''
 from pipeline.report.published import published
@@ -430,17 +430,14 @@ def rows(run, extra):
 
 def test_a_head_in_the_registry_gets_its_rows_from_its_report_module_and_an_unknown_head_a_generic_row(
         tmp_path: Path, monkeypatch) -> None:
-    from pipeline.heads import registry
+    from pipeline.report import heads
 
-    package = f"fake_heads_{abs(hash(str(tmp_path)))}"
-    for name, report in (("fakehead", FAKE_REPORT), ("bare", None)):  # "bare": registered, no report.py
-        write(tmp_path / "src" / package / name / "__init__.py", "")
-        if report is not None:
-            (tmp_path / "src" / package / name / "report.py").write_text(report)
-    (tmp_path / "src" / package / "__init__.py").write_text("")
+    package = f"fake_reports_{abs(hash(str(tmp_path)))}"
+    write(tmp_path / "src" / package / "__init__.py", "")
+    (tmp_path / "src" / package / "fakehead.py").write_text(FAKE_REPORT)
     monkeypatch.syspath_prepend(str(tmp_path / "src"))
-    monkeypatch.setattr(registry, "HEADS", {**registry.HEADS, "fakehead": f"{package}.fakehead",
-                                            "bare": f"{package}.bare"})
+    # "bare": a head with no report module
+    monkeypatch.setattr(heads, "REPORTS", {**heads.REPORTS, "fakehead": f"{package}.fakehead"})
     runs = {"knn": knn_payload()}
     for head, width in (("fakehead", 3), ("fakehead", 5), ("unknownhead", 3), ("bare", 3)):
         payload = knn_payload()
@@ -492,9 +489,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _import_graph(start: str) -> dict[str, set[str]]:
-    """Module -> the project modules it imports, from ``start`` on; the registry also imports each
-    head's report module (through importlib)."""
-    from pipeline.heads.registry import HEADS
+    """Module -> the project modules it imports, from ``start`` on; ``pipeline.report.heads``
+    also imports each head's report module (through importlib)."""
+    from pipeline.report.heads import REPORTS
 
     graph: dict[str, set[str]] = {}
     todo = [start]
@@ -503,8 +500,8 @@ def _import_graph(start: str) -> dict[str, set[str]]:
         if name in graph:
             continue
         graph[name] = _project_imports(_module_file(name))
-        if name == "pipeline.heads.registry":
-            graph[name] |= {f"{package}.report" for package in HEADS.values()}
+        if name == "pipeline.report.heads":
+            graph[name] |= set(REPORTS.values())
         todo.extend(graph[name])
     return graph
 
@@ -540,16 +537,15 @@ def test_head_report_modules_import_only_the_report_package_and_load_neither_tor
     import sys
 
     from pipeline.heads.registry import HEADS
+    from pipeline.report.heads import REPORTS
 
-    for package in HEADS.values():
-        imported = _project_imports(_module_file(f"{package}.report"))
-        # Its own package's __init__ holds torch-free names the command shares (checked below: no torch).
-        assert all(name.startswith("pipeline.report.") or name in ("pipeline.errors", package)
-                   for name in imported), imported
-    modules = ["pipeline.report.table", "pipeline.report.page", *(f"{p}.report" for p in HEADS.values())]
+    for module in REPORTS.values():
+        imported = _project_imports(_module_file(module))
+        assert all(name.startswith("pipeline.report") or name == "pipeline.errors" for name in imported), imported
+    modules = ["pipeline.report.table", "pipeline.report.page", *REPORTS.values()]
     code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('pipeline.')))")
     loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
                             env={**__import__("os").environ, "PYTHONPATH": str(REPO)}).stdout
     assert "'torch'" not in loaded
-    assert not any(f"'{p}.{part}'" in loaded for p in HEADS.values() for part in ("head", "model", "command"))
+    assert not any(f"'pipeline.heads.{h}" in loaded for h in HEADS)  # no head package at all

@@ -67,7 +67,8 @@ def test_knn_round_trip_float32_is_identical_and_float16_is_the_rounded_gallery(
 
 def test_plume_round_trip_gives_identical_scores(tmp_path):
     train, test = gaussian(64, 24), gaussian(40, 24, seed=1, offset=0.3)
-    head = PlumeHead(epochs=2, dim=16, lr=1e-3, batch_size=16, seed=2).fit(train)
+    # On the device a head is loaded to (cpu), so that every parameter reads back the same.
+    head = PlumeHead(epochs=2, dim=16, lr=1e-3, batch_size=16, seed=2, device="cpu").fit(train)
     path = save_trained_head(tmp_path / "p.head", head, class_name="b", cache=fake_metadata(),
                              train_features=train)
     loaded = load_head(path)
@@ -124,6 +125,8 @@ def test_threshold_is_the_quantile_of_the_training_scores(tmp_path):
 
 
 def test_bad_head_files_are_clear_errors(tmp_path):
+    from pipeline.heads.saving import seal
+
     with pytest.raises(PipelineError, match="no saved head at"):
         load_head(tmp_path / "missing.head")
     (tmp_path / "garbage.head").write_bytes(b"not a zip file at all")
@@ -132,12 +135,14 @@ def test_bad_head_files_are_clear_errors(tmp_path):
     torch.save({"weight": torch.zeros(3)}, tmp_path / "state_dict.head")
     with pytest.raises(PipelineError, match="not a head saved by this project"):
         load_head(tmp_path / "state_dict.head")
-    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "svm", "info": "{}", "state": {}},
+    # Sealed with their checksum: files whose contents are as written, but not loadable.
+    torch.save(seal({"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "svm", "info": "{}", "state": {}}),
                tmp_path / "svm.head")
     with pytest.raises(PipelineError, match="unknown head kind 'svm'.*knn, plume"):
         load_head(tmp_path / "svm.head")
-    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "knn", "info": "{}", "state": {}},
-               tmp_path / "empty.head")
+    head = KNNHead(k=2).fit(gaussian(10, 4))
+    payload = torch.load(save_head(tmp_path / "empty.head", head, class_name="a", cache={}), weights_only=True)
+    torch.save(seal({**payload, "state": {}}), tmp_path / "empty.head")
     with pytest.raises(PipelineError, match="cannot be restored"):
         load_head(tmp_path / "empty.head")
     with pytest.raises(PipelineError, match="fit the PLUME head before saving it"):
@@ -148,6 +153,145 @@ def test_bad_head_files_are_clear_errors(tmp_path):
     files = [head_filename(n) for n in names]
     assert len(set(files)) == len(names)
     assert all("/" not in f and not f.startswith(".") and len(f) < 120 for f in files)
+
+
+# --- damaged and edited head files: checked like caches -------------------------------------
+
+def edited_payload(source, target, change=None, reseal=True, **entries):
+    """A copy of the head file ``source`` at ``target``: ``change(info)`` applied to its info,
+    ``entries`` replacing payload entries; sealed with a new checksum (as if a faulty writer had
+    made it, so that the fields are what is checked), or not (an edit after saving)."""
+    from pipeline.heads.saving import seal
+
+    payload = torch.load(source, weights_only=True)
+    if change is not None:
+        info = json.loads(payload["info"])
+        change(info)
+        payload["info"] = json.dumps(info)
+    payload.update(entries)
+    torch.save(seal(payload) if reseal else payload, target)
+    return target
+
+
+def flipped_bit(source, target, values: np.ndarray):
+    """A copy of ``source`` with one bit flipped inside the bytes of ``values`` (a tensor of its state)."""
+    data = bytearray(source.read_bytes())
+    at = bytes(data).find(values.tobytes())
+    assert at > 0 and bytes(data).count(values.tobytes()) == 1
+    data[at + 5] ^= 0x04
+    target.write_bytes(bytes(data))
+    return target
+
+
+def test_a_damaged_or_edited_head_file_is_one_clear_error_and_never_a_score(tmp_path):
+    """Every damaged or edited head file: exit 1, one Error: line naming the file and what is
+    wrong, no traceback, no scores file; the unchanged file scores as the head does."""
+    from pipeline.heads.saving import CHECKSUM, payload_digest
+    from pipeline.scoring import main
+
+    train, test = gaussian(40, 12), gaussian(9, 12, seed=3, offset=0.5)
+    head = KNNHead(k=2).fit(train)
+    good = save_trained_head(tmp_path / "good.head", head, class_name="a", cache=fake_metadata(),
+                             train_features=train, gallery_dtype="float32")
+    payload = torch.load(good, weights_only=True)
+    assert payload["format_version"] == 2 and payload[CHECKSUM] == payload_digest(payload)
+    with h5py.File(tmp_path / "new.h5", "w") as f:
+        f["features"] = test
+
+    def score(head_path, out):
+        return CliRunner().invoke(main, ["--head", str(head_path), "--features", str(tmp_path / "new.h5"),
+                                         "--out", str(out)])
+
+    result = score(good, tmp_path / "good.csv")
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal([float(r["score"]) for r in read_csv(tmp_path / "good.csv")],
+                                  head.score_samples(test))
+
+    def nan_threshold(info):
+        info["threshold"]["value"] = float("nan")
+
+    cases = {
+        "bit.head": (flipped_bit(good, tmp_path / "bit.head", train[17]),
+                     "was changed or damaged after it was saved (checksum mismatch"),
+        "threshold.head": (edited_payload(good, tmp_path / "threshold.head",
+                                          lambda info: info["threshold"].update(value=1e9), reseal=False),
+                           "was changed or damaged after it was saved (checksum mismatch"),
+        "unsealed.head": (edited_payload(good, tmp_path / "unsealed.head", reseal=False, sha256=None),
+                          "records a SHA-256 of its contents, but sha256 is missing"),
+        "removed.head": (edited_payload(good, tmp_path / "removed.head", lambda info: info["threshold"].pop("quantile")),
+                         "info.threshold.quantile is missing; expected a number between 0 and 1"),
+        "no_class.head": (edited_payload(good, tmp_path / "no_class.head", lambda info: info.pop("class_name")),
+                          "info.class_name is missing; expected a text"),
+        "type.head": (edited_payload(good, tmp_path / "type.head", lambda info: info.update(class_name=7)),
+                      "info.class_name is the number 7; expected a text"),
+        "text_threshold.head": (edited_payload(good, tmp_path / "text_threshold.head",
+                                               lambda info: info["threshold"].update(value="high")),
+                                'info.threshold.value is a text "high"; expected a finite number'),
+        "cache.head": (edited_payload(good, tmp_path / "cache.head", lambda info: info["cache"].update(backbone=[1])),
+                       "info.cache (the training cache's metadata): metadata.backbone is a list"),
+        "nan.head": (edited_payload(good, tmp_path / "nan.head", nan_threshold),
+                     "info.threshold.value is the number NaN; expected a finite number"),
+        "scores.head": (edited_payload(good, tmp_path / "scores.head",
+                                       train_scores=torch.full((40,), float("inf"), dtype=torch.float64)),
+                        "train_scores holds NaN or infinite scores"),
+        "info_text.head": (edited_payload(good, tmp_path / "info_text.head", info="{not json"),
+                           "info is not valid JSON"),
+        "truncated.head": (tmp_path / "truncated.head", "is not a readable head file"),
+        "not_zip.head": (tmp_path / "not_zip.head", "is not a readable head file"),
+    }
+    (tmp_path / "truncated.head").write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+    (tmp_path / "not_zip.head").write_bytes(b"PK but no archive: a text file renamed .head\n")
+    for name, (path, message) in cases.items():
+        out = tmp_path / f"{name}.csv"
+        result = score(path, out)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error:"), (name, result.output)
+        assert message in lines[0] and str(path) in lines[0], (name, lines[0])
+        assert "Traceback" not in result.output and not out.exists(), name
+    # The real command, in its own process: the same one line on stderr, nothing else.
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "stages.score", "--head", str(cases["bit.head"][0]), "--features",
+                          str(tmp_path / "new.h5"), "--out", str(tmp_path / "real.csv")], capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 1 and run.stdout == "" and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()] and "(checksum mismatch" in run.stderr
+    assert not (tmp_path / "real.csv").exists()
+    # Library calls say the same.
+    with pytest.raises(PipelineError, match="checksum mismatch"):
+        KNNHead.load(cases["threshold.head"][0])
+
+
+def test_a_version_1_head_file_is_read_with_a_warning_and_still_checked(tmp_path):
+    """A head saved before the checksum: scored, with one warning on stderr that it cannot be
+    verified; its fields are checked all the same. An unknown format version is refused."""
+    from pipeline.scoring import main
+
+    train, test = gaussian(30, 8), gaussian(5, 8, seed=1)
+    head = KNNHead(k=2).fit(train)
+    good = save_trained_head(tmp_path / "good.head", head, class_name="a", cache=fake_metadata(),
+                             train_features=train, gallery_dtype="float32")
+    payload = torch.load(good, weights_only=True)
+    del payload["sha256"]
+    torch.save({**payload, "format_version": 1}, tmp_path / "old.head")
+    old = tmp_path / "old.head"
+    with h5py.File(tmp_path / "new.h5", "w") as f:
+        f["features"] = test
+    result = CliRunner().invoke(main, ["--head", str(old), "--features", str(tmp_path / "new.h5"),
+                                       "--out", str(tmp_path / "s.csv")])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "version-1 head file" in warnings[0] and "cannot be verified" in warnings[0]
+    np.testing.assert_array_equal([float(r["score"]) for r in read_csv(tmp_path / "s.csv")],
+                                  head.score_samples(test))
+    payload = {**payload, "format_version": 1, "info": json.dumps({**json.loads(payload["info"]), "class_name": None})}
+    torch.save(payload, tmp_path / "old_bad.head")
+    with pytest.raises(PipelineError, match="info.class_name is null; expected a text"):
+        load_head(tmp_path / "old_bad.head")
+    torch.save({**payload, "format_version": 3}, tmp_path / "new_format.head")  # a later version's
+    with pytest.raises(PipelineError, match="has head format 3; this version reads formats 1, 2"):
+        load_head(tmp_path / "new_format.head")
 
 
 # --- images: a tiny image folder, extracted at 32x32 ------------------------------------------
@@ -231,7 +375,7 @@ def test_a_saved_panda_head_scores_images_as_it_scores_their_cached_trunk_maps(i
     tail on its maps, as the head scored the cache's trunk maps; a feature file is refused."""
     from pipeline.evaluate import read_features
     from pipeline.extract.datasets import load_dataset
-    from pipeline.heads.panda.command import main as panda_main
+    from pipeline.commands.panda import main as panda_main
     from pipeline.scoring import main
 
     root, cache = image_cache
@@ -340,10 +484,67 @@ def test_score_command_on_a_feature_file_and_its_refusals(image_cache, tmp_path)
         read_feature_file(saved, tmp_path / "split.h5")
 
 
+def test_a_head_on_imported_features_scores_images_only_with_their_preprocessing_given(image_cache, tmp_path):
+    """Features imported from HDF5 with no metadata record no preprocessing: --images is refused
+    (not guessed at 224 px) until it is given, and then scores as the head on the features
+    extracted that way; options that contradict a recorded preprocessing are refused."""
+    from pipeline.extract.datasets import load_dataset
+    from pipeline.scoring import main
+    from pipeline.store.hdf5 import import_hdf5
+
+    root, cache = image_cache
+    with h5py.File(tmp_path / "bare.h5", "w") as f:  # what another tool writes: no metadata attribute
+        for split in ("train", "test"):
+            f[f"{split}/features"], f[f"{split}/labels"] = cache.features(split), cache.labels(split)
+        f.attrs["classes"], f.attrs["backbone"] = json.dumps(cache.classes), "efficientnet_lite0"
+    imported = import_hdf5(tmp_path / "bare.h5", tmp_path / "imported.zarr")
+    assert imported.metadata["preprocessing"] == {}
+    train = imported.features("train")[imported.labels("train") == 0]
+    path = save_trained_head(tmp_path / "good.head", KNNHead(k=2).fit(train), class_name="good", cache=imported,
+                             train_features=train, gallery_dtype="float32")
+    runner, out = CliRunner(), tmp_path / "scores.csv"
+
+    def score(*options, head=path):
+        return runner.invoke(main, ["--head", str(head), "--images", str(root / "test"), "--out", str(out),
+                                    "--device", "cpu", "--workers", "0", *options])
+
+    def refused(result, *messages):
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error:"), result.output
+        assert all(m in lines[0] for m in messages), lines[0]
+        assert "Traceback" not in result.output and not out.exists()
+
+    refused(score(), "records no preprocessing", "--image-size --resize --interpolation --normalisation",
+            "--features FILE.h5")
+    refused(score("--image-size", "32"), "Give how the images of its training features were prepared: --resize "
+                                         "--interpolation --normalisation (all:")
+    given = ["--image-size", "32", "--resize", "resize", "--interpolation", "bilinear", "--normalisation", "imagenet"]
+    result = score(*given)
+    assert result.exit_code == 0, result.output
+    rows = read_csv(out)
+    cache_paths = load_dataset("imagefolder", root).test.images.paths
+    expected = load_head(path).score(cache.features("test"))[[cache_paths.index(r["path"]) for r in rows]]
+    np.testing.assert_allclose([float(r["score"]) for r in rows], expected, rtol=1e-5, atol=1e-5)
+    out.unlink()
+    # A head whose cache records its preprocessing: options that agree are accepted, others refused.
+    recorded = save_trained_head(tmp_path / "recorded.head", KNNHead(k=2).fit(train), class_name="good",
+                                 cache=cache, train_features=train)
+    refused(score("--image-size", "64", "--normalisation", "auto", head=recorded),
+            "--image-size 64 (the head records image_size 32)",
+            "--normalisation inception (the head records normalisation 'imagenet')", "Leave these options out")
+    assert score(*given, head=recorded).exit_code == 0
+    out.unlink()
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["features"] = cache.features("test")
+    result = runner.invoke(main, ["--head", str(path), "--features", str(tmp_path / "f.h5"), "--out", str(out),
+                                  "--image-size", "32"])
+    refused(result, "--image-size (how images are prepared) goes with --images or --calibrate")
+
+
 # --- saving from the head stages ---------------------------------------------------------------
 
 def test_knn_stage_saves_each_class_and_keeps_its_metrics(image_cache, tmp_path):
-    from pipeline.heads.knn.command import main
+    from pipeline.commands.knn import main
 
     root, cache = image_cache
     runner = CliRunner()
@@ -381,13 +582,12 @@ def test_head_saver_pickles_for_dask_workers(image_cache, tmp_path):
 
 
 def test_plume_stage_saves_the_first_seed_and_keeps_its_metrics(image_cache, tmp_path):
-    from pipeline.heads.plume.command import main
+    from pipeline.commands.plume import main
 
     root, cache = image_cache
-    # The head class's defaults are the paper's eq. 1, the command's params.yaml's: pinned alike here.
-    args = ["--cache", str(cache.path), "--epochs", "1", "--min-steps", "0", "--dim", "native", "--lr", "1e-3",
-            "--seeds", "2", "--classes", "good", "--device", "cpu", "--identity-target", "paper", "--val-fraction", "0",
-            "--select", "final", "--max-shift", "0"]
+    # The command's defaults are the head class's (params.yaml's): what is not given here is the same.
+    args = ["--cache", str(cache.path), "--epochs", "1", "--dim", "native", "--lr", "1e-3",
+            "--seeds", "2", "--classes", "good", "--device", "cpu"]
     runner = CliRunner()
     plain = runner.invoke(main, [*args, "--metrics", str(tmp_path / "plain.json")])
     saving = runner.invoke(main, [*args, "--metrics", str(tmp_path / "saving.json"),
@@ -397,6 +597,6 @@ def test_plume_stage_saves_the_first_seed_and_keeps_its_metrics(image_cache, tmp
     saved = load_head(tmp_path / "heads" / "good.head")
     assert saved.kind == "plume" and saved.head.seed == 0 and saved.head.epochs == 1
     train = cache.features("train")[cache.labels("train") == 0]
-    seed0 = PlumeHead(epochs=1, dim="native", lr=1e-3, seed=0).fit(train)
+    seed0 = PlumeHead(epochs=1, dim="native", lr=1e-3, seed=0, device="cpu").fit(train)
     np.testing.assert_array_equal(saved.score(cache.features("test")), seed0.score_samples(cache.features("test")))
     assert saved.threshold == np.quantile(seed0.score_samples(train), 0.95)

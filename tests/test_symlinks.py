@@ -91,7 +91,7 @@ def test_a_class_folder_that_is_a_link_is_refused_not_followed(tmp_path):
 @pytest.fixture(scope="module")
 def saved_head(tmp_path_factory):
     """A kNN head saved by stages.knn from a small image folder's cache."""
-    from pipeline.heads.knn.command import main as knn_cli
+    from pipeline.commands.knn import main as knn_cli
 
     work = tmp_path_factory.mktemp("head")
     root = image_folder(work / "images")

@@ -43,18 +43,9 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.errors import PipelineError, choice_error
+# The names live there, torch- and NumPy-free, for the command's --help and params.yaml's check.
+from pipeline.extract.names import CONSTANT_SETS, CORRUPTIONS, IDENTITY, SEVERITIES, SMALL_IMAGE_SIDE
 
-# The benchmark's 15 corruptions, in its order: noise, blur, weather, digital.
-CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-               "jpeg_compression")
-# A control that returns the image unchanged: its split must score exactly as the clean test split
-# (same rows, same batches), which checks the whole path. Never part of "all" nor of the means.
-IDENTITY = "identity"
-SEVERITIES = (1, 2, 3, 4, 5)
-CONSTANT_SETS = ("cifar10-c", "imagenet-c")
-# Longest side, in pixels, up to which CIFAR-10-C's constants are used ("auto").
-SMALL_IMAGE_SIDE = 64
 FROST_EXTRA = "pip install -e '.[corruptions]' (the imagecorruptions package, for its frost photographs)"
 
 
@@ -557,26 +548,3 @@ class CorruptionPlan:
                              {**common, "corruption": name, "severity": severity,
                               **({"control": True} if name == IDENTITY else {})})
                 for name in self.names for severity in self.severities]
-
-
-def parse_corruptions(value: str) -> tuple[str, ...]:
-    """'none' -> (); 'all' -> the 15; 'fog,snow' -> those (and identity, the control)."""
-    text = str(value).strip().lower()
-    if text in ("", "none"):
-        return ()
-    names = list(CORRUPTIONS) if text == "all" else [part.strip() for part in text.split(",") if part.strip()]
-    for name in names:
-        if name not in (*CORRUPTIONS, IDENTITY):
-            raise choice_error("corruption", name, ["all", *CORRUPTIONS, IDENTITY])
-    return tuple(dict.fromkeys(names))
-
-
-def parse_severities(value: str | int) -> tuple[int, ...]:
-    """'1,3,5' -> (1, 3, 5); 'all' -> 1..5."""
-    text = str(value).strip().lower()
-    if text == "all":
-        return SEVERITIES
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts or not all(part.isdigit() and int(part) in SEVERITIES for part in parts):
-        raise PipelineError(f"--severities {value!r}: give comma-separated severities from 1 to 5, e.g. 1,3,5, or all.")
-    return tuple(sorted({int(part) for part in parts}))

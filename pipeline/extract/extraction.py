@@ -12,7 +12,8 @@ import click
 import torch
 from torch.utils.data import ConcatDataset
 
-from pipeline.cli import resolve_device, safe_filename
+from pipeline.devices import resolve_device
+from pipeline.files import safe_filename
 from pipeline.errors import PipelineError
 from pipeline.extract.backbones import load_backbone
 from pipeline.extract.datasets import ImageDataset, drop_unreadable

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.cli import progress
+from pipeline.progress import progress
 from pipeline.errors import PipelineError
 from pipeline.extract.datasets import UnreadableImageError
 from pipeline.extract.preprocess import Preprocessing

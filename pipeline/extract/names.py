@@ -1,7 +1,7 @@
-"""The names the extract command offers (datasets, backbones, preprocessing, precisions), here
-without importing torch so that its ``--help`` answers at once. tests/test_extract.py checks
-they are the keys of the registries (DATASETS, BACKBONES, INTERPOLATIONS, NORMALISATIONS,
-PRECISIONS), so a new entry there fails until it is named here."""
+"""The names the extract command offers (datasets, backbones, preprocessing, precisions,
+corruptions), here without importing torch or NumPy so that its ``--help`` answers at once.
+tests/test_layout_deps.py checks they are the keys of the registries (DATASETS, BACKBONES,
+INTERPOLATIONS, NORMALISATIONS, PRECISIONS), so a new entry there fails until it is named here."""
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "imagefolder", "anomaly_folder",
                  "synthetic")
@@ -15,3 +15,16 @@ AUTO = "auto"
 NORMALISATION_NAMES = ("imagenet", "inception", "none")
 PRECISION_NAMES = ("float32", "bfloat16", "float16")
 ENGINE_NAMES = ("torch", "onnxruntime")
+
+# The robustness protocol's corruptions (corruptions.py): the benchmark's 15, in its order: noise,
+# blur, weather, digital.
+CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+               "jpeg_compression")
+# A control that returns the image unchanged: its split must score exactly as the clean test split
+# (same rows, same batches), which checks the whole path. Never part of "all" nor of the means.
+IDENTITY = "identity"
+SEVERITIES = (1, 2, 3, 4, 5)
+CONSTANT_SETS = ("cifar10-c", "imagenet-c")
+# Longest side, in pixels, up to which CIFAR-10-C's constants are used ("auto").
+SMALL_IMAGE_SIDE = 64

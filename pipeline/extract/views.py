@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2 as T
 
-from pipeline.cli import resolve_device
+from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.extract.datasets import ImageDataset, UnreadableImageError
 from pipeline.extract.loop import ChunkBuffer, ChunkWriter, backbone_batches, chunk_batches, user_facing_errors

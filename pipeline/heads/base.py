@@ -25,11 +25,12 @@ from typing import Any, Callable, ClassVar, Mapping
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from pipeline.declare import check_all
 from pipeline.errors import PipelineError
+from pipeline.heads.settings import DEFAULT_THRESHOLD_QUANTILE, HeadParams
 
 POOLED = "pooled"
 TRUNK = "trunk/"  # prefix of the trunk maps' keys in a mapping of features (and of their cache arrays)
-DEFAULT_THRESHOLD_QUANTILE = 0.95
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,12 @@ EpochCallback = Callable[["Head", dict], None]
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
-class Head(BaseEstimator):
-    """Base of every head. A subclass is a ``@dataclass(eq=False, repr=False, kw_only=True)`` with its
-    parameters as fields, sets ``name``, and implements ``_fit``, ``score_samples``,
-    ``_state`` and ``_from_state``; it may override ``training_scores`` (kNN: leave-one-out)."""
+class Head(HeadParams, BaseEstimator):
+    """Base of every head. A subclass is a ``@dataclass(eq=False, repr=False, kw_only=True)``
+    on its declared parameters (``class KNNHead(KNNParams, Head)``, ``settings.py`` of its
+    package), sets ``name``, and implements ``_fit``, ``score_samples``, ``_state`` and
+    ``_from_state``; it may override ``training_scores`` (kNN: leave-one-out) and
+    ``_check_params`` (checks between parameters, after the declared ones)."""
 
     name: ClassVar[str] = ""
     needs_maps: ClassVar[bool] = False   # fit and score read Features.maps
@@ -95,8 +98,6 @@ class Head(BaseEstimator):
     uses_labels: ClassVar[bool] = False  # fit may take labelled anomalies
     # What the threshold is a quantile of, in words (saved with the head).
     training_note: ClassVar[str] = "the head's scores on its own training features"
-
-    threshold_quantile: float | None = DEFAULT_THRESHOLD_QUANTILE
 
     # --- the contract ---------------------------------------------------------------------
 
@@ -164,9 +165,21 @@ class Head(BaseEstimator):
     # --- to be implemented ----------------------------------------------------------------
 
     def _check_params(self) -> None:
-        """Refuse parameters out of range with a PipelineError (called by ``fit``)."""
-        if self.threshold_quantile is not None and not 0.0 <= float(self.threshold_quantile) <= 1.0:
-            raise PipelineError(f"the threshold quantile must lie between 0 and 1, got {self.threshold_quantile}.")
+        """Refuse parameters of the wrong type or out of range, as declared, with a
+        PipelineError (called by ``fit``); heads add the checks between parameters."""
+        check_all(self, f"the {self.name} head")
+
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> "Head":
+        """A head in a named configuration of ``PRESETS`` (the paper's, the authors' code), with
+        ``changes`` on top: ``PlumeHead.preset("paper")``. A preset's settings of the stage (such
+        as seeds) are ``--preset``'s, not the head's."""
+        if name not in cls.PRESETS:
+            raise PipelineError(f"the {cls.name} head has no preset {name!r}; it has: "
+                                f"{', '.join(cls.PRESETS) or 'none'}.")
+        own = {f.name for f in fields(cls)}
+        settings = {k: v for k, v in cls.PRESETS[name].items() if k in own}
+        return cls(**{**settings, **changes})
 
     def _fit(self, features: Features, labels: np.ndarray | None, callback: EpochCallback | None) -> None:
         raise NotImplementedError

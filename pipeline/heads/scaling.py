@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-
-SCALINGS = ("none", "standardise", "l2")
+from pipeline.heads.settings import SCALINGS
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ Reads metrics files only, never heads; below ``command.py`` (which writes files 
 ``published.py`` (the papers' figures, ``paper_results.json``), ``rows.py`` (runs and rows),
 ``table.py`` (grouping, settings, Markdown), ``svg_chart.py`` and ``page.py`` (HTML),
 ``command.py`` (``python -m pipeline.report``). What is particular to a head (its name, rows,
-settings, published figures) lives in ``pipeline/heads/<name>/report.py``, which imports from
-here and which ``table.py`` finds through ``pipeline.heads.registry``; a head without one
+settings, published figures) lives in ``pipeline/report/heads/<name>.py``, which imports from
+here and which ``table.py`` finds through ``pipeline.report.heads``; a head without one
 still gets a generic row. Nothing is imported here, so that a head's report module does not
 load the command.
 """

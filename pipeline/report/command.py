@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from pipeline import metrics_file
-from pipeline.cli import verbosity_options, write_text
+from pipeline.cli import check_outputs, verbosity_options, write_text
 from pipeline.errors import PipelineError
-from pipeline.heads.registry import report_module
+from pipeline.report.heads import report_module
 from pipeline.report.page import html_report
 from pipeline.report.published import has_published_column
 from pipeline.report.table import ablation_payloads, discover_plots, group_runs, markdown_report, runs_of
@@ -35,6 +35,7 @@ def main() -> None:
 def plume_table(metrics: tuple[str, ...], knn_metrics: str | None, out: str | None) -> None:
     """Table 1c layout from one or more PLUME ablation metrics files (for variants run
     separately, for example in parallel processes)."""
+    check_outputs(files={"--out": out}, inputs={"METRICS": list(metrics), "--knn-metrics": knn_metrics})
     payloads = ablation_payloads(list(metrics))
     knn = metrics_file.read(knn_metrics) if knn_metrics else None
     # The PLUME ablation table is PLUME's, in its report module.
@@ -100,6 +101,9 @@ def build(metrics: tuple[str, ...], plots_dirs: tuple[str, ...], curves_dirs: tu
     grouped by dataset, backbone and image size, beside the published CIFAR-10 figures;
     as Markdown, and as a self-contained HTML page with ROC and training curves (PLUME, IGD)."""
     files = metrics_files(metrics)
+    # --readme is rewritten in place on purpose: an input only to the other outputs.
+    check_outputs(files={"--out-md": out_md, "--out-html": out_html},
+                  inputs={"METRICS": list(metrics), "--params": params_file, "--readme": readme})
     plots = _pair_dirs(plots_dirs, files, "--plots-dir")
     curves = _pair_dirs(curves_dirs, files, "--curves-dir")
     runs = []

@@ -14,7 +14,7 @@ import json
 from html import escape
 from pathlib import Path
 
-from pipeline.cli import safe_filename
+from pipeline.files import safe_filename
 from pipeline.errors import PipelineError
 from pipeline.report.robustness import html_section
 from pipeline.report.svg_chart import Axis, Series, line_chart, padded_range

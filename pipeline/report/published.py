@@ -3,7 +3,7 @@
 They are a copy of the project's reference file (``paper_results.json``, shipped with the
 package so that a clone without the papers still has them). They are always labelled with
 the paper's backbone and protocol: they were not measured here. Which figure goes beside
-which row is each head's business (``pipeline/heads/<name>/report.py``, reading its paper's
+which row is each head's business (``pipeline/report/heads/<name>.py``, reading its paper's
 section through ``paper_section``); this module knows no head.
 """
 

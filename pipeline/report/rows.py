@@ -1,6 +1,6 @@
 """What a results table is made of: runs (a metrics file, or one variant of an ablation file)
 and their rows of AUROC (or AUPR, FPR at 95% TPR) per class. The head report modules
-(``pipeline/heads/<name>/report.py``) turn a ``Run`` into ``Row``s with these;
+(``pipeline/report/heads/<name>.py``) turn a ``Run`` into ``Row``s with these;
 ``pipeline.report.table`` groups and renders them. Nothing here knows a head."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ setting. ``pipeline.report.page`` draws the same rows, with ROC and training cur
 self-contained HTML page.
 
 What a head's rows, title and settings say is its own report module's business
-(``pipeline/heads/<name>/report.py``, found through ``pipeline.heads.registry``); a head
+(``pipeline/report/heads/<name>.py``, found through ``pipeline.report.heads``); a head
 without one still gets a row of its AUROCs. The head modules read AUROC; the other metrics'
 rows are theirs too, read from a view of the payload with that metric in AUROC's place
 (``metric_run``), so that every metric's table has the same rows in the same order.
@@ -32,9 +32,9 @@ from types import ModuleType
 from typing import Any
 
 from pipeline import metrics_file
-from pipeline.cli import safe_filename
+from pipeline.files import safe_filename
 from pipeline.errors import PipelineError
-from pipeline.heads import registry
+from pipeline.report import heads
 from pipeline.report.published import has_published_column
 from pipeline.report.robustness import RobustnessRow, markdown_section, robustness_row
 from pipeline.report.rows import MISSING, Row, Run, other_rows, plural
@@ -239,14 +239,9 @@ def overall_run(run: Run) -> Run:
 # --- heads --------------------------------------------------------------------------------
 
 def head_report(head: str) -> ModuleType | None:
-    """The report module of a head (``pipeline/heads/<name>/report.py``, found through the
-    registry), or None for a head this version does not know or one without a report module."""
-    try:
-        return registry.report_module(head)
-    except ModuleNotFoundError as error:
-        if error.name == f"{registry.HEADS.get(head)}.report":
-            return None
-        raise
+    """The report module of a head (``pipeline/report/heads/<name>.py``), or None for a head
+    without one."""
+    return heads.report_module(head)
 
 
 def display_name(head: str) -> str:
@@ -281,13 +276,17 @@ def run_rows(run: Run, extra: str) -> list[Row]:
 # --- rows -----------------------------------------------------------------------------------
 
 def head_settings(about: dict) -> dict[str, str]:
-    """A run's settings in words, by the ``SETTINGS`` of its head: a format of ``about[key]``
-    (left out where the key is missing), or a function of ``about`` (left out where it gives None)."""
+    """A run's settings in words: those the metrics file records (``setting_words``, written
+    from the head's declared parameters, ``pipeline.declare``), else, for files written before
+    it did, by the ``SETTINGS`` of the head's report module: a format of ``about[key]`` (left
+    out where the key is missing), or a function of ``about`` (left out where it gives None)."""
     about = dict(about)
-    if "seeds" in about:
-        about["seeds"] = plural(about["seeds"], "seed")
+    seeds = {"seeds": plural(about["seeds"], "seed")} if "seeds" in about else {}
+    if isinstance(about.get("setting_words"), dict):
+        return {**{str(k): str(v) for k, v in about["setting_words"].items()}, **seeds}
+    about.update(seeds)
     report = head_report(str(about.get("head")))
-    formats = report.SETTINGS if report is not None else {}
+    formats = getattr(report, "SETTINGS", {}) if report is not None else {}
     settings = {}
     for key, fmt in formats.items():
         text = fmt(about) if callable(fmt) else fmt.format(about[key]) if key in about else None

@@ -95,7 +95,7 @@ def verify(cache_path: str, repair: bool) -> None:
 @os_errors_as_messages
 def export_command(cache_path: str, hdf5_path: str) -> None:
     """Write the pooled features and labels of CACHE_PATH to HDF5_PATH."""
-    check_outputs(files={"HDF5_PATH": hdf5_path})
+    check_outputs(files={"HDF5_PATH": hdf5_path}, inputs={"CACHE_PATH": cache_path})
     export_hdf5(FeatureCache.open(cache_path), hdf5_path)
     click.echo(f"wrote {hdf5_path}")
 
@@ -114,7 +114,7 @@ def import_command(hdf5_path: str, cache_path: str, overwrite: bool) -> None:
     check_replaceable(cache_path)
     if occupied(cache_path) and not overwrite:
         raise PipelineError(f"{cache_path} is a feature cache already; pass --overwrite to replace it.")
-    check_outputs(stores={"CACHE_PATH": cache_path})
+    check_outputs(stores={"CACHE_PATH": cache_path}, inputs={"HDF5_PATH": hdf5_path})
     cache = import_hdf5(hdf5_path, cache_path)
     click.echo(f"wrote {cache_path}: train {cache.array('train').shape}, test {cache.array('test').shape}, "
                f"{len(cache.classes)} classes")

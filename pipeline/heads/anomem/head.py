@@ -38,12 +38,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
-from pipeline.heads.anomem import (MEMORY_CHOICES, PROJECTION_CHOICES, RETRIEVAL_CHOICES, SCALE_CHOICES,
-                                   SLOT_INIT_CHOICES, STANDARDISE_CHOICES)
-from pipeline.heads.base import POOLED, EpochCallback, Features, Head
 from pipeline.heads.anomem.model import (HopfieldMemory, Projection, ScaleClassifier, double_hinge, memorise,
                                          nt_xent, recall_loss, variance_loss)
+from pipeline.heads.anomem.settings import AnoMemParams
+from pipeline.heads.base import POOLED, EpochCallback, Features, Head
 
 # Parameters of heads saved before these options existed, as those heads scored (the divisor
 # of each projection's input is stored in the file: "dimension" reads it as it is).
@@ -63,8 +63,9 @@ def positions(array: np.ndarray | torch.Tensor, views: bool = False) -> torch.Te
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
-class AnoMemHead(Head):
+class AnoMemHead(AnoMemParams, Head):
     """``fit(Features(pooled, maps, views), labels)`` then ``score_samples``; higher = more anomalous.
+    Its parameters are declared in ``settings.py``.
 
     With ``warm_start`` and a head already fitted (one-class), ``fit`` with labelled anomalies
     trains stage B only, on the stage A it has (``--semi-stage-a reuse``)."""
@@ -74,36 +75,6 @@ class AnoMemHead(Head):
     needs_views = True
     uses_labels = True
 
-    scales: str = "multi"          # multi: intermediate map + pooled vector; last: pooled vector only
-    memory: str = "learnt"         # learnt (contrasted memory) | kmeans (ablation, table 4b)
-    slots_intermediate: int = 512  # N_mem of the intermediate scale (paper: 512)
-    slots_last: int = 256          # N_mem of the last scale (paper: 256)
-    beta: float = 30.0             # Hopfield inverse temperature (paper: 2, on dot products)
-    hopfield_steps: int = 1
-    projection: str = "none"       # mlp: trained in stage A (paper's encoder, adapted) | none: z = the feature
-    standardise: str = "l2"        # l2: rows L2-normalised | global: centred, one scale | dimension: per-dim
-    retrieval: str = "cosine"      # cosine: normalised queries and slots (adaptation) | dot: paper
-    slot_init: str = "data"        # data: projected normal training vectors (adaptation) | random: paper
-    lambda_recall: float = 10.0    # weight of the recollection loss on the memory (adaptation; paper: 0)
-    variance_hinge: float | None = 1.0  # hinge target of the variance loss (VICReg); None: paper's -std
-    min_steps: int = 240           # stage A runs at least this many optimiser steps (more epochs if needed)
-    sampling_ratio: float = 0.3    # r of the intermediate scale (paper: 0.3); the last scale has one position
-    tau: float = 0.1               # NT-Xent temperature (paper: 0.1, as SimCLR)
-    lambda_v: float = 0.05         # variance loss weight (paper: 0.05)
-    proj_hidden: int = 512
-    proj_dim: int = 128
-    epochs: int = 30               # stage A
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    margin: float = 2.0            # double-hinge margin M (paper: 2)
-    sup_epochs: int = 30           # stage B, semi-supervised
-    sup_pool: int = 1              # side of the grid the difference map is pooled to before the MLP
-    sup_hidden: int = 128
-    seed: int = 0
-    device: str = "cpu"
-    warm_start: bool = False       # fit with labels on a fitted head: stage B only
-
     def __post_init__(self) -> None:
         self.scales_: list[str] = []
         self.weights_: dict[str, float] = {}
@@ -111,26 +82,6 @@ class AnoMemHead(Head):
         self.memories_ = torch.nn.ModuleDict()
         self.classifiers_ = torch.nn.ModuleDict()
         self.history_: list[dict] = []
-
-    def _check_params(self) -> None:
-        super()._check_params()
-        if self.scales not in SCALE_CHOICES:
-            raise PipelineError(f"scales must be one of {', '.join(SCALE_CHOICES)}, got {self.scales!r}.")
-        if self.memory not in MEMORY_CHOICES:
-            raise PipelineError(f"memory must be one of {', '.join(MEMORY_CHOICES)}, got {self.memory!r}.")
-        for name, choices in (("projection", PROJECTION_CHOICES), ("standardise", STANDARDISE_CHOICES),
-                              ("retrieval", RETRIEVAL_CHOICES), ("slot_init", SLOT_INIT_CHOICES)):
-            if getattr(self, name) not in choices:
-                raise PipelineError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}.")
-        if self.lambda_recall < 0 or (self.variance_hinge is not None and self.variance_hinge <= 0):
-            raise PipelineError(f"lambda_recall must be at least 0 and the variance hinge above 0, got "
-                                f"{self.lambda_recall} and {self.variance_hinge}.")
-        if not 0 < self.sampling_ratio <= 1:
-            raise PipelineError(f"the sampling ratio must be in (0, 1], got {self.sampling_ratio}.")
-        for name in ("epochs", "batch_size", "slots_intermediate", "slots_last", "proj_dim", "sup_epochs",
-                     "min_steps"):
-            if getattr(self, name) < 1:
-                raise PipelineError(f"{name} must be at least 1, got {getattr(self, name)}.")
 
     # --- which scales --------------------------------------------------------------------
 
@@ -170,7 +121,7 @@ class AnoMemHead(Head):
             return
         generator = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)
-        device = torch.device(self.device)
+        device = resolve_device(self.device)
         self.scales_ = self._choose_scales(train)
         # lambda_s = 2^(s-1): more weight on the later, more semantic scale.
         self.weights_ = {scale: 2.0 ** s for s, scale in enumerate(self.scales_)}

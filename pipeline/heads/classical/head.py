@@ -15,15 +15,16 @@ saved one did. The file also keeps the scores of a few training rows, which load
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.heads.base import EpochCallback, Features, Head
-from pipeline.heads.classical import SCORINGS, detectors
-from pipeline.heads.scaling import Scaler, check_scaling
+from pipeline.heads.classical import detectors
+from pipeline.heads.classical.settings import ClassicalParams
+from pipeline.heads.scaling import Scaler
 
 # Training rows whose scores a saved head keeps, to check the estimator fitted again on load.
 CHECK_ROWS = 16
@@ -38,10 +39,11 @@ def _rows(features: Features | np.ndarray | Any) -> np.ndarray:
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
-class ClassicalHead(Head):
-    """``detector``: ocsvm | iforest | lof | pyod:<Name>. The settings a detector does not read
-    (``nu`` for Isolation Forest, ...) are ignored; ``options`` are further constructor
-    arguments of its estimator (for PyOD's, e.g. ``{"n_bins": 20}`` for HBOS).
+class ClassicalHead(ClassicalParams, Head):
+    """Its parameters are declared in ``settings.py``. ``detector``: ocsvm | iforest | lof |
+    pyod:<Name>. The settings a detector does not read (``nu`` for Isolation Forest, ...) are
+    ignored; ``options`` are further constructor arguments of its estimator (for PyOD's, e.g.
+    ``{"n_bins": 20}`` for HBOS).
 
     ``scoring="alone"`` (default) scores every row as if it came on its own, ``"joint"`` all the
     rows of a call together, as PyOD's ``decision_function`` does; they differ only for detectors
@@ -52,28 +54,9 @@ class ClassicalHead(Head):
     training_note = ("detector's scores of its training features (LOF and PyOD: their own training-set scores, "
                      "each row not its own neighbour)")
 
-    detector: str = "ocsvm"
-    scaling: str = "none"          # none | standardise | l2, fitted on the training rows
-    nu: float = 0.5                # ocsvm: bound on the share of training rows outside the boundary
-    gamma: str | float = "scale"   # ocsvm: RBF width, scale | auto | a number
-    n_estimators: int = 100        # iforest: trees
-    n_neighbors: int = 20          # lof: neighbours
-    options: dict = field(default_factory=dict)
-    scoring: str = "alone"         # alone | joint: see the class's description
-    seed: int = 0                  # random_state of the detectors that take one
-
     def _check_params(self) -> None:
         super()._check_params()
-        detectors.canonical(self.detector)  # refuses an unknown name
-        check_scaling(self.scaling)
-        if not 0 < float(self.nu) <= 1:
-            raise PipelineError(f"nu must lie in (0, 1], got {self.nu}.")
-        detectors.kernel_gamma(self.gamma)
-        for name in ("n_estimators", "n_neighbors"):
-            if int(getattr(self, name)) < 1:
-                raise PipelineError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.scoring not in SCORINGS:
-            raise PipelineError(f"scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}.")
+        detectors.canonical(self.detector)  # a detector is named by a pattern (pyod:<Name>), not a choice
         if not isinstance(self.options, dict):
             raise PipelineError(f"options must be a mapping of constructor arguments, got {self.options!r}.")
 

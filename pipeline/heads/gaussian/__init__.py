@@ -1,7 +1,6 @@
-"""The gaussian head: see head.py (the head class), command.py (its stage) and report.py (its table rows).
+"""The gaussian head: see settings.py (its parameters) and head.py (the head class); its stage
+is pipeline/commands/gaussian.py.
 
-The choices below are here, torch-free, so that a command's ``--help`` loads nothing heavy."""
+The choices are re-exported here, torch-free, so that a command's ``--help`` loads nothing heavy."""
 
-# last: the pooled vector; multi: the pooled vector and every intermediate map of the cache,
-# each average-pooled to a vector, concatenated.
-SCALE_CHOICES = ("last", "multi")
+from pipeline.heads.gaussian.settings import SCALE_CHOICES  # noqa: F401

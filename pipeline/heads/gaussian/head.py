@@ -20,8 +20,8 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.heads.base import POOLED, EpochCallback, Features, Head
-from pipeline.heads.gaussian import SCALE_CHOICES
-from pipeline.heads.scaling import Scaler, check_scaling
+from pipeline.heads.gaussian.settings import GaussianParams
+from pipeline.heads.scaling import Scaler
 
 
 def mahalanobis_squared(rows: np.ndarray, mean: np.ndarray, cholesky: np.ndarray) -> np.ndarray:
@@ -36,25 +36,16 @@ def mahalanobis_squared(rows: np.ndarray, mean: np.ndarray, cholesky: np.ndarray
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
-class GaussianHead(Head):
+class GaussianHead(GaussianParams, Head):
     """Fits a mean and a Ledoit-Wolf covariance to the normal training vectors; scores by the
-    squared Mahalanobis distance to them."""
+    squared Mahalanobis distance to them. Its parameters are declared in ``settings.py``."""
 
     name = "gaussian"
     training_note = "in-sample squared Mahalanobis distances of the training features (they run lower than new images')"
 
-    scales: str = "last"    # last: the pooled vector; multi: + each intermediate map, average-pooled
-    scaling: str = "none"   # none | standardise | l2 (pipeline.heads.scaling), before the Gaussian
-
     @property
     def needs_maps(self) -> bool:  # the base class's flag, per instance: only the multi-layer head reads maps
         return self.scales == "multi"
-
-    def _check_params(self) -> None:
-        super()._check_params()
-        if self.scales not in SCALE_CHOICES:
-            raise PipelineError(f"scales must be one of {', '.join(SCALE_CHOICES)}, got {self.scales!r}.")
-        check_scaling(self.scaling)
 
     # --- the vectors -------------------------------------------------------------------
 

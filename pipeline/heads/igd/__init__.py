@@ -1,7 +1,6 @@
-"""The IGD head: see head.py (the head class), model.py (its torch modules and losses),
-command.py (its stage) and report.py (its table rows).
+"""The IGD head: see settings.py (its parameters), head.py (the head class) and model.py (its
+torch modules and losses); its stage is pipeline/commands/igd.py.
 
-The choices below are here, torch-free, so that a command's ``--help`` does not load torch."""
+The choices are re-exported here, torch-free, so that a command's ``--help`` does not load torch."""
 
-RECONSTRUCTIONS = ("mae", "mse")
-STANDARDISATIONS = ("dimension", "global", "none")
+from pipeline.heads.igd.settings import RECONSTRUCTIONS, STANDARDISATIONS  # noqa: F401

@@ -27,51 +27,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.heads.base import EpochCallback, Features, Head
-from pipeline.heads.igd import RECONSTRUCTIONS, STANDARDISATIONS
 from pipeline.heads.igd.model import (Critic, Standardise, adversarial_term, critic_loss, gaussian_loss,
                                       decoder, gaussian_statistics, interpolate, mlp, reconstruction_error)
+from pipeline.heads.igd.settings import IGDParams
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
-class IGDHead(Head):
-    """Trained on the normal class; score = reconstruction error + (1 - p(normal))."""
+class IGDHead(IGDParams, Head):
+    """Trained on the normal class; score = reconstruction error + (1 - p(normal)). Its
+    parameters are declared in ``settings.py``."""
 
     name = "igd"
-
-    latent_dim: int = 128          # Z (paper: 128)
-    hidden: int = 512              # hidden width of encoder, decoder and critic; 0: linear layers
-    epochs: int = 20               # paper: 256 on images; 20 fit a CIFAR-10 class in about a minute on a CPU
-    batch_size: int = 64           # paper: 64
-    lr: float = 1e-4               # Adam (paper: 1e-4)
-    weight_decay: float = 1e-6     # paper: 1e-6 (the autoencoder; the critic has none, as the authors' code)
-    lambda_1: float = 1.0          # weight of the critic loss l_d (paper: 1)
-    lambda_2: float = 1.0          # weight of the reconstruction constraint l_fg (paper: 1)
-    lambda_3: float = 0.1          # weight of the adversarial term inside l_fg (paper: 0.1)
-    alpha_max: float = 0.5         # alpha ~ U(0, alpha_max) (paper, ACAI: 0.5)
-    reconstruction: str = "mae"    # mae | mse (MS-SSIM needs an image lattice)
-    standardise: str = "dimension"  # dimension | global | none
-    seed: int = 0
-    device: str = "cpu"
-
-    def _check_params(self) -> None:
-        super()._check_params()
-        checks = [
-            (self.reconstruction in RECONSTRUCTIONS, f"reconstruction must be one of {', '.join(RECONSTRUCTIONS)}"),
-            (self.standardise in STANDARDISATIONS, f"standardise must be one of {', '.join(STANDARDISATIONS)}"),
-            (self.latent_dim >= 1, "latent_dim must be at least 1"),
-            (self.hidden >= 0, "hidden must be 0 (linear) or a width"),
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.batch_size >= 2, "batch size must be at least 2 (interpolation needs pairs)"),
-            (self.lr > 0, "lr must be positive"),
-            (self.weight_decay >= 0, "weight decay must be 0 or more"),
-            (min(self.lambda_1, self.lambda_2, self.lambda_3) >= 0, "the lambdas must be 0 or more"),
-            (0 <= self.alpha_max <= 1, "alpha_max must lie between 0 and 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise PipelineError(f"IGD: {message}.")
 
     # -- training -------------------------------------------------------------------------
 
@@ -79,7 +48,7 @@ class IGDHead(Head):
         """EM: an E-step before training and after every epoch, the M-step batch by batch;
         ``callback(self, record)`` after every epoch's E-step (the evaluation records the test
         AUROC there; it never changes the training)."""
-        device = torch.device(self.device)
+        device = resolve_device(self.device)
         raw = torch.as_tensor(np.asarray(features.pooled), dtype=torch.float32)
         if raw.ndim != 2:
             raise PipelineError(f"IGD needs 2-D features (samples, dimensions), got shape {tuple(raw.shape)}.")

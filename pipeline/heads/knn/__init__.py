@@ -1,8 +1,4 @@
-"""The knn head: see head.py (the head class), engine.py (the nearest-neighbour search),
-reduced.py (its exact bfloat16 path), command.py (its stage) and report.py (its table rows).
+"""The knn head: see settings.py (its parameters), head.py (the head class), engine.py (the
+nearest-neighbour search) and reduced.py (its exact bfloat16 path)."""
 
-The choices below are here, torch-free, so that the command's ``--help`` does not load torch."""
-
-# float32: blocked float32 products; bfloat16: a bfloat16 screen with a certificate, the same
-# neighbours (pipeline/heads/knn/reduced.py).
-PRECISIONS = ("float32", "bfloat16")
+from pipeline.heads.knn.settings import PRECISIONS  # noqa: F401

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError, choice_error
 from pipeline.heads.knn import PRECISIONS
 from pipeline.heads.knn.reduced import Certified, certified_nearest, merge
@@ -49,7 +50,7 @@ def knn_distances(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], que
         raise choice_error("kNN precision", precision, PRECISIONS)
     if precision != "float32":
         return knn_certified(gallery, queries, k, query_block, gallery_block, device, workers).distances
-    device = torch.device(device)
+    device = resolve_device(device)
     queries_t = _float32(queries, device)
     best = torch.full((len(queries_t), k), float("inf"), device=device)
     seen = 0
@@ -137,7 +138,7 @@ def knn_certified(gallery: np.ndarray | torch.Tensor | Iterable[np.ndarray], que
     (query_block x gallery_block) bfloat16 product. ``workers``: CPU threads, each with one
     torch thread (default: torch's thread count).
     """
-    device = torch.device(device)
+    device = resolve_device(device)
     queries_t = _float32(queries, device)
     candidates = candidates or default_candidates(k)
     if candidates <= k:
@@ -257,7 +258,7 @@ def knn_loo_distances(gallery: np.ndarray | torch.Tensor, k: int = 2, query_bloc
     equals ``knn_scores`` of it against the gallery without it. Memory: one (block x n) matrix,
     at most ``max_block_entries`` floats.
     """
-    device = torch.device(device)
+    device = resolve_device(device)
     points = _float32(gallery, device)
     n = len(points)
     if n < k + 1:

@@ -14,9 +14,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from pipeline.errors import PipelineError, choice_error
+from pipeline.errors import PipelineError
 from pipeline.heads.base import EpochCallback, Features, Head
-from pipeline.heads.knn import PRECISIONS
+from pipeline.heads.knn.settings import KNNParams
 from pipeline.heads.knn.engine import Neighbours, knn_certified, knn_loo_scores, knn_scores, knn_scores_dask
 
 
@@ -32,22 +32,12 @@ def _is_dask(value: object) -> bool:
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
-class KNNHead(Head):
-    """Keeps the normal training features (the gallery); scores by the k nearest of them."""
+class KNNHead(KNNParams, Head):
+    """Keeps the normal training features (the gallery); scores by the k nearest of them.
+    Its parameters are declared in ``settings.py``."""
 
     name = "knn"
     training_note = "leave-one-out kNN scores of the training features (each against the other training features)"
-
-    k: int = 2
-    device: str = "cpu"
-    precision: str = "float32"  # of the test images' search; the leave-one-out training scores are float32
-
-    def _check_params(self) -> None:
-        super()._check_params()
-        if self.k < 1:
-            raise PipelineError(f"k must be at least 1, got {self.k}.")
-        if self.precision not in PRECISIONS:
-            raise choice_error("kNN precision", self.precision, PRECISIONS)
 
     def _fit(self, features: Features, labels: np.ndarray | None, callback: EpochCallback | None) -> None:
         """Keep the gallery: an array, a GallerySource, or a Dask array (Any: dask is optional here)."""

@@ -32,61 +32,24 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.heads.base import EpochCallback, Features, Head
 from pipeline.heads.knn.head import KNNHead
-from pipeline.heads.panda import FISHER_SOURCES, PRECISIONS
 from pipeline.heads.panda.model import classifier_fisher, compactness_loss, embed, train_step, uniform_fisher
+from pipeline.heads.panda.settings import PandaParams
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
-class PandaHead(Head):
-    """A copy of the backbone's tail adapted to the normal class; score = kNN on its features."""
+class PandaHead(PandaParams, Head):
+    """A copy of the backbone's tail adapted to the normal class; score = kNN on its features.
+    Its parameters are declared in ``settings.py``; the backbone's are the cache's (the stage
+    fills them in from its metadata)."""
 
     name = "panda"
     needs_trunk = True
     training_note = ("leave-one-out kNN scores of the adapted training features (each against the other "
                      "training features)")
-
-    # The backbone that made the cache (the command fills these in from its metadata).
-    backbone: str = "efficientnet_lite0"
-    image_size: int = 224
-    weights_tag: str | None = None
-    weights_file: str | None = None    # only if the cache was made with --weights FILE
-    weights_sha256: str | None = None  # the cache's: the tail must start from the weights that made its maps
-    trunk_end: str | None = None       # stage of the cached trunk maps (None: the backbone's PANDA split)
-    # Training, as the authors' code.
-    epochs: int = 15                   # PANDA-Early: 15 epochs on CIFAR-10 (2.3k minibatches of 32)
-    batch_size: int = 32
-    lr: float = 1e-2
-    momentum: float = 0.9
-    weight_decay: float = 5e-5
-    grad_clip: float = 1e-3            # max gradient norm
-    fisher: str = "none"               # EWC: none | uniform | normal_class
-    ewc_lambda: float = 1e4
-    fisher_batches: int = 100          # minibatches the normal_class Fisher is estimated on (paper: 100)
-    k: int = 2
-    precision: str = "float32"         # float32 | bfloat16 (autocast)
-    seed: int = 0
-    device: str = "cpu"
-
-    def _check_params(self) -> None:
-        super()._check_params()
-        checks = [
-            (self.fisher in FISHER_SOURCES, f"fisher must be one of {', '.join(FISHER_SOURCES)}"),
-            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
-            (self.epochs >= 0, "epochs must be 0 (no adaptation: DN2 through the tail) or more"),
-            (self.batch_size >= 1, "batch size must be at least 1"),
-            (self.lr > 0, "lr must be positive"),
-            (self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight decay must be 0 or more"),
-            (self.grad_clip > 0, "the gradient clipping norm must be positive"),
-            (self.ewc_lambda >= 0, "the EWC weight must be 0 or more"),
-            (self.fisher_batches >= 1, "the Fisher needs at least 1 minibatch"),
-            (self.k >= 1, "k must be at least 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise PipelineError(f"PANDA: {message}.")
 
     # -- what it reads --------------------------------------------------------------------
 
@@ -118,7 +81,7 @@ class PandaHead(Head):
     def _fit(self, features: Features, labels: np.ndarray | None, callback: EpochCallback | None) -> None:
         """Adapt the tail on the normal class's trunk maps; ``callback(self, record)`` after
         each epoch, and for epoch 0 before any (the evaluation records the test AUROC there)."""
-        device = torch.device(self.device)
+        device = resolve_device(self.device)
         extractor = self._pretrained()
         maps = torch.as_tensor(self._trunk_maps(features)).to(device)  # float16, as cached
         if len(maps) < max(self.k, 1):

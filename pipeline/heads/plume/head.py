@@ -17,76 +17,30 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from pipeline.cli import detail, progress
+from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.heads.base import EpochCallback, Features, Head
-from pipeline.heads.plume import (BATCH_MODES, GUIDANCE_FORMS, GUIDANCES, IDENTITY_LOSSES, IDENTITY_TARGETS,
-                                  LR_RULES, PERTURBATIONS, SELECTIONS)
 from pipeline.heads.plume.model import (Classifier, InputNorm, Perturbator, guidance_loss, identity_targets,
                                         kl_divergence, limit_shift, near_identity_loss, perturb,
                                         perturbation_diagnostics)
+from pipeline.heads.plume.settings import LR_RULES, PlumeParams
+from pipeline.progress import detail, progress
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
-class PlumeHead(Head):
-    """Trained on the normal class; score = minus the classifier's logit. The defaults here are
-    the paper's run (eq. 1 taken literally, D = 3072, 100 epochs); the command's come from
-    params.yaml's plume section (the configuration benchmarks/plume_study.py picked)."""
+class PlumeHead(PlumeParams, Head):
+    """Trained on the normal class; score = minus the classifier's logit. Its parameters are
+    declared in ``settings.py``: the defaults are params.yaml's, ``PlumeHead.preset("paper")``
+    the paper's run (eq. 1 taken literally, D = 3072, 100 epochs), ``preset("authors")`` the
+    authors' code."""
 
     name = "plume"
 
-    perturbation: str = "linear"   # linear (PLUME) | addmult (PLAD) | add | mult | gaussian
-    guidance: str = "contrastive"  # contrastive (eq. 7) | mean (eq. 9) | none
-    guidance_form: str = "paper"   # the guidance loss as the paper writes it | as the authors' code computes it
-    lam: float = 5.0               # lambda, weight of the near-identity loss (eq. 1)
-    nu: float = 1.0                # weight of the KL divergence (eq. 4)
-    gamma: float = 1.0             # weight of the guidance loss (eq. 7 or 9)
-    tau: float = 0.5               # temperature of the cosine similarities
-    epochs: int = 100
-    min_steps: int = 0             # at least this many optimiser steps (more epochs on a small class); 0: epochs only
-    batch_size: int = 32
-    lr: float | str = "lowest-loss"  # peak one-cycle learning rate, or a range test's rule (LR_RULES)
-    weight_decay: float = 0.01     # AdamW's default
-    dim: int | str = 3072          # classifier input size after adaptive pooling, or "native"
-    identity_loss: str = "sum"     # sum over D (paper, eq. 1) | mean (authors' code, mse_loss)
-    identity_target: str = "paper"   # linear map: alpha -> 1, beta -> 0 (paper) | alpha -> 0, beta -> 1 (authors)
-    batch_mode: str = "joint"      # one batch through the classifier (PLAD), or separate (PLUME authors' code)
-    noise_std: float = 0.1         # sigma of the gaussian perturbation (the paper does not give it)
-    max_shift: float = 0.0         # longest ||x~ - x|| / ||x|| of a pseudo-anomaly, longer ones pulled back; 0: no limit
-    select: str = "final"          # keep the last epoch's weights | the best validation epoch's (SELECTIONS)
-    val_fraction: float = 0.0      # normal training images held out of training for validation; 0: none
-    ema: float = 0.0               # decay per step of an average of the classifier's weights, scored instead; 0: off
-    seed: int = 0
-    device: str = "cpu"
-
     def _check_params(self) -> None:
         super()._check_params()
-        checks = [
-            (self.perturbation in PERTURBATIONS, f"perturbation must be one of {', '.join(PERTURBATIONS)}"),
-            (self.guidance in GUIDANCES, f"guidance must be one of {', '.join(GUIDANCES)}"),
-            (self.batch_mode in BATCH_MODES, f"batch mode must be one of {', '.join(BATCH_MODES)}"),
-            (self.identity_loss in IDENTITY_LOSSES, f"identity loss must be one of {', '.join(IDENTITY_LOSSES)}"),
-            (self.identity_target in IDENTITY_TARGETS,
-             f"identity target must be one of {', '.join(IDENTITY_TARGETS)}"),
-            (self.guidance_form in GUIDANCE_FORMS, f"guidance form must be one of {', '.join(GUIDANCE_FORMS)}"),
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.min_steps >= 0, "min steps must be 0 (epochs only) or positive"),
-            (self.batch_size >= 2, "batch size must be at least 2 (batch norm and the contrastive loss need pairs)"),
-            (self.tau > 0, "tau must be positive"),
-            (self.lr in LR_RULES or (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
-                                     and self.lr > 0),
-             f"lr must be a positive number or one of {', '.join(LR_RULES)}"),
-            (self.dim == "native" or (isinstance(self.dim, int) and self.dim >= 2), "dim must be native or an integer >= 2"),
-            (self.select in SELECTIONS, f"select must be one of {', '.join(SELECTIONS)}"),
-            (0.0 <= self.val_fraction < 1.0, "the validation fraction must lie in [0, 1)"),
-            (self.select != "held-out" or self.val_fraction > 0,
-             "select held-out needs normal training images to hold out: give a validation fraction above 0"),
-            (self.max_shift >= 0, "max shift must be 0 (no limit) or positive"),
-            (0.0 <= self.ema < 1.0, "ema (the averaging decay per step) must lie in [0, 1); 0 turns it off"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise PipelineError(f"PLUME: {message}.")
+        if self.select == "held-out" and self.val_fraction == 0:
+            raise PipelineError("PLUME: select held-out needs normal training images to hold out: give a validation "
+                                "fraction above 0.")
 
     # -- training -------------------------------------------------------------------------
 
@@ -99,7 +53,7 @@ class PlumeHead(Head):
         epoch against its own pseudo-anomalies (``_validate``: ``val_auroc``, ``val_ce`` and
         ``val_best_epoch`` in the records); ``select="held-out"`` then keeps the weights of
         the best validation epoch (``selected_epoch_``)."""
-        device = torch.device(self.device)
+        device = resolve_device(self.device)
         x_all = torch.as_tensor(np.asarray(features.pooled), dtype=torch.float32, device=device)
         if x_all.ndim != 2:
             raise PipelineError(f"PLUME needs 2-D features (samples, dimensions), got shape {tuple(x_all.shape)}.")

@@ -8,21 +8,26 @@ same cache, the same classes and seeds, side by side with kNN and the published 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from pipeline import metrics_file
-from pipeline.cli import cache_label, check_outputs, info, resolve_device, safe_filename, write_text
+from pipeline import metrics_file, params
+from pipeline.cli import cache_label, check_outputs, info, safe_filename, write_text
+from pipeline.commands.options import apply_preset, declared_options, preset_option
+from pipeline.commands.plume import STAGE, add_training_figures, plume_about
+from pipeline.commands.stage import CONTEXT, cache_options, describe, open_cache, read_paths
 from pipeline.distributed import open_client
 from pipeline.errors import PipelineError
-from pipeline.heads.plume import GUIDANCES, PERTURBATIONS
-from pipeline.heads.plume.command import head_label, plume_payload, resolved_settings, run_plume, training_options
-from pipeline.heads.plume.report import check_same_cache, plume_ablation_table
-from pipeline.heads.stage import cache_options, open_cache
+from pipeline.heads.plume.settings import GUIDANCES, PERTURBATIONS, PlumeParams
+from pipeline.heads.settings import SeedsParams
 from pipeline.protocol import NORMAL_VS_ANOMALIES, ONE_VS_ALL
+from pipeline.report.heads.plume import check_same_cache, plume_ablation_table
 from pipeline.report.published import has_published_column
 
 TABLE_1C = "gaussian/none,addmult/none,linear/none,linear/mean,linear/contrastive"
+# The variant is the table's rows; no head of the ablation is saved, so none needs a threshold.
+NOT_OPTIONS = ("perturbation", "guidance", "threshold_quantile")
 
 
 def parse_variants(value: str) -> list[tuple[str, str]]:
@@ -36,9 +41,10 @@ def parse_variants(value: str) -> list[tuple[str, str]]:
     return variants
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(context_settings=CONTEXT)
 @cache_options("plume")
-@training_options
+@declared_options("plume", PlumeParams, SeedsParams, skip=NOT_OPTIONS)
+@preset_option(PlumeParams.PRESETS)
 @click.option("--variants", default=TABLE_1C, show_default=True, callback=lambda c, p, v: parse_variants(v),
               help="Comma-separated PERTURBATION/GUIDANCE pairs (the default is the paper's table 1c; "
                    "add gaussian/contrastive, addmult/contrastive, add/contrastive, mult/contrastive for "
@@ -51,11 +57,28 @@ def parse_variants(value: str) -> list[tuple[str, str]]:
               help="Folder for ROC and training curves, one subfolder per variant.")
 @click.option("--table", "table_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the Markdown table here.")
-def main(cache_path, protocol, variants, seeds, classes, device, expect, scheduler, knn_metrics, metrics_path, plots_dir,
-         table_path, **settings):
+@click.pass_context
+def main(ctx: click.Context, cache_path: str, protocol: str, classes: Any, expect: tuple[str, ...], scheduler: str,
+         variants: list[tuple[str, str]], knn_metrics: str | None, metrics_path: str, plots_dir: str | None,
+         table_path: str | None, preset: str | None, seeds: tuple[int, ...], **settings: Any) -> None:
     """Train every PLUME variant on every chosen class and seed and lay the AUROCs out like the
     paper's ablation table (final epoch and, separately named, best epoch)."""
-    check_outputs(files={"--metrics": metrics_path, "--table": table_path}, folders={"--plots": plots_dir})
+    from pipeline.devices import resolve_device
+    from pipeline.evaluate import evaluate_one_vs_all, metrics_payload, write_plots
+    from pipeline.heads.plume.head import PlumeHead
+
+    params.load_params()  # a params.yaml that fails its check stops here, before anything is read or written
+    settings = apply_preset(ctx, settings, PlumeParams.PRESETS, preset)
+    check_outputs(files={"--metrics": metrics_path, "--table": table_path}, folders={"--plots": plots_dir},
+                  inputs={"--cache": cache_path, **read_paths(ctx),
+                          "--knn-metrics": knn_metrics and [knn_metrics, metrics_file.sidecar_path(knn_metrics)]})
+    settings["device"] = str(resolve_device(settings["device"]))
+    seeds = list(seeds)
+    # Every variant's settings are checked before the first one trains for hours.
+    heads = {f"{p}/{g}": PlumeHead(perturbation=p, guidance=g, threshold_quantile=None, **settings)
+             for p, g in variants}
+    for head in heads.values():
+        head._check_params()
     cache, tasks = open_cache(cache_path, expect, classes, protocol)
     if any(task.by_type for task in tasks):
         raise PipelineError(f"stages.plume_ablation lays out the PLUME paper's one-vs-all table (table 1c), and "
@@ -64,28 +87,24 @@ def main(cache_path, protocol, variants, seeds, classes, device, expect, schedul
     knn = metrics_file.read(knn_metrics) if knn_metrics else None
     if knn is not None:  # before hours of training, not after
         check_same_cache(knn["about"], {**cache_label(cache.metadata), "protocol": ONE_VS_ALL})
-    from pipeline.evaluate import write_plots
-
-    device_ = str(resolve_device(device))
-    resolved = resolved_settings(cache, settings, device_, None)
     payloads = {}
     # One cluster for all variants: starting workers costs seconds each time.
     with open_client(scheduler) as client:
-        for perturbation, guidance in variants:
-            name = f"{perturbation}/{guidance}"
-            results = run_plume(cache, tasks, seeds, device_, perturbation, guidance, desc=f"PLUME {name}",
-                                client=client, **settings)
-            payloads[name] = plume_payload(results, cache.metadata,
-                                           head_label(settings, perturbation, guidance, seeds, **resolved))
+        for name, head in heads.items():
+            results = evaluate_one_vs_all(cache, head, tasks, seeds=seeds, track_epochs=True, desc=f"PLUME {name}",
+                                          client=client)
+            about = {**describe(STAGE, head, {"seeds": seeds}, seeds), **plume_about(head, cache, seeds)}
+            payloads[name] = metrics_payload(results, cache.metadata, about)
+            add_training_figures(payloads[name], results)
             if plots_dir is not None:
-                variant_dir = Path(plots_dir) / safe_filename(f"{perturbation}_{guidance}")
+                variant_dir = Path(plots_dir) / safe_filename(name.replace("/", "_"))
                 write_plots(results, variant_dir / "roc", variant_dir / "training")
             info(f"{name}: mean AUROC {100 * payloads[name]['mean']['auroc']:.2f}% (final epoch), "
-                       f"{100 * payloads[name]['mean']['best_epoch_auroc']:.2f}% (best epoch)")
+                 f"{100 * payloads[name]['mean']['best_epoch_auroc']:.2f}% (best epoch)")
     about = next(iter(payloads.values()))["about"]
     metrics_file.write(metrics_path, {"variants": {name: {"mean": p["mean"], "per_class": p["per_class"]}
-                                           for name, p in payloads.items()},
-                              "about": {k: v for k, v in about.items() if k not in ("perturbation", "guidance")}})
+                                                   for name, p in payloads.items()},
+                                      "about": {k: v for k, v in about.items() if k not in ("perturbation", "guidance")}})
     table = plume_ablation_table(payloads, knn=knn, paper_column=has_published_column(about))
     if table_path:
         write_text(table_path, table)

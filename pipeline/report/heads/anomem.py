@@ -5,9 +5,22 @@ no head class."""
 
 from __future__ import annotations
 
-from pipeline.heads.anomem import CONTROLS, retrieval_words
 from pipeline.report.published import Published, has_published_column, paper_section, published
 from pipeline.report.rows import Figure, Row, Run, figures, plural
+
+# The control scores the evaluation grades on one-class runs (AnoMemHead.control_scores).
+CONTROLS = {"norm": "control: ||z|| alone, no memory", "nearest_slot": "control: distance to the nearest slot"}
+SCALE_ROLES = ("intermediate", "last")
+
+
+def retrieval_words(diagnostics: dict) -> str:
+    """How peaked the retrieval softmax is on the test images (mean over classes), per scale:
+    its largest weight and its entropy over the log of the number of slots (1: flat)."""
+    mean = diagnostics.get("mean", {})
+    parts = [f"{scale} {mean[f'retrieval_top_weight_{scale}']:.2f} / {mean[f'retrieval_entropy_{scale}']:.2f}"
+             for scale in SCALE_ROLES if f"retrieval_top_weight_{scale}" in mean]
+    return f" (retrieval on test images, largest weight / entropy: {', '.join(parts)})" if parts else ""
+
 
 DISPLAY_NAME = "AnoMem"
 ORDER = 2
