@@ -268,6 +268,29 @@ def main() -> None:
                        ("a text file named .head", work / "text.head")):
         case(name, ["stages.score", "--head", str(path), "--images", str(to_score), "--out", str(work / "h.csv")])
 
+    # Bounded inputs: a decompression bomb, rows an HDF5 file declares but does not hold, a map
+    # grid larger than the map.
+    import io
+    import tarfile
+
+    bomb = work / "bomb"
+    bomb.mkdir()
+    with tarfile.open(bomb / "cifar-10-python.tar.gz", "w:gz") as tar:
+        for name, size in (("batches.meta", 10), ("data_batch_1", 4 << 20)):
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes(size)))
+    case("CIFAR-10 archive that unpacks to 4 MiB of zeros (a decompression bomb)",
+         [*extract, "--dataset", "cifar10", "--data-dir", str(bomb), "--out", str(work / "bomb.zarr")])
+    with h5py.File(work / "sparse.h5", "w") as f:
+        f.create_dataset("train/features", shape=(100_000, 3), dtype="f4", chunks=(1000, 3))[:8] = 1.0
+        f["train/labels"] = np.zeros(100_000, np.int64)
+        f["test/features"], f["test/labels"] = np.ones((4, 3), np.float32), np.arange(4) % 2
+    case("HDF5 import declaring 100,000 rows, 8 written", ["pipeline.cache", "import-hdf5", str(work / "sparse.h5"),
+                                                           str(work / "sparse.zarr")])
+    case("--map-grid 64 on a 2x2 map", [*extract, "--dataset", "synthetic", "--maps", "intermediate", "--map-grid", "64",
+                                        "--out", str(work / "grid.zarr")])
+
     shared = work / "read_only"
     shared.mkdir()
     shutil.copytree(cache, shared / "good.zarr")

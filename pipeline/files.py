@@ -187,13 +187,50 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 
+# File names made from data (``safe_filename``): a name already in this form is its own file name.
+KEPT_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9._-]*[a-z0-9_-])?")
+KEPT_LENGTH, READABLE_LENGTH, HASH_DIGITS = 100, 80, 16
+# Names Windows keeps for devices, with any extension (con.json is the console there).
+WINDOWS_DEVICES = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
+                             *(f"lpt{i}" for i in range(10))})
+
+
+def is_kept_name(name: str) -> bool:
+    """Whether ``safe_filename`` keeps ``name`` as it is: lower-case ASCII letters, digits, '_',
+    '.' and '-' only, not starting with '.' or '-', not ending with '.', no '--' anywhere, at
+    most 100 characters, and not a Windows device name (con, nul, com1, ...; any extension)."""
+    return (len(name) <= KEPT_LENGTH and KEPT_NAME.fullmatch(name) is not None and "--" not in name
+            and name.split(".")[0] not in WINDOWS_DEVICES)
+
+
 def safe_filename(name: str, suffix: str = "") -> str:
-    """A file name made from data (a class name from a folder or an HDF5 file): letters,
-    digits, '.', '_' and '-' only, so it cannot leave its folder. Where anything had to change,
-    a short hash of the original name follows, so two names never share a file (``good part``
-    and ``good_part``)."""
+    """A file name made from data (a class name from a folder or an HDF5 file, a dataset and
+    backbone name): ASCII letters, digits, '.', '_' and '-' only, never '.', '..' or a hidden
+    file, so it cannot leave its folder; then ``suffix``.
+
+    One file per name, by construction (the mapping is injective, also where the file system
+    ignores case):
+
+    - a name in the kept form (``is_kept_name``: lower-case, plain, no '--') is its own file
+      name, so the files of ordinary names (``roc_bottle.json``, ``cache/digits_..._224.zarr``)
+      read as their names;
+    - every other name becomes ``<readable>--<hash>``: the name with each run of other
+      characters as '_' (at most 80 characters, '_' when nothing is left), then '--' and 16
+      hex digits of the SHA-256 of the name's exact spelling (UTF-8).
+
+    No kept name holds '--' and every changed one does, so a kept name never meets a changed
+    one (a class literally named like another's file name, ``good_part--<hash>``, is itself
+    changed, with its own hash); two changed names differ in their hash. Kept names have no
+    capitals and the hash is of the exact spelling, so two names differing only in case
+    (``Good``, ``good``) never share a file on a case-insensitive file system (macOS, Windows)
+    either. Names are not Unicode-normalised here (two spellings are two names): class names
+    are normalised (NFC) where they enter."""
     name = str(name)
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip(".")[:100] or "_"
-    if cleaned != name:
-        cleaned += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
-    return cleaned + suffix
+    if is_kept_name(name):
+        return name + suffix
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    readable = re.sub(r"-{2,}", "-", readable)[:READABLE_LENGTH].strip(".-") or "_"
+    if readable.split(".")[0].lower() in WINDOWS_DEVICES:  # nul.txt--<hash> is still the device nul there
+        readable = "_" + readable
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_DIGITS]
+    return f"{readable}--{digest}{suffix}"

@@ -36,7 +36,11 @@ class StageParams:
     """What every head stage reads besides its head's parameters."""
 
     classes: Any = param("all", "Normal classes to evaluate: all, or class names or indices (normal-vs-anomalies: "
-                                "the normal classes, together; all: those the dataset records).",
+                                "the normal classes, together; all: those the dataset records). Any class name "
+                                "works: names win over indices and over the commas, the longest first (a class "
+                                "named a,b is --classes a,b; classes a and b beside it are then b,a or their "
+                                "indices); the word all alone is every class, so a class named all is a list of "
+                                "one: --classes all, (a trailing comma).",
                          kind="names", words=("all",))
 
 

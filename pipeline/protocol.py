@@ -9,6 +9,7 @@ Reads labels only (from the cache), never images or features.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -107,24 +108,92 @@ def tasks(protocol: str, selection: str | Sequence[str], classes: list[str], met
 
 
 def resolve_classes(selection: str | Sequence[str], classes: list[str]) -> list[int]:
-    """'all', or comma-separated class names or indices -> class indices."""
+    """'all', or class names or indices (comma-separated text, or a list) -> class indices, each
+    once, in the order given.
+
+    Every class name can be chosen, whatever it holds:
+
+    - a name is matched before an index ("7" is the class named 7 where there is one) and
+      before the text is split at commas: the whole text first, then, of the pieces the commas
+      make (the command line splits there too), the longest run that joined again by commas is
+      a class name. So the class "a,b" is ``a,b`` (beside classes "a" and "b" too: the longer
+      name wins; those two are then ``b,a`` or their indices). Spaces around commas and at the
+      ends do not count (the command line trims them) unless two names differ only there:
+      then the name has to be exact, or given by its index;
+    - the word all, alone, is every class; a class named all is chosen by a list of one:
+      ``all,`` on the command line (a trailing comma), ``[all]`` in params.yaml;
+    - names are compared after Unicode normalisation (NFC), as class names are made."""
     if isinstance(selection, str):
         if selection.strip().lower() == "all":
             return list(range(len(classes)))
+        whole = _class_named(selection, classes)
+        if whole is not None:
+            return [whole]
         selection = [s.strip() for s in selection.split(",") if s.strip()]
-    chosen = []
-    for item in selection:
-        item = str(item)
-        if item in classes:
-            chosen.append(classes.index(item))
-        elif item.isdigit() and int(item) < len(classes):
-            chosen.append(int(item))
-        else:
-            raise choice_error("class", item, classes)
-    if not chosen:
+    items = [str(item) for item in selection]
+    if not items:
         raise PipelineError(f"--classes names no class ({selection!r}); give all, or comma-separated class names "
                             f"or indices: {', '.join(classes)}.")
+    chosen = _read_names(items, 0, classes, {})
+    if chosen is None:
+        raise _unknown_class(items, classes)
     return list(dict.fromkeys(chosen))  # each class once, in the order given
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def _loose(text: str) -> str:
+    """A name as the command line leaves it: trimmed, and trimmed around each comma."""
+    return ",".join(part.strip() for part in _nfc(text).split(",") if part.strip())
+
+
+def _class_named(text: str, classes: Sequence[str]) -> int | None:
+    """The index of the class named ``text`` (exactly, else but for spaces around commas and at
+    the ends), or None; refused where that leaves two classes."""
+    exact = [i for i, name in enumerate(classes) if _nfc(name) == _nfc(text)]
+    if exact:
+        return exact[0]
+    loose = [i for i, name in enumerate(classes) if _loose(name) == _loose(text) and _loose(text)]
+    if len(loose) > 1:
+        shown = ", ".join(f"{classes[i]!r} (index {i})" for i in loose)
+        raise PipelineError(f"--classes {text.strip()!r} could be any of the classes {shown}, whose names differ only "
+                            f"in spaces the command line trims; give the one meant by its index.")
+    return loose[0] if loose else None
+
+
+def _read_names(items: list[str], start: int, classes: Sequence[str], failed: dict) -> list[int] | None:
+    """``items[start:]`` as class indices: at each place the longest run of items that joined by
+    commas is a class name, else one item that is a class index; None when no reading fits."""
+    if start == len(items):
+        return []
+    if start in failed:
+        return None
+    for end in range(len(items), start, -1):
+        found = _class_named(",".join(items[start:end]), classes)
+        if found is None and end == start + 1 and items[start].isdigit() and int(items[start]) < len(classes):
+            found = int(items[start])
+        if found is not None:
+            rest = _read_names(items, end, classes, failed)
+            if rest is not None:
+                return [found, *rest]
+    failed[start] = True
+    return None
+
+
+def _unknown_class(items: list[str], classes: Sequence[str]) -> PipelineError:
+    """The error for a selection no reading fits: the first item that is no class name, part of
+    one or index."""
+    def known(item: str) -> bool:
+        if _class_named(item, classes) is not None or (item.isdigit() and int(item) < len(classes)):
+            return True
+        return any(_loose(item) in _loose(name).split(",") for name in classes)
+
+    item = next((item for item in items if not known(item)), ",".join(items))
+    hint = (" The word all alone means every class; a class named all is chosen by a list of one: --classes all, "
+            "(a trailing comma)." if item.strip().lower() == "all" else "")
+    return PipelineError(f"{choice_error('class', item, list(classes)).message}{hint}")
 
 
 def draw_anomalies(labels: np.ndarray, normal_class: int, gamma: float, draw: int) -> tuple[np.ndarray, np.ndarray]:

@@ -207,3 +207,23 @@ def test_the_declared_check_refuses_what_the_old_code_coerced() -> None:
         with pytest.raises(PipelineError):
             spec.check(bad, "k")
     assert spec.check(3, "k") == 3
+
+
+@pytest.mark.parametrize("name", ["plume", "anomem", "igd", "classical_ocsvm", "knn"])
+def test_older_metrics_files_get_the_words_the_stage_writes(tmp_path: Path, name: str) -> None:
+    """describe_metrics gives a metrics file written before setting_words the same words the
+    head stage writes today (the committed metrics/ files are the stage's own output)."""
+    import json
+    import shutil
+
+    from pipeline.commands.describe_metrics import describe_file
+
+    source = REPO / "metrics" / f"{name}_efficientnet_lite0.json"
+    shutil.copy(source, tmp_path / source.name)
+    sidecar = json.loads(source.with_name(source.stem + ".about.json").read_text())
+    written = sidecar["about"].pop("setting_words")
+    (tmp_path / f"{source.stem}.about.json").write_text(json.dumps(sidecar))
+    assert describe_file(tmp_path / source.name)
+    described = json.loads((tmp_path / f"{source.stem}.about.json").read_text())["about"]["setting_words"]
+    assert described == written
+    assert not describe_file(tmp_path / source.name)  # already described: left alone

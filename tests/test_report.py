@@ -413,7 +413,6 @@ from pipeline.report.rows import Figure, Row, figures
 
 DISPLAY_NAME = "Fake head"
 ORDER = -1  # before kNN
-SETTINGS = {"width": "width {}", "depth": lambda about: f"depth {about['depth']}" if "depth" in about else None}
 ROC_CURVES = "fake model"
 
 
@@ -441,7 +440,8 @@ def test_a_head_in_the_registry_gets_its_rows_from_its_report_module_and_an_unkn
     runs = {"knn": knn_payload()}
     for head, width in (("fakehead", 3), ("fakehead", 5), ("unknownhead", 3), ("bare", 3)):
         payload = knn_payload()
-        payload["about"] = about(CIFAR, head, width=width, depth=2)
+        payload["about"] = about(CIFAR, head, width=width, depth=2,
+                                 setting_words={"width": f"width {width}", "depth": "depth 2"})
         runs[f"{head}_{width}"] = payload
     for name, payload in runs.items():
         write(tmp_path / "metrics" / f"{name}.json", payload)

@@ -112,7 +112,12 @@ def finish(run: StageRun, payload: dict, results: dict) -> None:
         about.pop(name, None)
         words.pop(name, None)
     if run.head.options:
-        words["options"] = ", ".join(f"{key}={value}" for key, value in run.head.options.items())
+        words["options"] = options_words(run.head.options)
+
+
+def options_words(options: dict) -> str:
+    """The --option arguments in the report's words."""
+    return ", ".join(f"{key}={value}" for key, value in options.items())
 
 
 def batch_dependence(cache: "FeatureCache", head: "ClassicalHead", normal: tuple[int, ...], rows: int = 200) -> bool:

@@ -16,9 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pipeline.commands.stage import Stage, StageRun, head_command
-from pipeline.declare import setting_words
 from pipeline.errors import PipelineError
-from pipeline.heads.panda.settings import PandaParams
 
 if TYPE_CHECKING:
     from pipeline.store.cache import FeatureCache
@@ -65,12 +63,6 @@ def describe(run: StageRun) -> dict:
                         "adaptation (peeks at the test set)"}
 
 
-def finish(run: StageRun, payload: dict, results: dict) -> None:
-    """The report's words for the trunk's stage, beside those of the settings."""
-    payload["about"].setdefault("setting_words", {}).update(
-        setting_words(PandaParams, {"trunk_end": run.head.trunk_end}))
-
-
 STAGE = Stage(
     "panda", head_class=head_class, what_saved="the adapted tail's weights, the centre and the kNN gallery of adapted features (first seed)",
     doc="""Adapt a copy of the backbone's later stages to each normal class in turn with PANDA's
@@ -78,7 +70,7 @@ STAGE = Stage(
     and score the test set by kNN on the adapted features. The test AUROC is recorded after
     every epoch (epoch 0: the model before adaptation): the reported AUROC is the final
     epoch's; the best epoch's is reported separately, since choosing it reads the test set.""",
-    curves=True, desc=lambda run: "PANDA", options=OPTIONS, build=build, describe=describe, finish=finish)
+    curves=True, desc=lambda run: "PANDA", options=OPTIONS, build=build, describe=describe)
 main = head_command(STAGE)
 
 if __name__ == "__main__":

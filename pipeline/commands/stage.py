@@ -182,19 +182,22 @@ class Stage:
 
 def describe(stage: Stage, head: "Head", run: dict, seeds: list[int]) -> dict:
     """The metrics file's description of a run: the head's parameters that decide the numbers,
-    the stage's own settings, the seeds, and the report's words for them (``setting_words``,
-    from the declarations: the report reads them instead of importing the head)."""
-    head_params, run_params = head_settings(stage.name)
+    the stage's own settings and the seeds (``_run`` adds the report's words for them,
+    ``setting_words``, from the declarations: the report reads them instead of the head's code)."""
+    head_params, _ = head_settings(stage.name)
     values = {k: v for k, v in head.get_params().items() if k in specs(head_params) and k not in NOT_REPORTED
               and specs(head_params)[k].config}
     values.update({k: v for k, v in run.items() if k != "seeds"})
     about = {"head": stage.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
     if "seeds" in run:
         about["seeds"] = len(seeds)
-    words = {**setting_words(head_params, values), **(setting_words(run_params, values) if run_params else {})}
-    if words:
-        about["setting_words"] = words
     return about
+
+
+def declared_words(head: str, values: dict) -> dict[str, str]:
+    """The report's words for the settings in ``values``, as the head and its stage declare them."""
+    head_params, run_params = head_settings(head)
+    return {**setting_words(head_params, values), **(setting_words(run_params, values) if run_params else {})}
 
 
 def read_paths(ctx: click.Context) -> dict[str, str]:
@@ -250,6 +253,9 @@ def _run(stage: Stage, ctx: click.Context, values: dict) -> None:
             about["auroc_is"] = "final epoch; best_epoch_auroc = best test AUROC over epochs (peeks at the test set)"
         if stage.describe is not None:
             about.update(stage.describe(state))
+        # The report's words, from the description as written (so that describe_metrics gives
+        # an older file the same words from its description).
+        about["setting_words"] = declared_words(stage.name, about)
         state.about = about
         payload = metrics_payload(results, cache.metadata, about)
         if stage.finish is not None:

@@ -11,7 +11,10 @@ import hashlib
 import os
 import pickle
 import re
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,9 +23,20 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError, choice_error
-from pipeline.extract.listing import IMAGE_EXTENSIONS, folder_link_reason, list_images
+from pipeline.class_names import nfc, same_after_nfc_problem
+from pipeline.extract.listing import IMAGE_EXTENSIONS, folder_link_reason, list_images, loose_files
 
-TORCHVISION_DECODES = (".jpg", ".jpeg", ".png", ".gif", ".webp")
+# Decoded by torchvision.io (libjpeg-turbo, libwebp: faster than PIL, the same pixels); the
+# others by PIL: GIF (PIL decodes only the first frame, torchvision every one) and PNG (libpng
+# through torchvision ends the process, no message, on a PNG whose data is shorter than its
+# header says; PIL raises an error, so such a file is reported like any unreadable one).
+TORCHVISION_DECODES = (".jpg", ".jpeg", ".webp")
+# Of those, the formats whose EXIF orientation torchvision applies itself.
+TORCHVISION_ORIENTS = (".jpg", ".jpeg")
+# The most pixels (width x height) an image may have: 100 megapixels (10000 x 10000) take
+# 300 MB as RGB bytes, and several times that while being decoded and resized.
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+MAX_PIXELS_VARIABLE = "FFAD_MAX_IMAGE_PIXELS"
 
 
 class ArrayImages(Sequence):
@@ -65,11 +79,12 @@ class UnreadableImageError(PipelineError):
 
 
 class FileImages(Sequence):
-    """Images read from files on demand (decoded by torchvision.io, not PIL). A file that
-    cannot be decoded raises ``UnreadableImageError``."""
+    """Images read from files on demand (``decode_image_file``). A file that cannot be
+    decoded, or has more pixels than ``max_image_pixels()``, raises ``UnreadableImageError``."""
 
     def __init__(self, paths: list[str]) -> None:
         self.paths = paths
+        max_image_pixels()  # a bad $FFAD_MAX_IMAGE_PIXELS stops here, not as every file unreadable
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -83,22 +98,208 @@ class FileImages(Sequence):
 
 
 def decode_image_file(path: str) -> torch.Tensor:
-    """The image file ``path`` as an RGB uint8 tensor (3, H, W)."""
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype
+    """The image file ``path`` as an RGB uint8 tensor (3, H, W), as an image viewer shows it:
 
+    - turned upright by its EXIF orientation (a phone's portrait photo, a rotated scan);
+    - an animation's first frame; an alpha channel dropped (as torchvision's RGB mode does);
+    - 16-bit images (PNG, TIFF) scaled from their full range, value x 255 / 65535 rounded, and
+      floating-point ones (TIFF) as value x 255 when every value lies within [0, 1], else from
+      the image's own minimum to its maximum (``_to_uint8``): never clipped to white or black.
+      A note on stderr says so once per run (``_note_once``), naming a file.
+
+    An image of more than ``max_image_pixels()`` pixels (width x height, read from the file's
+    header before anything is decoded) raises ``ImageTooLargeError``, which names the limit and
+    how to raise it. PIL's own guard (``Image.MAX_IMAGE_PIXELS``: a DecompressionBombWarning
+    above 89 million pixels, an error above 179 million) is lifted meanwhile: this limit
+    replaces it, whichever decoder is used."""
+    limit = max_image_pixels()
     if path.lower().endswith(TORCHVISION_DECODES):
-        image = decode_image(path, mode=ImageReadMode.RGB)
-    else:  # formats torchvision.io cannot decode (BMP, TIFF): PIL
-        from PIL import Image
+        return _decode_with_torchvision(path, limit)
+    return _decode_with_pil(path, limit)
 
-        with Image.open(path) as pil:
-            image = pil_to_tensor(pil.convert("RGB"))
-    if image.ndim == 4:  # an animated GIF: its first frame
+
+class ImageTooLargeError(ValueError):
+    """An image file with more pixels than ``max_image_pixels()`` allows."""
+
+
+def max_image_pixels() -> int | None:
+    """The most pixels an image may have: ``$FFAD_MAX_IMAGE_PIXELS`` (0: no limit), else
+    ``DEFAULT_MAX_IMAGE_PIXELS``. None for no limit."""
+    value = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not value:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        pixels = int(value.replace("_", ""))
+    except ValueError:
+        pixels = -1
+    if pixels < 0:
+        raise PipelineError(f"{MAX_PIXELS_VARIABLE}={value!r}: give the most pixels (width x height) an image may "
+                            f"have, a whole number such as {MAX_PIXELS_VARIABLE}=400000000, or 0 for no limit; "
+                            f"unset, it is {DEFAULT_MAX_IMAGE_PIXELS}.")
+    return pixels or None
+
+
+def _check_pixels(width: int, height: int, limit: int | None) -> None:
+    if limit is not None and width * height > limit:
+        raise ImageTooLargeError(f"{width}x{height} = {width * height} pixels, over the limit of {limit}; to decode "
+                                 f"it set {MAX_PIXELS_VARIABLE}={width * height} or more (0: no limit)")
+
+
+_PIL_GUARD_LOCK = threading.Lock()
+
+
+@contextmanager
+def _pil_guard_lifted():
+    """PIL's decompression-bomb guard off while this module opens and decodes an image
+    (``max_image_pixels`` is checked instead), restored after."""
+    from PIL import Image
+
+    with _PIL_GUARD_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _decode_with_torchvision(path: str, limit: int | None) -> torch.Tensor:
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_image
+
+    orients_itself = path.lower().endswith(TORCHVISION_ORIENTS)
+    orientation, checked = 1, False
+    try:
+        with _pil_guard_lifted(), Image.open(path) as pil:  # the header only: nothing is decoded
+            _check_pixels(*pil.size, limit)
+            checked = True
+            if not orients_itself:  # WebP
+                orientation = _exif_orientation(pil)
+    except ImageTooLargeError:
+        raise
+    except Exception:  # noqa: BLE001 - a header PIL cannot read: torchvision decodes the file, or says why not
+        checked = False
+    image = decode_image(path, mode=ImageReadMode.RGB, apply_exif_orientation=orients_itself)
+    if image.ndim == 4:  # an animated WebP: its first frame
         image = image[0]
-    if image.dtype != torch.uint8:  # 16-bit PNG
-        image = to_dtype(image, torch.uint8, scale=True)
-    return image
+    if not checked:
+        _check_pixels(image.shape[-1], image.shape[-2], limit)
+    if image.dtype != torch.uint8:  # a 16-bit PNG
+        image = torch.from_numpy(_to_uint8(image.numpy(), path))
+    return _orient(image, orientation)
+
+
+def _decode_with_pil(path: str, limit: int | None) -> torch.Tensor:
+    """BMP, TIFF, GIF: whatever PIL opens, 16-bit ("I;16"), 32-bit integer ("I") and
+    floating-point ("F") grayscale included (PIL gives 16-bit RGB TIFFs as 8-bit RGB)."""
+    from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    # From an open file, not by name: PIL maps an uncompressed TIFF named by path into memory,
+    # and then garbles one with an orientation tag of 5 to 8 (Pillow 13).
+    with _pil_guard_lifted(), open(path, "rb") as handle, Image.open(handle) as pil:
+        _check_pixels(*pil.size, limit)
+        if pil.mode.startswith("I;16") or pil.mode in ("I", "F"):
+            values = np.asarray(pil)
+            image = torch.from_numpy(_to_uint8(values.astype(values.dtype.newbyteorder("="), copy=False), path))
+            image = image.unsqueeze(0).expand(3, -1, -1)
+        else:
+            image = pil_to_tensor(pil.convert("RGB"))
+        _check_pixels(*pil.size, limit)  # a GIF frame may outgrow the size its header gave
+        # Read once the pixels are: recent PIL turns a TIFF by its orientation tag as it loads it,
+        # and drops the tag; older PIL leaves both to this.
+        orientation = _exif_orientation(pil)
+    return _orient(image, orientation).contiguous()
+
+
+def _exif_orientation(pil) -> int:
+    """The EXIF (or TIFF) orientation of an opened PIL image, 1 to 8; 1 when it has none."""
+    try:
+        orientation = int(pil.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - an unreadable EXIF block: as if there were none
+        return 1
+    return orientation if 1 <= orientation <= 8 else 1
+
+
+def _orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """``image`` (C, H, W) as an EXIF ``orientation`` asks it be shown (PIL's
+    ``ImageOps.exif_transpose``): 2 mirrored, 3 turned 180 degrees, 4 flipped, 5 transposed,
+    6 turned 90 degrees clockwise, 7 transposed on the other diagonal, 8 turned 90 degrees
+    counter-clockwise."""
+    turns = {2: lambda t: t.flip(-1), 3: lambda t: t.flip(-2, -1), 4: lambda t: t.flip(-2),
+             5: lambda t: t.transpose(-2, -1), 6: lambda t: torch.rot90(t, -1, (-2, -1)),
+             7: lambda t: t.transpose(-2, -1).flip(-2, -1), 8: lambda t: torch.rot90(t, 1, (-2, -1))}
+    return turns[orientation](image).contiguous() if orientation in turns else image
+
+
+SIXTEEN_BIT, UNIT_RANGE, OWN_RANGE = range(3)
+_NOTES = {
+    SIXTEEN_BIT: "16-bit images are scaled to 8 bits from their full range (value x 255 / 65535, rounded), as a "
+                 "viewer shows them, not clipped; {path} is one.",
+    UNIT_RANGE: "floating-point images whose values all lie within [0, 1] are scaled to 8 bits as value x 255 "
+                "(rounded); {path} is one.",
+    OWN_RANGE: "images of floating-point values beyond [0, 1], or of 32-bit integers beyond 0-65535, are scaled to "
+               "8 bits from each image's own minimum (black) to its maximum (white), so their brightness is not "
+               "comparable between images (NaN is black); {path} is one.",
+}
+
+
+def _to_uint8(values: np.ndarray, path: str) -> np.ndarray:
+    """Pixel values of more than 8 bits as uint8, none clipped: unsigned integers up to 65535
+    (16-bit, or 32-bit holding 16-bit values) as value x 255 / 65535 rounded; floating-point
+    values all within [0, 1] as value x 255 rounded; anything else (floats beyond [0, 1],
+    integers beyond 0-65535) from the image's own finite minimum to its maximum, infinities to
+    those ends, NaN to 0, a constant image black."""
+    if values.dtype.kind in "iu" and (values.size == 0 or (values.min() >= 0 and values.max() <= 65535)):
+        _note_once(SIXTEEN_BIT, path)
+        return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)  # = round(value / 257), exactly
+    floats = values.astype(np.float64 if values.dtype.itemsize > 4 else np.float32)
+    finite = np.isfinite(floats)
+    low = float(np.min(floats, where=finite, initial=np.inf))
+    high = float(np.max(floats, where=finite, initial=-np.inf))
+    if values.dtype.kind == "f" and 0.0 <= low and high <= 1.0:
+        _note_once(UNIT_RANGE, path)
+        scale, low = 255.0, 0.0
+    else:
+        _note_once(OWN_RANGE, path)
+        scale = 255.0 / (high - low) if high > low else 0.0
+        low = low if np.isfinite(low) else 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        scaled = (floats - low) * scale
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)  # the clip only catches rounding and infinities
+
+
+class _OncePerRun:
+    """Flags in memory shared with the processes forked from this one (the DataLoader workers
+    that decode images), so that a note is printed once per run, not once per worker."""
+
+    def __init__(self, count: int) -> None:
+        import mmap
+        import multiprocessing
+
+        self.flags = mmap.mmap(-1, count)  # anonymous and shared
+        try:
+            self.lock = multiprocessing.get_context("fork").Lock()
+        except (ValueError, OSError, ImportError):  # no fork (Windows), or no semaphores
+            self.lock = threading.Lock()
+
+    def first(self, index: int) -> bool:
+        with self.lock:
+            if self.flags[index]:
+                return False
+            self.flags[index] = 1
+            return True
+
+
+_NOTED = _OncePerRun(len(_NOTES))
+
+
+def _note_once(kind: int, path: str) -> None:
+    if _NOTED.first(kind):
+        from tqdm import tqdm
+
+        tqdm.write("note: " + _NOTES[kind].format(path=path), file=sys.stderr)  # below a progress bar
+        sys.stderr.flush()
 
 
 @dataclass
@@ -293,15 +494,36 @@ def load_svhn(data_dir: Path, download: bool) -> ImageDataset:
 
 
 def _class_folders(root: Path, split: str) -> tuple[list[str], list[tuple[str, str, str]]]:
-    """The class folders of ``root/split`` by name, and the links to folders refused there
-    (split, path, reason): links to folders are never followed (``listing``)."""
+    """The class folders of ``root/split`` by name (as on disk), and the entries refused there
+    (split, path, reason): links to folders, never followed (``listing``), and image files
+    lying directly in the split folder, which no class folder holds (``listing.loose_files``;
+    other files there are named in a note on stderr)."""
     try:
         entries = sorted(os.scandir(root / split), key=lambda entry: entry.name)
     except OSError as error:
         raise PipelineError(f"cannot read {root / split} ({error.strerror}).") from error
     refused = [(split, entry.path, folder_link_reason(entry.path)) for entry in entries
                if entry.is_symlink() and entry.is_dir()]
+    images, others = loose_files(root / split)
+    refused += [(split, path, reason) for path, reason in images]
+    if others:  # not images, so not refused, but never left out without a word
+        from tqdm import tqdm
+
+        what = "a file that is not an image" if len(others) == 1 else f"{len(others)} files that are not images"
+        tqdm.write(f"note: {root / split} holds {what} outside every class folder, left out: {first_few(others)}.",
+                   file=sys.stderr)
     return [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)], refused
+
+
+def _class_names_of(root: Path, split: str, folders: list[str]) -> dict[str, str]:
+    """``{folder name on disk: class name}``: the name Unicode-normalised (NFC), so a folder
+    written decomposed (macOS) is the same class as one written composed; two folders of one
+    split whose names are one name after normalisation are refused."""
+    problem = same_after_nfc_problem(folders)
+    if problem:
+        raise PipelineError(f"the class folders of {root / split} (their names are the class names) cannot be used: "
+                            f"the list {problem}. Rename or merge the folders.")
+    return {folder: nfc(folder) for folder in folders}
 
 
 def _check_class_names(root: Path, classes: list[str]) -> None:
@@ -313,15 +535,19 @@ def _check_class_names(root: Path, classes: list[str]) -> None:
                             f"{problem}. Rename the folders.")
 
 
-def _list_split(root: Path, split: str, classes: list[str], folders: list[str]) -> tuple[ImageSplit, list]:
+def _list_split(root: Path, split: str, classes: list[str], folders: list[str],
+                names: dict[str, str] | None = None, skip: Callable[[str], bool] | None = None
+                ) -> tuple[ImageSplit, list]:
     """The images of the class folders ``folders`` of ``root/split``, each labelled by its
-    folder's index in ``classes``, and the entries refused (split, path, reason). A class
-    folder without an image is refused with torchvision's message."""
+    class's index in ``classes`` (``names``: the class of each folder, else the folder's own
+    name), and the entries refused (split, path, reason). ``skip``: subfolders not listed
+    (``listing.list_images``). A class folder without an image is refused with torchvision's
+    message."""
     paths, labels, empty, refused = [], [], [], []
     for name in folders:
-        files, bad = list_images(root / split / name)
+        files, bad = list_images(root / split / name, skip)
         paths += files
-        labels += [classes.index(name)] * len(files)
+        labels += [classes.index((names or {}).get(name, name))] * len(files)
         refused += [(split, path, reason) for path, reason in bad]
         if not files and not bad:
             empty.append(name)
@@ -335,8 +561,10 @@ def load_imagefolder(data_dir: Path, download: bool) -> ImageDataset:
     """A user's images laid out as ``train/<class>/*`` and ``test/<class>/*``.
 
     Listed by ``listing.list_images``: links to image files are followed, links to folders
-    (class folders included) never are; what cannot be listed is refused with the unreadable
-    images (``drop_unreadable``)."""
+    (class folders included) never are; what cannot be listed, and image files lying directly
+    in train/ or test/ (no class), are refused with the unreadable images (``drop_unreadable``).
+    Class names are the folder names Unicode-normalised (NFC): two folders of one split that
+    are one name after normalisation are refused."""
     root = Path(data_dir)
     for split in ("train", "test"):
         if not (root / split).is_dir():
@@ -347,24 +575,29 @@ def load_imagefolder(data_dir: Path, download: bool) -> ImageDataset:
             )
     refused: list[tuple[str, str, str]] = []
     found = {}
+    names = {}
     for split in ("train", "test"):
         found[split], links = _class_folders(root, split)
         refused += links
-        if not found[split] and not refused:
-            raise PipelineError(f"Couldn't find any class folder in {root / split}. Put each class's images in its "
-                                f"own subfolder of train/ and test/.")
-    classes = found["train"]
-    if sorted(found["test"]) != sorted(classes):
+        if not found[split] and not any(os.path.isdir(path) for _, path, _ in links):  # links: to folders, images
+            loose = f" (its {len(links)} images lie directly in it)" if links else ""
+            raise PipelineError(f"Couldn't find any class folder in {root / split}{loose}. Put each class's images in "
+                                f"its own subfolder of train/ and test/.")
+        names[split] = _class_names_of(root, split, found[split])  # folder -> class name (NFC)
+    classes = list(names["train"].values())
+    if sorted(names["test"].values()) != sorted(classes):
+        test_classes = set(names["test"].values())
         raise PipelineError(
             f"train/ and test/ of {root} have different class folders: only in train: "
-            f"{sorted(set(classes) - set(found['test']))}, only in test: {sorted(set(found['test']) - set(classes))}. "
+            f"{sorted(set(classes) - test_classes)}, only in test: {sorted(test_classes - set(classes))}. "
             f"For normal images in train/<normal>/ and test/<normal>/ beside anomalies in test/<defect type>/ "
             f"(the MVTec AD and anomalib layout), use --dataset anomaly_folder."
         )
     _check_class_names(root, classes)
     splits = {}
     for split in ("train", "test"):
-        splits[split], bad = _list_split(root, split, classes, classes)
+        folders = sorted(names[split], key=lambda folder: classes.index(names[split][folder]))
+        splits[split], bad = _list_split(root, split, classes, folders, names[split])
         refused += bad
     return ImageDataset(
         name="imagefolder",
@@ -383,13 +616,92 @@ DEFAULT_NORMAL = "good"
 
 
 def normal_folder_names(normal: str | Sequence[str]) -> list[str]:
-    """``"good"``, ``"good,ok"`` or a list of names -> the normal folder names, each once."""
+    """``"good"``, ``"good,ok"`` or a list of names -> the normal class names, each once:
+    trimmed and Unicode-normalised (NFC); names that differ only in case are one name (the
+    folders are matched ignoring case), the first spelling kept."""
     names = normal.split(",") if isinstance(normal, str) else list(normal)
-    names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    names = list({_folder_key(n): nfc(n.strip()) for n in reversed(names) if n.strip()}.values())[::-1]
     if not names:
         raise PipelineError(f"--normal {normal!r} names no folder; give the normal folder's name (default "
                             f"{DEFAULT_NORMAL}), or several separated by commas.")
     return names
+
+
+MASK_FOLDER = "ground_truth"
+
+
+def _folder_key(name: str) -> str:
+    """How a normal folder's name is matched: ignoring case, surrounding spaces and Unicode
+    normalisation (``Good``, `` good `` and ``GOOD`` are the normal folder good)."""
+    return nfc(name).strip().casefold()
+
+
+def _letters(name: str) -> str:
+    return re.sub(r"[\W_]+", "", nfc(name).casefold())
+
+
+def is_mask_folder(name: str) -> bool:
+    """Whether a folder of this name holds masks (``ground_truth/``, in any case, with spaces,
+    '-' or none for the '_'), where MVTec AD and anomalib put them: beside train/ and test/,
+    in test/, or in a defect type's folder. Never a class, never listed as images."""
+    return _letters(name) == _letters(MASK_FOLDER)
+
+
+def _near_miss(folder: str, normal: str) -> bool:
+    """Whether ``folder`` is close to the normal name without matching it: the same letters and
+    digits with other punctuation or spaces inside (``good_``, ``go od``), or, for names of three
+    letters or more, one letter added, left out, or two neighbours swapped (``goood``,
+    ``goods``, ``god``, ``godo``)."""
+    a, b = _letters(folder), _letters(normal)
+    if not b or _folder_key(folder) == _folder_key(normal):
+        return False
+    if a == b:
+        return True
+    if len(b) < 3:
+        return False
+    if abs(len(a) - len(b)) == 1:
+        short, long = sorted((a, b), key=len)
+        return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 2 and diff[1] == diff[0] + 1 and (a[diff[0]], a[diff[1]]) == (b[diff[1]], b[diff[0]])
+    return False
+
+
+def _anomaly_roles(root: Path, split: str, folders: list[str],
+                   normals: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The folders of ``root/split`` by role: ``{folder: normal class}`` and ``{folder: other
+    class}`` (NFC); mask folders (``is_mask_folder``) are neither. Refused: two folders of one
+    normal class, a near miss of a normal name (``_near_miss``), which would otherwise be graded
+    as a defect type, and two folders whose names are one name after Unicode normalisation."""
+    keys = {_folder_key(name): name for name in normals}
+    normal: dict[str, str] = {}
+    other: dict[str, str] = {}
+    for folder in folders:
+        name = keys.get(_folder_key(folder))
+        if name is None and is_mask_folder(folder):
+            continue
+        if name is not None:
+            twin = next((f for f, n in normal.items() if n == name), None)
+            if twin is not None:
+                raise PipelineError(f"{root / split} has two folders of the normal class {name}: {twin!r} and "
+                                    f"{folder!r} (the normal folder is matched ignoring case and surrounding spaces). "
+                                    f"Merge them into one.")
+            normal[folder] = name
+            continue
+        near = next((n for n in normals if _near_miss(folder, n)), None)
+        if near is not None:
+            raise PipelineError(
+                f"{root / split} has a folder {folder!r}, close to the normal folder's name {near!r} but not it (the "
+                f"normal folder is matched ignoring case and surrounding spaces only), so its images would be graded "
+                f"as a defect type. If it holds normal images, rename it {near}/ or name it with --normal "
+                f"{','.join([*normals, folder])!r}; if it is a defect type, give it a name less like {near}.")
+        other[folder] = nfc(folder)
+    problem = same_after_nfc_problem([*normal, *other])
+    if problem:
+        raise PipelineError(f"the folders of {root / split} (their names are the class names) cannot be used: the "
+                            f"list {problem}. Rename or merge the folders.")
+    return normal, other
 
 
 def load_anomaly_folder(data_dir: Path, download: bool, normal: str | Sequence[str] = DEFAULT_NORMAL) -> ImageDataset:
@@ -400,10 +712,15 @@ def load_anomaly_folder(data_dir: Path, download: bool, normal: str | Sequence[s
         test/<defect type>/*        anomalies, one folder per kind (test split only)
         ground_truth/<defect type>/ optional masks (``<name>_mask.png`` or ``<name>.png``)
 
-    ``normal`` names the normal folders (several allowed). Classes are the normal folders, then
-    the defect types by name; the dataset records its protocol, normal-vs-anomalies, and the
-    mask found for each test image (a path relative to the folder), which nothing requires.
-    Listed, and unreadable files refused, as for ``load_imagefolder``."""
+    ``normal`` names the normal folders (several allowed), matched ignoring case and surrounding
+    spaces (``Good/`` is good); a folder close to a normal name but not it (``good_/``,
+    ``goood/``) is refused with the reason, never graded as a defect type. Mask folders
+    (``ground_truth/``, also in test/ or in a defect type's folder) are never classes and never
+    listed as images; image files directly in train/ or test/ are refused (with --skip-bad left
+    out and recorded), as unreadable images are. Classes are the normal names, then the defect
+    types by name (Unicode-normalised, NFC); the dataset records its protocol,
+    normal-vs-anomalies, and the mask found for each test image (a path relative to the folder),
+    which nothing requires. Listed, and unreadable files refused, as for ``load_imagefolder``."""
     root = Path(data_dir)
     normals = normal_folder_names(normal)
     layout = (f"The anomaly_folder dataset expects {root}/train/{normals[0]}/<image> (normal images only), "
@@ -411,24 +728,23 @@ def load_anomaly_folder(data_dir: Path, download: bool, normal: str | Sequence[s
     for split in ("train", "test"):
         if not (root / split).is_dir():
             raise PipelineError(f"image folder {root} has no {split}/ subfolder. {layout}")
-    found, refused = {}, []
+    found, refused, roles = {}, [], {}
     for split in ("train", "test"):
         found[split], links = _class_folders(root, split)
         refused += links
+        roles[split] = _anomaly_roles(root, split, found[split], normals)
     named = " or ".join(f"{n}/" for n in normals)
-    train_normals = [n for n in normals if n in found["train"]]
+    (train_normals, defect_in_train), (test_normals, defect_folders) = roles["train"], roles["test"]
     if not train_normals:
         raise PipelineError(f"{root / 'train'} has no normal training images: no folder {named} in it "
                             f"(it has: {', '.join(found['train']) or 'no folder'}). {layout} If the normal folder "
                             f"has another name, give it with --normal NAME.")
-    defect_in_train = [n for n in found["train"] if n not in normals]
     if defect_in_train:
         raise PipelineError(f"{root / 'train'} holds folders that are not normal: {', '.join(defect_in_train)}. The "
                             f"heads train on normal images only, so anomalies belong in test/<defect type>/; move "
                             f"them there, or, if they are normal too, name every normal folder with --normal "
-                            f"{','.join(normals + defect_in_train)}.")
-    test_normals = [n for n in normals if n in found["test"]]
-    defects = sorted(n for n in found["test"] if n not in normals)
+                            f"{','.join(normals + list(defect_in_train))}.")
+    defects = sorted(set(defect_folders.values()))
     if not test_normals:
         raise PipelineError(f"{root / 'test'} has no normal test images: no folder {named} in it, so no AUROC can be "
                             f"computed (it needs normal and anomalous test images). {layout}")
@@ -437,38 +753,58 @@ def load_anomaly_folder(data_dir: Path, download: bool, normal: str | Sequence[s
                             f"test/<defect type>/ folder beside it, so no AUROC can be computed. {layout}")
     classes = [*normals, *defects]
     _check_class_names(root, classes)
-    train, bad_train = _list_split(root, "train", classes, train_normals)
-    test, bad_test = _list_split(root, "test", classes, [*test_normals, *defects])
+    test_names = {**test_normals, **defect_folders}
+    train, bad_train = _list_split(root, "train", classes, sorted(train_normals, key=lambda f: classes.index(
+        train_normals[f])), train_normals, skip=is_mask_folder)
+    test, bad_test = _list_split(root, "test", classes, sorted(test_names, key=lambda f: classes.index(
+        test_names[f])), test_names, skip=is_mask_folder)
     refused += bad_train + bad_test
     identity = {"source": "anomaly folder (MVTec AD layout)", "folder": root.resolve().name,
                 "protocol": "normal-vs-anomalies", "normal_classes": normals,
                 "content_sha256": files_digest(train.images.paths + test.images.paths, root)}
-    masks = _mask_paths(root, test.images.paths, defects)
+    masks = _mask_paths(root, test.images.paths, defect_folders)
     if masks:
         identity["masks"] = masks
     return ImageDataset(name="anomaly_folder", classes=classes, train=train, test=test, identity=identity, root=root,
                         refused=refused)
 
 
-MASK_FOLDER = "ground_truth"
+def _subfolders(parent: Path) -> list[Path]:
+    """The folders directly in ``parent``, by name (none where it cannot be read)."""
+    try:
+        return sorted(path for path in parent.iterdir() if path.is_dir())
+    except OSError:
+        return []
 
 
-def _mask_paths(root: Path, test_paths: list[str], defects: list[str]) -> dict[str, str]:
-    """``{test image: its mask}``, relative to ``root``, for the defect images that have one in
-    ``ground_truth/<defect type>/`` at the same relative place, named ``<stem>_mask.<ext>``
-    (MVTec AD) or ``<stem>.<ext>`` (anomalib). Masks are recorded, never read or required."""
-    by_place: dict[str, str] = {}  # <defect type>/<image path without extension> -> mask
-    for defect in defects:
-        if not (root / MASK_FOLDER / defect).is_dir():
-            continue
-        files, _ = list_images(root / MASK_FOLDER / defect)  # an entry refused there: no mask for its image
-        for path in files:
-            place = str(Path(path).relative_to(root / MASK_FOLDER).with_suffix(""))
-            for key in dict.fromkeys((place.removesuffix("_mask"), place)):
-                by_place.setdefault(key, os.path.relpath(path, root))
-    places = {os.path.relpath(path, root): str(Path(path).relative_to(root / "test").with_suffix(""))
-              for path in test_paths}
-    return {image: by_place[place] for image, place in places.items() if place in by_place}
+def _mask_folders(parent: Path) -> list[Path]:
+    """The mask folders (``is_mask_folder``) directly in ``parent``, by name."""
+    return [path for path in _subfolders(parent) if is_mask_folder(path.name)]
+
+
+def _mask_paths(root: Path, test_paths: list[str], defect_folders: dict[str, str]) -> dict[str, str]:
+    """``{test image: its mask}``, relative to ``root``, for the defect images that have one at
+    the same relative place in a mask folder, named ``<stem>_mask.<ext>`` (MVTec AD) or
+    ``<stem>.<ext>`` (anomalib): ``ground_truth/<defect type>/`` beside train/ and test/ (or in
+    test/), or ``test/<defect type>/ground_truth/``. ``defect_folders``: ``{folder: defect
+    type}``. Masks are recorded, never read or required."""
+    by_place: dict[tuple[str, str], str] = {}  # (defect type, image path in its folder without extension) -> mask
+    shared = [*_mask_folders(root), *_mask_folders(root / "test")]
+    for folder, defect in defect_folders.items():
+        bases = [sub for gt in shared for sub in _subfolders(gt) if nfc(sub.name) == defect]
+        for base in [*bases, *_mask_folders(root / "test" / folder)]:
+            files, _ = list_images(base)  # an entry refused there: no mask for its image
+            for path in files:
+                place = str(Path(path).relative_to(base).with_suffix(""))
+                for key in dict.fromkeys((place.removesuffix("_mask"), place)):
+                    by_place.setdefault((defect, key), os.path.relpath(path, root))
+    masks = {}
+    for path in test_paths:
+        parts = Path(path).relative_to(root / "test").parts
+        place = (nfc(parts[0]), str(Path(*parts[1:]).with_suffix("")))
+        if place in by_place:
+            masks[os.path.relpath(path, root)] = by_place[place]
+    return masks
 
 
 # Files hashed at once. File reads and hashing release the GIL, so the reads overlap: about 2x

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import click
+import numpy as np
 import torch
 from torch.utils.data import ConcatDataset
 
@@ -72,6 +73,46 @@ def recorded_dataset(out: Path) -> dict | None:
     return recorded
 
 
+def check_labels(dataset: ImageDataset) -> None:
+    """Refuse a dataset whose labels are not indices into its class list (0 to classes - 1),
+    naming the first offending label and its split, before anything is written: a label
+    outside the list would be stored as it is and name no class (``verify`` finds it only
+    after the extraction)."""
+    n_classes = len(dataset.classes)
+    for split in ("train", "test"):
+        labels = np.asarray(dataset.split(split).labels)
+        outside = np.flatnonzero((labels < 0) | (labels >= n_classes))
+        if len(outside):
+            first = int(outside[0])
+            named = ", ".join(map(str, dataset.classes[:5])) + (", ..." if n_classes > 5 else "")
+            raise PipelineError(f"the {split} split of {dataset.name} has label {int(labels[first])} at sample {first} "
+                                f"({len(outside)} of its {len(labels)} labels lie outside the class list), but the "
+                                f"dataset names {n_classes} classes ({named}): labels must be class indices 0 to "
+                                f"{n_classes - 1}. Nothing was written. Check the dataset's label files against its "
+                                f"class list.")
+
+
+# How many times a map's side --map-grid may be at most. Pooling to a grid larger than the map
+# only repeats its values (a grid of twice its side stores each value 2x2 times); 2 lets the
+# default grid of 4 stand on the 2x2 stride-16 maps of 32 px test images, which the test
+# fixtures use. 1 would refuse every grid larger than the map.
+MAP_GRID_OVER_MAP = 2
+
+
+def check_map_grid(map_grid: int, sizes: dict[str, tuple[int, int]], backbone: str, image_size: int) -> None:
+    """Refuse a ``map_grid`` larger than ``MAP_GRID_OVER_MAP`` times a map asked for
+    (``sizes``: each map's height and width at this image size): average pooling to more cells
+    than the map has only repeats its values, in an array (grid / side)^2 times larger."""
+    for name, (height, width) in sizes.items():
+        if map_grid > MAP_GRID_OVER_MAP * min(height, width):
+            most = MAP_GRID_OVER_MAP * min(height, width)
+            raise PipelineError(f"--map-grid {map_grid} is larger than the map {name} of {backbone} at --image-size "
+                                f"{image_size}, which is {height}x{width}: pooling it to a {map_grid}x{map_grid} grid "
+                                f"would only repeat its values, in an array {map_grid * map_grid // (height * width)} "
+                                f"times its size. Give --map-grid {min(height, width)} (the map's side; at most "
+                                f"{most}), or a larger --image-size.")
+
+
 def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, out: Path, *,
             weights_tag: str | None = None, weights_file: str | None = None, maps: tuple[str, ...] = (),
             map_grid: int = 4, feature_dtype: str = "float32", map_dtype: str = "float16",
@@ -104,6 +145,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
     out = Path(out)
     if shard is not None and not 0 <= shard[0] < shard[1]:
         raise PipelineError(f"--shard {shard[0]}/{shard[1]}: the index must be between 0 and {shard[1] - 1}.")
+    check_labels(dataset)  # before anything is written
     protected = [*protected, *([dataset.root] if dataset.root is not None else [])]
     check_replaceable(out, protected)  # before the lock files beside it and any work
     with writer_lock(out, shard), user_facing_errors(out, dataset.root):
@@ -124,6 +166,8 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         with torch.inference_mode():
             probe = model(torch.zeros(1, 3, preprocessing.image_size, preprocessing.image_size, device=device_),
                           maps + ((trunk,) if trunk else ()))
+        check_map_grid(map_grid, {name: tuple(int(n) for n in probe[name].shape[-2:]) for name in maps}, backbone,
+                       preprocessing.image_size)
         map_info = {name: {"grid": map_grid, "dtype": map_dtype, "channels": int(probe[name].shape[1])} for name in maps}
         trunk_info = None if trunk is None else {"stage": trunk, "dtype": "float16",
                                                  "shape": [int(n) for n in probe[trunk].shape[1:]]}

@@ -15,6 +15,7 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import Callable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -52,13 +53,15 @@ def file_problem(path: str | Path) -> str | None:
     return None
 
 
-def list_images(folder: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
+def list_images(folder: str | Path,
+                skip: Callable[[str], bool] | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     """The image files under ``folder``, recursively, and the entries refused (path, reason).
 
     In torchvision's ``make_dataset`` order (folders by path, the files of each by name), so an
     image folder lists exactly as it did when torchvision listed it. Files are recognised by
     their extension (``IMAGE_EXTENSIONS``, any case); every link to a folder is refused, whatever
-    its name, and so is every folder that cannot be read.
+    its name, and so is every folder that cannot be read. ``skip``: subfolders, by name, that
+    are not listed at all, at any depth (an anomaly folder's masks, ``ground_truth/``).
     """
     files: list[str] = []
     refused: list[tuple[str, str]] = []
@@ -66,7 +69,12 @@ def list_images(folder: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
     def unreadable(error: OSError) -> None:
         refused.append((str(error.filename), f"a folder that cannot be read ({error.strerror})"))
 
-    for root, folders, names in sorted(os.walk(folder, onerror=unreadable, followlinks=False)):
+    walked = []
+    for root, folders, names in os.walk(folder, onerror=unreadable, followlinks=False):
+        if skip is not None:
+            folders[:] = [name for name in folders if not skip(name)]  # not walked into
+        walked.append((root, folders, names))
+    for root, folders, names in sorted(walked):
         for name in sorted(folders):
             path = os.path.join(root, name)
             if os.path.islink(path):  # listed as a folder: it leads to one
@@ -81,3 +89,30 @@ def list_images(folder: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
             else:
                 files.append(path)
     return files, sorted(refused)
+
+
+# --- class names from folder names ------------------------------------------------------------
+
+# Files a file manager leaves in every folder: never worth a note.
+SYSTEM_FILES = ("thumbs.db", "desktop.ini")
+
+
+def loose_files(folder: str | Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """The files lying directly in a split folder (``train/``, ``test/``), outside every class
+    folder: the image files as refused entries (path, reason), with no class to label them they
+    are reported like unreadable images (refused, or left out and recorded with --skip-bad),
+    never dropped silently; and the names of the other files (notes, a README), left out as in
+    class folders but named in a note (hidden files and Thumbs.db, desktop.ini are not)."""
+    folder = Path(folder)
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError:
+        return [], []  # the caller reports a split folder it cannot read
+    files = [entry for entry in entries if not entry.is_dir()]
+    where = folder.name
+    reason = (f"an image lying directly in {where}/, outside every class folder, so it has no class; move it into "
+              f"{where}/<class>/")
+    images = [(entry.path, reason) for entry in files if is_image_name(entry.name)]
+    others = [entry.name for entry in files if not is_image_name(entry.name) and not entry.name.startswith(".")
+              and entry.name.lower() not in SYSTEM_FILES]
+    return images, others

@@ -2,6 +2,11 @@
 still compressed as downloaded (MNIST's ``.gz`` files, CIFAR's ``.tar.gz``). They are
 decompressed into place (atomically, no network needed); files that are missing are named,
 with the folder torchvision looks in.
+
+Decompression is bounded (``decompression_bound``): a file that would unpack to far more than
+the real dataset's (a damaged file, or a decompression bomb) is refused once its output reaches
+the bound, naming the file and the bound, and nothing of it is left behind, so it can never fill
+the disk.
 """
 
 from __future__ import annotations
@@ -60,27 +65,94 @@ def svhn_files(cls, data_dir: Path) -> TorchvisionFiles:
     return TorchvisionFiles(Path(data_dir), tuple(cls.split_list[split][1] for split in ("train", "test")))
 
 
+# The sizes of the files torchvision's MNIST, Fashion-MNIST and KMNIST read, decompressed (the
+# same for the three: the idx header, then 60000 or 10000 28x28 images or labels).
+KNOWN_SIZES = {
+    "train-images-idx3-ubyte": 16 + 60000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60000,
+    "t10k-images-idx3-ubyte": 16 + 10000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10000,
+}
+# A file of known size may decompress to at most this many times it. Other files (CIFAR's
+# archives, which unpack to about 1.1 times their size, MNIST's to at most 5): at most
+# RATIO_BOUND times the compressed size, at least FLOOR_BOUND, and never more than CAP_BOUND.
+KNOWN_FACTOR = 2
+RATIO_BOUND = 20
+FLOOR_BOUND = 1 << 20
+CAP_BOUND = 4 << 30
+# Entries of an archive at most (CIFAR's hold 9).
+ENTRIES_BOUND = 1000
+
+
+def decompression_bound(name: str, compressed: Path) -> tuple[int, str]:
+    """The most bytes the compressed file ``compressed`` may decompress to, as the file
+    ``name`` (or, for an archive, in all), and how the bound was set (for the messages)."""
+    if name in KNOWN_SIZES:
+        return KNOWN_FACTOR * KNOWN_SIZES[name], f"{KNOWN_FACTOR} x the {KNOWN_SIZES[name]} bytes of the real {name}"
+    size = compressed.stat().st_size
+    bound = min(max(RATIO_BOUND * size, FLOOR_BOUND), CAP_BOUND)
+    return bound, (f"{RATIO_BOUND} x its {size} compressed bytes, at least {FLOOR_BOUND >> 20} MiB and at most "
+                   f"{CAP_BOUND >> 30} GiB")
+
+
+def _too_large(source: Path, bound: int, how: str, detail: str = "") -> PipelineError:
+    return PipelineError(f"{source} decompresses to more than {bound} bytes, far more than the real dataset's (the "
+                         f"bound is {how}{detail}): it was refused, and nothing of it was kept. It is not the file "
+                         f"torchvision downloads (or it is damaged): copy or download it again; or put the "
+                         f"decompressed files there yourself.")
+
+
 def _gunzip(source: Path, target: Path) -> None:
-    """``source`` decompressed to ``target`` atomically (a partial file never has its name)."""
+    """``source`` decompressed to ``target`` atomically (a partial file never has its name, and
+    is removed whatever stops it), stopping at ``decompression_bound``."""
+    bound, how = decompression_bound(target.name, source)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         with gzip.open(source, "rb") as compressed, open(tmp, "wb") as plain:
-            shutil.copyfileobj(compressed, plain, 1 << 20)
+            written = 0
+            # One byte past the bound tells a file of exactly the bound from a larger one.
+            while block := compressed.read(min(1 << 20, bound + 1 - written)):
+                written += len(block)
+                if written > bound:
+                    raise _too_large(source, bound, how)
+                plain.write(block)
         os.replace(tmp, target)
     except (OSError, EOFError, zlib.error) as error:
-        tmp.unlink(missing_ok=True)
         raise PipelineError(f"cannot decompress {source} into {target} ({type(error).__name__}: {error}). If the "
                             f"file is truncated or damaged, copy or download it again; or put the decompressed "
                             f"{target.name} there yourself.") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _extract_bounded(tar: tarfile.TarFile, archive: Path, into: Path) -> None:
+    """Every entry of ``tar`` extracted into ``into`` (tarfile's "data" filter), one at a time,
+    refusing the archive before extracting an entry that would take the files past
+    ``decompression_bound``, or the entries past ``ENTRIES_BOUND``. The sizes are the entries'
+    headers', which tarfile holds to (it reads no more than a header says)."""
+    bound, how = decompression_bound(archive.name, archive)
+    total = 0
+    for entries, member in enumerate(tar, 1):
+        if entries > ENTRIES_BOUND:
+            raise PipelineError(f"{archive} holds more than {ENTRIES_BOUND} entries, far more than the archive "
+                                f"torchvision downloads: it was refused, and nothing of it was kept. Copy or "
+                                f"download it again, or unpack it there yourself.")
+        total += max(member.size, 0) if member.isreg() else 0
+        if total > bound:
+            raise _too_large(archive, bound, how, f"; its entry {member.name} takes it to {total} bytes")
+        # Folders without their modes, as extractall leaves them until the end: a read-only one
+        # would keep its files out.
+        tar.extract(member, into, set_attrs=not member.isdir(), filter="data")
 
 
 def _unpack(archive: Path, folder: Path) -> None:
     """The files of ``folder`` that are missing, taken from a tar archive that holds
-    ``folder.name``/: unpacked beside it in a temporary folder, then moved into place."""
+    ``folder.name``/: unpacked beside it in a temporary folder (bounded: ``_extract_bounded``),
+    then moved into place."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", dir=archive.parent))
     try:
         with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(tmp, filter="data")
+            _extract_bounded(tar, archive, tmp)
         unpacked = tmp / folder.name
         if not unpacked.is_dir():
             raise PipelineError(f"{archive} holds no {folder.name}/ folder; is it the archive torchvision downloads?")

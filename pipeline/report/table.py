@@ -276,22 +276,13 @@ def run_rows(run: Run, extra: str) -> list[Row]:
 # --- rows -----------------------------------------------------------------------------------
 
 def head_settings(about: dict) -> dict[str, str]:
-    """A run's settings in words: those the metrics file records (``setting_words``, written
-    from the head's declared parameters, ``pipeline.declare``), else, for files written before
-    it did, by the ``SETTINGS`` of the head's report module: a format of ``about[key]`` (left
-    out where the key is missing), or a function of ``about`` (left out where it gives None)."""
-    about = dict(about)
-    seeds = {"seeds": plural(about["seeds"], "seed")} if "seeds" in about else {}
-    if isinstance(about.get("setting_words"), dict):
-        return {**{str(k): str(v) for k, v in about["setting_words"].items()}, **seeds}
-    about.update(seeds)
-    report = head_report(str(about.get("head")))
-    formats = getattr(report, "SETTINGS", {}) if report is not None else {}
-    settings = {}
-    for key, fmt in formats.items():
-        text = fmt(about) if callable(fmt) else fmt.format(about[key]) if key in about else None
-        if text is not None:
-            settings[key] = text
+    """A run's settings in words: those its metrics file records (``setting_words``, written by
+    the head stage from the head's declared parameters, ``pipeline.declare``; older files get
+    them from ``python -m pipeline.commands.describe_metrics``), and its seeds."""
+    words = about.get("setting_words")
+    settings = {str(k): str(v) for k, v in words.items()} if isinstance(words, dict) else {}
+    if "seeds" in about:
+        settings["seeds"] = plural(about["seeds"], "seed")
     return settings
 
 

@@ -7,8 +7,9 @@ The HDF5 layout, which other tools can write with a few lines of h5py::
     attrs (all optional): classes (JSON list of names), dataset, backbone (names),
                           metadata (JSON, the full cache metadata; written on export)
 
-Class names must be distinct and non-empty (each one names metrics, plots and saved heads); an
-import that breaks any of this is refused with what is wrong, never half-done.
+Class names must be distinct and non-empty (each one names metrics, plots and saved heads), also
+after Unicode normalisation (NFC), the form they are kept in; an import that breaks any of this
+is refused with what is wrong, never half-done.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import h5py
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.class_names import nfc, same_after_nfc_problem
+from pipeline.progress import progress
 from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, METADATA_SECTIONS, SPLITS, ArraySpec, FeatureCache,
                                   check_replaceable, class_names_problem, library_versions, not_a_store_problem,
-                                  remove_store)
+                                  remove_store, _digest)
 
 
 def export_hdf5(cache: FeatureCache, path: str | Path) -> None:
@@ -105,6 +108,98 @@ def _metadata(f: h5py.File, path: Path) -> dict:
     return {**metadata, **{section: {**defaults[section], **metadata.get(section, {})} for section in defaults}}
 
 
+def _places(name: str, path: Path, prefix_variable: str, beside: bool) -> list[Path]:
+    """Where HDF5 looks for the file ``name`` that ``path`` refers to, in order: there when
+    absolute; else under ``$<prefix_variable>`` (``${ORIGIN}``: ``path``'s folder) when set;
+    else beside ``path`` (virtual sources only) and in the working folder."""
+    if os.path.isabs(name):
+        return [Path(name)]
+    prefix = os.environ.get(prefix_variable)
+    if prefix:
+        return [Path(prefix.replace("${ORIGIN}", str(path.parent))) / name]
+    return [*([path.parent / name] if beside else []), Path(name).absolute()]
+
+
+def _found(name: str, path: Path, prefix_variable: str, beside: bool) -> tuple[Path | None, str]:
+    """The file ``name`` as HDF5 finds it (``_places``), or None; and where it was looked for."""
+    places = _places(name, path, prefix_variable, beside)
+    return next((place for place in places if place.is_file()), None), " or ".join(map(str, places))
+
+
+def _held_problem(dataset: h5py.Dataset, path: Path, depth: int = 0) -> str | None:
+    """What is missing when ``dataset`` does not hold every value its shape declares, else None.
+    HDF5 reads what was never written, or lies in a file that is not there, as the fill value
+    (zeros) without a word: a file of a few kilobytes can declare a billion rows. Checked from
+    the layout alone, before any value is read: the chunks written (chunked), the storage
+    (contiguous), the external files' sizes, the virtual sources (each checked the same way)."""
+    rows = dataset.shape[0]
+    per_row = dataset.size // rows if rows else 1
+    if dataset.is_virtual:
+        covered = 0
+        for source in dataset.virtual_sources():
+            problem = _virtual_source_problem(source, path, depth)
+            if problem:
+                return problem
+            covered += source.vspace.get_select_npoints()
+        if covered < dataset.size:
+            return (f"its virtual sources map only {covered} of its {dataset.size} values (about {covered // per_row} "
+                    f"rows); the rest would be read as zeros")
+        return None
+    if dataset.external:
+        held = 0
+        for name, offset, size in dataset.external:
+            file, looked = _found(name, path, "HDF5_EXTFILE_PREFIX", beside=False)
+            if file is None:
+                return f"its values lie in the external file {name}, which is not there (no file {looked})"
+            available = max(file.stat().st_size - offset, 0)
+            held += available if size == h5py.h5f.UNLIMITED else min(size, available)
+        if held < dataset.nbytes:
+            return (f"its external files hold only {held} of its {dataset.nbytes} bytes (about "
+                    f"{held // (per_row * dataset.dtype.itemsize)} rows); the rest would be read as zeros")
+        return None
+    if dataset.chunks is not None:
+        expected = int(np.prod([-(-n // c) for n, c in zip(dataset.shape, dataset.chunks)]))
+        try:
+            written = dataset.id.get_num_chunks()
+        except (AttributeError, RuntimeError):  # HDF5 before 1.10.5 cannot count them: left unchecked
+            return None
+        if written < expected:
+            return (f"only {written} of its {expected} chunks were ever written (at most "
+                    f"{min(rows, written * dataset.chunks[0])} rows); the rest would be read as zeros")
+        return None
+    stored = dataset.id.get_storage_size()
+    if stored < dataset.nbytes:
+        return f"only {stored} of its {dataset.nbytes} bytes were ever written; the rest would be read as zeros"
+    return None
+
+
+def _virtual_source_problem(source, path: Path, depth: int) -> str | None:
+    """Why a virtual source of a dataset in ``path`` does not hold what is mapped from it."""
+    file, looked = ((path, str(path)) if source.file_name == "." else
+                    _found(source.file_name, path, "HDF5_VDS_PREFIX", beside=True))
+    where = f"{source.file_name}:{source.dset_name}"
+    if file is None:
+        return f"its virtual source {where} is missing: no file {looked}"
+    if depth >= 4:
+        return f"its virtual sources are nested more than 4 deep (at {where}); give the values themselves"
+    try:
+        with h5py.File(file, "r") as f:
+            held = f.get(source.dset_name)
+            if not isinstance(held, h5py.Dataset):
+                return f"its virtual source {where} is missing: {file} has no dataset {source.dset_name}"
+            try:
+                _, last = source.src_space.get_select_bounds()
+            except (ValueError, RuntimeError, OSError):  # an unlimited selection has no bounds: not checked
+                last = None
+            if last is not None and (len(last) != held.ndim or any(e >= n for e, n in zip(last, held.shape))):
+                return (f"its virtual source {where} has shape {held.shape}, smaller than the region mapped from it "
+                        f"(up to {tuple(e + 1 for e in last)})")
+            problem = _held_problem(held, file, depth + 1)
+    except OSError as error:
+        return f"its virtual source {where} cannot be read ({error})"
+    return None if problem is None else f"its virtual source {where}: {problem}"
+
+
 def _check_split(f: h5py.File, split: str, path: Path) -> tuple[h5py.Dataset, np.ndarray]:
     for name in ("features", "labels"):
         if not isinstance(f.get(f"{split}/{name}"), h5py.Dataset):
@@ -125,6 +220,12 @@ def _check_split(f: h5py.File, split: str, path: Path) -> tuple[h5py.Dataset, np
     if labels.shape[0] != features.shape[0]:
         raise PipelineError(f"/{split}/features has {features.shape[0]} rows but /{split}/labels has "
                             f"{labels.shape[0]} in {path}.")
+    for name, dataset in (("features", features), ("labels", labels)):  # before reading any of them
+        problem = _held_problem(dataset, path)
+        if problem:
+            raise PipelineError(f"/{split}/{name} in {path} declares {dataset.shape[0]} rows (shape {dataset.shape}), "
+                                f"but {problem}. It was refused; nothing was written. Write every row's values into "
+                                f"the file (h5py: f[\"{split}/{name}\"] = array), not only its shape.")
     return features, labels[()]
 
 
@@ -181,11 +282,16 @@ def _import_hdf5(path: Path, out: Path, chunk_rows: int) -> FeatureCache:
                                     f"indices of {rows} samples. Give labels from 0 to the number of classes - 1, "
                                     f"or name the classes with a classes attribute (a JSON list, label i is class i).")
             classes = [str(c) for c in range(int(largest) + 1)]
-        problem = class_names_problem(classes)
+        # Names are kept Unicode-normalised (NFC), as folder names are: two spellings of one name are refused.
+        problem = class_names_problem(classes) or same_after_nfc_problem(classes)
         if problem:
             raise PipelineError(f"the {source} of {path} {problem}. Give the classes as a JSON list of "
                                 f"distinct, non-empty names, one per label (label i is class i), e.g. "
                                 f"[\"good\", \"scratch\"].")
+        classes = [nfc(name) for name in classes]
+        recorded_normal = metadata["dataset"].get("normal_classes")
+        if isinstance(recorded_normal, list) and all(isinstance(name, str) for name in recorded_normal):
+            metadata["dataset"]["normal_classes"] = [nfc(name) for name in recorded_normal]
         for split, (_, labels) in splits.items():
             if labels.min() < 0 or labels.max() >= len(classes):
                 raise PipelineError(f"/{split}/labels in {path} must lie in 0..{len(classes) - 1} "
@@ -201,20 +307,38 @@ def _import_hdf5(path: Path, out: Path, chunk_rows: int) -> FeatureCache:
         specs = [ArraySpec("features", (dims["train"],), feature_dtype), ArraySpec("labels", (), "int64")]
         cache = FeatureCache.create(out, {**metadata, "versions": library_versions()},
                                     {s: specs for s in SPLITS}, {s: len(splits[s][1]) for s in SPLITS}, chunk_rows)
-        for split, (features, labels) in splits.items():
-            for chunk, rows in enumerate(cache.chunk_slices(split)):
-                block = features[rows]
-                with np.errstate(over="ignore"):
-                    stored = block.astype(feature_dtype)
-                if not np.isfinite(stored).all():
-                    bad = rows.start + int(np.flatnonzero(~np.isfinite(stored).all(axis=1))[0])
-                    if not np.isfinite(block).all():
-                        raise PipelineError(f"/{split}/features in {path} contains NaN or Inf (first at row {bad}); "
-                                            f"the import was not completed. Clean the features and import again.")
-                    raise PipelineError(f"/{split}/features in {path} holds values too large for {feature_dtype} "
-                                        f"(first at row {bad}); the import was not completed. Scale the features "
-                                        f"and import again.")
-                block = stored
-                cache.write_chunk(split, chunk, {"features": block, "labels": labels[rows]})
-        cache.mark_complete()
+        # Chunk by chunk with progress; the chunks' checksums are recorded, with the mark of
+        # completion, in one write of the attributes at the end: the store is moved into place
+        # only whole, so recording each chunk (FeatureCache.write_chunk, for resuming) would only
+        # rewrite the attributes, which grow with every chunk, once per chunk.
+        checksums: dict[str, dict[str, dict[str, str]]] = {split: {} for split in splits}
+        with progress(total=sum(len(labels) for _, labels in splits.values()), desc=f"import {path.name}",
+                      unit="row") as bar:
+            for split, (features, labels) in splits.items():
+                for chunk, rows in enumerate(cache.chunk_slices(split)):
+                    block = features[rows]
+                    with np.errstate(over="ignore"):
+                        stored = block.astype(feature_dtype)
+                    if not np.isfinite(stored).all():
+                        bad = rows.start + int(np.flatnonzero(~np.isfinite(stored).all(axis=1))[0])
+                        if not np.isfinite(block).all():
+                            raise PipelineError(f"/{split}/features in {path} contains NaN or Inf (first at row "
+                                                f"{bad}); the import was not completed. Clean the features and "
+                                                f"import again.")
+                        raise PipelineError(f"/{split}/features in {path} holds values too large for {feature_dtype} "
+                                            f"(first at row {bad}); the import was not completed. Scale the features "
+                                            f"and import again.")
+                    checksums[split][str(chunk)] = {name: _write_rows(cache, split, name, rows, values) for name, values
+                                                    in (("features", stored), ("labels", labels[rows]))}
+                    bar.update(rows.stop - rows.start)
+        cache._update_attrs(lambda attrs: {"chunks": checksums, "complete": True})
     return cache
+
+
+def _write_rows(cache: FeatureCache, split: str, name: str, rows: slice, values: np.ndarray) -> str:
+    """``values`` written as rows ``rows`` of ``split/name``, as ``FeatureCache.write_chunk``
+    writes them; their checksum, which it would record."""
+    array = cache.array(split, name)
+    values = np.ascontiguousarray(values, dtype=array.dtype)
+    array[rows] = values
+    return _digest(values)

@@ -26,40 +26,6 @@ DISPLAY_NAME = "AnoMem"
 ORDER = 2
 # The kNN baseline the stage computes on AnoMem's training images, named as the knn head names itself.
 KNN_NAME = "kNN (DN2)"
-
-
-def _slots(about: dict) -> str | None:
-    """Memory slots: intermediate + last scale (what the stage records), or one number."""
-    if "slots_intermediate" in about:
-        return f"{about['slots_intermediate']} + {about.get('slots_last')} memory slots"
-    return f"{about['slots']} memory slots" if "slots" in about else None
-
-
-def _projection(about: dict) -> str | None:
-    """The trainable MLP and its output size, or z = the frozen feature (runs from before the
-    option existed had the MLP)."""
-    if about.get("projection", "mlp") == "none":
-        return "no projection (z = the frozen feature)"
-    return f"MLP projection to {about['proj_dim']} dims" if "proj_dim" in about else "MLP projection"
-
-
-def _lambda_recall(about: dict) -> str | None:
-    return f"lambda_recall {about['lambda_recall']}" if about.get("lambda_recall") else None
-
-
-def _variance_hinge(about: dict) -> str | None:
-    if "variance_hinge" not in about:
-        return None
-    hinge = about["variance_hinge"]
-    return "variance term -std (paper)" if hinge is None else f"variance hinge {hinge}"
-
-
-SETTINGS = {"slots": _slots, "projection": _projection, "standardise": "{} input scaling",
-            "retrieval": "{} retrieval", "beta": "beta {}", "slot_init": "{} slot init",
-            "lambda_recall": _lambda_recall, "variance_hinge": _variance_hinge,
-            "epochs": "{} epochs (stage A)", "min_steps": "at least {} steps (stage A)",
-            "sup_epochs": "{} epochs (stage B)", "seeds": "{}",
-            "views": "trained on the {} training images with views"}
 ROC_CURVES = "one-class"
 STAGE_A = {"retrain": ", stage A retrained with the anomalies (paper)",
            "reuse": ", stage B only on the one-class stage A"}

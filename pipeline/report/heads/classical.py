@@ -11,26 +11,6 @@ ORDER = 5
 ROC_CURVES = "per class"
 NAMES = {"ocsvm": "OC-SVM", "iforest": "Isolation Forest", "lof": "LOF"}
 ESTIMATORS = {"ocsvm": "OneClassSVM, RBF kernel", "iforest": "IsolationForest", "lof": "LocalOutlierFactor, novelty"}
-SCALING_WORDS = {"none": "no scaling", "standardise": "standardised features", "l2": "L2-normalised features"}
-
-
-def _options(about: dict) -> str | None:
-    options = about.get("options")
-    return ", ".join(f"{k}={v}" for k, v in options.items()) if options else None
-
-
-# Only for detectors whose score of a row depends on the rows scored with it (ECOD, COPOD).
-SCORING_WORDS = {"alone": "each test image scored alone",
-                 "joint": "the test set scored in one call (each score depends on the others)"}
-
-
-# A detector's own settings are recorded for it alone (nu for OC-SVM, trees for Isolation
-# Forest): they differ between the detectors' runs, so the table names them in each row.
-SETTINGS = {"scaling": lambda about: SCALING_WORDS.get(about.get("scaling"), about.get("scaling")),
-            "nu": "nu = {}", "gamma": "gamma = {}", "n_estimators": "{} trees", "n_neighbors": "{} neighbours",
-            "options": _options, "seeds": "{}",
-            "scoring": lambda about: SCORING_WORDS.get(about["scoring"], about["scoring"]) if "scoring" in about
-            else None}
 
 
 def detector_name(detector: str) -> str:

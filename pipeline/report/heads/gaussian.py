@@ -7,8 +7,6 @@ from pipeline.report.rows import Figure, Row, Run, figures
 
 DISPLAY_NAME = "Gaussian (Mahalanobis)"
 ORDER = 4
-# Every setting is in the row's own words (setting()), so the caption adds none.
-SETTINGS: dict = {}
 ROC_CURVES = "per class"
 SCALING_WORDS = {"none": "no scaling", "standardise": "standardised", "l2": "L2-normalised"}
 

@@ -9,8 +9,6 @@ from pipeline.report.rows import Row, Run, final_and_best_epoch_rows
 
 DISPLAY_NAME = "IGD"
 ORDER = 3
-SETTINGS = {"latent_dim": "Z = {}", "hidden": "hidden {}", "epochs": "{} epochs", "batch_size": "batch {}",
-            "lr": "lr {}", "standardise": "standardise {}", "reconstruction": "reconstruction {}", "seeds": "{}"}
 ROC_CURVES = "final model"
 
 

@@ -8,8 +8,6 @@ from pipeline.report.rows import Figure, Row, Run, figures
 
 DISPLAY_NAME = "kNN (DN2)"
 ORDER = 0
-# No setting besides k, which every row names.
-SETTINGS: dict = {}
 ROC_CURVES = "per class"
 
 

@@ -9,8 +9,6 @@ from pipeline.report.rows import Row, Run, final_and_best_epoch_rows
 
 DISPLAY_NAME = "PANDA"
 ORDER = 0.5  # right after the DN2 kNN rows, whose features it adapts
-SETTINGS = {"epochs": "{} epochs", "fisher": "Fisher {}", "lr": "lr {}", "batch_size": "batch {}", "k": "k = {}",
-            "trunk_end": "trunk to {}", "seeds": "{}"}
 ROC_CURVES = "final model"
 
 

@@ -11,14 +11,6 @@ from pipeline.report.rows import Row, Run, final_and_best_epoch_rows
 
 DISPLAY_NAME = "PLUME"
 ORDER = 1
-SETTINGS = {"lam": "lambda = {}", "epochs": "{} epochs",
-            "min_steps": lambda about: f"at least {about['min_steps']} steps" if about.get("min_steps") else None,
-            "dim": "D = {}", "batch_mode": "batch mode {}",
-            "identity_loss": "identity loss {}", "identity_target": "identity target {}",
-            "guidance_form": "guidance form {}", "lr": "lr {}", "val_fraction": "{} held out",
-            "select": "kept epoch {}", "ema": "EMA {}",
-            # Runs made before the option existed had no limit.
-            "max_shift": lambda about: f"max shift {about.get('max_shift', 0.0)}", "seeds": "{}"}
 ROC_CURVES = "final model"
 
 # Table 1c / 8 of the PLUME paper: (perturbation, guidance) -> key in paper_results.json.
