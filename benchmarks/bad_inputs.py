@@ -141,7 +141,7 @@ def main() -> None:
     case("damaged chunk file", ["stages.knn", "--cache", str(damaged)])
     case("verify on the damaged cache", ["pipeline.cache", "verify", str(damaged)])
 
-    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom pipeline.store.cache import writer_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom pipeline.store.locks import writer_lock\n"
                                f"with writer_lock({str(work / 'busy.zarr')!r}):\n    print('x', flush=True)\n"
                                "    time.sleep(120)"], cwd=repo, stdout=subprocess.PIPE, text=True, env=ENV)
     holder.stdout.readline()

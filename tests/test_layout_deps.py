@@ -10,7 +10,7 @@ import shutil
 import pytest
 import yaml
 
-from pipeline.commands.dvc_deps import REPO, closure, import_graph, rewritten, uncovered
+from pipeline.commands.dvc_deps import REPO, import_graph, rewritten, uncovered
 
 
 def test_every_stage_depends_on_every_file_it_imports():

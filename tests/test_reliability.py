@@ -37,7 +37,7 @@ def test_extraction_is_deterministic(synthetic_cache, tmp_path):
 def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
     path = tmp_path / "locked.zarr"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom pipeline.store.cache import writer_lock\n"
+        "import sys, time\nfrom pipeline.store.locks import writer_lock\n"
         f"with writer_lock({str(path)!r}):\n    print('locked', flush=True)\n    time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -3,7 +3,7 @@ rewrites each stage's ``deps`` as the files and folders its command imports (sta
 inside functions too, and modules named in strings, as importlib imports them), kept beside
 the stage's other deps (caches, metrics folders); ``--check`` only says whether dvc.yaml is
 current (tests/test_layout_deps.py runs it). A folder is named whole when the command imports
-every module in it."""
+most of it (``FOLDER_SHARE``)."""
 
 from __future__ import annotations
 
@@ -125,9 +125,15 @@ def is_code(dep: str) -> bool:
     return dep.split("/")[0] in PACKAGES
 
 
+# A folder is named whole when the stage imports at least this share of its modules: a little
+# more than the imports (an edit to one of the others re-runs the stage too), much shorter
+# (the store, whose modules every head stage imports but the HDF5 and command ones).
+FOLDER_SHARE = 2 / 3
+
+
 def compressed(root: Path, files: set[Path]) -> list[str]:
-    """``files`` as dvc.yaml deps: a folder where every module under it is in ``files``, else
-    the files, in path order."""
+    """``files`` as dvc.yaml deps, in path order: the outermost folder below the top packages of
+    which the stage imports at least ``FOLDER_SHARE`` of the modules, else the file."""
     names = {f.relative_to(root) for f in files}
     chosen: list[str] = []
     for path in sorted(names):
@@ -135,7 +141,8 @@ def compressed(root: Path, files: set[Path]) -> list[str]:
             continue
         folder, whole = None, path.parent
         while str(whole) not in PACKAGES and whole != Path("."):
-            if all(m.relative_to(root) in names for m in (root / whole).rglob("*.py")):
+            modules = [m.relative_to(root) for m in (root / whole).rglob("*.py")]
+            if sum(m in names for m in modules) >= FOLDER_SHARE * len(modules):
                 folder = whole
             whole = whole.parent
         chosen.append(str(folder or path))

@@ -89,7 +89,7 @@ def main(name: str, data_dir: str, normal: tuple[str, ...], download: bool, back
     from pipeline.extract.extraction import default_cache_path, extract
     from pipeline.extract.preprocess import Preprocessing, resolve_normalisation
     from pipeline.extract.views import Augmentation, extract_views
-    from pipeline.store.cache import check_replaceable
+    from pipeline.store.guards import check_replaceable
     from pipeline.store.views import views_path
 
     # auto: the statistics the backbone's weights were trained with; the cache records the name used.

@@ -527,7 +527,7 @@ def _class_names_of(root: Path, split: str, folders: list[str]) -> dict[str, str
 
 
 def _check_class_names(root: Path, classes: list[str]) -> None:
-    from pipeline.store.cache import class_names_problem
+    from pipeline.store.metadata import class_names_problem
 
     problem = class_names_problem(classes)
     if problem:

@@ -22,8 +22,10 @@ from pipeline.extract.loop import (ChunkBuffer, ChunkWriter, PreprocessedBatches
                                    resolve_engine, resolve_precision,
                                    chunk_batches, user_facing_errors)
 from pipeline.extract.preprocess import Preprocessing
-from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, attrs_lock, check_replaceable,
-                                  is_derived, occupied, open_or_create, writer_lock)
+from pipeline.store.cache import DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, open_or_create
+from pipeline.store.guards import check_replaceable, occupied
+from pipeline.store.locks import attrs_lock, writer_lock
+from pipeline.store.metadata import is_derived
 
 if TYPE_CHECKING:
     from pipeline.extract.corruptions import CorruptionPlan, ShiftedSplit

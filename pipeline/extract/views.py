@@ -31,7 +31,8 @@ from pipeline.errors import PipelineError
 from pipeline.extract.datasets import ImageDataset, UnreadableImageError
 from pipeline.extract.loop import ChunkBuffer, ChunkWriter, backbone_batches, chunk_batches, user_facing_errors
 from pipeline.extract.preprocess import Preprocessing
-from pipeline.store.cache import ArraySpec, FeatureCache, attrs_lock, open_or_create, writer_lock
+from pipeline.store.cache import ArraySpec, FeatureCache, open_or_create
+from pipeline.store.locks import attrs_lock, writer_lock
 from pipeline.store.views import views_path
 
 

@@ -44,7 +44,8 @@ import click
 import numpy as np
 import torch
 
-from pipeline.store.cache import FeatureCache, library_versions, metadata_problem
+from pipeline.store.cache import FeatureCache
+from pipeline.store.metadata import library_versions, metadata_problem
 from pipeline.files import safe_filename
 from pipeline.errors import PipelineError
 

@@ -27,17 +27,10 @@ otherwise label every score wrongly without a sign.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import shutil
 import socket
-import sys
-import threading
-import time
-from collections import Counter
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -47,35 +40,19 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from pipeline.errors import PipelineError
+from pipeline.store.guards import STORE_FORMAT, check_replaceable, occupied, remove_store
+from pipeline.store.locks import attrs_lock
+from pipeline.store.metadata import (SPLITS, _digest, attributes_problem, differences, is_derived,
+                                     library_versions, metadata_digest, metadata_problem, remake_hint,
+                                     split_name_problem)
 
 FORMAT_VERSION = 1
-# Written into a store's attributes before anything else, so that a folder can be recognised as a
-# store made by this project before it is ever replaced or removed.
-STORE_FORMAT = "frozen-feature-ad feature cache"
-# The attributes of stores made before the marker existed; together they still say "ours".
-_LEGACY_ATTRIBUTES = {"format_version", "metadata", "chunk_rows", "chunks", "complete"}
-SPLITS = ("train", "test")
-# A derived split is named <split>@<variant>[@<variant>...], e.g. test@fog@5: the store keeps
-# its arrays and description, and knows nothing of what the variant means.
-DERIVED_MARK = "@"
-_VARIANT_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 # Features are dense floats that compress poorly; byte-shuffled LZ4 still saves ~10-20% and
 # decompresses faster than the disk reads it saves, so reading is not slowed down.
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 # ~5 MB of float32 at D = 1280: large enough for fast sequential reads, small enough that an
 # interrupted extraction loses little work.
 DEFAULT_CHUNK_ROWS = 1024
-
-
-def library_versions() -> dict[str, str]:
-    import numpy
-    import torch
-    import torchvision
-
-    import pipeline
-
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "zarr": zarr.__version__, "numpy": numpy.__version__, "pipeline": pipeline.__version__}
 
 
 @dataclass(frozen=True)
@@ -85,283 +62,6 @@ class ArraySpec:
     name: str
     sample_shape: tuple[int, ...]
     dtype: str
-
-
-def differences(expected: dict, actual: dict, prefix: str = "") -> list[str]:
-    """Human-readable differences for every key of ``expected`` that ``actual`` disagrees with."""
-    found = []
-    for key, want in expected.items():
-        where = f"{prefix}{key}"
-        have = actual.get(key) if isinstance(actual, dict) else None
-        if isinstance(want, dict) and isinstance(have, dict):
-            found += differences(want, have, where + ".")
-        elif have != want:
-            found.append(f"{where} is {have!r} in the cache but {want!r} was asked for")
-    return found
-
-
-def split_name_problem(name: Any) -> str | None:
-    """Why ``name`` cannot name a split, or None: train, test, or a derived split
-    <split>@<variant>[@...] whose variants are non-empty words of letters, digits and _ . -"""
-    if not isinstance(name, str):
-        return f"{_kind(name)} is not a split name"
-    base, *variants = name.split(DERIVED_MARK)
-    if base not in SPLITS:
-        return f"{name!r} is not a split name (train, test, or test@<variant>[@<variant>...])"
-    if any(not variant or not set(variant) <= _VARIANT_CHARACTERS for variant in variants):
-        return f"{name!r} is not a split name: each @-separated variant is made of letters, digits and _ . -"
-    return None
-
-
-def is_derived(name: str) -> bool:
-    """Whether ``name`` names a derived split (test@fog@5), not train or test."""
-    return DERIVED_MARK in name
-
-
-def _digest(data: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
-
-
-def metadata_digest(metadata: Any) -> str:
-    """SHA-256 of the metadata as canonical JSON (keys sorted), so the order in which zarr.json
-    lists the keys does not matter, but every value does."""
-    return hashlib.sha256(json.dumps(metadata, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _kind(value: Any) -> str:
-    """What a JSON value is, in words, for messages."""
-    names = {dict: "a mapping", list: "a list", str: "a text", bool: "true/false", int: "a number",
-             float: "a number", type(None): "null"}
-    return f"{names.get(type(value), type(value).__name__)} ({json.dumps(value, default=str)[:60]})"
-
-
-def class_names_problem(classes: Any) -> str | None:
-    """Why ``classes`` is not a usable class list, or None. A class list is a non-empty list of
-    distinct, non-empty names: each name labels metrics, plots and saved heads, so two classes
-    of one name would share them (and one would be lost)."""
-    if not isinstance(classes, list):
-        return f"is {_kind(classes)}, not a list of names"
-    if not classes:
-        return "is empty"
-    for name in classes:
-        if not isinstance(name, str):
-            return f"holds {_kind(name)}, which is not a name (text)"
-    empty = [i for i, name in enumerate(classes) if not name.strip()]
-    if empty:
-        return f"holds an empty name (class {empty[0]})"
-    repeated = [name for name, count in Counter(classes).items() if count > 1]
-    if repeated:
-        return (f"names {', '.join(repr(name) for name in repeated[:5])} more than once (two classes of one "
-                f"name would share their metrics, plots and saved heads)")
-    return None
-
-
-METADATA_SECTIONS = ("dataset", "backbone", "preprocessing", "features")
-
-
-def metadata_problem(metadata: Any) -> str | None:
-    """Why ``metadata`` cannot be a feature cache's metadata, or None: a mapping whose sections
-    (dataset, backbone, preprocessing, features) are mappings, with a usable class list."""
-    if not isinstance(metadata, dict):
-        return f"metadata is {_kind(metadata)}, not a mapping"
-    for section in METADATA_SECTIONS:
-        if section in metadata and not isinstance(metadata[section], dict):
-            return f"metadata.{section} is {_kind(metadata[section])}, not a mapping"
-    classes = metadata.get("dataset", {}).get("classes")
-    problem = class_names_problem(classes) if classes is not None else None
-    return f"metadata.dataset.classes {problem}" if problem else None
-
-
-def attributes_problem(attrs: Any) -> str | None:
-    """Why a store's attributes (its zarr.json) cannot be this project's, or None: the
-    bookkeeping a reader relies on (chunk size, chunk records, completeness) with the right
-    types, and usable metadata."""
-    chunk_rows = attrs.get("chunk_rows")
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-        return f"chunk_rows is {_kind(chunk_rows)}, not a positive number of rows"
-    chunks = attrs.get("chunks")
-    if not isinstance(chunks, dict):
-        return f"chunks is {_kind(chunks)}, not a mapping of finished chunks per split"
-    for split, record in chunks.items():
-        if not isinstance(record, dict):
-            return f"chunks.{split} is {_kind(record)}, not a mapping of finished chunks"
-        for chunk, sums in record.items():
-            if not chunk.isdigit():
-                return f"chunks.{split} has the entry {chunk!r}, not a chunk number"
-            if not isinstance(sums, dict) or not all(isinstance(value, str) for value in sums.values()):
-                return f"chunks.{split}.{chunk} is {_kind(sums)}, not a mapping of array names to checksums"
-    if not isinstance(attrs.get("complete", False), bool):
-        return f"complete is {_kind(attrs.get('complete'))}, not true or false"
-    if not isinstance(attrs.get("metadata_sha256", ""), str):
-        return f"metadata_sha256 is {_kind(attrs.get('metadata_sha256'))}, not a checksum"
-    derived = attrs.get("split_metadata", {})
-    if not isinstance(derived, dict):
-        return f"split_metadata is {_kind(derived)}, not a mapping of derived splits to their descriptions"
-    for name, description in derived.items():
-        problem = split_name_problem(name)
-        if problem or not is_derived(name):
-            return f"split_metadata names {name!r}, which is not a derived split (test@<variant>...)"
-        if not isinstance(description, dict):
-            return f"split_metadata.{name} is {_kind(description)}, not a mapping"
-    if not isinstance(attrs.get("split_metadata_sha256", ""), str):
-        return f"split_metadata_sha256 is {_kind(attrs.get('split_metadata_sha256'))}, not a checksum"
-    if "metadata" not in attrs:
-        return "there is no metadata"
-    return metadata_problem(attrs["metadata"])
-
-
-def remake_hint(path: str | Path, lead: str = "Make it again") -> str:
-    """How to make a cache again, when nothing in it can be repaired."""
-    return (f"{lead}: the python -m pipeline.extract command that made it, with --overwrite (dvc repro -f "
-            f"for a DVC stage), or, for imported features, python -m pipeline.cache import-hdf5 --overwrite "
-            f"FILE.h5 {path}.")
-
-
-def _guarded(target: Path, folder: Path, what: str) -> str | None:
-    """``target`` (resolved) described as ``what`` when it is ``folder`` or holds it, else None."""
-    folder = folder.resolve()
-    if target == folder:
-        return f"is {what}"
-    if target in folder.parents:
-        return f"holds {what}"
-    return None
-
-
-def protected_problem(path: str | Path, protected: Sequence[str | Path] = ()) -> str | None:
-    """Why a store must never be written at ``path``, or None: it is, or holds, the current
-    working directory or one of the ``protected`` folders (the data directory)."""
-    target = Path(path).resolve()
-    found = [_guarded(target, Path.cwd(), f"the current working directory {Path.cwd()}")]
-    found += [_guarded(target, Path(folder), f"the data directory {folder}") for folder in protected]
-    return next((problem for problem in found if problem), None)
-
-
-def not_a_store_problem(path: str | Path) -> str | None:
-    """Why the existing ``path`` is not recognisably a store made by this project, or None.
-
-    A store is a folder holding only zarr.json and split groups, whose attributes carry this
-    project's format marker (or, for stores made before it, all of this project's attributes).
-    Anything else may be someone's data, so it is never deleted or replaced.
-    """
-    path = Path(path)
-    if path.is_symlink():
-        return "is a symbolic link"
-    if not path.is_dir():
-        return "is not a folder"
-    entries = sorted(entry.name for entry in path.iterdir())
-    if not entries:
-        return None  # an empty folder holds nothing to lose
-    try:
-        node = json.loads((path / "zarr.json").read_text())
-        attributes = node.get("attributes") or {}
-    except (OSError, ValueError, AttributeError):
-        return "has no readable zarr.json"
-    if node.get("node_type") != "group" or not (attributes.get("format") == STORE_FORMAT
-                                                 or _LEGACY_ATTRIBUTES <= set(attributes)):
-        return "has a zarr.json without this project's feature-cache attributes"
-    foreign = [name for name in entries if name != "zarr.json" and split_name_problem(name) is not None]
-    if foreign:
-        return f"also holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which a feature cache never does"
-    return None
-
-
-def occupied(path: str | Path) -> bool:
-    """Whether something is at ``path``: anything but nothing or an empty folder."""
-    path = Path(path)
-    return path.is_symlink() or (path.exists() and not (path.is_dir() and not any(path.iterdir())))
-
-
-def check_replaceable(path: str | Path, protected: Sequence[str | Path] = ()) -> None:
-    """Refuse, naming the path and why, to delete or replace anything at ``path`` but a store
-    made by this project (nothing there is fine), and ever the ``protected`` folders."""
-    path = Path(path)
-    if not (path.exists() or path.is_symlink()):
-        return
-    problem = protected_problem(path, protected)
-    if problem:
-        raise PipelineError(f"{path} {problem}: a feature cache is never written there, since that would delete "
-                            f"it. Choose another path for the cache.")
-    problem = not_a_store_problem(path)
-    if problem:
-        raise PipelineError(f"{path} {problem}: it is not a feature cache made by this project, so it was left "
-                            f"untouched (only such a cache is ever replaced). Choose another path for the cache.")
-
-
-def remove_store(path: str | Path, protected: Sequence[str | Path] = ()) -> None:
-    """Delete the store at ``path``, if there is one; anything else is refused (``check_replaceable``)."""
-    check_replaceable(path, protected)
-    if Path(path).exists():
-        shutil.rmtree(path)
-
-
-@contextmanager
-def writer_lock(path: str | Path, shard: tuple[int, int] | None = None) -> Iterator[None]:
-    """Hold a lock on ``<path>.lock`` while writing a cache.
-
-    A whole extraction holds it exclusively. Shards of a sharded extraction (``shard`` =
-    (index, count)) hold it shared, so they run together but never beside a whole
-    extraction, and each also holds ``<path>.shard-<index>-of-<count>.lock`` exclusively, so
-    one shard is never run twice at once. POSIX record locks (lockf) are released by the
-    kernel when the holder dies, even by SIGKILL, and, unlike flock locks, are not inherited
-    by forked DataLoader workers, which could otherwise keep a killed run's lock alive.
-    """
-    with ExitStack() as stack:
-        if shard is None:
-            stack.enter_context(_lock_file(Path(str(path) + ".lock"), exclusive=True, path=path))
-        else:
-            stack.enter_context(_lock_file(Path(str(path) + ".lock"), exclusive=False, path=path))
-            stack.enter_context(_lock_file(Path(f"{path}.shard-{shard[0]}-of-{shard[1]}.lock"), exclusive=True,
-                                           path=path, what=f"shard {shard[0]}/{shard[1]} of "))
-        yield
-
-
-@contextmanager
-def _lock_file(lock_path: Path, exclusive: bool, path: str | Path, what: str = "") -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
-        try:
-            fcntl.lockf(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except OSError:  # EAGAIN or EACCES: held by another process
-            handle.seek(0)
-            holder = handle.read().strip() or "another process (a sharded extraction, if run with --shard)"
-            raise PipelineError(f"{what}{path} is being written by {holder}. Two extractions must not write "
-                                f"one cache (except shards of one sharded extraction, each with its own "
-                                f"--shard I/N); wait for that one to finish (or stop it) and run again.") from None
-        if exclusive:  # a shared holder must not overwrite the others' note
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-            handle.flush()
-        try:
-            yield
-        finally:
-            if exclusive:
-                handle.seek(0)
-                handle.truncate()
-            fcntl.lockf(handle, fcntl.LOCK_UN)
-
-
-# Updates of a store's attributes (the chunk records, ``complete``) are read-modify-write of
-# one zarr.json. Shards of a sharded extraction write one store at once, each in its own
-# process, so every update re-reads the attributes and writes them back under a short
-# exclusive lock on ``<cache>.attrs.lock``: no process can lose another's chunk records.
-# (lockf locks belong to a process, so threads of one process are kept apart by a
-# threading lock as well; and it is a file of its own, since closing any descriptor of a
-# file drops the process's lockf locks on it, which would drop the writer lock.)
-_attrs_thread_lock = threading.Lock()
-
-
-@contextmanager
-def attrs_lock(path: str | Path) -> Iterator[None]:
-    """Held around every read-modify-write of a store's attributes (short: one zarr.json write)."""
-    lock_path = Path(str(path) + ".attrs.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with _attrs_thread_lock, open(lock_path, "a+") as handle:
-        fcntl.lockf(handle, fcntl.LOCK_EX)  # blocking: holders keep it for milliseconds
-        try:
-            yield
-        finally:
-            fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 _per_process: dict[str, tuple[int, dict]] = {}

@@ -6,7 +6,8 @@ import click
 
 from pipeline.cli import check_outputs, os_errors_as_messages, output_problem
 from pipeline.errors import PipelineError
-from pipeline.store.cache import FeatureCache, check_replaceable, occupied
+from pipeline.store.cache import FeatureCache
+from pipeline.store.guards import check_replaceable, occupied
 from pipeline.store.hdf5 import export_hdf5, import_hdf5
 
 
@@ -47,7 +48,7 @@ def verify(cache_path: str, repair: bool) -> None:
     """Check every chunk of CACHE_PATH against its recorded checksum, the metadata against the
     checksum recorded when the cache was made, and the arrays against the metadata. Exits with
     status 1 if anything is missing, damaged or edited."""
-    from pipeline.store.cache import remake_hint
+    from pipeline.store.metadata import remake_hint
 
     cache = FeatureCache.open(cache_path, require_complete=False)
     problems = cache._problems()

@@ -26,9 +26,10 @@ import numpy as np
 from pipeline.errors import PipelineError
 from pipeline.class_names import nfc, same_after_nfc_problem
 from pipeline.progress import progress
-from pipeline.store.cache import (DEFAULT_CHUNK_ROWS, METADATA_SECTIONS, SPLITS, ArraySpec, FeatureCache,
-                                  check_replaceable, class_names_problem, library_versions, not_a_store_problem,
-                                  remove_store, _digest)
+from pipeline.store.cache import DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache
+from pipeline.store.guards import check_replaceable, not_a_store_problem, remove_store
+from pipeline.store.metadata import (METADATA_SECTIONS, SPLITS, _digest, class_names_problem,
+                                     library_versions)
 
 
 def export_hdf5(cache: FeatureCache, path: str | Path) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.store.cache import FeatureCache, differences
+from pipeline.store.cache import FeatureCache
+from pipeline.store.metadata import differences
 
 
 def views_path(cache_path: str | Path) -> Path:
