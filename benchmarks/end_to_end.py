@@ -31,7 +31,7 @@ def main(data_dir: str, train_per_class: int, test_per_class: int, image_size: i
     from torch.utils.data import DataLoader, Subset
     from torchvision.datasets import ImageFolder
 
-    from pipeline.extract.backbones import load_backbone
+    from pipeline.backbones import load_backbone
     from pipeline.extract.datasets import image_folder_subset, load_dataset
     from pipeline.evaluate import evaluate_one_vs_all
     from pipeline.extract.extraction import extract

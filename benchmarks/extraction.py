@@ -32,7 +32,7 @@ def main(data_dir: str, images: int, image_size: int, batch_size: int, workers: 
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
-    from pipeline.extract.backbones import load_backbone
+    from pipeline.backbones import load_backbone
     from pipeline.extract.extraction import extract
     from pipeline.extract.datasets import image_folder_subset, load_dataset
     from pipeline.extract.preprocess import Preprocessing

@@ -26,7 +26,7 @@ import torch
 
 
 def load(backbone: str, image_size: int) -> torch.nn.Module:
-    from pipeline.extract.backbones import BACKBONES, load_backbone
+    from pipeline.backbones import BACKBONES, load_backbone
 
     weights_file = None
     if BACKBONES[backbone].source == "torchvision":

@@ -35,7 +35,7 @@ import torch
 @click.option("--out", default=None, help="Also write the lines printed here to this file.")
 def main(data_dir: str, images: int, image_size: int, batch_size: int, workers: str, rounds: int,
          out: str | None) -> None:
-    from pipeline.extract.backbones import load_backbone
+    from pipeline.backbones import load_backbone
     from pipeline.extract.datasets import image_folder_subset, load_dataset
     from pipeline.extract.extraction import extract
     from pipeline.extract.loop import OnnxForward, torch_forward

@@ -16,7 +16,7 @@ the two ways, so a machine that slows down or speeds up during the run affects b
 
 ``--padding both`` also times both ways with EfficientNet-Lite's "same" padding as the
 package builds it (a ZeroPad2d copy before every convolution) instead of folded into the
-convolutions (``pipeline.extract.backbones._fold_symmetric_padding``), in the same rounds.
+convolutions (``pipeline.backbones._fold_symmetric_padding``), in the same rounds.
 
 Also timed, per epoch: the scoring pass over the same images that PANDA's code makes after
 every epoch (its ``get_score`` runs the whole model on the training and test sets), from
@@ -72,7 +72,7 @@ class Clock:
 def main(images_dir: str, images: int, image_size: int, batch_size: int, rounds: int, device: str,
          threads: int | None, precision: str, padding: str, scoring: bool) -> None:
     from pipeline import params
-    from pipeline.extract.backbones import get_spec, load_backbone
+    from pipeline.backbones import get_spec, load_backbone
     from pipeline.extract.datasets import FileImages
     from pipeline.extract.listing import list_images
     from pipeline.extract.preprocess import Preprocessing, resolve_normalisation

@@ -63,7 +63,7 @@ def image_preprocessing(saved: SavedHead, given: dict | None = None):
     refused rather than guessed (features imported from HDF5 without their metadata record
     none); a given field that contradicts the record is refused too. Also refuses a backbone this
     version cannot run."""
-    from pipeline.extract.backbones import get_spec
+    from pipeline.backbones import get_spec
     from pipeline.extract.preprocess import Preprocessing, resolve_normalisation
 
     backbone, where = saved.backbone, f"the head {saved.path}"
@@ -102,7 +102,7 @@ def load_matching_backbone(saved: SavedHead, weights_file: str | None = None, pr
     """The head's backbone with its weights, refused unless they are the very weights (SHA-256)
     the training cache was made with, and its preprocessing (``image_preprocessing``, unless
     given)."""
-    from pipeline.extract.backbones import load_backbone
+    from pipeline.backbones import load_backbone
 
     backbone, where = saved.backbone, f"the head {saved.path}"
     name = backbone.get("name")

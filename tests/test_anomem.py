@@ -347,7 +347,7 @@ def test_anomalies_are_drawn_from_other_classes_in_the_asked_ratio():
 
 @pytest.fixture(scope="module")
 def cache_with_views(synthetic_cache, tmp_path_factory):
-    from pipeline.extract.backbones import load_backbone
+    from pipeline.backbones import load_backbone
 
     folder = tmp_path_factory.mktemp("views")
     path = folder / "synthetic.zarr"
@@ -359,7 +359,7 @@ def cache_with_views(synthetic_cache, tmp_path_factory):
 
 
 def test_views_are_cached_beside_the_features_and_are_reproducible(cache_with_views, tmp_path):
-    from pipeline.extract.backbones import load_backbone
+    from pipeline.backbones import load_backbone
 
     cache = cache_with_views
     views = open_views(cache)
@@ -389,7 +389,7 @@ def test_views_are_cached_beside_the_features_and_are_reproducible(cache_with_vi
 
 
 def test_views_of_an_interrupted_run_resume_to_the_same_numbers(cache_with_views, tmp_path):
-    from pipeline.extract.backbones import load_backbone
+    from pipeline.backbones import load_backbone
 
     path = tmp_path / "resume.zarr"
     shutil.copytree(cache_with_views.path, path)

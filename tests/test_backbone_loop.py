@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.extract.backbones import load_backbone
+from pipeline.backbones import load_backbone
 from pipeline.extract.extraction import extract
 from pipeline.extract.command import main as extract_cli
 from pipeline.extract.datasets import load_dataset

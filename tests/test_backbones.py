@@ -7,7 +7,7 @@ import torch
 import torchvision.models as tvm
 
 from pipeline.errors import PipelineError
-from pipeline.extract.backbones import (BACKBONES, FeatureExtractor, _convnext_stages, _extractor, _vgg_stages,
+from pipeline.backbones import (BACKBONES, FeatureExtractor, _convnext_stages, _extractor, _vgg_stages,
                                        backbone_architecture, get_spec, load_backbone)
 
 

@@ -35,7 +35,7 @@ def test_the_export_leaves_the_pytorch_module_as_it_was():
     (the views extraction and scoring reuse the loaded module)."""
     import torch
 
-    from pipeline.extract.backbones import load_backbone
+    from pipeline.backbones import load_backbone
     from pipeline.extract.loop import OnnxForward, torch_forward
 
     model, _ = load_backbone("efficientnet_lite0", 32)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.extract.backbones import load_backbone
+from pipeline.backbones import load_backbone
 from pipeline.store.cache import FeatureCache
 from pipeline.extract.datasets import load_dataset
 from pipeline.errors import PipelineError

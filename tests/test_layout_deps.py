@@ -79,6 +79,8 @@ ABOVE_HEADS = ("pipeline.commands", "pipeline.evaluate", "pipeline.report", "pip
                                              ("pipeline.report", ("pipeline.heads", "pipeline.evaluate",
                                                                   "pipeline.commands", "pipeline.params")),
                                              ("pipeline.heads", ABOVE_HEADS),
+                                             ("pipeline.backbones", ("pipeline.extract", "pipeline.heads",
+                                                                     "pipeline.store", *ABOVE_HEADS)),
                                              ("pipeline.evaluate", ("pipeline.commands", "pipeline.report", "stages"))])
 def test_layers_import_nothing_above_them(layer, forbidden):
     """Layers read one way: commands -> evaluation / report -> heads -> extract / store. The
@@ -99,7 +101,7 @@ def test_layers_import_nothing_above_them(layer, forbidden):
 def test_the_torch_free_names_are_the_registries_keys():
     """The extract command offers names from pipeline/extract/names.py (so --help loads no torch)."""
     from pipeline.extract import names
-    from pipeline.extract.backbones import BACKBONES
+    from pipeline.backbones import BACKBONES
     from pipeline.extract.datasets import DATASETS
     from pipeline.extract.loop import ENGINES, PRECISIONS
     from pipeline.extract.preprocess import INTERPOLATIONS, NORMALISATIONS

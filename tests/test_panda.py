@@ -50,7 +50,7 @@ def test_classifier_fisher_is_the_mean_squared_minibatch_gradient_worked_out_by_
     """A 1x1 convolution tail and a linear classifier, whose cross-entropy gradient (against
     the classifier's own top-1 labels) is written out with NumPy: W_c^T (p - e_y) / B times the
     mean of each input map, per minibatch, squared and averaged over the minibatches."""
-    from pipeline.extract.backbones import Tail
+    from pipeline.backbones import Tail
 
     torch.manual_seed(0)
     conv, classifier = torch.nn.Conv2d(3, 4, 1), torch.nn.Linear(4, 5)
@@ -94,7 +94,7 @@ def test_one_epoch_lowers_the_compactness_loss_and_keeps_batch_norm_statistics(s
     assert float(after) < before
     # Batch norm in eval mode throughout, as the authors' code: running statistics unchanged,
     # its affine weights trained with the rest.
-    from pipeline.extract.backbones import load_backbone
+    from pipeline.backbones import load_backbone
 
     _, pretrained = load_backbone("efficientnet_lite0", 32)[0].split("stride8")
     for (name, old), new in zip(pretrained.state_dict().items(), head.tail_.state_dict().values()):
@@ -152,7 +152,7 @@ def test_wrong_weights_missing_trunk_maps_and_bad_settings_are_clear_errors(synt
 # --- the trunk maps in the cache -------------------------------------------------------------
 
 def test_the_cache_stores_the_trunk_map_at_full_resolution_checksummed(synthetic_cache):
-    from pipeline.extract.backbones import load_backbone
+    from pipeline.backbones import load_backbone
     from pipeline.extract.datasets import load_dataset
     from pipeline.extract.preprocess import Preprocessing
 

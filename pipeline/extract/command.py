@@ -83,7 +83,7 @@ def main(name: str, data_dir: str, normal: tuple[str, ...], download: bool, back
     corruptions, severities = _corruption_names(corruptions), _severities(severities)
     views_per_class, corrupt_per_class = _per_class(views_per_class), _per_class(corrupt_per_class)
 
-    from pipeline.extract.backbones import get_spec, load_backbone
+    from pipeline.backbones import get_spec, load_backbone
     from pipeline.extract.corruptions import CorruptionPlan
     from pipeline.extract.datasets import drop_unreadable, load_dataset
     from pipeline.extract.extraction import default_cache_path, extract

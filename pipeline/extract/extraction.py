@@ -16,7 +16,7 @@ from torch.utils.data import ConcatDataset
 from pipeline.devices import resolve_device
 from pipeline.files import safe_filename
 from pipeline.errors import PipelineError
-from pipeline.extract.backbones import load_backbone
+from pipeline.backbones import load_backbone
 from pipeline.extract.datasets import ImageDataset, drop_unreadable
 from pipeline.extract.loop import (ChunkBuffer, ChunkWriter, PreprocessedBatches, backbone_batches, engine_version,
                                    resolve_engine, resolve_precision,

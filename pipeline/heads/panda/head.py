@@ -65,7 +65,7 @@ class PandaHead(PandaParams, Head):
 
     def _pretrained(self):
         """The backbone with the weights that made the cache, refused if they are other weights."""
-        from pipeline.extract.backbones import get_spec, load_backbone
+        from pipeline.backbones import get_spec, load_backbone
 
         self.trunk_stage_ = self.trunk_end or get_spec(self.backbone).trunk_end
         extractor, weights = load_backbone(self.backbone, self.image_size, self.weights_tag, self.weights_file)
@@ -179,7 +179,7 @@ class PandaHead(PandaParams, Head):
 
     @classmethod
     def _from_state(cls, state: dict, device: str = "cpu") -> "PandaHead":
-        from pipeline.extract.backbones import backbone_architecture
+        from pipeline.backbones import backbone_architecture
 
         head = cls(**{**state["config"], "device": device})
         head.trunk_stage_ = str(state["trunk_stage"])

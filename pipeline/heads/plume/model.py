@@ -105,12 +105,16 @@ def explicit_linear_perturbation(x: torch.Tensor, alpha: torch.Tensor, beta: tor
 
 
 def perturb(x: torch.Tensor, perturbation: str, alpha: torch.Tensor | None = None, beta: torch.Tensor | None = None,
-            noise_std: float = 0.1) -> torch.Tensor:
+            noise_std: float | None = None) -> torch.Tensor:
+    """The pseudo-anomalies of ``x``; ``noise_std`` (the gaussian perturbation's sigma) is the
+    head's parameter, declared in settings.py, so it has no default here."""
     if perturbation == "linear":
         return linear_perturbation(x, alpha, beta)
     if perturbation in ("addmult", "add", "mult"):
         return alpha * x + beta
     if perturbation == "gaussian":
+        if noise_std is None:
+            raise ValueError("the gaussian perturbation needs noise_std")
         return x + noise_std * torch.randn_like(x)
     raise ValueError(f"unknown perturbation {perturbation!r}; choose from {', '.join(PERTURBATIONS)}")
 
