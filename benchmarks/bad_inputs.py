@@ -136,7 +136,9 @@ def main() -> None:
     shutil.copytree(cache, damaged)
     chunk = damaged / "train" / "features" / "c" / "0" / "0"
     raw = bytearray(chunk.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
+    # Early in the chunk, among the rows written: its second half holds only the fill value of
+    # rows past the split's end (6 images in a 1024-row chunk), which nothing reads.
+    raw[len(raw) // 8] ^= 0xFF
     chunk.write_bytes(bytes(raw))
     case("damaged chunk file", ["stages.knn", "--cache", str(damaged)])
     case("verify on the damaged cache", ["pipeline.cache", "verify", str(damaged)])
