@@ -115,8 +115,9 @@ def main() -> None:
     case("unknown dataset", [*extract, "--dataset", "imagenet22k"])
     case("unknown backbone", [*extract, "--backbone", "resnet49"])
     case("image size out of range", ["pipeline.extract", "--image-size", "8"])
+    # The cache above was made with the default normalisation (auto: inception for EfficientNet-Lite).
     case("existing cache made with other settings", [*extract, "--dataset", "imagefolder", "--data-dir", str(good),
-                                                     "--normalisation", "inception", "--out", str(cache)])
+                                                     "--normalisation", "imagenet", "--out", str(cache)])
     case("unknown class name", ["stages.knn", "--cache", str(cache), "--classes", "zebra"])
     case("normal class with fewer training images than k", ["stages.knn", "--cache", str(cache), "--k", "5"])
     case("k out of range", ["stages.knn", "--cache", str(cache), "--k", "0"])
