@@ -185,8 +185,8 @@ def describe(stage: Stage, head: "Head", run: dict, seeds: list[int]) -> dict:
     the stage's own settings and the seeds (``_run`` adds the report's words for them,
     ``setting_words``, from the declarations: the report reads them instead of the head's code)."""
     head_params, _ = head_settings(stage.name)
-    values = {k: v for k, v in head.get_params().items() if k in specs(head_params) and k not in NOT_REPORTED
-              and specs(head_params)[k].config}
+    declared = {name for name, spec in specs(head_params).items() if spec.config and name not in NOT_REPORTED}
+    values = {k: v for k, v in head.get_params().items() if k in declared}
     values.update({k: v for k, v in run.items() if k != "seeds"})
     about = {"head": stage.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
     if "seeds" in run:
