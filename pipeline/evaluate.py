@@ -14,11 +14,17 @@ Heads do not grade themselves: for heads trained by epochs, the test AUROC after
 is recorded by a callback this module passes to ``fit`` (``curves``); a head's control scores
 (``Head.control_scores``) are graded here too, and its ``diagnostics`` recorded, on one-class
 runs (``controls`` and ``diagnostics`` in the metrics payload).
+
+Heads that localise, on a cache of an anomaly folder with masks, also have their anomaly maps
+graded by pixel (``grade_maps``), and the first seed's run keeps a small gallery (``gallery_of``):
+per defect type and for the normal test images, the 3 highest- and 3 lowest-scoring images'
+maps, which ``write_gallery`` draws over the cache's ``test/inputs`` beside the ROC plots.
 """
 
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -88,6 +94,9 @@ class EvaluationData:
     train_rows: np.ndarray | None = None  # the training rows ``train`` holds (those with views, if needed)
     # Corrupted test splits: name -> (Features, labels, the clean test rows they were made from).
     shifted: dict[str, tuple[Features, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # The test images' ground-truth masks (N, S, S) uint8 (``pipeline.extract.masks``), read for
+    # heads that localise when the cache has them.
+    test_masks: np.ndarray | None = None
 
     def training_rows(self, normal: tuple[int, ...]) -> np.ndarray:
         """Positions in ``train_rows`` of the normal classes' training images."""
@@ -103,9 +112,10 @@ class _Reader:
     train_in_memory: bool
     trunk: bool = False
     shifted: tuple[str, ...] = ()
+    masks: bool = False
 
     def __call__(self, cache: FeatureCache) -> EvaluationData:
-        return read_data(cache, self.maps, self.views, self.train_in_memory, self.trunk, self.shifted)
+        return read_data(cache, self.maps, self.views, self.train_in_memory, self.trunk, self.shifted, self.masks)
 
 
 def read_features(cache: FeatureCache, split: str, rows: np.ndarray | None = None, maps: bool = False,
@@ -126,7 +136,7 @@ def read_features(cache: FeatureCache, split: str, rows: np.ndarray | None = Non
 
 
 def read_data(cache: FeatureCache, maps: bool, views: bool, train_in_memory: bool = True,
-              trunk: bool = False, shifted: Sequence[str] = ()) -> EvaluationData:
+              trunk: bool = False, shifted: Sequence[str] = (), masks: bool = False) -> EvaluationData:
     train_labels = cache.labels("train")
     train_rows = np.arange(len(train_labels))
     if views:
@@ -137,12 +147,13 @@ def read_data(cache: FeatureCache, maps: bool, views: bool, train_in_memory: boo
     test = read_features(cache, "test", maps=maps, trunk=trunk)
     corrupted = {split: (read_features(cache, split, maps=maps, trunk=trunk), cache.labels(split),
                          cache.read(split, "rows")) for split in shifted}
-    return EvaluationData(cache, train_labels, cache.labels("test"), test, train, train_rows, corrupted)
+    test_masks = cache.read("test", "masks") if masks and "masks" in cache.array_names("test") else None
+    return EvaluationData(cache, train_labels, cache.labels("test"), test, train, train_rows, corrupted, test_masks)
 
 
 def _reader(plan: Plan) -> _Reader:
     return _Reader(plan.head.needs_maps, plan.head.needs_views, plan.train_access == "memory", plan.head.needs_trunk,
-                   plan.shift.splits if plan.shift is not None else ())
+                   plan.shift.splits if plan.shift is not None else (), plan.head.localises)
 
 
 def _data(plan: Plan) -> EvaluationData:
@@ -208,7 +219,47 @@ def fit_and_score(run: Run, data: EvaluationData | None = None, on_epoch: Callab
         result["per_type"] = {name: grade(protocol.test_is_anomaly[rows], scores[rows],
                                           {k: v[rows] for k, v in controls.items()}, first)
                               for name, rows in protocol.types.items()}
+    if data.test_masks is not None and head.localises:
+        maps = head.anomaly_maps(data.test, data.test_masks.shape[-1])
+        result["pixel"] = grade_maps(data.test_masks, maps, protocol.types)
+        # The gallery: the first seed's, for normal-vs-anomalies, where the cache has the images as
+        # the backbone saw them (the command reads them, only the gallery's rows: ``write_gallery``).
+        if first and protocol.types and "inputs" in data.cache.array_names("test"):
+            result["gallery"] = gallery_of(scores, maps, protocol.test_is_anomaly, protocol.types, task.name, seed)
     return result
+
+
+GALLERY_SIZE = 3  # images per end (highest, lowest) of each group of a gallery
+
+
+def gallery_of(scores: np.ndarray, maps: np.ndarray, is_anomaly: np.ndarray, types: dict[str, np.ndarray],
+               normal: str, seed: int, size: int = GALLERY_SIZE) -> dict:
+    """What a run keeps for its heat-map gallery (small: it may come back from a Dask worker):
+    per anomaly type (``types``: its test rows and the normal ones), then for the normal test
+    images as a group named ``normal``, the test rows of its ``size`` highest-scoring images
+    (``high``, highest first) and ``size`` lowest (``low``, lowest first; ties in test order),
+    and, for each row kept (``rows``, ascending), its score and its anomaly map as float16."""
+    groups = {name: rows[is_anomaly[rows] == 1] for name, rows in types.items()}
+    groups[normal] = np.flatnonzero(is_anomaly == 0)
+    chosen = {name: {"high": rows[np.argsort(-scores[rows], kind="stable")][:size].tolist(),
+                     "low": rows[np.argsort(scores[rows], kind="stable")][:size].tolist()}
+              for name, rows in groups.items() if len(rows)}
+    rows = np.array(sorted({row for ends in chosen.values() for end in ends.values() for row in end}), dtype=np.int64)
+    return {"groups": chosen, "normal": normal, "seed": seed, "rows": rows,
+            "scores": np.asarray(scores, dtype=np.float64)[rows], "maps": np.asarray(maps)[rows].astype(np.float16)}
+
+
+def grade_maps(masks: np.ndarray, maps: np.ndarray, types: dict[str, np.ndarray]) -> dict:
+    """Pixel AUROC and AUPRO of the anomaly maps against the masks: over the whole test split
+    (``overall``) and, per anomaly type, over its images and the normal ones (``per_type``); a
+    part none of whose defect images has a mask is left out."""
+    from pipeline.pixel_metrics import pixel_metrics
+
+    def graded(rows: np.ndarray | slice) -> dict | None:
+        return pixel_metrics(masks[rows], maps[rows]) if (masks[rows] == 1).any() else None
+
+    per_type = {name: graded(rows) for name, rows in types.items()}
+    return {"overall": graded(slice(None)), "per_type": {k: v for k, v in per_type.items() if v is not None}}
 
 
 def grade(is_anomaly: np.ndarray, scores: np.ndarray, controls: dict[str, np.ndarray], with_roc: bool) -> dict:
@@ -308,7 +359,20 @@ def _combine(parts: list[dict], stochastic: bool) -> dict:
     if "per_type" in parts[0]:
         result["per_type"] = {name: _graded_over_seeds([p["per_type"][name] for p in parts], stochastic)
                               for name in parts[0]["per_type"]}
+    if parts[0].get("pixel"):
+        result["pixel"] = _pixel_over_seeds([p["pixel"] for p in parts])
+    if parts[0].get("gallery"):
+        result["gallery"] = parts[0]["gallery"]
     return result
+
+
+def _pixel_over_seeds(parts: list[dict]) -> dict:
+    """``grade_maps``' figures of each run, as means over seeds."""
+    def mean(figures: list[dict | None]) -> dict | None:
+        return None if figures[0] is None else {k: float(np.mean([f[k] for f in figures])) for k in figures[0]}
+
+    return {"overall": mean([p["overall"] for p in parts]),
+            "per_type": {name: mean([p["per_type"][name] for p in parts]) for name in parts[0]["per_type"]}}
 
 
 def _graded_over_seeds(parts: list[dict], stochastic: bool) -> dict:
@@ -383,6 +447,9 @@ def metrics_payload(results: dict[str, dict], metadata: dict, head: dict) -> dic
         if task is not None:
             for control, figures in payload["controls"].items():
                 figures["overall"] = _rounded(task["controls"][control])
+    if task is not None and task.get("pixel", {}).get("overall"):  # localisation, where the test images have masks
+        pixel = task["pixel"]
+        payload["pixel"] = {"overall": _rounded(pixel["overall"]), **_mean_and_per_class(pixel["per_type"])}
     if first.get("diagnostics"):
         payload["diagnostics"] = _mean_and_per_class({name: r["diagnostics"] for name, r in results.items()})
     if first.get("shift"):
@@ -397,12 +464,17 @@ def _mean_and_per_class(per_class: dict[str, dict[str, float]]) -> dict:
             "per_class": {name: {k: round(v, 6) for k, v in m.items()} for name, m in per_class.items()}}
 
 
-def write_plots(results: dict[str, dict], plots_dir: str | Path | None, curves_dir: str | Path | None = None) -> None:
+def write_plots(results: dict[str, dict], plots_dir: str | Path | None, curves_dir: str | Path | None = None,
+                maps_dir: str | Path | None = None, cache: FeatureCache | None = None) -> None:
     """For ``dvc plots``: one ROC file per class (per anomaly type, normal-vs-anomalies) in
     ``plots_dir`` and, for heads trained by epochs, one training-curve file per task in
     ``curves_dir`` (loss terms and test AUROC per epoch and seed). Separate folders, since DVC
     gives each folder one x and y. File names come from class names made safe
-    (``safe_filename``): never outside the folder, never two classes in one file."""
+    (``safe_filename``): never outside the folder, never two classes in one file. In
+    ``maps_dir`` (``gallery_folder``), the heat-map gallery of a localising head, drawn over the
+    test images of ``cache`` (``write_gallery``)."""
+    if maps_dir is not None:
+        write_gallery(results, maps_dir, cache)
     for folder, pattern in ((plots_dir, "roc_*.json"), (curves_dir, "train_*.json")):
         if folder is not None:
             Path(folder).mkdir(parents=True, exist_ok=True)
@@ -416,6 +488,76 @@ def write_plots(results: dict[str, dict], plots_dir: str | Path | None, curves_d
             write_json(Path(curves_dir) / safe_filename(f"train_{name}", ".json"),
                        [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in rec.items()}
                         for rec in r["curves"]])
+
+
+GALLERY_FILE = "gallery.json"
+# The colour range of a gallery: these percentiles of all its maps' pixels.
+GALLERY_PERCENTILES = (1.0, 99.9)
+
+
+def gallery_folder(plots_dir: str | Path) -> Path:
+    """Where a stage with ``--plots DIR`` writes its heat-map gallery: the sibling ``DIR_maps``
+    (as ``DIR_training`` for curves), not a subfolder: ``dvc plots`` reads every file under a
+    plots folder declared in dvc.yaml, and would take gallery.json for a ROC file and fail."""
+    folder = Path(plots_dir)
+    if folder.name in ("", ".."):
+        folder = Path(os.path.abspath(folder))
+    return folder.with_name(f"{folder.name}_maps")
+
+
+def has_gallery(results: dict[str, dict]) -> bool:
+    return any(r.get("gallery") for r in results.values())
+
+
+def gallery_location(maps_dir: str | Path, metrics_path: str | Path) -> str:
+    """The metrics file's ``about.gallery``: the gallery.json in ``maps_dir``, relative to the
+    metrics file's folder (with '/'), so the report finds it from any working directory, and
+    after the metrics and plots folders are moved together."""
+    target = os.path.abspath(Path(maps_dir) / GALLERY_FILE)
+    return Path(os.path.relpath(target, os.path.dirname(os.path.abspath(metrics_path)))).as_posix()
+
+
+def write_gallery(results: dict[str, dict], folder: str | Path, cache: FeatureCache | None) -> Path | None:
+    """The gallery a run kept (``gallery_of``) as PNGs in ``folder``, each ``overlay`` of a test
+    image as the backbone saw it (the cache's ``test/inputs``, only the rows shown are read),
+    its anomaly map and its ground-truth mask's outline (none where the mask is unknown), all
+    in one colour range (``GALLERY_PERCENTILES`` of the gallery's maps), so the same colour is
+    the same score in every image: ``<group>_high_<rank>.png`` and ``<group>_low_<rank>.png``,
+    names made safe (``safe_filename``); and ``gallery.json``, listing per group (each defect
+    type, then the normal images) its files, test rows, image scores, ranks and masks, with the
+    colour range. The folder's earlier gallery files are removed first (a run without a gallery
+    leaves none behind). Returns the gallery.json written, or None."""
+    from pipeline.heatmaps import overlay, write_png
+    from pipeline.pixel_metrics import UNKNOWN
+
+    folder = Path(folder)
+    if folder.is_dir():
+        for old in [*folder.glob("*_high_*.png"), *folder.glob("*_low_*.png"), folder / GALLERY_FILE]:
+            old.unlink(missing_ok=True)
+    gallery = next((r["gallery"] for r in results.values() if r.get("gallery")), None)
+    if gallery is None or cache is None:
+        return None
+    rows = gallery["rows"]
+    inputs, masks = cache.read("test", "inputs", rows), cache.read("test", "masks", rows)
+    maps = np.asarray(gallery["maps"], dtype=np.float32)
+    low, high = (float(v) for v in np.percentile(maps, GALLERY_PERCENTILES))
+    at = {int(row): i for i, row in enumerate(rows)}
+    groups: dict[str, list[dict]] = {}
+    for name, ends in gallery["groups"].items():
+        for end in ("high", "low"):
+            for rank, row in enumerate(ends[end], 1):
+                i = at[int(row)]
+                known = not (masks[i] == UNKNOWN).any()
+                file = safe_filename(f"{name}_{end}_{rank}", ".png")
+                write_png(folder / file, overlay(inputs[i], maps[i], low, high, masks[i] if known else None))
+                groups.setdefault(name, []).append({
+                    "file": file, "row": int(row), "score": float(gallery["scores"][i]), "end": end, "rank": rank,
+                    "mask_known": known, "mask_pixels": int((masks[i] == 1).sum()) if known else None})
+    path = folder / GALLERY_FILE
+    write_json(path, {"normal": gallery["normal"], "seed": gallery["seed"], "image_size": int(maps.shape[-1]),
+                      "colour_range": {"low": low, "high": high, "percentiles": list(GALLERY_PERCENTILES)},
+                      "groups": groups})
+    return path
 
 
 def write_results(results: dict[str, dict], metadata: dict, head: dict, metrics_path: str | Path,
@@ -444,6 +586,9 @@ def format_summary(payload: dict) -> str:
     if overall is None:
         return (f"{where}: mean AUROC {100 * mean['auroc']:.2f}%{best} over {len(payload['per_class'])} classes "
                 f"({per_class}).{robustness}")
+    pixel = payload.get("pixel", {}).get("overall")
+    located = (f"\nWhere: pixel AUROC {100 * pixel['pixel_auroc']:.2f}%, AUPRO (to 30% FPR) {100 * pixel['aupro']:.2f}% "
+               f"over the test images with masks." if pixel else "")
     return (f"{where}, normal {about.get('normal')} against every anomaly: AUROC {100 * overall['auroc']:.2f}%{best}; "
-            f"per defect type ({per_class}), mean {100 * mean['auroc']:.2f}%.{robustness}")
+            f"per defect type ({per_class}), mean {100 * mean['auroc']:.2f}%.{located}{robustness}")
 

@@ -3,6 +3,10 @@
 
     python -m stages.score --head heads/cat.head --images new_photos/ --out scores.csv
     python -m stages.score --head heads/cat.head --features new.h5 --out scores.csv
+    python -m stages.score --head heads/cat.head --images new_photos/ --out scores.csv --maps maps/
+
+``--maps`` (heads that localise: patchcore, padim) also draws each image's anomaly map over
+it, one PNG per image (``write_anomaly_maps``).
 
 Images are turned into features exactly as the head's training cache was made (backbone,
 weights, preprocessing, compute precision and storage type, all read from the head file). A head
@@ -138,11 +142,12 @@ def readable_images(paths: list[Path], skip_bad: bool, workers: int = 0,
 def image_features(saved: SavedHead, paths: list[Path], device: torch.device, batch_size: int = 64,
                    weights_file: str | None = None, workers: int = 0,
                    preprocessing=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Pooled features (N, D) and the cache's maps (and, for a head that reads it, its trunk map
-    as ``trunk/<stage>``), computed as pipeline.extract computed the head's training cache: same
+    """Pooled features (N, D) and the cache's maps (and, for a head that reads them, its
+    full-resolution maps as ``trunk/<stage>``), computed as pipeline.extract computed the head's training cache: same
     model layout, precision, map pooling and storage rounding; ``preprocessing`` (default: the
     one the cache records, ``image_preprocessing``)."""
     from pipeline.extract.datasets import FileImages
+    from pipeline.extract.extraction import full_map_stages
     from pipeline.extract.loop import PRECISIONS, PreprocessedBatches, backbone_batches
 
     model, preprocessing = load_matching_backbone(saved, weights_file, preprocessing)
@@ -155,18 +160,19 @@ def image_features(saved: SavedHead, paths: list[Path], device: torch.device, ba
     missing = [name for name in maps if name not in model.stage_names]
     if missing:
         raise PipelineError(f"the head's cache has maps {missing} that {model.spec.name} does not produce.")
-    trunk = about.get("trunk", {}).get("stage") if saved.head.needs_trunk else None
+    # The full-resolution maps the cache held (PANDA's trunk, the patch heads' stages), for heads that read them.
+    full = full_map_stages(about) if saved.head.needs_trunk else []
     batches = [list(range(start, min(start + batch_size, len(paths)))) for start in range(0, len(paths), batch_size)]
     inputs = PreprocessedBatches(FileImages([str(p) for p in paths]), batches, preprocessing)
-    pooled, pooled_maps = [], {name: [] for name in [*maps, *([f"trunk/{trunk}"] if trunk else [])]}
+    pooled, pooled_maps = [], {name: [] for name in [*maps, *(f"trunk/{stage}" for stage in full)]}
     for _, out in backbone_batches(model, inputs, batches, maps, device, precision=precision,
                                    engine=about.get("engine", "torch"), workers=workers,
-                                   desc=f"extract {model.spec.name}", trunk=trunk):
+                                   desc=f"extract {model.spec.name}", full_maps=full):
         pooled.append(out["features"])
         for name, info in maps.items():
             pooled_maps[name].append(out[f"maps/{name}"].astype(info.get("dtype", "float16")))
-        if trunk:
-            pooled_maps[f"trunk/{trunk}"].append(out[f"trunk/{trunk}"])
+        for stage in full:
+            pooled_maps[f"trunk/{stage}"].append(out[f"trunk/{stage}"])
     # Stored in the cache's dtype, as the training features were: the same rounding.
     features = np.concatenate(pooled).astype(about.get("dtype", "float32")).astype(np.float32)
     return features, {name: np.concatenate(parts) for name, parts in pooled_maps.items()}
@@ -265,6 +271,45 @@ def _recorded_metadata(f, path: Path) -> dict:
     return recorded
 
 
+# The percentiles of the map values (of all the images of one run) that the colours of --maps
+# run between (named in --help and in the command's line as the 1st and 99.9th).
+MAP_PERCENTILES = (1.0, 99.9)
+# Heads that make anomaly maps (Head.localises), named in messages without importing them.
+LOCALISING_HEADS = ("patchcore", "padim")
+
+
+def map_file_names(paths: list[Path], folder: str | Path) -> list[str]:
+    """One PNG name per image: its path relative to ``folder`` (``/``-separated) made a safe
+    file name (``safe_filename``: kept as it is when plain and lower-case, else with a hash of
+    the exact path), then ``.png``; distinct for distinct paths, never leaving the folder."""
+    from pipeline.files import safe_filename
+
+    return [safe_filename(Path(p).relative_to(folder).as_posix(), ".png") for p in paths]
+
+
+def map_range(anomaly_maps: np.ndarray) -> tuple[float, float]:
+    """The colour range of a run's anomaly maps: the ``MAP_PERCENTILES`` (1st and 99.9th) of all
+    their values together, one range for every image of the run; refused if any value is NaN or
+    infinite."""
+    if not np.isfinite(anomaly_maps).all():
+        raise PipelineError("the head's anomaly maps hold NaN or infinite values; no maps written.")
+    low, high = np.percentile(anomaly_maps, MAP_PERCENTILES)
+    return float(low), float(high)
+
+
+def write_anomaly_maps(folder: str | Path, paths: list[Path], images_dir: str | Path, anomaly_maps: np.ndarray,
+                       preprocessing, low: float, high: float) -> None:
+    """One PNG per image in ``folder`` (``map_file_names``; each written atomically, a file of
+    the same name replaced, others left alone): the image as the backbone saw it
+    (``pipeline.extract.masks.input_image``) with its anomaly map over it (``overlay``, half and
+    half), every map coloured on the same range, ``low`` to ``high`` (``map_range``)."""
+    from pipeline.extract.masks import input_image
+    from pipeline.heatmaps import overlay, write_png
+
+    for path, name, anomaly_map in zip(paths, map_file_names(paths, images_dir), anomaly_maps):
+        write_png(Path(folder) / name, overlay(input_image(path, preprocessing), anomaly_map, low, high))
+
+
 def write_scores(out: str | Path, names: list[str], scores: np.ndarray, threshold: float) -> int:
     """CSV of path, score, flag (anomalous when score > threshold); returns how many are flagged."""
     buffer = io.StringIO()
@@ -291,6 +336,14 @@ def write_scores(out: str | Path, names: list[str], scores: np.ndarray, threshol
                    "optional attrs metadata (JSON) / backbone, checked against the head's.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="CSV to write: path, score, flag (anomalous or normal at the threshold).")
+@click.option("--maps", "maps_dir", default=None, type=click.Path(), metavar="DIR",
+              help="With --images and a head that localises (patchcore, padim): also write into this folder one PNG "
+                   "per scored image, its anomaly map over the image as the backbone saw it (resized, cropped), "
+                   "named by the image's path under --images made a safe file name, plus .png. Colours run "
+                   "black, purple, red, orange, pale yellow from the 1st to the 99.9th percentile of all the map "
+                   "values of this run (printed): one scale for every image, so brighter means more anomalous "
+                   "than the rest of this run's pixels, not above the threshold (normal images alone still show "
+                   "bright spots). The CSV is unchanged.")
 @click.option("--threshold-quantile", default=None, type=click.FloatRange(0, 1),
               help="Flag at this quantile of the head's training scores instead of the one chosen when it "
                    "was saved (default: the saved threshold).")
@@ -324,8 +377,8 @@ def write_scores(out: str | Path, names: list[str], scores: np.ndarray, threshol
               help="auto: the backbone's own (inception for EfficientNet-Lite, imagenet for torchvision's); imagenet; "
                    "inception; none (see --image-size).")
 @verbosity_options
-def main(head_path, images_dir, features_file, out_path, threshold_quantile, calibration_dir, device, batch_size,
-         workers, skip_bad, weights_file, image_size, resize, interpolation, normalisation):
+def main(head_path, images_dir, features_file, out_path, maps_dir, threshold_quantile, calibration_dir, device,
+         batch_size, workers, skip_bad, weights_file, image_size, resize, interpolation, normalisation):
     """Score images or features with a saved head and flag those above its threshold."""
     if (images_dir is None) == (features_file is None):
         raise PipelineError("give exactly one of --images FOLDER and --features FILE.h5.")
@@ -336,13 +389,19 @@ def main(head_path, images_dir, features_file, out_path, threshold_quantile, cal
         raise PipelineError(f"{', '.join(named)} (how images are prepared) {'goes' if len(named) == 1 else 'go'} with "
                             f"--images or --calibrate, not with --features alone (a feature file's recorded "
                             f"preprocessing is checked against the head's).")
-    check_outputs(files={"--out": out_path}, inputs={"--head": head_path, "--images": images_dir,
-                                                     "--features": features_file, "--calibrate": calibration_dir,
-                                                     "--weights": weights_file})
+    if maps_dir is not None and images_dir is None:
+        raise PipelineError("--maps goes with --images: anomaly maps are made from the images' feature maps, which "
+                            "a --features file does not carry.")
+    check_outputs(files={"--out": out_path}, folders={"--maps": maps_dir},
+                  inputs={"--head": head_path, "--images": images_dir, "--features": features_file,
+                          "--calibrate": calibration_dir, "--weights": weights_file})
     device_ = resolve_device(device)
     from pipeline.heads.loading import load_head
 
     saved = load_head(head_path, device=str(device_))
+    if maps_dir is not None and not saved.head.localises:
+        raise PipelineError(f"--maps needs a head that localises ({', '.join(LOCALISING_HEADS)}); the {saved.kind} "
+                            f"head {head_path} scores whole images and makes no anomaly maps.")
 
     if features_file is not None and saved.multi_scale:
         raise PipelineError(f"the {saved.kind} head {head_path} also needs feature maps (intermediate or trunk "
@@ -366,6 +425,11 @@ def main(head_path, images_dir, features_file, out_path, threshold_quantile, cal
                                         preprocessing)
         image_scores = saved.score(features, maps)
         scores, reference = image_scores[:len(paths)], image_scores[len(paths):]
+        if maps_dir is not None:  # of the scored images only, before anything is written
+            anomaly_maps = saved.anomaly_maps(features[:len(paths)],
+                                              {name: part[:len(paths)] for name, part in maps.items()},
+                                              preprocessing.image_size)
+            low, high = map_range(anomaly_maps)
     if images_dir is not None:
         names, what = [str(p) for p in paths], "images"
     else:
@@ -378,9 +442,14 @@ def main(head_path, images_dir, features_file, out_path, threshold_quantile, cal
     else:
         threshold = saved.threshold if threshold_quantile is None else saved.threshold_at(threshold_quantile)
         rule = f"{saved.kind} head's {len(saved.train_scores)} training scores"
+    if maps_dir is not None:
+        write_anomaly_maps(maps_dir, paths, images_dir, anomaly_maps, preprocessing, low, high)
     flagged = write_scores(out_path, names, scores, threshold)
     click.echo(f"{len(names)} {what} scored, {flagged} flagged anomalous: score > threshold {threshold:.6g}, the "
                f"{quantile:g}-quantile of the {rule} (class {saved.class_name}); wrote {out_path}")
+    if maps_dir is not None:
+        click.echo(f"wrote {len(paths)} anomaly maps over their images to {maps_dir} (colours from {low:.6g} to "
+                   f"{high:.6g}: the 1st and 99.9th percentiles of this run's map values)")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 NORMAL_DIGIT = 3
 DEFECTS = {"five": (5, 6), "eight": (8, 8), "nine": (9, 10)}  # folder: (digit, test images)
 N_TRAIN, N_TEST_GOOD = 40, 12
-EXTRACT = ["--image-size", "32", "--chunk-rows", "16", "--batch-size", "16", "--workers", "0", "--device", "cpu"]
+EXTRACT = ["--image-size", "32", "--map-grid", "2", "--chunk-rows", "16", "--batch-size", "16", "--workers", "0",
+           "--device", "cpu"]
 
 
 def write_png(path: Path, array: np.ndarray) -> None:

@@ -366,7 +366,7 @@ def test_views_are_cached_beside_the_features_and_are_reproducible(cache_with_vi
     n = cache.size("train")
     assert views.path == views_path(cache.path) and views.path.name == "synthetic.views.zarr"
     assert views.array("train").shape == (n, 2, 1280)
-    assert views.array("train", "maps/stride16").shape == (n, 2, 112, 4, 4)
+    assert views.array("train", "maps/stride16").shape == (n, 2, 112, 2, 2)  # the cache's grid: 2x2 at 32 px
     np.testing.assert_array_equal(views.read("train", "rows"), np.arange(n))
     np.testing.assert_array_equal(views.labels("train"), cache.labels("train"))
     feats = views.read("train")

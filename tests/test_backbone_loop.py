@@ -58,7 +58,7 @@ def test_chunk_batches_never_straddle_a_chunk_and_mark_each_chunks_last_batch():
 
 def test_extraction_with_worker_processes_and_shards_equals_one_plain_run(tmp_path):
     data = load_dataset("synthetic")
-    common = dict(maps=("intermediate",), chunk_rows=16, batch_size=8)
+    common = dict(maps=("intermediate",), map_grid=2, chunk_rows=16, batch_size=8)  # the map is 2x2 at 32 px
     single = extract(data, "efficientnet_lite0", Preprocessing(image_size=32), tmp_path / "one.zarr", workers=0,
                      **common)
     for shard in ((0, 2), (1, 2)):
@@ -71,7 +71,7 @@ def test_extraction_with_worker_processes_and_shards_equals_one_plain_run(tmp_pa
     # Against a plain forward pass of the same batch of eight test images.
     model, _ = load_backbone("efficientnet_lite0", 32)
     batch = Preprocessing(image_size=32)([data.test.images[i] for i in range(8)])
-    pooled, pooled_map = plain_forward(model, batch, grid=4)
+    pooled, pooled_map = plain_forward(model, batch, grid=2)
     np.testing.assert_array_equal(single.features("test", np.arange(8)), pooled)
     np.testing.assert_array_equal(single.read("test", "maps/stride16", np.arange(8)), pooled_map.astype(np.float16))
 
@@ -79,9 +79,9 @@ def test_extraction_with_worker_processes_and_shards_equals_one_plain_run(tmp_pa
 def test_views_command_equals_plain_augmented_forward_passes(tmp_path):
     out = tmp_path / "synthetic.zarr"
     result = CliRunner().invoke(extract_cli, ["--dataset", "synthetic", "--image-size", "32", "--maps", "intermediate",
-                                              "--chunk-rows", "8", "--batch-size", "4", "--workers", "1",
-                                              "--views", "2", "--views-seed", "3", "--engine", "torch",
-                                              "--out", str(out)])
+                                              "--map-grid", "2", "--chunk-rows", "8", "--batch-size", "4",
+                                              "--workers", "1", "--views", "2", "--views-seed", "3", "--engine",
+                                              "torch", "--out", str(out)])
     assert result.exit_code == 0, result.output
     views = FeatureCache.open(views_path(out))
     data = load_dataset("synthetic")
@@ -92,11 +92,11 @@ def test_views_command_equals_plain_augmented_forward_passes(tmp_path):
         # The documented recipe: each batch's views are drawn from a seed made of --views-seed and its first row.
         torch.manual_seed(3 * 1_000_003 + rows[0])
         images = [augment(Preprocessing.rgb(data.train.images[i])).float() / 255.0 for _ in range(2) for i in rows]
-        pooled, pooled_map = plain_forward(model, preprocessing.normalise(torch.stack(images)), grid=4)
+        pooled, pooled_map = plain_forward(model, preprocessing.normalise(torch.stack(images)), grid=2)
         np.testing.assert_array_equal(views.read("train", "features", np.array(rows)),
                                       pooled.reshape(2, 4, -1).swapaxes(0, 1))
         np.testing.assert_array_equal(views.read("train", "maps/stride16", np.array(rows)),
-                                      pooled_map.reshape(2, 4, 112, 4, 4).swapaxes(0, 1).astype(np.float16))
+                                      pooled_map.reshape(2, 4, 112, 2, 2).swapaxes(0, 1).astype(np.float16))
     np.testing.assert_array_equal(views.read("train", "rows"), np.arange(len(data.train.labels)))
     np.testing.assert_array_equal(views.labels("train"), data.train.labels)
 
@@ -105,8 +105,8 @@ def test_views_command_equals_plain_augmented_forward_passes(tmp_path):
 def folder_and_cache(tmp_path_factory):
     root = image_folder(tmp_path_factory.mktemp("loop") / "images", {"train": 5, "test": 6})
     cache = extract(load_dataset("imagefolder", root), "efficientnet_lite0", Preprocessing(image_size=32),
-                    root.parent / "images.zarr", maps=("intermediate",), chunk_rows=12, batch_size=4, workers=0,
-                    device="cpu")
+                    root.parent / "images.zarr", maps=("intermediate",), map_grid=2, chunk_rows=12, batch_size=4,
+                    workers=0, device="cpu")
     return root, cache
 
 

@@ -30,8 +30,8 @@ from cli_results import error_line
 from pipeline import metrics_file
 from pipeline.files import is_kept_name, safe_filename
 
-EXTRACT = ["--views", "0", "--image-size", "32", "--chunk-rows", "16", "--batch-size", "16", "--workers", "0",
-           "--device", "cpu"]
+EXTRACT = ["--views", "0", "--image-size", "32", "--map-grid", "2", "--chunk-rows", "16", "--batch-size", "16",
+           "--workers", "0", "--device", "cpu"]
 NFD, NFC = "cafe\u0301", "caf\u00e9"
 
 

@@ -151,7 +151,8 @@ def _extract(out, **kwargs):
     from pipeline.extract.preprocess import Preprocessing
 
     return extract(load_dataset("synthetic"), "efficientnet_lite0", Preprocessing(image_size=32), out,
-                   maps=("intermediate",), trunk_maps="panda", chunk_rows=16, batch_size=8, workers=0, **kwargs)
+                   maps=("intermediate",), map_grid=2, trunk_maps="panda", chunk_rows=16, batch_size=8, workers=0,
+                   **kwargs)
 
 
 def test_two_shards_make_the_same_cache_as_one_run(synthetic_cache, tmp_path):
@@ -218,7 +219,7 @@ def test_two_shard_processes_at_once(tmp_path):
     """Two real extraction processes writing one cache at the same time, as on a multi-GPU node,
     against one process doing the whole extraction."""
     command = [sys.executable, "-m", "pipeline.extract", "--dataset", "synthetic", "--image-size", "32",
-               "--maps", "intermediate", "--chunk-rows", "16", "--batch-size", "8", "--workers", "0"]
+               "--maps", "intermediate", "--map-grid", "2", "--chunk-rows", "16", "--batch-size", "8", "--workers", "0"]
     # Features are byte-identical at equal torch thread counts (float32 sums split over another
     # number of threads round differently), so every process gets one thread.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

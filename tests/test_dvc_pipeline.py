@@ -37,8 +37,10 @@ def project(tmp_path):
         source, target = REPO / item, tmp_path / item
         target.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if source.is_dir() else shutil.copy)(source, target)
+    # extract.map_grid 2: the stride-16 map is 2x2 at 32 px (3x3 at 48), and a grid larger than the map is refused.
     set_params(tmp_path / "params.yaml", **{"dataset.name": "synthetic", "preprocess.image_size": 32,
-                                             "extract.workers": 0, "plume.epochs": 2, "plume.min_steps": 0, "plume.lr": 0.001,
+                                             "extract.map_grid": 2, "extract.workers": 0, "plume.epochs": 2,
+                                             "plume.min_steps": 0, "plume.lr": 0.001,
                                              "anomem.epochs": 2, "anomem.sup_epochs": 2, "anomem.draws": 1,
                                              "anomem.gammas": "0.1", "anomem.slots_intermediate": 16,
                                              "anomem.slots_last": 8, "igd.epochs": 2})

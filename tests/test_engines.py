@@ -10,7 +10,7 @@ from pipeline.extract.datasets import load_dataset
 from pipeline.extract.extraction import extract
 from pipeline.extract.preprocess import Preprocessing
 
-SMALL = dict(maps=("intermediate",), chunk_rows=16, batch_size=8, workers=0)
+SMALL = dict(maps=("intermediate",), map_grid=2, chunk_rows=16, batch_size=8, workers=0)  # the map is 2x2 at 32 px
 
 
 def test_onnxruntime_features_equal_pytorch_ones_and_the_cache_records_the_engine(tmp_path):

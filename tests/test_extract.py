@@ -35,7 +35,7 @@ def test_cache_holds_the_backbone_features_of_every_image(synthetic_cache):
         direct = model(Preprocessing(image_size=32)([data.test.images[i] for i in rows]))["pooled"].numpy()
     np.testing.assert_allclose(cache.features("test", np.array(rows)), direct, rtol=1e-4, atol=1e-4)
     maps = cache.array("train", "maps/stride16")
-    assert maps.shape == (len(data.train.labels), 112, 4, 4) and maps.dtype == np.float16
+    assert maps.shape == (len(data.train.labels), 112, 2, 2) and maps.dtype == np.float16
 
 
 def test_interrupted_extraction_resumes_and_only_redoes_missing_chunks(synthetic_cache, tmp_path):
@@ -52,7 +52,7 @@ def test_interrupted_extraction_resumes_and_only_redoes_missing_chunks(synthetic
     with pytest.raises(PipelineError, match="incomplete"):
         FeatureCache.open(path)
     extract(load_dataset("synthetic"), "efficientnet_lite0", Preprocessing(image_size=32), path,
-            maps=("intermediate",), trunk_maps="panda", chunk_rows=16, batch_size=8, workers=0)
+            maps=("intermediate",), map_grid=2, trunk_maps="panda", chunk_rows=16, batch_size=8, workers=0)
     resumed = FeatureCache.open(path)
     np.testing.assert_array_equal(resumed.features("train"), original)  # bit-identical
     np.testing.assert_array_equal(resumed.read("train", "trunk/stride8"), synthetic_cache.read("train", "trunk/stride8"))
@@ -66,7 +66,7 @@ def test_existing_cache_made_differently_needs_overwrite(synthetic_cache, tmp_pa
     data = load_dataset("synthetic")
     with pytest.raises(PipelineError, match="preprocessing.normalisation.*--overwrite"):
         extract(data, "efficientnet_lite0", Preprocessing(image_size=32, normalisation="inception"), path,
-                maps=("intermediate",), chunk_rows=16, workers=0)
+                maps=("intermediate",), map_grid=2, chunk_rows=16, workers=0)
     cache = extract(data, "efficientnet_lite0", Preprocessing(image_size=32, normalisation="inception"), path,
                     chunk_rows=16, workers=0, overwrite=True)
     assert cache.metadata["preprocessing"]["normalisation"] == "inception"
@@ -175,8 +175,8 @@ def test_an_image_edited_in_place_is_detected_and_overwrite_re_extracts_it(tmp_p
 
     root = write_image_folder(tmp_path / "images")
     out = tmp_path / "images.zarr"
-    command = ["--dataset", "imagefolder", "--data-dir", str(root), "--image-size", "32", "--chunk-rows", "4",
-               "--batch-size", "4", "--workers", "0", "--out", str(out)]
+    command = ["--dataset", "imagefolder", "--data-dir", str(root), "--image-size", "32", "--map-grid", "2",
+               "--chunk-rows", "4", "--batch-size", "4", "--workers", "0", "--out", str(out)]
     assert CliRunner().invoke(main, command).exit_code == 0
     before = FeatureCache.open(out)
     old_features, old_digest = before.features("train"), before.metadata["dataset"]["content_sha256"]
@@ -210,9 +210,9 @@ def test_overwrite_extracts_a_complete_cache_again_and_resumes_an_unfinished_one
     path = tmp_path / "again.zarr"
     shutil.copytree(synthetic_cache.path, path)
     # The fixture's settings (extract's defaults: imagenet normalisation, float32, PyTorch).
-    command = ["--dataset", "synthetic", "--image-size", "32", "--maps", "intermediate", "--trunk-maps", "--chunk-rows",
-               "16", "--batch-size", "8", "--workers", "0", "--normalisation", "imagenet", "--precision", "float32",
-               "--engine", "torch", "--out", str(path)]
+    command = ["--dataset", "synthetic", "--image-size", "32", "--maps", "intermediate", "--map-grid", "2",
+               "--trunk-maps", "--chunk-rows", "16", "--batch-size", "8", "--workers", "0", "--normalisation",
+               "imagenet", "--precision", "float32", "--engine", "torch", "--out", str(path)]
     result = CliRunner().invoke(main, command)
     assert result.exit_code == 0 and "already complete; nothing to do" in result.output
     chunk0 = path / "train" / "features" / "c" / "0" / "0"

@@ -22,6 +22,9 @@ SMALL = {
     "classical": dict(detector="ocsvm"),
     # The tail of EfficientNet-Lite0 (its pip-installed weights) on 32 px trunk maps (40 x 4 x 4).
     "panda": dict(image_size=32, epochs=2, batch_size=16, device="cpu"),
+    # The patch heads on the 40 x 4 x 4 trunk maps: 16 patches per image.
+    "patchcore": dict(device="cpu"),
+    "padim": dict(channels=8),
 }
 
 

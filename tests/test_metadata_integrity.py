@@ -86,6 +86,6 @@ def test_extraction_records_the_checksum_and_will_not_resume_an_edited_cache(syn
     assert "metadata: its metadata does not match" in CliRunner().invoke(cache_cli, ["verify", str(cache)]).output
     result = CliRunner().invoke(extract_cli, ["--dataset", "synthetic", "--image-size", "32", "--chunk-rows", "16",
                                               "--batch-size", "8", "--workers", "0", "--maps", "intermediate",
-                                              "--trunk-maps", "--out", str(cache)])
+                                              "--map-grid", "2", "--trunk-maps", "--out", str(cache)])
     message = error_line(result)
     assert "made differently" in message and "checksum" in message and "--overwrite" in message

@@ -197,7 +197,7 @@ def test_a_damaged_trunk_chunk_is_refused_and_a_cache_without_trunk_maps_has_no_
     cache.set_aside("test", {0})
     with pytest.raises(PipelineError, match="trunk/stride8 that were not asked for.*--overwrite"):
         extract(load_synthetic(Path(), False), "efficientnet_lite0", Preprocessing(image_size=32), copy,
-                maps=("intermediate",), chunk_rows=16, batch_size=8, workers=0)
+                maps=("intermediate",), map_grid=2, chunk_rows=16, batch_size=8, workers=0)
 
 
 # --- the command -----------------------------------------------------------------------------

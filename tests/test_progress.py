@@ -196,7 +196,7 @@ def test_extract_of_gzipped_mnist_into_a_batch_log(tmp_path):
 
     _gzipped_mnist(tmp_path / "data")
     common = ["--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--backbone", "efficientnet_lite0",
-              "--image-size", "32", "--batch-size", "3", "--workers", "0", "--device", "cpu"]
+              "--image-size", "32", "--map-grid", "2", "--batch-size", "3", "--workers", "0", "--device", "cpu"]
     result = subprocess.run([sys.executable, "-m", "pipeline.extract", *common, "--out", str(tmp_path / "c.zarr")],
                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PIPELINE_PROGRESS": "auto", "FFAD_PROGRESS_INTERVAL": "0"})
@@ -212,7 +212,8 @@ def test_extract_quiet_and_the_missing_files_error(tmp_path, plain_lines):
 
     _gzipped_mnist(tmp_path / "data")
     common = ["--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--backbone", "efficientnet_lite0",
-              "--image-size", "32", "--batch-size", "3", "--workers", "0", "--device", "cpu", "--views", "0"]
+              "--image-size", "32", "--map-grid", "2", "--batch-size", "3", "--workers", "0", "--device", "cpu",
+              "--views", "0"]
     quiet = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "q.zarr"), "-q"])
     assert quiet.exit_code == 0, quiet.output
     assert quiet.stderr == "" and quiet.stdout.count("\n") == 1 and quiet.stdout.startswith("wrote ")

@@ -19,7 +19,8 @@ from pipeline.store.cache import ArraySpec, FeatureCache
 from pipeline.store.command import main as cache_cli
 
 REPO = Path(__file__).resolve().parents[1]
-EXTRACT = ["--dataset", "synthetic", "--image-size", "32", "--chunk-rows", "16", "--batch-size", "8", "--workers", "0"]
+EXTRACT = ["--dataset", "synthetic", "--image-size", "32", "--map-grid", "2", "--chunk-rows", "16", "--batch-size", "8",
+           "--workers", "0"]
 
 
 def documents(folder: Path) -> dict[Path, bytes]:

@@ -19,8 +19,8 @@ from pipeline.store.cache import FeatureCache
 
 from cli_results import error_line
 
-EXTRACT = ["--dataset", "imagefolder", "--image-size", "32", "--chunk-rows", "8", "--batch-size", "8",
-           "--workers", "0", "--device", "cpu", "--views", "0"]
+EXTRACT = ["--dataset", "imagefolder", "--image-size", "32", "--map-grid", "2", "--chunk-rows", "8", "--batch-size",
+           "8", "--workers", "0", "--device", "cpu", "--views", "0"]
 
 # name -> (link inside the folder, its target, words the refusal names)
 CASES = {

@@ -74,7 +74,10 @@ def output_options(section: str, what_saved: str, curves: bool) -> Callable[[Cal
         click.option("--metrics", "metrics_path", default=f"metrics/{section}.json", show_default=True,
                      help="Where to write the metrics JSON (per class and mean AUROC, AUPR, FPR@95%TPR)."),
         click.option("--plots", "plots_dir", default=None,
-                     help="Folder for per-class ROC curves (roc_<class>.json, DVC plots; first seed)."),
+                     help="Folder for per-class ROC curves (roc_<class>.json, DVC plots; first seed). Heads that "
+                          "localise, on a cache with masks, also write their heat-map gallery beside it, in "
+                          "<folder>_maps: per defect type the 3 highest- and 3 lowest-scoring test images with "
+                          "their anomaly maps (PNGs, gallery.json), which the HTML report shows."),
         click.option("--save-heads", "save_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
                      help=f"Also save each class's head as DIR/<class>.head (normal-vs-anomalies: the one head, "
                           f"DIR/<normal class>.head), to score new images with python -m stages.score: "
@@ -211,7 +214,8 @@ def _run(stage: Stage, ctx: click.Context, values: dict) -> None:
     from pipeline import metrics_file
     from pipeline.cli import check_outputs, resolve_device
     from pipeline.distributed import open_client
-    from pipeline.evaluate import evaluate_one_vs_all, format_summary, metrics_payload, write_plots
+    from pipeline.evaluate import (evaluate_one_vs_all, format_summary, gallery_folder, gallery_location,
+                                   has_gallery, metrics_payload, write_plots)
 
     params.load_params()  # a params.yaml that fails its check stops here, before anything is read or written
     head_params, run_params = head_settings(stage.name)
@@ -223,8 +227,11 @@ def _run(stage: Stage, ctx: click.Context, values: dict) -> None:
     head_args = {k: values.pop(k) for k in list(values) if k in specs(head_params)}
     run = {k: values.pop(k) for k in list(values) if run_params is not None and k in specs(run_params)}
     extra = values  # the stage's own plain options
+    # A localising head's heat-map gallery goes beside the --plots folder (gallery_folder).
+    maps_dir = gallery_folder(common["plots_dir"]) if common["plots_dir"] is not None else None
     check_outputs(files={"--metrics": common["metrics_path"]},
-                  folders={"--plots": common["plots_dir"], "--curves": curves_dir, "--save-heads": common["save_dir"]},
+                  folders={"--plots": common["plots_dir"], "--plots (its heat-map gallery)": maps_dir,
+                           "--curves": curves_dir, "--save-heads": common["save_dir"]},
                   inputs={"--cache": common["cache_path"], **read_paths(ctx)})
     if "device" in head_args:
         head_args["device"] = str(resolve_device(head_args["device"]))
@@ -258,10 +265,12 @@ def _run(stage: Stage, ctx: click.Context, values: dict) -> None:
         about["setting_words"] = declared_words(stage.name, about)
         state.about = about
         payload = metrics_payload(results, cache.metadata, about)
+        if maps_dir is not None and has_gallery(results):  # where the report finds it
+            payload["about"]["gallery"] = gallery_location(maps_dir, common["metrics_path"])
         if stage.finish is not None:
             stage.finish(state, payload, results)
     metrics_file.write(common["metrics_path"], payload)
-    write_plots(results, common["plots_dir"], curves_dir)
+    write_plots(results, common["plots_dir"], curves_dir, maps_dir, cache)
     click.echo(format_summary(payload))
     if stage.report is not None:
         stage.report(state, payload)

@@ -70,7 +70,7 @@ def main(name: str, data_dir: str, normal: tuple[str, ...], download: bool, back
          maps: tuple[str, ...] | None, map_grid: int, views: int, views_per_class: int | str,
          corruptions: str | tuple[str, ...], severities: tuple[int, ...] | str, corrupt_per_class: int | str,
          corruption_constants: str,
-         trunk_maps: str | None, chunk_rows: int, out: str | None, overwrite: bool, skip_bad: bool,
+         trunk_maps: str | None, patch_maps: str | tuple[str, ...], chunk_rows: int, out: str | None, overwrite: bool, skip_bad: bool,
          shard: tuple[int, int] | None, views_seed: int, views_crop_scale: float) -> None:
     """Extract pooled (and optionally intermediate) features of DATASET with a frozen BACKBONE
     into a Zarr feature cache. An interrupted run resumes where it stopped when run again."""
@@ -119,7 +119,8 @@ def main(name: str, data_dir: str, normal: tuple[str, ...], download: bool, back
                     maps=maps, map_grid=map_grid, feature_dtype=dtype, batch_size=batch_size,
                     workers=workers, device=device, chunk_rows=chunk_rows, overwrite=overwrite, skip_bad=skip_bad,
                     precision=precision, engine=engine, loaded=loaded, shard=shard, protected=[data_dir],
-                    trunk_maps=trunk_maps, corruptions=plan)
+                    trunk_maps=trunk_maps, patch_maps=_patch_stages(patch_maps),
+                    corruptions=plan)
     if views:
         if shard is not None:
             raise PipelineError("--views cannot be combined with --shard: run the views once the shards are done "
@@ -140,6 +141,14 @@ def _corruption_names(value: str | tuple[str, ...]) -> tuple[str, ...]:
     if value == "none":
         return ()
     return CORRUPTIONS if value == "all" else tuple(dict.fromkeys(value))
+
+
+def _patch_stages(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    """A checked --patch-maps as what extraction takes: none -> (); patch -> ("patch",) (the
+    backbone's pair, resolved by extraction); stage names as given."""
+    if isinstance(value, str):
+        return () if value == "none" else (value,)
+    return tuple(value)
 
 
 def _severities(value: str | tuple[int, ...]) -> tuple[int, ...]:

@@ -370,19 +370,6 @@ def load_digits_dataset(data_dir: Path, download: bool) -> ImageDataset:
     )
 
 
-def _torchvision_failure(title: str, data_dir: Path, download: bool, error: Exception) -> PipelineError:
-    if download:
-        what = f"could not download {title} into {data_dir} ({type(error).__name__}: {error})."
-    else:
-        what = f"{title} was not found in {data_dir} and downloading is off."
-    return PipelineError(
-        f"{what} Either run with network access and --download, or put the dataset files "
-        f"torchvision expects under --data-dir (for example copied from a machine that has "
-        f"downloaded them), or lay the images out as train/<class>/* and test/<class>/* and use "
-        f"--dataset imagefolder --data-dir <that folder>."
-    )
-
-
 def _torchvision_call(title: str, data_dir: Path, download: bool, make: Callable, files=None):
     if files is not None:  # decompress what is compressed; without --download, name what is missing
         from pipeline.extract.torchvision_files import files_in_place
@@ -397,7 +384,9 @@ def _torchvision_call(title: str, data_dir: Path, download: bool, make: Callable
             from pipeline.extract.torchvision_files import unreadable
 
             raise unreadable(title, files, error) from error
-        raise _torchvision_failure(title, data_dir, download, error) from error
+        from pipeline.extract.torchvision_files import torchvision_failure
+
+        raise torchvision_failure(title, data_dir, download, error) from error
 
 
 def load_cifar10(data_dir: Path, download: bool) -> ImageDataset:
@@ -628,6 +617,9 @@ def normal_folder_names(normal: str | Sequence[str]) -> list[str]:
 
 
 MASK_FOLDER = "ground_truth"
+# The names of mask folders: MVTec AD's ground_truth/, and anomalib's Folder layout's mask/ (its
+# mask_dir, often masks/). Matched by their letters and digits, ignoring case (``_letters``).
+MASK_FOLDERS = (MASK_FOLDER, "mask", "masks")
 
 
 def _folder_key(name: str) -> str:
@@ -641,10 +633,11 @@ def _letters(name: str) -> str:
 
 
 def is_mask_folder(name: str) -> bool:
-    """Whether a folder of this name holds masks (``ground_truth/``, in any case, with spaces,
-    '-' or none for the '_'), where MVTec AD and anomalib put them: beside train/ and test/,
-    in test/, or in a defect type's folder. Never a class, never listed as images."""
-    return _letters(name) == _letters(MASK_FOLDER)
+    """Whether a folder of this name holds masks (``ground_truth/``, ``mask/`` or ``masks/``, in
+    any case, with spaces, '-' or none for the '_': ``MASK_FOLDERS``), where MVTec AD and
+    anomalib put them: beside train/ and test/, in test/, or in a defect type's folder. Never a
+    class, never listed as images."""
+    return _letters(name) in {_letters(mask) for mask in MASK_FOLDERS}
 
 
 def _near_miss(folder: str, normal: str) -> bool:
@@ -710,17 +703,23 @@ def load_anomaly_folder(data_dir: Path, download: bool, normal: str | Sequence[s
         train/<normal>/*            normal images only (the heads train on these)
         test/<normal>/*             normal test images
         test/<defect type>/*        anomalies, one folder per kind (test split only)
-        ground_truth/<defect type>/ optional masks (``<name>_mask.png`` or ``<name>.png``)
+        ground_truth/<defect type>/ optional masks (``<name>_mask.png`` or ``<name>.png``);
+                                    or mask/<defect type>/, masks/<defect type>/ (anomalib)
 
     ``normal`` names the normal folders (several allowed), matched ignoring case and surrounding
     spaces (``Good/`` is good); a folder close to a normal name but not it (``good_/``,
     ``goood/``) is refused with the reason, never graded as a defect type. Mask folders
-    (``ground_truth/``, also in test/ or in a defect type's folder) are never classes and never
-    listed as images; image files directly in train/ or test/ are refused (with --skip-bad left
-    out and recorded), as unreadable images are. Classes are the normal names, then the defect
-    types by name (Unicode-normalised, NFC); the dataset records its protocol,
-    normal-vs-anomalies, and the mask found for each test image (a path relative to the folder),
-    which nothing requires. Listed, and unreadable files refused, as for ``load_imagefolder``."""
+    (``ground_truth/``, ``mask/``, ``masks/``, in any case: ``is_mask_folder``; also in test/ or
+    in a defect type's folder) are never classes and never listed as images; mask folders in
+    train/ are left out with a note (``_train_masks_note``: masks of training images mean nothing
+    to a one-class head). Image files directly in train/ or test/ are refused (with --skip-bad
+    left out and recorded), as unreadable images are; image files and folders beside train/ and
+    test/, which no split reads, are named in a note (``_root_note``). Classes are the normal
+    names, then the defect types by name (Unicode-normalised, NFC); the dataset records its
+    protocol, normal-vs-anomalies, and the mask found for each test image (a path relative to the
+    folder), which nothing requires; images lying directly in a mask folder, the mask of no test
+    image, are named in a note (``_loose_masks_note``). Listed, and unreadable files refused, as
+    for ``load_imagefolder``."""
     root = Path(data_dir)
     normals = normal_folder_names(normal)
     layout = (f"The anomaly_folder dataset expects {root}/train/{normals[0]}/<image> (normal images only), "
@@ -754,8 +753,11 @@ def load_anomaly_folder(data_dir: Path, download: bool, normal: str | Sequence[s
     classes = [*normals, *defects]
     _check_class_names(root, classes)
     test_names = {**test_normals, **defect_folders}
+    _root_note(root)
+    in_train = _TrainMasks()  # mask folders inside the normal folders of train/, at any depth
     train, bad_train = _list_split(root, "train", classes, sorted(train_normals, key=lambda f: classes.index(
-        train_normals[f])), train_normals, skip=is_mask_folder)
+        train_normals[f])), train_normals, skip=in_train)
+    _train_masks_note(root, [f for f in found["train"] if f not in train_normals], train_normals, in_train.count)
     test, bad_test = _list_split(root, "test", classes, sorted(test_names, key=lambda f: classes.index(
         test_names[f])), test_names, skip=is_mask_folder)
     refused += bad_train + bad_test
@@ -763,10 +765,90 @@ def load_anomaly_folder(data_dir: Path, download: bool, normal: str | Sequence[s
                 "protocol": "normal-vs-anomalies", "normal_classes": normals,
                 "content_sha256": files_digest(train.images.paths + test.images.paths, root)}
     masks = _mask_paths(root, test.images.paths, defect_folders)
+    _loose_masks_note(root)
     if masks:
         identity["masks"] = masks
     return ImageDataset(name="anomaly_folder", classes=classes, train=train, test=test, identity=identity, root=root,
                         refused=refused)
+
+
+class _TrainMasks:
+    """``is_mask_folder`` as ``list_images``'s ``skip``, counting the mask folders it skips."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, name: str) -> bool:
+        mask = is_mask_folder(name)
+        self.count += mask
+        return mask
+
+
+def _note(text: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"note: {text}", file=sys.stderr)  # below a progress bar
+
+
+def _train_masks_note(root: Path, in_train: list[str], normals: dict[str, str], nested: int) -> None:
+    """Name, in a note on stderr, the mask folders of train/, which are left out: ``in_train``,
+    directly in train/ (``_anomaly_roles`` gives them no role), and ``nested`` more inside its
+    normal folders, at any depth (those directly in a normal folder are named). Not refused: the
+    training images are listed as they would be without them, and masks are never required; but
+    not silent either, since such masks are never used: they mark the anomalies of test images,
+    and a one-class head trains on normal images only, whose masks would be empty."""
+    shown = [f"train/{name}/" for name in in_train]
+    for folder in sorted(normals):
+        shown += [f"train/{folder}/{mask.name}/" for mask in _mask_folders(root / "train" / folder)]
+    deeper = nested - (len(shown) - len(in_train))
+    if not shown and deeper <= 0:
+        return
+    listed = first_few(shown) + (f"; and {deeper} deeper in train/" if deeper > 0 else "")
+    count = len(shown) + max(deeper, 0)
+    _note(f"{root} has {'a mask folder' if count == 1 else f'{count} mask folders'} in train/, left out: {listed}. "
+          f"Masks mark the anomalies of test images; the heads train on normal images only (one class), so masks "
+          f"of training images are never used. Masks of test images belong in ground_truth/<defect type>/ (or "
+          f"mask/<defect type>/) beside train/ and test/.")
+
+
+def _root_note(root: Path) -> None:
+    """Name, in a note on stderr, the image files and the folders lying beside train/ and test/,
+    which no split reads (``root/x.png``, MVTec LOCO's ``validation/``), left out: never silently.
+    Mask folders, hidden entries and feature caches (``*.zarr``) are not named; nor are other
+    files (a README, a licence: a dataset's root is where they belong, and they are no images),
+    as ``listing.loose_files`` sorts them."""
+    images, _ = loose_files(root)
+    folders = [path.name for path in _subfolders(root) if path.name not in ("train", "test")
+               and not is_mask_folder(path.name) and not path.name.startswith(".") and not path.name.endswith(".zarr")]
+    parts = []
+    if images:
+        names = [Path(path).name for path, _ in images]
+        parts.append(f"{'an image file' if len(names) == 1 else f'{len(names)} image files'} ({first_few(names)})")
+    if folders:
+        parts.append(f"{'the folder' if len(folders) == 1 else f'{len(folders)} folders'} "
+                     f"{first_few([f'{name}/' for name in folders])}")
+    if parts:
+        _note(f"{root} holds, beside train/ and test/, {' and '.join(parts)}, which no split reads: left out. Only "
+              f"train/<normal>/, test/<normal or defect type>/ and the mask folders (ground_truth/, mask/, masks/) are "
+              f"read; move images that belong to the dataset there.")
+
+
+def _loose_masks_note(root: Path) -> None:
+    """Name, in a note on stderr, the image files lying directly in a mask folder beside train/
+    and test/ or in test/ (``test/mask/x.png``): masks are matched to test images by their defect
+    type's folder (``mask/<defect type>/``), so these match none; and a defect type named like
+    a mask folder (``mask/``) is read as one, its images never graded: never silently."""
+    for folder in [*_mask_folders(root), *_mask_folders(root / "test")]:
+        images, _ = loose_files(folder)
+        if images:
+            names = [Path(path).name for path, _ in images]
+            where = os.path.relpath(folder, root)
+            lie = "an image file lies" if len(names) == 1 else f"{len(names)} image files lie"
+            _note(f"{where}/ of {root} is read as a mask folder (ground_truth/, mask/ and masks/ are, in any case; "
+                  f"never a defect type), but {lie} directly in it ({first_few(names)}), the mask of no test "
+                  f"image: left out. Masks go in {where}/<defect type>/, named as their test image (or "
+                  f"<name>_mask.png). If they are anomalies, give their folder another name: it is a defect type "
+                  f"then.")
 
 
 def _subfolders(parent: Path) -> list[Path]:
@@ -786,8 +868,10 @@ def _mask_paths(root: Path, test_paths: list[str], defect_folders: dict[str, str
     """``{test image: its mask}``, relative to ``root``, for the defect images that have one at
     the same relative place in a mask folder, named ``<stem>_mask.<ext>`` (MVTec AD) or
     ``<stem>.<ext>`` (anomalib): ``ground_truth/<defect type>/`` beside train/ and test/ (or in
-    test/), or ``test/<defect type>/ground_truth/``. ``defect_folders``: ``{folder: defect
-    type}``. Masks are recorded, never read or required."""
+    test/), or ``test/<defect type>/ground_truth/``, and likewise in ``mask/`` or ``masks/``
+    (anomalib's Folder layout), any mask folder ``is_mask_folder`` names; where several hold a
+    mask for one image, the first found (those beside train/ first, by name). ``defect_folders``:
+    ``{folder: defect type}``. Masks are recorded, never read or required."""
     by_place: dict[tuple[str, str], str] = {}  # (defect type, image path in its folder without extension) -> mask
     shared = [*_mask_folders(root), *_mask_folders(root / "test")]
     for folder, defect in defect_folders.items():

@@ -18,9 +18,11 @@ from pipeline.files import safe_filename
 from pipeline.errors import PipelineError
 from pipeline.backbones import load_backbone
 from pipeline.extract.datasets import ImageDataset, drop_unreadable
+from pipeline.extract.masks import TestMasks
 from pipeline.extract.loop import (ChunkBuffer, ChunkWriter, PreprocessedBatches, backbone_batches, engine_version,
                                    resolve_engine, resolve_precision,
                                    chunk_batches, user_facing_errors)
+from pipeline.extract.names import PATCH_WORD
 from pipeline.extract.preprocess import Preprocessing
 from pipeline.store.cache import DEFAULT_CHUNK_ROWS, ArraySpec, FeatureCache, open_or_create
 from pipeline.store.guards import check_replaceable, occupied
@@ -38,12 +40,14 @@ def default_cache_path(dataset: str, backbone: str, image_size: int) -> Path:
 
 def cache_metadata(dataset: ImageDataset, backbone: str, weights, preprocessing: Preprocessing,
                    feature_dtype: str, maps: dict[str, dict], precision: str = "float32",
-                   trunk: dict | None = None, engine: str = "torch") -> dict:
+                   trunk: dict | None = None, engine: str = "torch", patch: dict | None = None) -> dict:
     """Everything that decides the numbers in a cache; compared on resume and by the heads.
-    ``trunk`` (the full-resolution trunk map's stage and shape) and ``engine`` (with its version)
-    only when not the default, so caches made without them keep their metadata."""
+    ``trunk`` (the full-resolution trunk map's stage and shape), ``patch`` (the patch heads'
+    stages and shapes) and ``engine`` (with its version) only when not the default, so caches
+    made without them keep their metadata."""
     features = {"pooled": "global average of the last feature map", "dtype": feature_dtype, "maps": maps,
                 "compute_precision": precision, **({"trunk": trunk} if trunk else {}),
+                **({"patch": patch} if patch else {}),
                 **({"engine": engine, "engine_version": engine_version(engine)} if engine != "torch" else {})}
     return {
         "dataset": dataset.describe(),
@@ -51,6 +55,13 @@ def cache_metadata(dataset: ImageDataset, backbone: str, weights, preprocessing:
         "preprocessing": preprocessing.to_dict(),
         "features": features,
     }
+
+
+def full_map_stages(features: dict) -> list[str]:
+    """The stages whose full-resolution maps a cache stores (``trunk/<stage>``), from its
+    ``features`` metadata: PANDA's trunk stage, then the patch heads' stages."""
+    stages = [features["trunk"]["stage"]] if features.get("trunk") else []
+    return list(dict.fromkeys(stages + list(features.get("patch", {}).get("stages", []))))
 
 
 def recorded_dataset(out: Path) -> dict | None:
@@ -94,25 +105,26 @@ def check_labels(dataset: ImageDataset) -> None:
                                 f"class list.")
 
 
-# How many times a map's side --map-grid may be at most. Pooling to a grid larger than the map
-# only repeats its values (a grid of twice its side stores each value 2x2 times); 2 lets the
-# default grid of 4 stand on the 2x2 stride-16 maps of 32 px test images, which the test
-# fixtures use. 1 would refuse every grid larger than the map.
-MAP_GRID_OVER_MAP = 2
+# How many times a map's side --map-grid may be at most: 1, a grid no larger than the map.
+# Pooling to a grid larger than the map only repeats its values (a grid of twice its side stores
+# each value 2x2 times). The default grid of 4 needs a stride-16 map of 4x4 or more: 64 px images
+# for EfficientNet-Lite; the 32 px test extractions (a 2x2 map) give --map-grid 2.
+MAP_GRID_OVER_MAP = 1
 
 
 def check_map_grid(map_grid: int, sizes: dict[str, tuple[int, int]], backbone: str, image_size: int) -> None:
-    """Refuse a ``map_grid`` larger than ``MAP_GRID_OVER_MAP`` times a map asked for
-    (``sizes``: each map's height and width at this image size): average pooling to more cells
-    than the map has only repeats its values, in an array (grid / side)^2 times larger."""
+    """Refuse a ``map_grid`` larger than a map asked for (``MAP_GRID_OVER_MAP`` times its shorter
+    side; ``sizes``: each map's height and width at this image size): average pooling to more
+    cells than the map has only repeats its values, in an array (grid / side)^2 times larger."""
     for name, (height, width) in sizes.items():
-        if map_grid > MAP_GRID_OVER_MAP * min(height, width):
-            most = MAP_GRID_OVER_MAP * min(height, width)
+        most = MAP_GRID_OVER_MAP * min(height, width)
+        if map_grid > most:
             raise PipelineError(f"--map-grid {map_grid} is larger than the map {name} of {backbone} at --image-size "
                                 f"{image_size}, which is {height}x{width}: pooling it to a {map_grid}x{map_grid} grid "
-                                f"would only repeat its values, in an array {map_grid * map_grid // (height * width)} "
-                                f"times its size. Give --map-grid {min(height, width)} (the map's side; at most "
-                                f"{most}), or a larger --image-size.")
+                                f"would only repeat its values, in an array "
+                                f"{round(map_grid * map_grid / (height * width), 2):g} times its size. Give --map-grid "
+                                f"{most} or less (the map's side), or a larger --image-size, or --maps none to "
+                                f"store no map.")
 
 
 def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, out: Path, *,
@@ -122,7 +134,8 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
             chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False, skip_bad: bool = False,
             precision: str = "float32", engine: str = "torch", loaded: tuple | None = None,
             shard: tuple[int, int] | None = None, protected: Sequence[str | Path] = (),
-            trunk_maps: str | None = None, corruptions: "CorruptionPlan | None" = None) -> FeatureCache:
+            trunk_maps: str | None = None, patch_maps: Sequence[str] = (),
+            corruptions: "CorruptionPlan | None" = None) -> FeatureCache:
     """Run the backbone over both splits, writing chunk by chunk; resumable.
 
     ``corruptions`` also writes one corrupted copy of the test split (or of the rows it draws)
@@ -139,7 +152,13 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
     folder, nor over anything but a feature cache made by this project.
     ``trunk_maps``: also store this stage's map at full resolution, float16, as
     ``trunk/<stage>`` (what PANDA's trainable tail reads); ``"panda"`` names the backbone's
-    PANDA split (``BackboneSpec.trunk_end``).
+    PANDA split (``BackboneSpec.trunk_end``). ``patch_maps``: also store these stages' maps at full
+    resolution, float16, as ``trunk/<stage>`` too (one array for a stage asked for both ways): the
+    patch heads' input; ``("patch",)`` names the backbone's ``BackboneSpec.patch_stages``.
+
+    An anomaly folder with masks (``ground_truth/``) also stores the test images' masks, brought
+    to the backbone input like the images, as ``test/masks``, and the images as the backbone saw
+    them, ``test/inputs`` (``pipeline.extract.masks``).
     Each image is decoded once; one that cannot be (``UnreadableImageError``) stops the run,
     naming it, with the chunks finished before it kept (``user_facing_errors``). Only
     ``skip_bad`` decodes every file first (``drop_unreadable``), to leave the unreadable out.
@@ -163,29 +182,33 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         trunk = model.spec.trunk_end if trunk_maps == "panda" else trunk_maps
         if trunk is not None:
             model.split(trunk)  # refuses a stage that leaves no tail to train
+        patch = patch_stages(model, patch_maps)
+        full = tuple(dict.fromkeys(([trunk] if trunk else []) + list(patch)))  # stored at full resolution
         dataset = drop_unreadable(dataset, skip_bad, workers, recorded_dataset(out))
 
         with torch.inference_mode():
             probe = model(torch.zeros(1, 3, preprocessing.image_size, preprocessing.image_size, device=device_),
-                          maps + ((trunk,) if trunk else ()))
+                          maps + full)
         check_map_grid(map_grid, {name: tuple(int(n) for n in probe[name].shape[-2:]) for name in maps}, backbone,
                        preprocessing.image_size)
         map_info = {name: {"grid": map_grid, "dtype": map_dtype, "channels": int(probe[name].shape[1])} for name in maps}
         trunk_info = None if trunk is None else {"stage": trunk, "dtype": "float16",
                                                  "shape": [int(n) for n in probe[trunk].shape[1:]]}
+        patch_info = None if not patch else {"stages": list(patch), "dtype": "float16",
+                                             "shapes": {n: [int(d) for d in probe[n].shape[1:]] for n in patch}}
         metadata = cache_metadata(dataset, backbone, weights, preprocessing, feature_dtype, map_info, precision,
-                                  trunk_info, engine)
+                                  trunk_info, engine, patch_info)
         feature_dim = int(probe["pooled"].shape[1])
         specs = [ArraySpec("features", (feature_dim,), feature_dtype), ArraySpec("labels", (), "int64")]
         specs += [ArraySpec(f"maps/{name}", (info["channels"], map_grid, map_grid), map_dtype) for name, info in map_info.items()]
-        if trunk_info:
-            specs.append(ArraySpec(f"trunk/{trunk}", tuple(trunk_info["shape"]), "float16"))
+        specs += [ArraySpec(f"trunk/{name}", tuple(int(d) for d in probe[name].shape[1:]), "float16") for name in full]
         sizes = {split: len(dataset.split(split).labels) for split in ("train", "test")}
+        masks = TestMasks.of(dataset, preprocessing)
         # Under the attributes lock, so that of shards starting together one creates the store
         # and the others open it (they must all be given the same options).
         with attrs_lock(out):
-            cache = open_or_create(out, metadata, {s: specs for s in sizes}, sizes, chunk_rows, overwrite,
-                                   protected)
+            cache = open_or_create(out, metadata, {"train": specs, "test": specs + masks.specs()}, sizes,
+                                   chunk_rows, overwrite, protected)
         shifted = {split.name: split for split in (corruptions.splits(dataset.test) if corruptions else [])}
         add_shifted_splits(cache, list(shifted.values()), specs, overwrite)
         if cache.is_complete:
@@ -216,7 +239,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         with ChunkWriter() as writer:
             batches = backbone_batches(model, inputs, [rows for _, _, rows, _ in plan], map_info, device_,
                                        precision=precision, engine=engine, workers=workers,
-                                       desc=f"extract {backbone}", trunk=trunk)
+                                       desc=f"extract {backbone}", full_maps=full)
             for (split, chunk, _, last), (_, outputs) in zip(plan, batches):
                 buffer.add(outputs)
                 if last:
@@ -226,6 +249,8 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
                         values["rows"] = shifted[split].rows[rows]
                         rows = values["rows"]
                     values["labels"] = dataset.test.labels[rows] if split in shifted else dataset.split(split).labels[rows]
+                    if split == "test" and masks:
+                        values.update(masks.values(rows))
                     writer.submit(cache.write_chunk, split, chunk, values)
         writer.wait()
         elapsed = time.perf_counter() - started
@@ -240,6 +265,19 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         click.echo(f"wrote {out}: train {sizes['train']} x {feature_dim}, test {sizes['test']} x {feature_dim}{derived} "
                    f"({total} images extracted in {elapsed:.1f} s, {total / max(elapsed, 1e-9):.1f} images/s).")
         return cache
+
+
+def patch_stages(model, asked: Sequence[str]) -> tuple[str, ...]:
+    """The stages ``--patch-maps`` names, each once: ``patch`` is the backbone's pair
+    (``BackboneSpec.patch_stages``); a stage the backbone lacks, or its last (pooled) one, is refused."""
+    stages: list[str] = []
+    for name in asked:
+        stages += list(model.spec.patch_stages) if name == PATCH_WORD else [name]
+    for name in stages:
+        if name not in model.stage_names:
+            raise PipelineError(f"--patch-maps {name}: {model.spec.name} has no stage {name!r}; its stages are "
+                                f"{', '.join(model.stage_names)} ({PATCH_WORD}: {', '.join(model.spec.patch_stages)}).")
+    return tuple(dict.fromkeys(stages))
 
 
 def add_shifted_splits(cache: FeatureCache, shifted: "list[ShiftedSplit]", specs: list[ArraySpec],

@@ -180,25 +180,25 @@ def engine_version(engine: str) -> str:
 
 
 def run_backbone(forward: Forward, batch: torch.Tensor, maps: Mapping[str, Mapping],
-                 trunk: str | None = None) -> dict[str, np.ndarray]:
+                 full_maps: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """One forward pass as every cache stores it: ``features`` (pooled, float32), each
     ``maps/<name>`` average-pooled to its ``grid`` (float32; the store rounds to its dtype) and,
-    if asked for, ``trunk/<trunk>``, that stage's map at full resolution in float16."""
+    for each stage of ``full_maps``, ``trunk/<stage>``, its map at full resolution in float16."""
     out = forward(batch)
     result = {"features": out["pooled"].float().cpu().numpy()}
     for name, info in maps.items():
         result[f"maps/{name}"] = F.adaptive_avg_pool2d(out[name].float(), info["grid"]).cpu().numpy()
-    if trunk:
+    for name in full_maps:
         # Rounded here, as the store would (round to nearest even), so a chunk waiting to be
         # written holds half the bytes: full-resolution maps are the largest arrays by far.
-        result[f"trunk/{trunk}"] = out[trunk].to(torch.float16).cpu().numpy()
+        result[f"trunk/{name}"] = out[name].to(torch.float16).cpu().numpy()
     return result
 
 
 def backbone_batches(model: torch.nn.Module, inputs: Dataset, batch_rows: Sequence[Sequence[int]],
                      maps: Mapping[str, Mapping], device: torch.device, *, precision: str = "float32",
                      engine: str = "torch", workers: int = 0, desc: str = "extract", images_per_row: int = 1,
-                     trunk: str | None = None) -> Iterator[tuple[Sequence[int], dict[str, np.ndarray]]]:
+                     full_maps: Sequence[str] = ()) -> Iterator[tuple[Sequence[int], dict[str, np.ndarray]]]:
     """Run ``model`` over every batch of ``inputs`` and yield, in order, ``(rows, outputs)``:
     the rows ``batch_rows[i]`` that item i of ``inputs`` holds, and ``run_backbone``'s outputs.
 
@@ -207,14 +207,14 @@ def backbone_batches(model: torch.nn.Module, inputs: Dataset, batch_rows: Sequen
     ``precision`` is not float32; with onnxruntime exported to ONNX (float32, CPU). Both are
     recorded in the cache, since they change the numbers slightly. The progress bar counts
     ``images_per_row`` images per row (the augmented views run several copies of each image).
-    ``trunk``: a stage whose full-resolution map is also returned (``run_backbone``).
+    ``full_maps``: stages whose full-resolution maps are also returned (``run_backbone``).
 
     An item of ``inputs`` that is an ``UnreadableImageError`` (an image that could not be
     decoded) is raised, after every batch before it has been yielded.
     """
     check_precision(precision)
     check_engine(engine, device, precision)
-    names = tuple(maps) + ((trunk,) if trunk else ())
+    names = tuple(dict.fromkeys((*maps, *full_maps)))
     forward = torch_forward(model, names, device, precision) if engine == "torch" else OnnxForward(model, names)
     loader = DataLoader(inputs, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
@@ -225,7 +225,7 @@ def backbone_batches(model: torch.nn.Module, inputs: Dataset, batch_rows: Sequen
             if isinstance(batch, UnreadableImageError):
                 unreadable = batch
                 break  # out of the loop first, which stops the loader's workers
-            outputs = run_backbone(forward, batch, maps, trunk)
+            outputs = run_backbone(forward, batch, maps, full_maps)
             bar.update(len(rows) * images_per_row)
             yield rows, outputs
     if unreadable is not None:

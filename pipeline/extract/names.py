@@ -28,3 +28,5 @@ SEVERITIES = (1, 2, 3, 4, 5)
 CONSTANT_SETS = ("cifar10-c", "imagenet-c")
 # Longest side, in pixels, up to which CIFAR-10-C's constants are used ("auto").
 SMALL_IMAGE_SIDE = 64
+# --patch-maps patch: the backbone's own patch stages (BackboneSpec.patch_stages).
+PATCH_WORD = "patch"

@@ -90,7 +90,10 @@ class Preprocessing:
             batch = TF.normalize(batch, list(stats[0]), list(stats[1]))
         return batch.contiguous()
 
-    def _batch(self, batch: torch.Tensor) -> torch.Tensor:
+    def geometry(self, batch: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch (N, C, H, W) -> float (N, 3, S, S) in [0, 1] scale (bicubic resampling
+        may overshoot it slightly), resized (and centre-cropped) but not yet normalised: the
+        image as the backbone sees it, before ``normalise`` (``pipeline.extract.masks.input_image``)."""
         mode = INTERPOLATIONS[self.interpolation]
         # Resizing in float avoids uint8 rounding; antialias matters when shrinking large photos.
         batch = self.rgb(batch).float().div_(255.0)
@@ -100,4 +103,7 @@ class Preprocessing:
             short = round(self.image_size * 256 / 224)
             batch = TF.resize(batch, short, interpolation=mode, antialias=True)
             batch = TF.center_crop(batch, [self.image_size, self.image_size])
-        return self.normalise(batch)
+        return batch
+
+    def _batch(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.normalise(self.geometry(batch))

@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.declare import param
 from pipeline.extract.names import (AUTO, CONSTANT_SETS, CORRUPTIONS, DATASET_NAMES, ENGINE_NAMES, IDENTITY,
-                                    INTERPOLATION_NAMES, NORMALISATION_NAMES, PRECISION_NAMES, RESIZE_MODES,
+                                    INTERPOLATION_NAMES, NORMALISATION_NAMES, PATCH_WORD, PRECISION_NAMES, RESIZE_MODES,
                                     SEVERITIES, SMALL_IMAGE_SIDE)
 
 
@@ -66,6 +66,12 @@ class ExtractParams:
                                          "ConvNeXt stage2, VGG conv4_3, EfficientNet-Lite stride8); none: no trunk "
                                          "map. C x H x W x 2 bytes per image (EfficientNet-Lite0 at 224: 61 KiB).",
                                    kind="str", none_word="none")
+    patch_maps: Any = param("none", "Also store these stages' maps at full resolution, float16, for the patch heads "
+                                    "(patchcore, padim), shared with --trunk-maps where they coincide. patch: the "
+                                    "backbone's stride-8 and stride-16 stages (ResNet layer2+layer3 as PatchCore, "
+                                    "ConvNeXt stage2+stage3, VGG conv4_3+conv5_3, EfficientNet-Lite stride8+stride16: "
+                                    "104 KiB per image for Lite0 at 224, 1.2 MiB for ResNet50); none: no patch maps.",
+                            kind="names", words=("none", PATCH_WORD))
     views: int = param(2, "Also cache this many augmented views (SimCLR crop, flip, colour jitter) of each training "
                           "image, with the same maps, in <out minus .zarr>.views.zarr (AnoMem's stage A uses 2). "
                           "Costs views x the training set's forward passes.", low=0, high=16)

@@ -7,6 +7,12 @@ Decompression is bounded (``decompression_bound``): a file that would unpack to 
 the real dataset's (a damaged file, or a decompression bomb) is refused once its output reaches
 the bound, naming the file and the bound, and nothing of it is left behind, so it can never fill
 the disk.
+
+So is what --download fetches (``fetch_missing``): the compressed files are downloaded with
+torchvision's own ``download_url`` (its addresses, mirrors and MD5 check), then decompressed
+here, under the same bound, before torchvision looks; it finds its files in place and extracts
+nothing itself. (It still would extract an archive it downloads when the files already unpacked
+fail its MD5 check, CIFAR's, but only an archive that passed its MD5 check, the published file.)
 """
 
 from __future__ import annotations
@@ -24,15 +30,28 @@ from pipeline.errors import PipelineError
 
 
 @dataclass(frozen=True)
+class Download:
+    """A compressed file torchvision downloads for a dataset: the addresses it tries in turn (its
+    mirrors), where it puts the file, and the file's MD5 sum."""
+
+    urls: tuple[str, ...]
+    path: Path
+    md5: str | None
+
+
+@dataclass(frozen=True)
 class TorchvisionFiles:
     """The files torchvision reads for a dataset under --data-dir, and the compressed forms
     they come in when downloaded by hand: each file gzipped (MNIST, Fashion-MNIST) or all of
-    them in one tar.gz archive (CIFAR) that unpacks into ``folder``."""
+    them in one tar.gz archive (CIFAR) that unpacks into ``folder``. ``downloads``: where
+    --download fetches those compressed files from (none for SVHN, whose .mat files torchvision
+    downloads as they are, with nothing to extract)."""
 
     folder: Path
     names: tuple[str, ...]
     gzipped: bool = False
     archive: Path | None = None
+    downloads: tuple[Download, ...] = ()
 
     def missing(self) -> list[str]:
         return [name for name in self.names if not (self.folder / name).is_file()]
@@ -53,12 +72,17 @@ def mnist_files(cls, data_dir: Path) -> TorchvisionFiles:
     processed = raw.parent / "processed"
     if all((processed / name).is_file() for name in (cls.training_file, cls.test_file)):
         return TorchvisionFiles(processed, (cls.training_file, cls.test_file))
-    return TorchvisionFiles(raw, tuple(name.removesuffix(".gz") for name, _ in cls.resources), gzipped=True)
+    downloads = tuple(Download(tuple(f"{mirror}{name}" for mirror in cls.mirrors), raw / name, md5)
+                      for name, md5 in cls.resources)
+    return TorchvisionFiles(raw, tuple(name.removesuffix(".gz") for name, _ in cls.resources), gzipped=True,
+                            downloads=downloads)
 
 
 def cifar_files(cls, data_dir: Path) -> TorchvisionFiles:
     names = tuple(name for name, _ in cls.train_list + cls.test_list) + (cls.meta["filename"],)
-    return TorchvisionFiles(Path(data_dir) / cls.base_folder, names, archive=Path(data_dir) / cls.filename)
+    archive = Path(data_dir) / cls.filename
+    return TorchvisionFiles(Path(data_dir) / cls.base_folder, names, archive=archive,
+                            downloads=(Download((cls.url,), archive, cls.tgz_md5),))
 
 
 def svhn_files(cls, data_dir: Path) -> TorchvisionFiles:
@@ -201,9 +225,64 @@ def _found_elsewhere(files: TorchvisionFiles, data_dir: Path) -> str:
     return ""
 
 
+def _download_url(url: str, path: Path, md5: str | None) -> None:
+    """torchvision's ``download_url``: keeps a file already at ``path`` whose MD5 sum is ``md5``,
+    else downloads it there and raises unless its MD5 sum is ``md5``. Looked up when called, so
+    that tests can put a local copy in place of the network."""
+    from torchvision.datasets import utils
+
+    utils.download_url(url, str(path.parent), path.name, md5)
+
+
+def torchvision_failure(title: str, data_dir: Path, download: bool, error: Exception) -> PipelineError:
+    """A failed torchvision download (``download``) or missing files, and the ways out."""
+    if download:
+        what = f"could not download {title} into {data_dir} ({type(error).__name__}: {error})."
+    else:
+        what = f"{title} was not found in {data_dir} and downloading is off."
+    return PipelineError(
+        f"{what} Either run with network access and --download, or put the dataset files "
+        f"torchvision expects under --data-dir (for example copied from a machine that has "
+        f"downloaded them), or lay the images out as train/<class>/* and test/<class>/* and use "
+        f"--dataset imagefolder --data-dir <that folder>."
+    )
+
+
+def fetch_missing(title: str, files: TorchvisionFiles, data_dir: Path) -> None:
+    """Download (--download) the compressed files whose decompressed files are missing: each
+    gzipped file whose file is missing, the archive when any of its files is. Decompressing them
+    is left to ``files_in_place``, bounded, so torchvision, which would extract them without a
+    bound, finds its files in place and extracts nothing. A download that fails from every
+    address is one error, as the loader's for a failed torchvision download.
+
+    Not exercised against the real servers here (the machines this was written on have no
+    network): tests put a local file in place of torchvision's ``download_url``."""
+    for item in files.downloads:
+        if files.gzipped:
+            needed = not (files.folder / item.path.name.removesuffix(".gz")).is_file()
+        else:
+            needed = bool(files.missing())
+        if not needed:
+            continue
+        errors: list[tuple[str, Exception]] = []
+        for url in item.urls:
+            try:
+                _download_url(url, item.path, item.md5)
+                break
+            except Exception as error:  # noqa: BLE001 - URLError, HTTPError, RuntimeError (MD5), OSError, ...
+                errors.append((url, error))
+        else:
+            error = errors[0][1] if len(errors) == 1 else RuntimeError("; ".join(
+                f"from {url}: {type(e).__name__}: {e}" for url, e in errors))
+            raise torchvision_failure(title, data_dir, True, error) from None
+
+
 def files_in_place(title: str, files: TorchvisionFiles, data_dir: Path, download: bool) -> None:
-    """Decompress or unpack what was copied compressed (no network needed); without
-    --download, refuse missing files naming the folder and the files torchvision reads."""
+    """Decompress or unpack what was copied compressed (no network needed), or, with --download,
+    what ``fetch_missing`` downloads; without --download, refuse missing files naming the folder
+    and the files torchvision reads."""
+    if download:
+        fetch_missing(title, files, data_dir)
     for name in files.missing() if files.gzipped else ():
         if (files.folder / f"{name}.gz").is_file():
             _gunzip(files.folder / f"{name}.gz", files.folder / name)

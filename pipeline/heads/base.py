@@ -89,13 +89,15 @@ class Head(HeadParams, BaseEstimator):
     on its declared parameters (``class KNNHead(KNNParams, Head)``, ``settings.py`` of its
     package), sets ``name``, and implements ``_fit``, ``score_samples``, ``_state`` and
     ``_from_state``; it may override ``training_scores`` (kNN: leave-one-out) and
-    ``_check_params`` (checks between parameters, after the declared ones)."""
+    ``_check_params`` (checks between parameters, after the declared ones). A head that
+    localises sets ``localises`` and implements ``anomaly_maps``."""
 
     name: ClassVar[str] = ""
     needs_maps: ClassVar[bool] = False   # fit and score read Features.maps
     needs_views: ClassVar[bool] = False  # fit reads Features.views
     needs_trunk: ClassVar[bool] = False  # fit and score read Features.trunk
     uses_labels: ClassVar[bool] = False  # fit may take labelled anomalies
+    localises: ClassVar[bool] = False    # anomaly_maps gives where the anomaly is (patch heads)
     # What the threshold is a quantile of, in words (saved with the head).
     training_note: ClassVar[str] = "the head's scores on its own training features"
 
@@ -140,6 +142,13 @@ class Head(HeadParams, BaseEstimator):
     def training_scores(self, features: Features | np.ndarray | Any) -> np.ndarray:
         """The head's scores on the features it was fitted on (the threshold's reference)."""
         return self.score_samples(features)
+
+    def anomaly_maps(self, features: Features | np.ndarray | Any, size: int) -> np.ndarray:
+        """Where each image is anomalous: (N, size, size) float32, higher = more anomalous, at
+        the input resolution (``size``, the backbone input's side), upsampled and smoothed as
+        the head's paper does. Only heads that localise (``localises``) have them."""
+        raise PipelineError(f"the {self.name} head scores whole images from their pooled features: it makes no "
+                            f"anomaly maps (the patch heads do: patchcore, padim).")
 
     def control_scores(self, features: Features | np.ndarray | Any) -> dict[str, np.ndarray]:
         """Other scores of the same images, by name, that show what the head's score is made

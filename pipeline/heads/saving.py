@@ -110,6 +110,20 @@ class SavedHead:
         ``trunk/<stage>`` maps) for a head that reads them."""
         return np.asarray(self.head.score_samples({"pooled": features, **(maps or {})}), dtype=np.float64)
 
+    def anomaly_maps(self, features: np.ndarray, maps: dict[str, np.ndarray] | None = None,
+                     size: int | None = None) -> np.ndarray:
+        """Anomaly maps (N, size, size) float32 of the same inputs as ``score``, for a head that
+        localises (``head.localises``; others refuse), at ``size`` (default: the image size
+        the training cache records), checked to be of that shape."""
+        size = int(self.preprocessing.get("image_size", 0) if size is None else size)
+        if size <= 0:
+            raise PipelineError(f"the head {self.path} records no image size to make anomaly maps at.")
+        result = np.asarray(self.head.anomaly_maps({"pooled": features, **(maps or {})}, size), dtype=np.float32)
+        if result.shape != (len(features), size, size):
+            raise PipelineError(f"the {self.kind} head made anomaly maps of shape {result.shape} for {len(features)} "
+                                f"images at {size} pixels; expected {(len(features), size, size)}.")
+        return result
+
 
 def head_filename(class_name: str) -> str:
     """``<class>.head``, the name made safe for any filesystem (imagefolder class names are free

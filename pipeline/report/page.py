@@ -6,10 +6,17 @@ Each table sits in its own box, which scrolls when the classes do not fit (or th
 the window's height), with the header row and the Head, Setting and Mean columns held in place
 (CSS ``position: sticky``). Radio buttons at the
 top of the page (CSS only, no script) switch every table between AUROC, AUPR and FPR at 95% TPR;
-their labels sit above each table."""
+their labels sit above each table.
+
+A run whose metrics file records a heat-map gallery (``about.gallery``: the gallery.json a
+localising head's stage wrote, relative to the metrics file; ``pipeline.evaluate.write_gallery``)
+gets, below the curves, a row per defect type (and one of normal images) of its highest- and
+lowest-scoring test images with their anomaly maps, the PNGs embedded (base64) so the page
+stands alone."""
 
 from __future__ import annotations
 
+import base64
 import json
 from html import escape
 from pathlib import Path
@@ -62,6 +69,12 @@ svg.chart .title { font-size: 13px; font-weight: bold; } svg.chart .subtitle { f
 svg.chart .axis { font-size: 12px; }
 svg.heat text { font-size: 10px; } svg.heat .column { font-size: 11px; }
 p.missing { font-size: 12px; color: #a33; }
+div.gallery { display: flex; flex-wrap: wrap; gap: 8px; margin: 4px 0 12px; }
+figure.map { margin: 0; width: 160px; font-size: 11px; }
+figure.map img { width: 160px; height: 160px; display: block; border: 1px solid #e4e4e4; image-rendering: pixelated; }
+figure.map figcaption { margin-top: 2px; line-height: 1.3; }
+/* A gap between the highest-scoring images and the lowest. */
+figure.map.first-low { margin-left: 18px; }
 """
 
 
@@ -145,6 +158,72 @@ def training_chart(run: Run, classes: list[str], varying: dict[str, set[str]]) -
                       Axis("test AUROC", *padded_range(values)), series, "training")
 
 
+# --- heat-map galleries -----------------------------------------------------------------------
+
+END_WORDS = {"high": "highest", "low": "lowest"}
+
+
+def _mask_words(entry: dict) -> str:
+    if not entry.get("mask_known"):
+        return "no mask"
+    return "mask outlined in cyan" if entry.get("mask_pixels") else "no defect in its mask"
+
+
+def _gallery_figure(folder: Path, group: str, entry: dict, first_low: bool) -> str:
+    """One image of a gallery with its caption; a file name that is not a plain name in the
+    gallery's folder, or a missing file, gives a caption saying so."""
+    end, rank, score = str(entry.get("end")), entry.get("rank"), entry.get("score")
+    words = f"{group}: {END_WORDS.get(end, end)} #{rank}"
+    if isinstance(score, (int, float)):
+        words += f", score {score:.4g}"
+    caption = f"{words}, {_mask_words(entry)}"
+    file = str(entry.get("file", ""))
+    classes = f"map {end}" + (" first-low" if first_low else "")
+    if Path(file).name != file or file.startswith(".") or not (folder / file).is_file():
+        return f'<figure class="{classes}"><figcaption>{escape(caption)} (image {escape(file)} missing)</figcaption></figure>'
+    data = base64.b64encode((folder / file).read_bytes()).decode("ascii")
+    return (f'<figure class="{classes}"><img src="data:image/png;base64,{data}" alt="{escape(caption)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def gallery_section(run: Run, varying: dict[str, set[str]]) -> str:
+    """The run's heat-map gallery (``about.gallery``), a row per group: the highest-scoring
+    images, highest first, then the lowest, lowest first; "" for a run without one."""
+    where = run.about.get("gallery")
+    if not isinstance(where, str) or not where:
+        return ""
+    path = run.source.parent / where
+    try:
+        gallery = json.loads(path.read_text())
+        groups, colours = gallery["groups"], gallery["colour_range"]
+        low, high = float(colours["low"]), float(colours["high"])
+        if not isinstance(groups, dict):
+            raise TypeError("groups is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return (f'<p class="missing">No heat-map gallery for {escape(_run_name(run, varying))}: cannot read '
+                f"{escape(str(path))} ({escape(str(error))}).</p>")
+    normal = gallery.get("normal")
+    seed = " (first seed)" if (run.about.get("seeds") or 1) > 1 else ""
+    heading = f"{run_title(run)}: the highest- and lowest-scoring test images, with their anomaly maps{seed}"
+    words = (f"{'; '.join(_subtitles(run, varying))}. Per defect type (and the normal test images, {normal}): its 3 "
+             f"highest-scoring images, highest first, then its 3 lowest, lowest first. The anomaly map is drawn over "
+             f"each image as the backbone saw it, in one colour range for every image here, from {low:.4g} (black) "
+             f"to {high:.4g} (pale yellow), so the same colour is the same score; a ground-truth mask, where there "
+             f"is one, is outlined in cyan.")
+    parts = [f"<h3>{escape(heading)}</h3>", f'<p class="caption">{escape(words)}</p>']
+    for group, entries in groups.items():
+        if not isinstance(entries, list):
+            continue
+        ordered = sorted((e for e in entries if isinstance(e, dict)),
+                         key=lambda e: (e.get("end") != "high", e.get("rank") or 0))
+        figures = [_gallery_figure(path.parent, str(group), e, e.get("end") == "low" and e.get("rank") == 1)
+                   for e in ordered]
+        label = "normal test images" if group == normal else "defect type"
+        parts.append(f"<h4>{escape(str(group))} ({label})</h4>\n<div class=\"gallery\">\n" + "\n".join(figures)
+                     + "\n</div>")
+    return "\n".join(parts)
+
+
 # --- page -----------------------------------------------------------------------------------
 
 COLUMN_CLASSES = {HEAD_COL: "head", SETTING_COL: "setting", MEAN_COL: "mean"}
@@ -218,11 +297,12 @@ def html_group(group: Group, metrics: list[Metric] = (AUROC,)) -> str:
     lines = "normal class" if group.protocol == ONE_VS_ALL else "defect type (against the normal test images)"
     trained = "normal class" if group.protocol == ONE_VS_ALL else "training (the whole test split)"
     robust = group_robustness(group)
+    galleries = [g for g in (gallery_section(run, varying) for run in group.runs) if g]
     parts = [f"<section>\n<h2>{escape(group.heading())}</h2>", f'<p class="caption">{escape(caption(group))}</p>',
              metric_views(group, list(metrics)), html_section(robust, group.heading()) if robust else "",
              _charts(f"ROC curves, one line per {lines}", rocs),
              _charts(f"Training (heads trained by epochs): test AUROC after each epoch, one line per {trained}",
-                     trainings)]
+                     trainings), *galleries]
     if missing:
         parts.append(f'<p class="missing">No ROC curve files found for: {escape("; ".join(missing))}.</p>')
     parts.append("</section>")

@@ -65,7 +65,18 @@ METRICS = (
     Metric("fpr_at_95_tpr", "FPR@95%TPR", "FPR@95%TPR (%, lower is better)",
            "FPR at 95% TPR in percent: the share of normal test images flagged at the threshold that finds 95% "
            "of the anomalies; lower is better."),
+    # The patch heads' anomaly maps, graded where the test images have masks (the metrics file's
+    # ``pixel`` section; the mean is over the defect types with masks).
+    Metric("pixel_auroc", "pixel AUROC", "Pixel AUROC (%)",
+           "Pixel AUROC in percent: every pixel of the test images with masks, the anomaly map's value against the "
+           "mask, higher is better (50 is chance); the mean is over the defect types with masks. Only the heads that "
+           "make anomaly maps (patchcore, padim) have it."),
+    Metric("aupro", "AUPRO", "AUPRO to 30% FPR (%)",
+           "AUPRO in percent (MVTec AD's localisation metric): the mean overlap of each defect region with the map "
+           "above a threshold, integrated over the normal pixels' false-positive rate from 0 to 30% and divided by "
+           "0.3, higher is better; the mean is over the defect types with masks."),
 )
+PIXEL_KEYS = ("pixel_auroc", "aupro")
 AUROC = METRICS[0]
 
 
@@ -208,11 +219,27 @@ def metric_payload(data: Any, key: str) -> Any:
     return figures
 
 
+def with_pixel_figures(payload: dict) -> dict:
+    """The payload with its ``pixel`` section's figures (pixel AUROC, AUPRO) beside the image
+    figures of the same defect type, the mean and the overall, so that they read like them."""
+    pixel = payload.get("pixel")
+    if not isinstance(pixel, dict):
+        return payload
+    merged = dict(payload)
+    merged["per_class"] = {name: {**figures, **pixel.get("per_class", {}).get(name, {})}
+                           for name, figures in payload["per_class"].items()}
+    for section in ("mean", "overall"):
+        if isinstance(payload.get(section), dict):
+            merged[section] = {**payload[section], **pixel.get(section, {})}
+    return merged
+
+
 def metric_run(run: Run, metric: Metric) -> Run:
     """The run as its head's report module should read it to give rows of ``metric``."""
     if metric.key == "auroc":
         return run
-    return dataclasses.replace(run, payload=metric_payload(run.payload, metric.key))
+    payload = with_pixel_figures(run.payload) if metric.key in PIXEL_KEYS else run.payload
+    return dataclasses.replace(run, payload=metric_payload(payload, metric.key))
 
 
 def overall_payload(data: Any) -> Any:

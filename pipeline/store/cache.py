@@ -8,8 +8,11 @@ Layout of a store::
       train/features            (N, D)         pooled features, float32 or float16
       train/labels              (N,)           int64 class indices
       train/maps/<layer>        (N, C, g, g)   optional intermediate maps, float16 by default
-      train/trunk/<stage>       (N, C, H, W)   optional full-resolution map of one stage, float16
-      test/...                  the same for the test split
+      train/trunk/<stage>       (N, C, H, W)   optional full-resolution maps (PANDA's trunk, the patch
+                                               heads' stages), float16
+      test/...                  the same for the test split, and where the test images have
+                                ground-truth masks, test/masks (N, S, S) and test/inputs
+                                (N, S, S, 3), uint8, at the backbone input's side S
       test@<variant>[@...]/...  optional derived splits (the corrupted copies of test images of the
                                 robustness protocol, say): the same arrays, plus rows (which rows
                                 of the split they derive from); each one described in the

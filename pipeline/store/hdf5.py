@@ -302,8 +302,8 @@ def _import_hdf5(path: Path, out: Path, chunk_rows: int) -> FeatureCache:
         feature_dtype = "float16" if feature_dtype == np.float16 else "float32"
         metadata["dataset"].update({"classes": list(classes), "n_train": len(splits["train"][1]),
                                     "n_test": len(splits["test"][1])})
-        # Only pooled features come in: no maps, no full-resolution trunk map.
-        recorded = {k: v for k, v in metadata.get("features", {}).items() if k != "trunk"}
+        # Only pooled features come in: no maps, no full-resolution trunk or patch maps.
+        recorded = {k: v for k, v in metadata.get("features", {}).items() if k not in ("trunk", "patch")}
         metadata["features"] = {**recorded, "dtype": feature_dtype, "maps": {}}
         specs = [ArraySpec("features", (dims["train"],), feature_dtype), ArraySpec("labels", (), "int64")]
         cache = FeatureCache.create(out, {**metadata, "versions": library_versions()},
