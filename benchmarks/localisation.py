@@ -8,7 +8,8 @@ real commands, one resumable piece per texture and head.
 For each texture folder of ``--data`` (an anomaly folder with masks): ``python -m
 pipeline.extract`` into ``cache/localisation/<texture>.zarr`` (pooled features and the patch maps,
 ``--patch-maps patch``), then ``python -m stages.<head>`` for each head into
-``OUT/<texture>/<head>.json``. A piece whose metrics file exists is not run again, so an
+``OUT/<texture>/<head>.json`` (with ``--plots OUT/<texture>/plots/<head>``: ROC curves and, for
+the patch heads, a heat-map gallery beside them). A piece whose metrics file exists is not run again, so an
 interrupted run goes on where it stopped. Then ``OUT/README.md``: per defect size (the defect
 types are ``<kind>_<size>``), image AUROC of every head and, for the patch heads, pixel AUROC and
 AUPRO (to 30% FPR), means over the kinds and the textures. The defects are synthetic
@@ -27,7 +28,7 @@ import click
 import numpy as np
 
 HEADS = ("knn", "gaussian", "patchcore", "padim")
-PATCH_HEADS = ("patchcore", "padim")
+SIZES = ("small", "medium", "large")  # benchmarks/localisation_data.py's, in this order
 
 
 def run(command: list[str]) -> float:
@@ -38,6 +39,10 @@ def run(command: list[str]) -> float:
     if done.returncode:
         raise click.ClickException(f"{' '.join(command)} failed (exit {done.returncode}).")
     return time.perf_counter() - started
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.is_file() else ""
 
 
 def size_of(defect_type: str) -> str:
@@ -67,15 +72,16 @@ def table(out: Path, textures: list[str], heads: list[str], about: str) -> str:
                 if defect in pixel:
                     entry.setdefault("pixel", []).append(pixel[defect]["pixel_auroc"])
                     entry.setdefault("aupro", []).append(pixel[defect]["aupro"])
-    order = [s for s in ("small", "medium", "large") if s in sizes] + [s for s in sizes if s not in
-                                                                       ("small", "medium", "large")]
+    order = [s for s in SIZES if s in sizes] + [s for s in sizes if s not in SIZES]
 
     def cell(values: list[float] | None) -> str:
         return f"{100 * np.mean(values):.1f}" if values else "-"
 
     lines = [f"# Localisation benchmark\n\n{about}\n",
-             "Image AUROC / pixel AUROC / AUPRO (to 30% FPR, normalised), in percent, per defect size: the mean "
-             "over the defect kinds of that size and over the textures. `-`: the head makes no anomaly maps.\n",
+             "Image AUROC / pixel AUROC / AUPRO (to 30% FPR, normalised), in percent, per defect size (the mean over "
+             "the defect kinds of that size, `<kind>_<size>`, and over the folders) or per defect type (a type "
+             "named without a size). `-`: no figure (the head makes no anomaly maps, or the images have no "
+             "masks).\n",
              "| head | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
     for head in heads:
         if head not in figures:
@@ -113,12 +119,17 @@ def main(data_dir: Path, out: Path, heads: str, backbone: str, image_size: int, 
             metrics = out / texture / f"{head}.json"
             if metrics.exists():
                 continue
+            # --plots: the ROC curves and, for the patch heads, the heat-map gallery (<plots>_maps/).
             timings[f"{texture}/{head}"] = run([sys.executable, "-m", f"stages.{head}", "--cache", str(cache),
-                                                "--metrics", str(metrics), "-q"])
-    about = (f"Dataset: {', '.join(textures)} from `{data_dir}` (benchmarks/localisation_data.py: texture "
-             f"photographs with **synthetic** defects and exact masks). Backbone {backbone}, {image_size}x{image_size} "
-             f"input, protocol normal-vs-anomalies (trained on the normal images only), every head with its "
-             f"defaults (params.yaml). `python benchmarks/localisation.py --data {data_dir} --out {out}`.")
+                                                "--metrics", str(metrics), "--plots",
+                                                str(out / texture / "plots" / head), "-q"])
+    synthetic = all("SYNTHETIC" in _text(data_dir / texture / "README.txt") for texture in textures)
+    source = ("benchmarks/localisation_data.py: texture photographs with **synthetic** defects and exact masks"
+              if synthetic else "real images, laid out as anomaly folders")
+    about = (f"Dataset: {', '.join(textures)} from `{data_dir}` ({source}). Backbone {backbone}, "
+             f"{image_size}x{image_size} input, protocol normal-vs-anomalies (trained on the normal images only), "
+             f"every head with its defaults (params.yaml). "
+             f"`python benchmarks/localisation.py --data {data_dir} --out {out}`.")
     (out / "README.md").write_text(table(out, textures, chosen, about))
     # Seconds per piece, kept across resumed runs (a piece's time is that of the run that made it).
     timing_file = out / "timings.json"

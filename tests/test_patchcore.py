@@ -19,6 +19,7 @@ from pipeline.heads.patchcore.head import PatchCoreHead
 from pipeline.heads.patchcore.model import (
     coreset_draws,
     greedy_coreset,
+    layer_vectors,
     patch_features,
     reduce_channels,
 )
@@ -91,14 +92,15 @@ def test_locally_aware_features_are_neighbourhood_means(p):
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(2, 3, 5, 5)), rng.normal(size=(2, 4, 5, 5))
     features = Features(np.zeros((2, 1)), trunk={"a": a.astype(np.float16), "b": b.astype(np.float16)})
-    got = patch_features(features, ["a", "b"], slice(None), p, dim=1024).numpy()  # (n, H, W, C), 7 channels
+    # share 4: a (3 channels) weighted by sqrt(4/3), b (4 channels) kept as it is; 7 channels.
+    got = patch_features(features, ["a", "b"], slice(None), p, share=4).numpy()
     for image in range(2):
-        expected = np.concatenate([neighbourhood_means(m[image].astype(np.float16).astype(np.float64), p)
-                                   for m in (a, b)])
+        expected = np.concatenate([neighbourhood_means(m[image].astype(np.float16).astype(np.float64), p) * weight
+                                   for m, weight in ((a, np.sqrt(4 / 3)), (b, 1.0))])
         np.testing.assert_allclose(got[image], expected.transpose(1, 2, 0), rtol=1e-5, atol=1e-6)
     # A coarser layer: its neighbourhood means, then bilinear to the finest grid.
     features = Features(np.zeros((2, 1)), trunk={"a": a.astype(np.float16), "c": b[:, :, :3, :3].astype(np.float16)})
-    got = patch_features(features, ["a", "c"], slice(0, 1), p, dim=1024)[0].numpy()
+    got = patch_features(features, ["a", "c"], slice(0, 1), p, share=4)[0].numpy()
     means = torch.tensor(neighbourhood_means(b[0, :, :3, :3].astype(np.float16).astype(np.float64), p))
     up = F.interpolate(means[None].float(), size=(5, 5), mode="bilinear", align_corners=False)[0].numpy()
     np.testing.assert_allclose(got[..., 3:], up.transpose(1, 2, 0), rtol=1e-5, atol=1e-6)
@@ -112,8 +114,27 @@ def test_channels_are_reduced_by_adaptive_average_pooling():
         np.testing.assert_allclose(reduced[:, i], vectors[:, first:stop].mean(1).numpy(), rtol=1e-5, atol=1e-6)
     assert reduce_channels(vectors, 24) is vectors and reduce_channels(vectors, 1024) is vectors
     train = maps(3)
+    # dim shared equally by the two layers (8 and 16 channels): 10 -> 5 each, pooled from both.
     assert small(dim=10).fit(train).bank_.shape[1] == 10
     assert small(dim="native").fit(train).bank_.shape[1] == 24 == small().fit(train).bank_.shape[1]
+
+
+def test_every_layer_weighs_the_same_as_the_authors_pooling_up_would_make_it():
+    """A narrower layer kept whole and weighted by sqrt(share / C) gives the squared distances
+    of its channels each repeated share / C times (the authors' adaptive pooling up, where the
+    ratio is whole)."""
+    rng = np.random.default_rng(4)
+    x, y = torch.tensor(rng.normal(size=(5, 8)), dtype=torch.float32), torch.tensor(rng.normal(size=(5, 8)),
+                                                                                  dtype=torch.float32)
+    repeated = lambda v: v.repeat_interleave(4, dim=-1)  # noqa: E731 - 8 channels, 32 channels' worth
+    np.testing.assert_allclose(((layer_vectors(x, 32) - layer_vectors(y, 32)) ** 2).sum(-1).numpy(),
+                               ((repeated(x) - repeated(y)) ** 2).sum(-1).numpy(), rtol=1e-5)
+    assert torch.equal(layer_vectors(x, 4), reduce_channels(x, 4))  # a wider layer: pooled to its share
+    # So two layers of 8 and 16 channels with dim 64 (32 each) weigh the same: the same spread of
+    # values gives the same mean squared distance in each part.
+    head = small(dim=64).fit(maps(6))
+    fine, coarse = head.bank_[:, :8], head.bank_[:, 8:]
+    assert fine.var(0).sum() / coarse.var(0).sum() == pytest.approx(1.0, rel=0.3)
 
 
 # --- scores against brute force ----------------------------------------------------------------
@@ -169,7 +190,8 @@ def test_training_scores_leave_each_image_out_of_the_bank():
     # Against the whole bank, the training images would score far lower (their patches are in it).
     assert (head.score_samples(train) < head.training_scores(train)).all()
     full = small(coreset_fraction=1.0).fit(train)
-    assert len(full.bank_) == 5 * 64 and np.allclose(full.patch_scores(train), 0, atol=5e-3)
+    # 0 to float32 rounding of the norm expansion (the vectors weighted up to 8x here).
+    assert len(full.bank_) == 5 * 64 and np.allclose(full.patch_scores(train), 0, atol=2e-2)
 
 
 # --- behaviour ----------------------------------------------------------------------------------

@@ -2,11 +2,12 @@
 2022) on the cache's full-resolution maps (``Features.trunk``, extract --patch-maps).
 
 - Patch vectors (sec. 3.1, ``model.patch_features``): each layer's map averaged over p x p
-  neighbourhoods (p = 3, stride 1), the layers brought to the finest grid (bilinear) and
-  concatenated, each vector adaptive-average-pooled over its channels to ``dim`` (1024, the
-  authors' code; kept whole when it has fewer channels, as EfficientNet-Lite0's 40 + 112 = 152).
-  The authors' code first pools each layer to 1024 channels on its own, which weighs the layers
-  equally; here the concatenation is pooled once, so a layer weighs as many channels as it has.
+  neighbourhoods (p = 3, stride 1), the layers brought to the finest grid (bilinear), each made
+  ``dim`` / layers channels' worth and concatenated, as the authors' code (which pools each layer
+  to 1024 channels, stacks them and pools the stack to 1024: 512 per layer for two), so that
+  every layer weighs the same in the distances whatever its width. A layer with fewer channels
+  than its share is kept whole and weighted as the authors' pooling up repeats its channels
+  (``model.layer_vectors``): EfficientNet-Lite0's 40 + 112 channels stay 152-d vectors.
 - Memory bank (sec. 3.2): the patch vectors of all training images, N x H x W rows, reduced to
   ``coreset_fraction`` of them by greedy k-center selection on a 128-d random projection
   (``model.greedy_coreset``). Before the coreset the rows are held in memory at once:
@@ -49,6 +50,7 @@ from pipeline.heads.patchcore.model import (
     coreset_size,
     greedy_coreset,
     image_scores,
+    layer_share,
     patch_features,
 )
 from pipeline.heads.patchcore.settings import BANK_DTYPES, PatchCoreParams
@@ -108,7 +110,7 @@ class PatchCoreHead(PatchCoreParams, Head):
 
     def _patches(self, features: Features, rows: slice) -> torch.Tensor:
         """The patch vectors of a block of images, (n, H x W, dim)."""
-        vectors = patch_features(features, self.layers_, rows, self.neighbourhood, self.dim_)
+        vectors = patch_features(features, self.layers_, rows, self.neighbourhood, self.share_)
         return vectors.reshape(len(vectors), -1, self.dim_)
 
     def _block(self) -> int:
@@ -133,8 +135,8 @@ class PatchCoreHead(PatchCoreParams, Head):
         first = np.shape(features.trunk[self.layers_[0]])
         self.channels_ = [int(np.shape(features.trunk[name])[1]) for name in self.layers_]
         self.grid_ = [int(first[2]), int(first[3])]
-        total = sum(self.channels_)
-        self.dim_ = total if self.dim == "native" else min(int(self.dim), total)
+        self.share_ = layer_share(self.channels_, self.dim)
+        self.dim_ = sum(min(channels, self.share_) for channels in self.channels_)
         per_image = self.grid_[0] * self.grid_[1]
         rows = np.empty((count * per_image, self.dim_), dtype=np.float32)  # every training patch: the bank's size
         for block in row_blocks(count, self._block()):
@@ -211,7 +213,7 @@ class PatchCoreHead(PatchCoreParams, Head):
         params = {name: getattr(self, name) for name in specs(PatchCoreParams) if name != "device"}
         params["layers"] = list(self.layers) if isinstance(self.layers, (list, tuple)) else self.layers
         return {"params": params, "layers": list(self.layers_), "channels": list(self.channels_),
-                "grid": list(self.grid_), "feature_dim": int(self.dim_), "n_train": int(self.n_train_),
+                "grid": list(self.grid_), "feature_dim": int(self.dim_), "share": int(self.share_), "n_train": int(self.n_train_),
                 "bank": self.bank_.to(getattr(torch, bank_dtype)).contiguous(),
                 "bank_images": torch.from_numpy(self.bank_images_)}
 
@@ -226,7 +228,7 @@ class PatchCoreHead(PatchCoreParams, Head):
         head.layers_ = [str(name) for name in state["layers"]]
         head.channels_ = [int(c) for c in state["channels"]]
         head.grid_ = [int(g) for g in state["grid"]]
-        head.dim_ = int(state["feature_dim"])
+        head.dim_, head.share_ = int(state["feature_dim"]), int(state["share"])
         head.n_train_ = int(state["n_train"])
         bank = torch.as_tensor(state["bank"]).to(torch.float32)
         images = torch.as_tensor(state["bank_images"]).to(torch.int64).numpy()

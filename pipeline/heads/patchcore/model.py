@@ -33,8 +33,7 @@ CORESET_BLOCK_ELEMENTS = 1 << 22
 def reduce_channels(vectors: torch.Tensor, dim: int) -> torch.Tensor:
     """The last axis (C channels) adaptive-average-pooled to ``dim``: output channel i is the
     mean of input channels floor(i C / dim) .. ceil((i + 1) C / dim) - 1, as the authors' code
-    reduces its patch vectors. Unchanged when ``dim`` >= C (pooling up would only repeat
-    channels)."""
+    reduces its patch vectors. Unchanged when ``dim`` >= C (``layer_vectors`` weighs them)."""
     channels = vectors.shape[-1]
     if dim >= channels:
         return vectors
@@ -42,14 +41,37 @@ def reduce_channels(vectors: torch.Tensor, dim: int) -> torch.Tensor:
     return F.adaptive_avg_pool1d(flat, dim).reshape(*vectors.shape[:-1], dim)
 
 
+def layer_vectors(vectors: torch.Tensor, share: int) -> torch.Tensor:
+    """One layer's part of the patch vectors, (..., C) -> ``share`` channels' worth, as the
+    authors' code makes it (each layer pooled to the same number of channels, so that every
+    layer weighs the same in the distances, whatever its width): more than ``share`` channels
+    are pooled to ``share`` (``reduce_channels``); fewer are kept, scaled by
+    sqrt(share / C), which gives the squared distances that repeating each channel share / C
+    times (the authors' pooling up) gives, with C channels instead of ``share`` to store and
+    search."""
+    channels = vectors.shape[-1]
+    if share >= channels:
+        return vectors * float(np.sqrt(share / channels))
+    return reduce_channels(vectors, share)
+
+
+def layer_share(channels: Sequence[int], dim: int | str) -> int:
+    """How many channels' worth each layer gets (``layer_vectors``): ``dim`` shared equally among
+    the layers, as the authors' code (1024: 512 each for two layers); ``native``: the widest
+    layer's channels (no layer pooled, the narrower ones weighted up to it)."""
+    return max(channels) if dim == "native" else max(1, int(dim) // len(channels))
+
+
 def patch_features(features: Features, layers: Sequence[str], rows: slice | np.ndarray, neighbourhood: int,
-                   dim: int) -> torch.Tensor:
+                   share: int) -> torch.Tensor:
     """The locally aware patch vectors of ``rows``' images: each layer's map averaged over its
     ``neighbourhood`` x ``neighbourhood`` neighbourhood (stride 1, edges averaged over the
-    neighbours there are), brought to the finest grid (bilinear), concatenated along channels
-    and reduced to ``dim`` channels (``reduce_channels``). (n, H, W, dim) float32 on the CPU."""
-    joined = on_one_grid(features, layers, rows, smooth=neighbourhood)  # (n, C, H, W)
-    return reduce_channels(joined.permute(0, 2, 3, 1), dim).contiguous()
+    neighbours there are), brought to the finest grid (bilinear), each layer made ``share``
+    channels' worth (``layer_vectors``) and the layers concatenated. (n, H, W, d) float32 on the
+    CPU, d = the sum over layers of min(channels, share)."""
+    joined = on_one_grid(features, layers, rows, smooth=neighbourhood).permute(0, 2, 3, 1)  # (n, H, W, C)
+    widths = [int(np.shape(features.trunk[name])[1]) for name in layers]
+    return torch.cat([layer_vectors(part, share) for part in torch.split(joined, widths, dim=-1)], dim=-1).contiguous()
 
 
 # --- greedy k-center coreset (sec. 3.2) -------------------------------------------------------

@@ -25,9 +25,11 @@ class PatchCoreParams(TorchHeadParams):
     neighbourhood: int = param(3, "p: each map is averaged over its p x p neighbourhood (stride 1, an odd p) before "
                                   "the layers are joined: the locally aware patch features (sec. 3.1); 1: none.",
                                low=1, high=15, paper=3, report="p = {}")
-    dim: int | str = param(1024, "Size of the patch vectors: the concatenated channels are adaptive-average-pooled "
-                                 "to DIM (as the authors' code does), or kept whole when they are no more than DIM "
-                                 "or with native.",
+    dim: int | str = param(1024, "Size of the patch vectors, shared equally among the layers as the authors' code "
+                                 "does (1024: 512 channels' worth each for two): a wider layer is adaptive-average-"
+                                 "pooled to its share, a narrower one kept whole and weighted as if its channels "
+                                 "were repeated up to it, so every layer weighs the same in the distances; native: "
+                                 "each layer whole, weighted up to the widest.",
                            kind="int", low=1, words=("native",), paper=1024, report="D = {}")
     coreset_fraction: float = param(
         0.1, "Fraction of all training patches kept in the memory bank by greedy k-center coreset selection (sec. "
