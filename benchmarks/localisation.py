@@ -45,6 +45,9 @@ def _text(path: Path) -> str:
     return path.read_text(errors="replace") if path.is_file() else ""
 
 
+ALL = "all"
+
+
 def size_of(defect_type: str) -> str:
     """The size part of a defect type ``<kind>_<size>``."""
     return defect_type.rpartition("_")[2]
@@ -63,6 +66,12 @@ def table(out: Path, textures: list[str], heads: list[str], about: str) -> str:
                 continue
             payload = metrics_file.read(path)
             pixel = payload.get("pixel", {}).get("per_class", {})
+            # "all": every defect type against the normal images at once (the metrics file's "overall").
+            entry = figures.setdefault(head, {}).setdefault(ALL, {})
+            entry.setdefault("image", []).append(payload["overall"]["auroc"])
+            if "pixel" in payload:
+                entry.setdefault("pixel", []).append(payload["pixel"]["overall"]["pixel_auroc"])
+                entry.setdefault("aupro", []).append(payload["pixel"]["overall"]["aupro"])
             for defect, metrics in payload["per_class"].items():
                 size = size_of(defect)
                 if size not in sizes:
@@ -72,7 +81,7 @@ def table(out: Path, textures: list[str], heads: list[str], about: str) -> str:
                 if defect in pixel:
                     entry.setdefault("pixel", []).append(pixel[defect]["pixel_auroc"])
                     entry.setdefault("aupro", []).append(pixel[defect]["aupro"])
-    order = [s for s in SIZES if s in sizes] + [s for s in sizes if s not in SIZES]
+    order = [s for s in SIZES if s in sizes] + [s for s in sizes if s not in SIZES] + [ALL]
 
     def cell(values: list[float] | None) -> str:
         return f"{100 * np.mean(values):.1f}" if values else "-"
@@ -80,7 +89,8 @@ def table(out: Path, textures: list[str], heads: list[str], about: str) -> str:
     lines = [f"# Localisation benchmark\n\n{about}\n",
              "Image AUROC / pixel AUROC / AUPRO (to 30% FPR, normalised), in percent, per defect size (the mean over "
              "the defect kinds of that size, `<kind>_<size>`, and over the folders) or per defect type (a type "
-             "named without a size). `-`: no figure (the head makes no anomaly maps, or the images have no "
+             "named without a size); `all`: every defect image against the normal ones at once, averaged over the "
+             "folders. `-`: no figure (the head makes no anomaly maps, or the images have no "
              "masks).\n",
              "| head | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
     for head in heads:
