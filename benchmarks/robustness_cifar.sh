@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# The robustness protocol on CIFAR-10 (README, "Robustness"): every head's SD (clean test set)
+# The robustness protocol on CIFAR-10 (docs/robustness.md): every head's SD (clean test set)
 # against its SPD (the same fitted head on the 15 corruptions at severity 5, labels unchanged),
 # on the CIFAR-10 JPEG copy through EfficientNet-Lite0 at 224x224.
 #
 #   bash benchmarks/robustness_cifar.sh            # severities 1,3,5, 100 test images per class
 #   SEVERITIES=5 PER_CLASS=100 bash benchmarks/robustness_cifar.sh
 #
-# The cache is the one the README's CIFAR-10 rows use (same options, so it is not extracted
+# The cache is the one the CIFAR-10 results pages use (same options, so it is not extracted
 # again: only the corrupted test splits are added to it; without it, this extracts it first,
 # about 46 + 30 min on 2 cores). The corrupted splits: 15 corruptions x the severities x
 # PER_CLASS x 10 test images (CIFAR-10-C's constants: the images are 32x32), corrupted at 32x32,
 # then resized like the clean ones. The clean test split stays whole (10,000 images); each
 # corrupted split's "clean, same images" AUROC is on the same subset. Writes, under $OUT:
 # one metrics file per head (with its shift section), extraction.txt (time and store size of
-# the corrupted splits, corruption cost per image), and report.md / report.html (the
-# robustness table, the heads x corruptions heat map, AUROC against severity).
+# the corrupted splits, corruption cost per image) and manifest.json (command, commit, date,
+# machine). The robustness table, the heads x corruptions heat map and AUROC against severity
+# are in the documentation's results pages: python -m pipeline.docs (dvc repro docs/dvc.yaml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-data/cifar10-jpg}
@@ -76,5 +77,7 @@ python -m stages.igd --cache "$C" --shift all --metrics "$OUT/igd.json"
 python -m stages.plume --cache "$C" --dim native --epochs 5 --shift all --metrics "$OUT/plume.json"
 python -m stages.anomem --cache "$C" --gammas none --shift all --metrics "$OUT/anomem.json"
 
-# 3. The report: robustness table, heat map, AUROC against severity.
-python -m pipeline.report build "$OUT" --out-md "$OUT/report.md" --out-html "$OUT/report.html"
+# 3. What this folder holds and how it was made (the tables: python -m pipeline.docs).
+python -m pipeline.manifest write "$OUT" --seconds "$(( $(date +%s) - start ))" \
+    --command "SEVERITIES=$SEVERITIES PER_CLASS=$PER_CLASS bash benchmarks/robustness_cifar.sh" \
+    --what "Every head on CIFAR-10 (EfficientNet-Lite0 224x224, default preprocessing), scored on the clean test set and on the 15 corruptions at severities $SEVERITIES ($PER_CLASS test images per class): SD against SPD."
