@@ -92,15 +92,16 @@ def test_the_semi_supervised_threshold_comes_from_the_normal_rows_only():
     np.testing.assert_allclose(head.threshold_, np.quantile(head.training_scores(train)[:60], 0.95))
 
 
-def test_the_readme_from_python_example_runs(synthetic_cache, tmp_path, monkeypatch):
-    """The README's notebook example, on the synthetic cache."""
+@pytest.mark.parametrize("page,after", [("README.md", "## From Python"), ("docs/python.md", "# From Python")])
+def test_the_readme_from_python_example_runs(page, after, synthetic_cache, tmp_path, monkeypatch):
+    """The notebook example of the README and of the docs, on the synthetic cache."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = readme.split("## From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    text = (Path(__file__).resolve().parents[1] / page).read_text()
+    code = text.split(after, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     code = code.replace("cache/digits_efficientnet_lite0_224.zarr", str(synthetic_cache.path))
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, page, "exec"), namespace)
     np.testing.assert_array_equal(namespace["flags"], (namespace["scores"] > namespace["head"].threshold_))
     assert namespace["wider"].k == 5 and (tmp_path / "heads" / "zero.head").is_file()
