@@ -56,7 +56,7 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="frozen-feature-ad", prog_name="ffad")
 def main() -> None:
     """One-class anomaly detection heads on cached frozen backbone features. Each command is
-    also ``python -m <module>`` (see the README); ``ffad COMMAND --help`` explains it."""
+    also ``python -m <module>`` (see docs/quickstart.md); ``ffad COMMAND --help`` explains it."""
 
 
 if __name__ == "__main__":

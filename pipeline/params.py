@@ -46,7 +46,7 @@ class StageParams:
 
 @dataclass
 class ShiftParams:
-    """The robustness protocol's section (README, Robustness)."""
+    """The robustness protocol's section (docs/robustness.md)."""
 
     splits: str = param("none", "Robustness protocol: each class's head, fitted once, also scores these corrupted "
                                 "copies of the test split (made by extract --corruptions): all, or comma-separated "

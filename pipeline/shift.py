@@ -72,7 +72,7 @@ def resolve_shift(cache: "FeatureCache", selection: str | Sequence[str], labels:
     available = [split for split in cache.derived_splits if cache.split_description(split).get("corruption")]
     if not available:
         raise PipelineError(f"{cache.path} has no corrupted test splits for --shift: extract them with python -m "
-                            f"pipeline.extract ... --corruptions all (README, Robustness).")
+                            f"pipeline.extract ... --corruptions all (docs/robustness.md).")
     if [item.lower() for item in items] == ["all"]:
         chosen = available
     else:
