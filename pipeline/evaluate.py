@@ -206,10 +206,10 @@ def fit_and_score(run: Run, data: EvaluationData | None = None, on_epoch: Callab
         shift = shift_metrics(plan.shift, task.normal, scores,
                               {split: (head.score_samples(features), labels, rows)
                                for split, (features, labels, rows) in data.shifted.items()})
-    controls, diagnostics = {}, {}
+    controls = {}
     if labels is None:  # one-class: what the head's score is made of
         controls = {name: np.asarray(control) for name, control in head.control_scores(data.test).items()}
-        diagnostics = head.diagnostics(data.test)
+    diagnostics = head.diagnostics(data.test)
     result = grade(protocol.test_is_anomaly, scores, controls, first)
     if curve:
         best = max(curve, key=lambda r: r["test_auroc"])

@@ -170,7 +170,7 @@ def test_the_paper_preset_is_the_papers_literal_form_and_the_defaults_are_params
     from pipeline.params import PROJECT_PARAMS
 
     preset = {k: v for k, v in PARAMS.PRESETS["paper"].items() if k != "about"}
-    assert preset == dict(PAPER, semi_stage_a="retrain")
+    assert preset == dict(PAPER, semi_stage_a="retrain", semi_score="classifier")
     declared, default = {**specs(PARAMS), **specs(RUN)}, {**defaults(PARAMS), **defaults(RUN)}
     assert all(declared[k].paper == v for k, v in preset.items())
     section = yaml.safe_load(PROJECT_PARAMS.read_text())["anomem"]
@@ -318,6 +318,79 @@ def test_semi_supervised_head_trains_classifiers_and_uses_the_labels():
     assert roc_auc_score(is_anomaly, head.score_samples(test)) > 0.9
     one_class = AnoMemHead(**config).fit(bundle(plain, both))  # the same rows, no labels: no classifiers
     assert len(one_class.classifiers_) == 0
+
+
+def _semi_rows(labelled: int, seed: int = 0):
+    """Normal rows in a 3-d subspace with noise; anomalies shifted along one fixed direction, by
+    about half the noise's norm, so the one-class score ranks them imperfectly and labelled ones
+    of the same kind can teach more: 200 normal training rows, ``labelled`` anomalies, their
+    views, and a test set of 200 + 200."""
+    rng = np.random.default_rng(seed)
+    basis_map, basis_vec = rng.normal(size=(3, 8)), rng.normal(size=(3, 16))
+    defect_map, defect_vec = rng.normal(size=8), rng.normal(size=16)
+
+    def sample(n: int, anomalous: bool) -> dict:
+        coeff = rng.normal(size=(n, 4, 3))
+        maps = coeff @ basis_map + rng.normal(0, 0.3, (n, 4, 8))
+        vec = coeff.mean(axis=1) @ basis_vec + rng.normal(0, 0.3, (n, 16))
+        if anomalous:
+            maps = maps + 0.5 * rng.normal(1, 0.3, (n, 4, 1)) * defect_map
+            vec = vec + 0.5 * rng.normal(1, 0.3, (n, 1)) * defect_vec
+        return {"pooled": vec.astype(np.float32),
+                "layer": maps.transpose(0, 2, 1).reshape(n, 8, 2, 2).astype(np.float32)}
+
+    normal, anomalies = sample(200, False), sample(labelled, True)
+    plain = {k: np.concatenate([normal[k], anomalies[k]]) for k in normal}
+    views = {k: np.stack([v + rng.normal(0, 0.05, v.shape).astype(np.float32) for _ in range(2)], axis=1)
+             for k, v in plain.items()}
+    test_normal, test_anomalies = sample(200, False), sample(200, True)
+    test = {k: np.concatenate([test_normal[k], test_anomalies[k]]) for k in normal}
+    return bundle(plain, views), np.r_[np.zeros(200, int), np.ones(labelled, int)], test, np.r_[np.zeros(200),
+                                                                                                  np.ones(200)]
+
+
+SEMI_CONFIG = dict(epochs=5, sup_epochs=100, batch_size=64, slots_intermediate=16, slots_last=16, proj_dim=16,
+                   proj_hidden=32)
+
+
+def test_combined_semi_score_is_the_one_class_score_with_one_labelled_anomaly():
+    """One labelled anomaly cannot be cross-validated: the weight is 0 and the head ranks the
+    test images exactly as its one-class stage does (same stage A, warm start)."""
+    import copy
+
+    features, labels, test, _ = _semi_rows(labelled=1)
+    one_class = AnoMemHead(**SEMI_CONFIG).fit(features.take(np.flatnonzero(labels == 0)))
+    semi = copy.deepcopy(one_class).set_params(warm_start=True).fit(features, labels)
+    assert semi.mix_["weight"] == 0.0 and semi.mix_["folds"] == 1
+    standardised = (one_class.score_samples(test) - semi.mix_["one_class"][0]) / semi.mix_["one_class"][1]
+    np.testing.assert_allclose(semi.score_samples(test), standardised, rtol=1e-6, atol=1e-9)
+
+
+def test_combined_semi_score_gives_helpful_labels_weight():
+    """Ten labelled anomalies like the test ones: the cross-validation gives the classifiers
+    weight, and the head ranks the test set better than its one-class stage."""
+    import copy
+
+    features, labels, test, is_anomaly = _semi_rows(labelled=10)
+    one_class = AnoMemHead(**SEMI_CONFIG).fit(features.take(np.flatnonzero(labels == 0)))
+    semi = copy.deepcopy(one_class).set_params(warm_start=True).fit(features, labels)
+    assert semi.mix_["weight"] > 0 and semi.mix_["folds"] == 5
+    assert (roc_auc_score(is_anomaly, semi.score_samples(test))
+            > roc_auc_score(is_anomaly, one_class.score_samples(test)) + 0.05)
+
+
+def test_mix_weight_is_the_cross_validated_best_and_survives_saving():
+    """The chosen weight maximises the recorded held-out AUROC, ties going to the smaller weight;
+    a head rebuilt from its state scores the same."""
+    from pipeline.heads.anomem.head import MIX_WEIGHTS
+
+    features, labels, test, _ = _semi_rows(labelled=10)
+    head = AnoMemHead(**SEMI_CONFIG).fit(features, labels)
+    cv = {float(w): a for w, a in head.mix_["cv_auroc"].items()}
+    assert set(cv) == set(MIX_WEIGHTS)
+    assert head.mix_["weight"] == min(w for w in MIX_WEIGHTS if cv[w] == max(cv.values()))
+    rebuilt = AnoMemHead._from_state(head._state())
+    np.testing.assert_allclose(rebuilt.score_samples(test), head.score_samples(test), rtol=1e-6)
 
 
 def test_head_refuses_missing_scales_and_views():

@@ -91,19 +91,23 @@ def evaluate(run: StageRun) -> dict:
         semi = evaluate_one_vs_all(run.cache, run.head, run.tasks, seeds=range(run.run["draws"]), gamma=gamma,
                                    start_from=stage_a, client=run.client, desc=f"{label} gamma {gamma}")
         for name, r in semi.items():
-            results[name].setdefault("semi_supervised", {})[str(gamma)] = {"metrics": r["metrics"], "runs": r["runs"]}
+            results[name].setdefault("semi_supervised", {})[str(gamma)] = {"metrics": r["metrics"], "runs": r["runs"],
+                                                                            "diagnostics": r["diagnostics"]}
     return results
 
 
 def semi_supervised(results: dict[str, dict], draws: int, stage_a: str) -> dict:
     """Per gamma: the mean AUROC over classes and draws, its spread over draws (of the mean over
-    classes), and per class the mean and std over draws."""
+    classes), and per class the mean and std over draws (and the mean weight the combined score
+    gave the classifiers, where it has one)."""
     import numpy as np
 
     section = {}
     for gamma in next(iter(results.values())).get("semi_supervised", {}):
         by_class = {name: r["semi_supervised"][gamma] for name, r in results.items()}
-        per_class = {name: {"auroc": round(r["metrics"]["auroc"], 6), "auroc_std": round(r["metrics"]["auroc_std"], 6)}
+        # semi_weight: the classifiers' weight beside the one-class score (semi_score "combined"), mean over draws.
+        per_class = {name: {"auroc": round(r["metrics"]["auroc"], 6), "auroc_std": round(r["metrics"]["auroc_std"], 6),
+                            **{k: round(v, 6) for k, v in r.get("diagnostics", {}).items() if k == "semi_weight"}}
                      for name, r in by_class.items()}
         per_draw = np.array([[one["auroc"] for one in r["runs"]] for r in by_class.values()])  # classes x draws
         section[gamma] = {"mean": {"auroc": round(float(per_draw.mean()), 6),

@@ -8,7 +8,12 @@ frozen, so what is trained is a small projection per scale plus the memories:
   1 (normal samples only) and view 2, plus the variance loss;
 - stage B: one-class, the scale-weighted L2 norm of ``z - HF(z)`` (eq. 8, 9, 13); or,
   given labelled anomalies, one pooled 2-layer MLP per scale on ``z - HF(z)`` trained with
-  the double-hinge loss (eq. 10-12).
+  the double-hinge loss (eq. 10-12). With ``semi_score="combined"`` (the default, an
+  adaptation) the semi-supervised score is the one-class score plus a weight times the
+  classifiers' score, both standardised on the normal training rows, the weight chosen by
+  stratified cross-validation on the training rows (0, the one-class score alone, where fewer
+  than 2 anomalies are labelled): with one labelled anomaly per class on digits, the
+  classifiers alone scored 73.1 AUROC against the one-class 99.1.
 
 Ablations (section 4.4): ``scales="last"`` (one scale), ``memory="kmeans"`` (stage A without
 memory, then k-means centroids of the projected normal features as the memory).
@@ -47,7 +52,12 @@ from pipeline.heads.base import POOLED, EpochCallback, Features, Head
 
 # Parameters of heads saved before these options existed, as those heads scored (the divisor
 # of each projection's input is stored in the file: "dimension" reads it as it is).
-LEGACY_PARAMS = {"retrieval": "dot", "standardise": "dimension", "projection": "mlp"}
+LEGACY_PARAMS = {"retrieval": "dot", "standardise": "dimension", "projection": "mlp", "semi_score": "classifier"}
+
+# semi_score="combined": the candidate weights of the classifiers' standardised score beside the
+# one-class one (inf: the classifiers alone), and the cross-validation folds that choose among them.
+MIX_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 10.0, float("inf"))
+MIX_FOLDS = 5
 
 
 def positions(array: np.ndarray | torch.Tensor, views: bool = False) -> torch.Tensor:
@@ -82,6 +92,7 @@ class AnoMemHead(AnoMemParams, Head):
         self.memories_ = torch.nn.ModuleDict()
         self.classifiers_ = torch.nn.ModuleDict()
         self.history_: list[dict] = []
+        self.mix_: dict = {}  # semi_score="combined": the chosen weight and standardisations (_choose_mix)
 
     # --- which scales --------------------------------------------------------------------
 
@@ -154,7 +165,7 @@ class AnoMemHead(AnoMemParams, Head):
         self._stage_a(view_data, plain, normal, generator, callback)
         if self.memory == "kmeans":
             self._kmeans_memories(plain, normal)
-        self.classifiers_ = torch.nn.ModuleDict()
+        self.classifiers_, self.mix_ = torch.nn.ModuleDict(), {}
         if not bool(normal.all()):
             self._stage_b_supervised(plain, normal, generator)
 
@@ -169,7 +180,6 @@ class AnoMemHead(AnoMemParams, Head):
         if normal.all() or not normal.any():
             raise PipelineError("semi-supervised training needs both normal images and labelled anomalies.")
         plain = {s: positions(train[s]).to(device) for s in self.scales_}
-        self.classifiers_ = torch.nn.ModuleDict()
         torch.manual_seed(seed)
         self._stage_b_supervised(plain, normal, torch.Generator().manual_seed(seed))
         return self
@@ -280,28 +290,102 @@ class AnoMemHead(AnoMemParams, Head):
 
     def _stage_b_supervised(self, plain: dict[str, torch.Tensor], normal: torch.Tensor,
                             generator: torch.Generator) -> None:
+        """Stage B, semi-supervised: the classifiers on every training row; with
+        ``semi_score="combined"``, first the weight of their score beside the one-class one."""
         deltas = {s: self._difference(s, plain[s]) for s in self.scales_}
+        self.mix_ = self._choose_mix(deltas, normal, generator) if self.semi_score == "combined" else {}
+        self.classifiers_ = self._train_classifiers(deltas, normal, generator)
+
+    def _train_classifiers(self, deltas: dict[str, torch.Tensor], normal: torch.Tensor,
+                           generator: torch.Generator) -> torch.nn.ModuleDict:
+        """Eq. 10-12: one classifier per scale on the rows of ``deltas`` (``z - HF(z)``)."""
+        classifiers = torch.nn.ModuleDict()
         for s in self.scales_:
             _, n_positions, dim = deltas[s].shape
-            self.classifiers_[self._module_key(s)] = ScaleClassifier(dim, n_positions, self.sup_pool,
-                                                                    self.sup_hidden).to(normal.device)
-        optimiser = torch.optim.AdamW(self.classifiers_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            classifiers[self._module_key(s)] = ScaleClassifier(dim, n_positions, self.sup_pool,
+                                                               self.sup_hidden).to(normal.device)
+        optimiser = torch.optim.AdamW(classifiers.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         n = len(normal)
         steps = self.sup_epochs * max(1, -(-n // self.batch_size))
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
-        self.classifiers_.train()
+        classifiers.train()
         for _ in range(self.sup_epochs):
             order = torch.randperm(n, generator=generator).to(normal.device)
             for start in range(0, n, self.batch_size):
                 batch = order[start:start + self.batch_size]
                 # Eq. 12: the double-hinge loss averaged over scales and samples.
-                loss = sum(double_hinge(self.classifiers_[self._module_key(s)](deltas[s][batch]), normal[batch],
+                loss = sum(double_hinge(classifiers[self._module_key(s)](deltas[s][batch]), normal[batch],
                                         self.margin) for s in self.scales_) / len(self.scales_)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
                 schedule.step()
-        self.classifiers_.eval()
+        classifiers.eval()
+        return classifiers
+
+    @torch.no_grad()
+    def _classifier_score(self, classifiers: torch.nn.ModuleDict, deltas: dict[str, torch.Tensor]) -> np.ndarray:
+        """Eq. 13 on the classifiers' outputs."""
+        return self._weighted({s: classifiers[self._module_key(s)](deltas[s]).cpu().numpy().astype(np.float64)
+                               for s in self.scales_})
+
+    def _one_class_score(self, deltas: dict[str, torch.Tensor]) -> np.ndarray:
+        """Eq. 9 and 13: the scale-weighted norms of ``z - HF(z)``."""
+        return self._weighted({s: deltas[s].flatten(1).norm(dim=1).cpu().numpy().astype(np.float64)
+                               for s in self.scales_})
+
+    def _choose_mix(self, deltas: dict[str, torch.Tensor], normal: torch.Tensor,
+                    generator: torch.Generator) -> dict:
+        """The weight ``w`` of ``standardised one-class + w x standardised classifiers``, chosen
+        among ``MIX_WEIGHTS`` by stratified ``MIX_FOLDS``-fold cross-validation on the training
+        rows: each fold's classifiers are trained on the other folds and score the held-out rows;
+        the weight whose held-out scores rank the labelled anomalies above the normal rows best
+        (AUROC, ties to the smaller weight) is kept. The one-class score of the training rows is
+        in-sample (stage A saw every normal row), which favours small weights: the head leans to
+        the one-class score it would have without labels. The classifiers' score is standardised
+        with its held-out normal rows (the final classifiers' outputs on their own training rows
+        would be squeezed by the hinge), the one-class score with all normal training rows."""
+        from sklearn.metrics import roc_auc_score
+
+        is_normal = normal.cpu().numpy().astype(bool)
+        one_class = self._one_class_score(deltas)
+        one_class_scale = (float(one_class[is_normal].mean()), float(one_class[is_normal].std()) or 1.0)
+        anomalies = np.flatnonzero(~is_normal)
+        folds = min(MIX_FOLDS, len(anomalies))
+        if folds < 2:
+            return {"weight": 0.0, "one_class": one_class_scale, "classifier": (0.0, 1.0), "folds": folds,
+                    "cv_auroc": {}}
+        # Stratified folds: the normal and the anomalous rows each dealt out in a random order.
+        fold_of = np.empty(len(is_normal), dtype=np.int64)
+        for rows in (np.flatnonzero(is_normal), anomalies):
+            order = torch.randperm(len(rows), generator=generator).numpy()
+            fold_of[rows[order]] = np.arange(len(rows)) % folds
+        held_out = np.empty(len(is_normal))
+        for fold in range(folds):
+            inside = torch.as_tensor(np.flatnonzero(fold_of != fold), device=normal.device)
+            classifiers = self._train_classifiers({s: d[inside] for s, d in deltas.items()}, normal[inside], generator)
+            rows = np.flatnonzero(fold_of == fold)
+            held_out[rows] = self._classifier_score(classifiers, {s: d[rows] for s, d in deltas.items()})
+        classifier_scale = (float(held_out[is_normal].mean()), float(held_out[is_normal].std()) or 1.0)
+        cv_auroc = {}
+        for weight in MIX_WEIGHTS:
+            mixed = self._mix(one_class, held_out, {"weight": weight, "one_class": one_class_scale,
+                                                    "classifier": classifier_scale})
+            cv_auroc[weight] = float(roc_auc_score(~is_normal, mixed))
+        best = max(cv_auroc.values())
+        weight = min(w for w, auroc in cv_auroc.items() if auroc >= best - 1e-12)
+        return {"weight": weight, "one_class": one_class_scale, "classifier": classifier_scale, "folds": folds,
+                "cv_auroc": {str(w): round(a, 6) for w, a in cv_auroc.items()}}
+
+    @staticmethod
+    def _mix(one_class: np.ndarray, classifier: np.ndarray, mix: dict) -> np.ndarray:
+        """``standardised one-class + weight x standardised classifiers`` (the classifiers alone
+        for an infinite weight)."""
+        (oc_mean, oc_std), (clf_mean, clf_std) = mix["one_class"], mix["classifier"]
+        standard_classifier = (classifier - clf_mean) / clf_std
+        if np.isinf(mix["weight"]):
+            return standard_classifier
+        return (one_class - oc_mean) / oc_std + mix["weight"] * standard_classifier
 
     # --- scoring -----------------------------------------------------------------------
 
@@ -343,8 +427,20 @@ class AnoMemHead(AnoMemParams, Head):
         return sum(self.weights_[s] * per_scale[s] for s in self.scales_) / sum(self.weights_.values())
 
     def score_samples(self, features: Features | dict[str, np.ndarray]) -> np.ndarray:
-        """Eq. 13 on the per-scale scores (``scale_scores``)."""
-        return self._weighted(self.scale_scores(Features.of(features).scales()))
+        """Eq. 13 on the per-scale scores (``scale_scores``); with classifiers and
+        ``semi_score="combined"``, their score mixed with the one-class one (``_choose_mix``)."""
+        test = Features.of(features).scales()
+        if not self.classifiers_ or not self.mix_:
+            return self._weighted(self.scale_scores(test))
+
+        def both(scale: str, vectors: torch.Tensor) -> torch.Tensor:
+            delta = self._difference(scale, vectors)
+            return torch.stack([delta.flatten(1).norm(dim=1), self.classifiers_[self._module_key(scale)](delta)], 1)
+
+        per_scale = self._per_scale(test, both)
+        one_class = self._weighted({s: v[:, 0] for s, v in per_scale.items()})
+        classifier = self._weighted({s: v[:, 1] for s, v in per_scale.items()})
+        return self._mix(one_class, classifier, self.mix_)
 
     # --- controls (graded and recorded by the evaluation, pipeline.evaluate) ------------------
 
@@ -370,7 +466,9 @@ class AnoMemHead(AnoMemParams, Head):
         """How peaked the retrieval softmax is on these images, per scale (``intermediate``,
         ``last``), averaged over images and positions: ``retrieval_entropy_<scale>``, its
         entropy over the log of the number of slots (1: flat, all slots alike; 0: one slot),
-        and ``retrieval_top_weight_<scale>``, its largest weight. Reads no labels."""
+        and ``retrieval_top_weight_<scale>``, its largest weight. Reads no labels. A
+        semi-supervised head with the combined score adds ``semi_weight``, the classifiers'
+        weight its cross-validation chose (``inf``: the classifiers alone, stated as 1e9)."""
         test = Features.of(features).scales()
 
         def softmax_of(scale: str, vectors: torch.Tensor) -> torch.Tensor:
@@ -383,6 +481,8 @@ class AnoMemHead(AnoMemParams, Head):
             role = "last" if s == POOLED else "intermediate"
             out[f"retrieval_entropy_{role}"] = float(values[:, 0].mean())
             out[f"retrieval_top_weight_{role}"] = float(values[:, 1].mean())
+        if self.classifiers_ and self.mix_:
+            out["semi_weight"] = min(float(self.mix_["weight"]), 1e9)  # JSON has no infinity
         return out
 
     # --- saving (pipeline.heads.saving) -------------------------------------------------------
@@ -401,7 +501,15 @@ class AnoMemHead(AnoMemParams, Head):
                 "positions": {s: int(self.classifiers_[self._module_key(s)].grid ** 2) for s in self.scales_
                               if self._module_key(s) in self.classifiers_},
                 "projections": on_cpu(self.projections_), "memories": on_cpu(self.memories_),
-                "classifiers": on_cpu(self.classifiers_)}
+                "classifiers": on_cpu(self.classifiers_), "mix": self._mix_state()}
+
+    def _mix_state(self) -> dict:
+        """``mix_`` in plain numbers (the weight as a string: JSON and weights_only loads keep "inf")."""
+        if not self.mix_:
+            return {}
+        return {"weight": str(self.mix_["weight"]), "one_class": [float(v) for v in self.mix_["one_class"]],
+                "classifier": [float(v) for v in self.mix_["classifier"]], "folds": int(self.mix_["folds"]),
+                "cv_auroc": dict(self.mix_["cv_auroc"])}
 
     @classmethod
     def _from_state(cls, state: dict, device: str = "cpu") -> "AnoMemHead":
@@ -419,6 +527,9 @@ class AnoMemHead(AnoMemParams, Head):
         head.projections_.load_state_dict(state["projections"])
         head.memories_.load_state_dict(state["memories"])
         head.classifiers_.load_state_dict(state["classifiers"])
+        mix = state.get("mix") or {}
+        head.mix_ = {**mix, "weight": float(mix["weight"]), "one_class": tuple(mix["one_class"]),
+                     "classifier": tuple(mix["classifier"])} if mix else {}
         for modules in (head.projections_, head.memories_, head.classifiers_):
             modules.to(device).eval()
         return head

@@ -20,6 +20,7 @@ STANDARDISE_CHOICES = ("l2", "global", "dimension")  # how the frozen features a
 RETRIEVAL_CHOICES = ("cosine", "dot")          # cosine: normalised queries and slots (adaptation); dot: the paper's
 SLOT_INIT_CHOICES = ("data", "random")         # data: projected normal training vectors (adaptation); random: paper's
 SEMI_STAGE_A_CHOICES = ("retrain", "reuse")
+SEMI_SCORE_CHOICES = ("combined", "classifier")  # combined: one-class + weighted classifier (adaptation)
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -31,7 +32,7 @@ class AnoMemParams(TorchHeadParams):
                            "steps, and stage A retrained with the labelled anomalies",
                   "projection": "mlp", "standardise": "dimension", "retrieval": "dot", "beta": 2.0,
                   "slot_init": "random", "lambda_recall": 0.0, "variance_hinge": None, "min_steps": 1,
-                  "semi_stage_a": "retrain"},
+                  "semi_stage_a": "retrain", "semi_score": "classifier"},
     }
 
     scales: str = param("multi", "multi: the intermediate map and the pooled vector (paper); last: the pooled vector "
@@ -88,6 +89,13 @@ class AnoMemParams(TorchHeadParams):
     margin: float = param(2.0, "Double-hinge margin M.", low=0, low_open=True, paper=2.0)
     sup_epochs: int = param(30, "Stage B epochs of the semi-supervised classifiers.", low=1,
                             report="{} epochs (stage B)")
+    semi_score: str = param(
+        "combined", "The semi-supervised score. combined: the one-class score plus a weight times the classifiers' "
+                    "score, both standardised on the normal training rows, the weight chosen by cross-validation on "
+                    "the training rows among 0 (one-class alone) to the classifiers alone, 0 where fewer than 2 "
+                    "anomalies are labelled (adaptation: a few labels otherwise make the head worse than ignoring "
+                    "them); classifier: the classifiers' score alone (paper, eq. 13).",
+        choices=SEMI_SCORE_CHOICES, paper="classifier", report="{} semi-supervised score")
     sup_pool: int = param(1, "Side of the grid a difference map is average-pooled to before its classifier.", low=1)
     sup_hidden: int = param(128, "Hidden width of the stage B classifiers.", low=1)
     seed: int = param(0, "Seed of the initialisation, the batches and the sampled positions (set per run by the "
