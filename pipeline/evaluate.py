@@ -67,6 +67,7 @@ class Plan:
     keep_heads: bool = False        # return each task's first fitted head
     after_fit: AfterFit | None = None
     shift: ShiftPlan | None = None  # corrupted test splits the fitted head also scores
+    curve_epochs: tuple[int, ...] = ()  # with track_epochs: only after these epochs (empty: every epoch)
 
 
 @dataclass
@@ -189,8 +190,10 @@ def fit_and_score(run: Run, data: EvaluationData | None = None, on_epoch: Callab
 
     def record_epoch(fitted: Head, record: dict) -> None:
         entry = {"seed": seed, **record}
-        if plan.track_epochs:
-            entry["test_auroc"] = detection_metrics(protocol.test_is_anomaly, fitted.score_samples(data.test))["auroc"]
+        if plan.track_epochs:  # every epoch's training record; the test AUROC where it is scored
+            if not plan.curve_epochs or record["epoch"] in plan.curve_epochs:
+                entry["test_auroc"] = detection_metrics(protocol.test_is_anomaly,
+                                                        fitted.score_samples(data.test))["auroc"]
             curve.append(entry)
         if on_epoch is not None:
             on_epoch(entry)
@@ -211,8 +214,9 @@ def fit_and_score(run: Run, data: EvaluationData | None = None, on_epoch: Callab
         controls = {name: np.asarray(control) for name, control in head.control_scores(data.test).items()}
     diagnostics = head.diagnostics(data.test)
     result = grade(protocol.test_is_anomaly, scores, controls, first)
-    if curve:
-        best = max(curve, key=lambda r: r["test_auroc"])
+    scored = [r for r in curve if "test_auroc" in r]
+    if scored:
+        best = max(scored, key=lambda r: r["test_auroc"])
         result["metrics"].update(best_epoch_auroc=best["test_auroc"], best_epoch=best["epoch"])
     result.update(curves=curve, diagnostics=diagnostics, shift=shift, head=head if first and plan.keep_heads else None)
     if protocol.types:  # normal-vs-anomalies: each anomaly type against the normal test rows
@@ -287,7 +291,7 @@ def evaluate_one_vs_all(cache: FeatureCache, head: Head, classes: Sequence[int] 
                         train_access: str = "memory", client: "Client | None" = None,
                         after_fit: AfterFit | None = None, keep_heads: bool = False,
                         start_from: dict[str, Head] | None = None, desc: str = "classes",
-                        shift: ShiftPlan | None = None) -> dict[str, dict]:
+                        shift: ShiftPlan | None = None, curve_epochs: Sequence[int] = ()) -> dict[str, dict]:
     """Fit a fresh clone of ``head`` on each task, once per seed, and score the test set.
 
     ``classes``: the protocol's tasks (``pipeline.protocol.tasks``), or class indices, each in
@@ -298,8 +302,9 @@ def evaluate_one_vs_all(cache: FeatureCache, head: Head, classes: Sequence[int] 
     Returns, per task name (one-vs-all: the class name): ``metrics`` (the mean over seeds; for heads with a seed, also
     ``auroc_std`` and every run's metrics under ``runs``), the first seed's ``roc`` points and
     ``head`` (with ``keep_heads``), and the ``curves`` of every seed (``track_epochs``: the
-    test AUROC after each epoch, and ``best_epoch_auroc``, the paper's protocol, which picks
-    the epoch on the test set, in the metrics). With ``gamma`` > 0, each seed also draws its
+    test AUROC after each epoch, or only after those in ``curve_epochs``, and
+    ``best_epoch_auroc``, the paper's protocol, which picks the epoch on the test set, in the
+    metrics). With ``gamma`` > 0, each seed also draws its
     labelled anomalies from the other classes' training images (heads that use labels;
     one-vs-all only); ``start_from`` (task name -> a fitted head) makes each run go on from a copy of that head
     (``warm_start``). ``train_access`` "stream" or "dask" hands kNN its gallery chunk by chunk.
@@ -315,7 +320,7 @@ def evaluate_one_vs_all(cache: FeatureCache, head: Head, classes: Sequence[int] 
                             f"classes, and under {NORMAL_VS_ANOMALIES} the head trains on the normal images only "
                             f"(an anomaly_folder has no anomalies in train/): run one-class.")
     plan = Plan(str(Path(cache.path).resolve()), head, tuple(seeds), gamma, track_epochs, train_access, keep_heads,
-                after_fit, shift)
+                after_fit, shift, tuple(curve_epochs))
     runs = [Run(plan, task, i, None if start_from is None else start_from[task.name])
             for task in tasks for i in range(len(seeds))]
     if client is not None and train_access != "dask":

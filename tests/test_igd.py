@@ -226,6 +226,28 @@ def test_bad_configurations_and_inputs_are_clear_errors():
 
 # --- the command and the report -----------------------------------------------------------------
 
+def test_curve_epochs_score_the_test_set_only_after_those_epochs(synthetic_cache, tmp_path):
+    """--curve-epochs: every epoch's training record is kept, the test AUROC only after the chosen
+    epochs, and the best-epoch figure is over those; without --curves the option is refused."""
+    from pipeline.commands.igd import main
+
+    metrics, curves = tmp_path / "igd.json", tmp_path / "curves"
+    result = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--epochs", "3", "--hidden", "16",
+                                       "--classes", "0", "--metrics", str(metrics), "--curves", str(curves),
+                                       "--curve-epochs", "2,3"])
+    assert result.exit_code == 0, result.output
+    name = synthetic_cache.classes[0]
+    training = json.loads((curves / f"train_{name}.json").read_text())
+    assert [r["epoch"] for r in training] == [1, 2, 3]
+    assert ["test_auroc" in r for r in training] == [False, True, True]
+    payload = metrics_file.read(metrics)
+    assert payload["per_class"][name]["best_epoch"] in (2, 3)
+    assert payload["about"]["curve_epochs"] == [2, 3] and "scored epochs 2, 3 only" in payload["about"]["auroc_is"]
+    refused = CliRunner().invoke(main, ["--cache", str(synthetic_cache.path), "--metrics", str(tmp_path / "x.json"),
+                                        "--curve-epochs", "2"])
+    assert refused.exit_code != 0 and "--curves" in refused.output
+
+
 def test_igd_command_writes_final_and_best_epoch_metrics_curves_and_report_rows(synthetic_cache, tmp_path):
     from pipeline.commands.igd import main
     from pipeline.report.command import main as report_main

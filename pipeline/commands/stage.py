@@ -22,8 +22,9 @@ import click
 
 from pipeline import params
 from pipeline.cli import verbosity_options
-from pipeline.commands.options import apply_preset, declared_options, preset_option, scheduler_option
-from pipeline.declare import setting_words, specs
+from pipeline.commands.options import (DeclaredType, apply_preset, declared_options, preset_option,
+                                      scheduler_option)
+from pipeline.declare import Spec, setting_words, specs
 from pipeline.params import ShiftParams, StageParams, head_settings
 from pipeline.protocol import FROM_DATASET, NORMAL_VS_ANOMALIES, PROTOCOLS
 
@@ -90,6 +91,10 @@ def output_options(section: str, what_saved: str, curves: bool) -> Callable[[Cal
         options.insert(2, click.option(
             "--curves", "curves_dir", default=None,
             help="Folder for training curves (train_<class>.json: loss terms and test AUROC per epoch and seed)."))
+        options.insert(3, click.option(
+            "--curve-epochs", "curve_epochs", default=None, type=DeclaredType("curve_epochs", Spec("epochs", "ints", low=1)), metavar="E,E,...",
+            help="With --curves, score the test set only after these epochs (for example 1,5,10,15), not after "
+                 "every one: each scoring pass costs a pass over the test set. [default: every epoch]"))
     return lambda command: apply_options(command, options)
 
 
@@ -224,6 +229,9 @@ def _run(stage: Stage, ctx: click.Context, values: dict) -> None:
     common = {k: values.pop(k) for k in ("cache_path", "protocol", "expect", "scheduler", "metrics_path", "plots_dir",
                                          "save_dir", "splits", "labels", "classes")}
     curves_dir = values.pop("curves_dir", None)
+    curve_epochs = tuple(values.pop("curve_epochs", None) or ())
+    if curve_epochs and curves_dir is None:
+        raise click.UsageError("--curve-epochs chooses the epochs of the --curves files: give --curves too.")
     head_args = {k: values.pop(k) for k in list(values) if k in specs(head_params)}
     run = {k: values.pop(k) for k in list(values) if run_params is not None and k in specs(run_params)}
     extra = values  # the stage's own plain options
@@ -254,10 +262,14 @@ def _run(stage: Stage, ctx: click.Context, values: dict) -> None:
             results = stage.evaluate(state)
         else:
             results = evaluate_one_vs_all(cache, head, tasks, seeds=seeds, track_epochs=stage.curves, desc=desc,
-                                          client=client, after_fit=state.saver, shift=state.shift)
+                                          client=client, after_fit=state.saver, shift=state.shift,
+                                          curve_epochs=curve_epochs)
         about = describe(stage, head, run, seeds)
         if stage.curves:
             about["auroc_is"] = "final epoch; best_epoch_auroc = best test AUROC over epochs (peeks at the test set)"
+            if curve_epochs:
+                about["auroc_is"] += f", over the scored epochs {', '.join(map(str, curve_epochs))} only"
+                about["curve_epochs"] = list(curve_epochs)
         if stage.describe is not None:
             about.update(stage.describe(state))
         # The report's words, from the description as written (so that describe_metrics gives

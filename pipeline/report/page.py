@@ -97,11 +97,13 @@ def read_roc(path: Path) -> list[tuple[float, float]]:
 
 
 def read_training(path: Path) -> list[tuple[float, float]]:
-    """Test AUROC per epoch, the mean over seeds (a training file holds every seed's records)."""
+    """Test AUROC per epoch, the mean over seeds (a training file holds every seed's records;
+    with --curve-epochs only some epochs' records carry a test AUROC)."""
     try:
         by_epoch: dict[float, list[float]] = {}
         for record in json.loads(path.read_text()):
-            by_epoch.setdefault(float(record["epoch"]), []).append(float(record["test_auroc"]))
+            if "test_auroc" in record or "epoch" not in record:
+                by_epoch.setdefault(float(record["epoch"]), []).append(float(record["test_auroc"]))
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise PipelineError(f"{path} is not a training curve file ([{{epoch, test_auroc, ...}}, ...]): "
                             f"{error}") from error
