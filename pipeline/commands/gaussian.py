@@ -3,6 +3,7 @@ the cache's protocol).
 
     python -m stages.gaussian --cache cache/digits_efficientnet_lite0_224.zarr
     python -m stages.gaussian --cache cache/digits_efficientnet_lite0_224.zarr --scales multi
+    python -m stages.gaussian --cache cache/digits_efficientnet_lite0_224.zarr --scales multi --combine sum
 
 Its parameters are the head's (``pipeline/heads/gaussian/settings.py``); what is its own here:
 refusing --scales multi on a cache without intermediate maps before any fit, and the metrics'
@@ -39,7 +40,9 @@ STAGE = Stage(
     doc="""Score every test image by its squared Mahalanobis distance to the normal class's mean,
     under the class's Ledoit-Wolf shrunk covariance (scikit-learn), in float64, for each
     normal class in turn. CPU only.""",
-    desc=lambda run: f"Gaussian {run.head.scales}", check=check, describe=describe)
+    desc=lambda run: " ".join(["Gaussian", run.head.scales,
+                               *([run.head.combine] if run.head.combine != "concatenate" else [])]),
+    check=check, describe=describe)
 main = head_command(STAGE)
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ SCALING_WORDS = {"none": "no scaling", "standardise": "standardised", "l2": "L2-
 def setting(about: dict) -> str:
     if about.get("scales") == "multi":
         layers = " + ".join(about.get("layers") or ["pooled", "intermediate maps"])
-        vector = f"{layers} (maps average-pooled), concatenated"
+        combine = about.get("combine", "concatenate")  # metrics written before combine: concatenated
+        joined = {"sum": "one Gaussian per level, squared distances summed",
+                  "sum-distances": "one Gaussian per level, distances summed"}.get(combine, "concatenated")
+        vector = f"{layers} (maps average-pooled), {joined}"
     else:
         vector = "pooled vector"
     scaling = about.get("scaling", "none")
