@@ -12,7 +12,7 @@ from types import ModuleType
 
 from pipeline.errors import PipelineError
 
-HEADS = ("knn", "plume", "anomem", "igd", "gaussian", "classical", "panda", "patchcore", "padim")
+HEADS = ("knn", "plume", "anomem", "igd", "gaussian", "classical", "panda", "patchcore", "padim", "ensemble")
 
 
 def _part(name: str, part: str) -> ModuleType:
