@@ -166,7 +166,7 @@ def image_features(saved: SavedHead, paths: list[Path], device: torch.device, ba
     inputs = PreprocessedBatches(FileImages([str(p) for p in paths]), batches, preprocessing)
     pooled, pooled_maps = [], {name: [] for name in [*maps, *(f"trunk/{stage}" for stage in full)]}
     for _, out in backbone_batches(model, inputs, batches, maps, device, precision=precision,
-                                   engine=about.get("engine", "torch"), workers=workers,
+                                   engine=about.get("engine", "torch"), int8=about.get("int8"), workers=workers,
                                    desc=f"extract {model.spec.name}", full_maps=full):
         pooled.append(out["features"])
         for name, info in maps.items():

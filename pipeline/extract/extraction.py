@@ -40,15 +40,18 @@ def default_cache_path(dataset: str, backbone: str, image_size: int) -> Path:
 
 def cache_metadata(dataset: ImageDataset, backbone: str, weights, preprocessing: Preprocessing,
                    feature_dtype: str, maps: dict[str, dict], precision: str = "float32",
-                   trunk: dict | None = None, engine: str = "torch", patch: dict | None = None) -> dict:
+                   trunk: dict | None = None, engine: str = "torch", patch: dict | None = None,
+                   int8: dict | None = None) -> dict:
     """Everything that decides the numbers in a cache; compared on resume and by the heads.
     ``trunk`` (the full-resolution trunk map's stage and shape), ``patch`` (the patch heads'
-    stages and shapes) and ``engine`` (with its version) only when not the default, so caches
-    made without them keep their metadata."""
+    stages and shapes), ``engine`` (with its version) and ``int8`` (the quantised model's
+    record: its calibration, name and SHA-256, ``pipeline.extract.quantise``) only when not the
+    default, so caches made without them keep their metadata."""
     features = {"pooled": "global average of the last feature map", "dtype": feature_dtype, "maps": maps,
                 "compute_precision": precision, **({"trunk": trunk} if trunk else {}),
                 **({"patch": patch} if patch else {}),
-                **({"engine": engine, "engine_version": engine_version(engine)} if engine != "torch" else {})}
+                **({"engine": engine, "engine_version": engine_version(engine)} if engine != "torch" else {}),
+                **({"int8": int8} if int8 else {})}
     return {
         "dataset": dataset.describe(),
         "backbone": {"name": backbone, "weights": weights.tag, "weights_sha256": weights.sha256},
@@ -185,6 +188,12 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         patch = patch_stages(model, patch_maps)
         full = tuple(dict.fromkeys(([trunk] if trunk else []) + list(patch)))  # stored at full resolution
         dataset = drop_unreadable(dataset, skip_bad, workers, recorded_dataset(out))
+        int8 = None
+        if precision == "int8":  # calibrated on this dataset's training images; made once, kept in the store
+            from pipeline.extract.quantise import make_int8_model
+
+            int8 = make_int8_model(model, {"name": backbone, "weights": weights.tag, "weights_sha256": weights.sha256},
+                                   preprocessing, dataset, echo=click.echo)
 
         with torch.inference_mode():
             probe = model(torch.zeros(1, 3, preprocessing.image_size, preprocessing.image_size, device=device_),
@@ -197,7 +206,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         patch_info = None if not patch else {"stages": list(patch), "dtype": "float16",
                                              "shapes": {n: [int(d) for d in probe[n].shape[1:]] for n in patch}}
         metadata = cache_metadata(dataset, backbone, weights, preprocessing, feature_dtype, map_info, precision,
-                                  trunk_info, engine, patch_info)
+                                  trunk_info, engine, patch_info, int8)
         feature_dim = int(probe["pooled"].shape[1])
         specs = [ArraySpec("features", (feature_dim,), feature_dtype), ArraySpec("labels", (), "int64")]
         specs += [ArraySpec(f"maps/{name}", (info["channels"], map_grid, map_grid), map_dtype) for name, info in map_info.items()]
@@ -239,7 +248,7 @@ def extract(dataset: ImageDataset, backbone: str, preprocessing: Preprocessing, 
         with ChunkWriter() as writer:
             batches = backbone_batches(model, inputs, [rows for _, _, rows, _ in plan], map_info, device_,
                                        precision=precision, engine=engine, workers=workers,
-                                       desc=f"extract {backbone}", full_maps=full)
+                                       desc=f"extract {backbone}", full_maps=full, int8=int8)
             for (split, chunk, _, last), (_, outputs) in zip(plan, batches):
                 buffer.add(outputs)
                 if last:

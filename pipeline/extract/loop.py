@@ -26,8 +26,11 @@ from pipeline.errors import PipelineError
 from pipeline.extract.datasets import UnreadableImageError
 from pipeline.extract.preprocess import Preprocessing
 
-# Compute precision of the forward pass -> autocast dtype (None: plain float32, no autocast).
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Compute precision of the forward pass -> autocast dtype (None: plain float32, no autocast; int8:
+# ONNX Runtime only, a statically quantised model, pipeline/extract/quantise.py).
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.int8}
+# What the onnxruntime engine runs (float32 export, or the int8 quantised one).
+ONNX_PRECISIONS = ("float32", "int8")
 # What runs the forward pass: PyTorch (eager), or the same modules exported to ONNX and run by
 # ONNX Runtime's CPU execution provider (float32; 3.5x eager PyTorch for EfficientNet-Lite0 on
 # a 2-core AVX-512 CPU, features within 2e-6 relative: benchmarks/extraction_engines.py).
@@ -86,10 +89,13 @@ Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 def resolve_engine(engine: str, device: torch.device, precision: str) -> str:
     """``auto`` -> onnxruntime for float32 on the CPU (when it is installed: 3.6x PyTorch end to
-    end for EfficientNet-Lite0 here, the same features to 4e-6), else torch; any other name as
-    it is (checked)."""
+    end for EfficientNet-Lite0 here, the same features to 4e-6) and for int8 (which only it
+    runs), else torch; any other name as it is (checked)."""
     if engine == "auto":
-        if device.type != "cpu" or precision != "float32":
+        if precision == "int8":  # ONNX Runtime only (refused off the CPU by check_engine)
+            check_engine("onnxruntime", device, precision)
+            return "onnxruntime"
+        if device.type != "cpu" or precision not in ONNX_PRECISIONS:
             return "torch"
         try:
             import onnx  # noqa: F401
@@ -104,9 +110,12 @@ def resolve_engine(engine: str, device: torch.device, precision: str) -> str:
 def check_engine(engine: str, device: torch.device, precision: str) -> None:
     if engine not in ENGINES:
         raise PipelineError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}.")
-    if engine == "onnxruntime" and (device.type != "cpu" or precision != "float32"):
-        raise PipelineError(f"--engine onnxruntime runs float32 on the CPU (asked: {precision} on {device}); use "
-                            f"--engine torch for a GPU or another precision.")
+    if engine == "onnxruntime" and (device.type != "cpu" or precision not in ONNX_PRECISIONS):
+        raise PipelineError(f"--engine onnxruntime runs float32 on the CPU, or int8 (asked: {precision} on {device}); "
+                            f"use --engine torch for a GPU or another precision.")
+    if precision == "int8" and (engine != "onnxruntime" or device.type != "cpu"):
+        raise PipelineError(f"--precision int8 runs on the CPU with --engine onnxruntime (asked: --engine {engine} on "
+                            f"{device}); use --engine onnxruntime --device cpu, or another precision.")
 
 
 def torch_forward(model: torch.nn.Module, names: tuple[str, ...], device: torch.device, precision: str) -> Forward:
@@ -123,9 +132,11 @@ def torch_forward(model: torch.nn.Module, names: tuple[str, ...], device: torch.
 
 class OnnxForward:
     """``model(batch, names)`` exported to ONNX (at the first batch, which sets the image size;
-    the batch axis stays free) and run by ONNX Runtime on the CPU, as many threads as torch."""
+    the batch axis stays free) and run by ONNX Runtime on the CPU, as many threads as torch.
+    With ``path``, the ONNX model there instead (the int8 one, ``pipeline.extract.quantise``,
+    which returns every stage: ``names`` are fetched from it)."""
 
-    def __init__(self, model: torch.nn.Module, names: tuple[str, ...]) -> None:
+    def __init__(self, model: torch.nn.Module, names: tuple[str, ...], path: str | Path | None = None) -> None:
         try:
             import onnx  # noqa: F401  (torch.onnx.export needs it)
             import onnxruntime
@@ -133,41 +144,31 @@ class OnnxForward:
             raise PipelineError("--engine onnxruntime needs ONNX Runtime and onnx (pip install onnxruntime onnx; "
                                 "both are dependencies of this project).") from error
         self.runtime, self.model, self.names, self.session = onnxruntime, model, names, None
+        if path is not None:
+            self.session = self._session(str(path))
+
+    def _session(self, path: str):
+        options = self.runtime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        return self.runtime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     def _export(self, batch: torch.Tensor) -> None:
         import tempfile
-        import warnings
 
-        model, names = self.model.float().eval(), self.names
+        from pipeline.extract.quantise import export_onnx
 
-        class Outputs(torch.nn.Module):  # a tuple, as ONNX graphs return
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                out = self.model(images, names)
-                return (out["pooled"], *(out[name] for name in names))
-
-        outputs = ["pooled", *names]
-        with tempfile.TemporaryDirectory(prefix="ffad-onnx-") as folder, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        with tempfile.TemporaryDirectory(prefix="ffad-onnx-") as folder:
             path = str(Path(folder) / "backbone.onnx")
-            # In eval mode: the exporter puts the module back in the mode it found it in, and a new
-            # module is in training mode (batch norm would then use batch statistics in PyTorch).
-            torch.onnx.export(Outputs().eval(), (batch[:1].contiguous(),), path, input_names=["images"],
-                              output_names=outputs, dynamic_axes={n: {0: "batch"} for n in ["images", *outputs]},
-                              dynamo=False)
-            options = self.runtime.SessionOptions()
-            options.intra_op_num_threads = torch.get_num_threads()
-            self.session = self.runtime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            export_onnx(self.model, self.names, int(batch.shape[-1]), path)
+            self.session = self._session(path)
 
     def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         batch = batch.float().contiguous()
         if self.session is None:
             self._export(batch)
-        values = self.session.run(None, {"images": batch.numpy()})
-        return {name: torch.from_numpy(value) for name, value in zip(["pooled", *self.names], values)}
+        outputs = ["pooled", *self.names]
+        values = self.session.run(outputs, {"images": batch.numpy()})
+        return {name: torch.from_numpy(value) for name, value in zip(outputs, values)}
 
 
 def engine_version(engine: str) -> str:
@@ -198,7 +199,8 @@ def run_backbone(forward: Forward, batch: torch.Tensor, maps: Mapping[str, Mappi
 def backbone_batches(model: torch.nn.Module, inputs: Dataset, batch_rows: Sequence[Sequence[int]],
                      maps: Mapping[str, Mapping], device: torch.device, *, precision: str = "float32",
                      engine: str = "torch", workers: int = 0, desc: str = "extract", images_per_row: int = 1,
-                     full_maps: Sequence[str] = ()) -> Iterator[tuple[Sequence[int], dict[str, np.ndarray]]]:
+                     full_maps: Sequence[str] = (), int8: Mapping | None = None
+                     ) -> Iterator[tuple[Sequence[int], dict[str, np.ndarray]]]:
     """Run ``model`` over every batch of ``inputs`` and yield, in order, ``(rows, outputs)``:
     the rows ``batch_rows[i]`` that item i of ``inputs`` holds, and ``run_backbone``'s outputs.
 
@@ -208,6 +210,8 @@ def backbone_batches(model: torch.nn.Module, inputs: Dataset, batch_rows: Sequen
     recorded in the cache, since they change the numbers slightly. The progress bar counts
     ``images_per_row`` images per row (the augmented views run several copies of each image).
     ``full_maps``: stages whose full-resolution maps are also returned (``run_backbone``).
+    ``int8``: with ``precision`` int8, the record of the quantised model (the cache's
+    ``features.int8``, ``pipeline.extract.quantise``), found in the model store by it.
 
     An item of ``inputs`` that is an ``UnreadableImageError`` (an image that could not be
     decoded) is raised, after every batch before it has been yielded.
@@ -215,7 +219,17 @@ def backbone_batches(model: torch.nn.Module, inputs: Dataset, batch_rows: Sequen
     check_precision(precision)
     check_engine(engine, device, precision)
     names = tuple(dict.fromkeys((*maps, *full_maps)))
-    forward = torch_forward(model, names, device, precision) if engine == "torch" else OnnxForward(model, names)
+    if engine == "torch":
+        forward = torch_forward(model, names, device, precision)
+    elif precision == "int8":
+        from pipeline.extract.quantise import find_int8_model
+
+        if not int8:
+            raise PipelineError("int8 features are computed by a quantised model, and none is recorded here: the "
+                                "cache was not made by an int8 extraction of this version.")
+        forward = OnnxForward(model, names, find_int8_model(int8))
+    else:
+        forward = OnnxForward(model, names)
     loader = DataLoader(inputs, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
     total = sum(len(rows) for rows in batch_rows) * images_per_row

@@ -13,7 +13,7 @@ INTERPOLATION_NAMES = ("bilinear", "bicubic", "nearest")
 # with) and the device (precision: bfloat16 where it is native) are known; the cache records both.
 AUTO = "auto"
 NORMALISATION_NAMES = ("imagenet", "inception", "none")
-PRECISION_NAMES = ("float32", "bfloat16", "float16")
+PRECISION_NAMES = ("float32", "bfloat16", "float16", "int8")
 ENGINE_NAMES = ("torch", "onnxruntime")
 
 # The robustness protocol's corruptions (corruptions.py): the benchmark's 15, in its order: noise,

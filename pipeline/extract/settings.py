@@ -45,12 +45,15 @@ class ExtractParams:
     dtype: str = param("float32", "Storage type of the pooled features.", choices=("float32", "float16"))
     precision: str = param("float32", "Compute precision of the forward pass. auto: bfloat16 where it is native (a "
                                       "CPU with AVX512-BF16 or AMX, a GPU that supports it), else float32; "
-                                      "bfloat16/float16 use autocast (the features come out float32). The cache "
-                                      "records the one used (README, Speed).", choices=(AUTO, *PRECISION_NAMES))
+                                      "bfloat16/float16 use autocast (the features come out float32); int8 (CPU, "
+                                      "ONNX Runtime): the backbone statically quantised, calibrated on 256 training "
+                                      "images of the dataset drawn with seed 0, made once and kept in "
+                                      "$FFAD_MODEL_STORE (default ~/.cache/ffad/models). The cache records the one "
+                                      "used, and int8's calibration (README, Speed).", choices=(AUTO, *PRECISION_NAMES))
     engine: str = param(AUTO, "What runs the forward pass: torch (PyTorch, any device and precision); onnxruntime "
                               "(the same modules exported to ONNX and run by ONNX Runtime, float32 on the CPU: 3.6x "
                               "PyTorch end to end for EfficientNet-Lite0 on a 2-core CPU, the same features to 4e-6 "
-                              "relative); auto: onnxruntime for float32 on the CPU, else torch. Recorded in the "
+                              "relative); auto: onnxruntime for float32 and int8 on the CPU, else torch. Recorded in the "
                               "cache, and used again for its views and to score new images with its heads.",
                         choices=(AUTO, *ENGINE_NAMES))
     batch_size: int = param(64, "Images per forward pass.", low=1, high=4096)

@@ -155,6 +155,7 @@ def extract_views(dataset: ImageDataset, cache: FeatureCache, loaded, *, views: 
             batches = backbone_batches(loaded[0], inputs, [batch_rows for _, batch_rows, _ in plan], maps_info,
                                        device_, precision=parent["features"].get("compute_precision", "float32"),
                                        engine=parent["features"].get("engine", "torch"),
+                                       int8=parent["features"].get("int8"),
                                        workers=workers, desc=f"views x{views}", images_per_row=views)
             for (chunk, _, last), (batch_rows, outputs) in zip(plan, batches):
                 n = len(batch_rows)
