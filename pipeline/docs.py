@@ -61,10 +61,14 @@ class Config:
     summary_params: str | None = None
     results_dir: str | None = None  # the study folders whose index (pipeline.manifest) is written too
     pages: dict[str, dict] = field(default_factory=dict)  # table heading -> {slug, title, about}
+    # source -> params file: keep only that source's runs made with the params file's dataset,
+    # backbones and image size (as the report stage's --params), so that metrics of your own runs
+    # in metrics/ (an anomaly folder, another backbone) do not enter the default pipeline's table.
+    filter_params: dict[str, str] = field(default_factory=dict)
 
 
 KEYS = {"sources", "page_only_sources", "out", "html", "readme", "heads_dir", "plots_dirs", "intro", "headline", "summary",
-        "summary_params", "pages", "results_dir"}
+        "summary_params", "pages", "results_dir", "filter_params"}
 
 
 def read_config(path: str | Path) -> Config:
@@ -87,15 +91,16 @@ def slug(text: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", text.lower())).strip("-")
 
 
-def _files(config: Config, paths: list[str]) -> list[Path]:
-    files: list[Path] = []
+def _files(config: Config, paths: list[str]) -> list[tuple[Path, str]]:
+    """(metrics file, the source entry that named it)."""
+    files: list[tuple[Path, str]] = []
     for name in paths:
         path = config.root / name
         if path.is_dir():
-            files.extend(sorted(f for f in path.glob("*.json") if not f.name.endswith(".about.json")
-                                and f.name not in ("timings.json", "manifest.json")))
+            files.extend((f, name) for f in sorted(path.glob("*.json")) if not f.name.endswith(".about.json")
+                         and f.name not in ("timings.json", "manifest.json"))
         elif path.is_file():
-            files.append(path)
+            files.append((path, name))
         else:
             raise PipelineError(f"{name} (named in the results config) does not exist.")
     return files
@@ -109,15 +114,20 @@ def _relative(config: Config, path: Path) -> Path:
 
 
 def load_groups(config: Config, paths: list[str]) -> list[Group]:
+    from pipeline.report.command import made_with
+
     runs = []
-    for file in _files(config, paths):
+    for file, source in _files(config, paths):
         rel = _relative(config, file)
         plots, curves = discover_plots(file)
         if str(rel) in config.plots_dirs:
             plots, curves = config.root / config.plots_dirs[str(rel)], None
+        params = config.filter_params.get(source)
+        wanted = yaml.safe_load((config.root / params).read_text()) or {} if params else None
         for run in runs_of(file, plots, curves):
             run.source = rel  # captions name the files as the repository does
-            runs.append(run)
+            if wanted is None or made_with(run.about, wanted):
+                runs.append(run)
     return group_runs(runs)
 
 

@@ -93,7 +93,15 @@ def test_every_command_and_option_the_docs_show_exists():
 
 
 def test_the_generated_parts_are_current():
+    """Checked against the committed metrics files: after a local run changed them (dvc repro on
+    another machine can round differently), the pages follow only once regenerated."""
     from pipeline.docs import orphans, read_config, render, stale
+
+    local = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "metrics", "results"],
+                           cwd=REPO, capture_output=True, text=True)
+    if local.returncode == 0 and local.stdout.strip():
+        pytest.skip("metrics files differ from the commit (a local run): python -m pipeline.docs docs/results.yaml "
+                    "writes the pages from them")
 
     config = read_config(DOCS / "results.yaml")
     files = render(config)
