@@ -67,8 +67,10 @@ def load_average() -> str:
 @click.option("--workers", default=1, show_default=True, help="Loader workers of pipeline.extract.")
 @click.option("--rounds", default=2, show_default=True)
 @click.option("--out", default=None, help="Also append the lines printed here to this file.")
+@click.option("--store", default=None, type=click.Path(file_okay=False),
+              help="Model store to use (and keep) for the int8 models (default: a new one, removed at the end).")
 def main(data_dir: str, images: int, backbones: str, image_size: int, batch_size: int, workers: int, rounds: int,
-         out: str | None) -> None:
+         out: str | None, store: str | None) -> None:
     import onnxruntime
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
@@ -81,7 +83,7 @@ def main(data_dir: str, images: int, backbones: str, image_size: int, batch_size
     from pipeline.store.cache import FeatureCache
 
     work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
-    os.environ[quantise.STORE_VARIABLE] = str(work / "models")  # a fresh store: the model is made here
+    os.environ[quantise.STORE_VARIABLE] = store or str(work / "models")  # default: a fresh store
     classes = [p for p in (Path(data_dir) / "train").iterdir() if p.is_dir()]
     per_class = max(1, images // (2 * len(classes)))
     folder = image_folder_subset(data_dir, work / "images", per_class, per_class)
@@ -138,7 +140,8 @@ def main(data_dir: str, images: int, backbones: str, image_size: int, batch_size
         for index in range(rounds):
             for name, run in configs.items():
                 rates[name].append(run())
-            print(f"  {backbone} round {index + 1}: load average {load_average()}", flush=True)
+            print(f"  {backbone} round {index + 1}: load average {load_average()}; "
+                  + "; ".join(f"{name} {values[-1]:.1f}" for name, values in rates.items()), flush=True)
         median = {name: statistics.median(values) for name, values in rates.items()}
         section = [f"{backbone} ({'random weights' if weights.tag != 'pypi' else 'ImageNet weights'}, "
                    f"{preprocessing.normalisation} normalisation): int8 model made in {made:.1f} s "
