@@ -19,7 +19,7 @@ Ablations (section 4.4): ``scales="last"`` (one scale), ``memory="kmeans"`` (sta
 memory, then k-means centroids of the projected normal features as the memory).
 
 Adaptations to frozen features, each a parameter whose other value is the paper's literal
-form (README, "The AnoMem head"): ``standardise`` (how the frozen features are scaled before
+form (docs/heads/anomem.md): ``standardise`` (how the frozen features are scaled before
 the projection), ``retrieval="cosine"`` (queries and slots L2-normalised, ``beta`` acting on
 cosine similarities; paper: ``"dot"``), ``slot_init="data"`` (slots start as projected normal
 training vectors; paper: ``"random"``), ``lambda_recall`` (a term that keeps the slots near the

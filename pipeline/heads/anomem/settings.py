@@ -2,8 +2,7 @@
 command's options, params.yaml's ``anomem`` section and the report's words all come from here;
 ``RUN`` is its stage's own (the semi-supervised runs, the kNN baseline). Torch-free.
 
-The defaults are the adaptations to frozen features, chosen on the digits cache (README, "The
-AnoMem head"); ``PRESETS["paper"]`` is the paper's literal form, one setting away from each."""
+The defaults are the adaptations to frozen features, chosen on the digits cache (docs/heads/anomem.md); ``PRESETS["paper"]`` is the paper's literal form, one setting away from each."""
 
 from __future__ import annotations
 
@@ -26,10 +25,11 @@ SEMI_SCORE_CHOICES = ("combined", "classifier")  # combined: one-class + weighte
 @dataclass(eq=False, repr=False, kw_only=True)
 class AnoMemParams(TorchHeadParams):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {"about": "the paper's literal form (README, \"The AnoMem head\"): an MLP projection on "
+        "paper": {"about": "the paper's literal form (docs/heads/anomem.md): an MLP projection on "
                            "per-dimension standardised features, dot-product retrieval with beta 2 from random "
                            "slots, no recollection loss, the unbounded variance term, no floor on stage A's "
-                           "steps, and stage A retrained with the labelled anomalies",
+                           "steps, stage A retrained with the labelled anomalies, and the semi-supervised score "
+                           "from the classifiers alone",
                   "projection": "mlp", "standardise": "dimension", "retrieval": "dot", "beta": 2.0,
                   "slot_init": "random", "lambda_recall": 0.0, "variance_hinge": None, "min_steps": 1,
                   "semi_stage_a": "retrain", "semi_score": "classifier"},
