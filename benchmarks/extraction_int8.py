@@ -67,10 +67,12 @@ def load_average() -> str:
 @click.option("--workers", default=1, show_default=True, help="Loader workers of pipeline.extract.")
 @click.option("--rounds", default=2, show_default=True)
 @click.option("--out", default=None, help="Also append the lines printed here to this file.")
+@click.option("--onnx-only", is_flag=True,
+              help="Only ONNX Runtime float32 and static int8 (more rounds in the same time): their ratio per round.")
 @click.option("--store", default=None, type=click.Path(file_okay=False),
               help="Model store to use (and keep) for the int8 models (default: a new one, removed at the end).")
 def main(data_dir: str, images: int, backbones: str, image_size: int, batch_size: int, workers: int, rounds: int,
-         out: str | None, store: str | None) -> None:
+         out: str | None, store: str | None, onnx_only: bool) -> None:
     import onnxruntime
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
@@ -134,6 +136,9 @@ def main(data_dir: str, images: int, backbones: str, image_size: int, batch_size
                     precision=ways[way][0], engine=ways[way][1], loaded=loaded)
             return n / (time.perf_counter() - started)
 
+        if onnx_only:
+            ways = {name: way for name, way in ways.items() if name.startswith("ONNX")}
+            forwards = {name: run for name, run in forwards.items() if name in ways}
         configs = {**{f"bare forward, {way}": (lambda way=way: bare(way)) for way in forwards},
                    **{f"pipeline.extract, {way}": (lambda way=way: pipeline(way)) for way in ways}}
         rates: dict[str, list[float]] = {name: [] for name in configs}
@@ -149,6 +154,16 @@ def main(data_dir: str, images: int, backbones: str, image_size: int, batch_size
                    f"images, seed {record['calibration']['seed']}); load average after the rounds {load_average()}"]
         section += [f"  {name:50s} {rate:7.1f} images/s  (rounds: {', '.join(f'{r:.1f}' for r in rates[name])})"
                     for name, rate in median.items()]
+        for kind in ("bare forward", "pipeline.extract"):
+            per_round = [i8 / f for i8, f in zip(rates[f"{kind}, ONNX Runtime int8 (static, QDQ)"],
+                                                 rates[f"{kind}, ONNX Runtime float32"])]
+            section.append(f"  {kind}: int8 / ONNX Runtime float32 in each round "
+                           f"{', '.join(f'{r:.2f}x' for r in per_round)} (median of the ratios "
+                           f"{statistics.median(per_round):.2f}x)")
+        if onnx_only:
+            print("\n".join(section), flush=True)
+            lines += section
+            continue
         f32, ort32 = median["pipeline.extract, PyTorch float32"], median["pipeline.extract, ONNX Runtime float32"]
         for way in ways:
             rate = median[f"pipeline.extract, {way}"]

@@ -145,12 +145,12 @@ class OnnxForward:
                                 "both are dependencies of this project).") from error
         self.runtime, self.model, self.names, self.session = onnxruntime, model, names, None
         if path is not None:
-            self.session = self._session(str(path))
+            self.session = self._session(_only_outputs(str(path), ["pooled", *names]))
 
-    def _session(self, path: str):
+    def _session(self, model: str | bytes):
         options = self.runtime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        return self.runtime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return self.runtime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def _export(self, batch: torch.Tensor) -> None:
         import tempfile
@@ -169,6 +169,19 @@ class OnnxForward:
         outputs = ["pooled", *self.names]
         values = self.session.run(outputs, {"images": batch.numpy()})
         return {name: torch.from_numpy(value) for name, value in zip(outputs, values)}
+
+
+def _only_outputs(path: str, outputs: Sequence[str]) -> bytes:
+    """The ONNX model at ``path`` with only these graph outputs: the others' nodes are left out
+    and the convolutions that fed them fuse with their quantisation (about 10% faster for the
+    int8 EfficientNet-Lite0, the same numbers: tests/test_int8.py)."""
+    import onnx
+
+    model = onnx.load(path)
+    kept = [output for output in model.graph.output if output.name in outputs]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    return model.SerializeToString()
 
 
 def engine_version(engine: str) -> str:
