@@ -70,6 +70,10 @@ def pieces(caches: dict[str, Path]) -> list[tuple[str, str, list[str], bool]]:
                                                 f"{names}",
          ["stages.ensemble", *joined, "--member", "gaussian", "--member-settings", "scales=multi,combine=concatenate"],
          True),
+        ("ensemble_gaussian_multi_concatenate_training", f"ensemble of Gaussians on all levels concatenated, "
+                                                         f"in-sample standardisation, {names}",
+         ["stages.ensemble", *joined, "--member", "gaussian", "--member-settings", "scales=multi,combine=concatenate",
+          "--standardise", "training"], True),
     ]
     return out
 

@@ -220,3 +220,14 @@ def test_a_saved_ensemble_scores_as_the_fitted_one(tmp_path, standardise):
     np.testing.assert_allclose(loaded.score_samples(test), head.score_samples(test), rtol=1e-12)
     with pytest.raises(PipelineError, match="fitted on 2 caches"):
         head.score_samples(toy(2, 10, 6))
+
+
+def test_a_refitted_ensemble_scores_with_its_new_fit():
+    """What the head remembers of the rows it scored last is dropped by the next fit."""
+    test = join([toy(2, 10, 6), toy(3, 10, 4)])
+    head = EnsembleHead(standardise="training")
+    first = head.fit(join([toy(0, 40, 6), toy(1, 40, 4)])).score_samples(test)
+    second = head.fit(join([toy(4, 40, 6) + 3, toy(5, 40, 4) - 2])).score_samples(test)
+    fresh = EnsembleHead(standardise="training").fit(join([toy(4, 40, 6) + 3, toy(5, 40, 4) - 2]))
+    np.testing.assert_allclose(second, fresh.score_samples(test))
+    assert not np.allclose(first, second)

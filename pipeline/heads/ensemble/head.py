@@ -207,6 +207,8 @@ class EnsembleHead(EnsembleParams, Head):
         return scores
 
     def _fit(self, features: Features, labels: np.ndarray | None, callback: EpochCallback | None) -> None:
+        for name in ("_last_scored", "_fitted_on"):  # what an earlier fit scored
+            self.__dict__.pop(name, None)
         members, references = [], []
         for part in split(features):
             if self.standardise == "cross-fit":
@@ -223,7 +225,10 @@ class EnsembleHead(EnsembleParams, Head):
         self.members_ = members
         if all(scores is not None for scores in references):  # the threshold's reference, computed already
             total = np.sum([m.standardised(s) for m, s in zip(members, references)], axis=0)
-            self._fitted_on = (weakref.ref(features.pooled), total)
+            try:
+                self._fitted_on = (weakref.ref(features.pooled), total)
+            except TypeError:  # rows that cannot be weakly referenced: training_scores computes them again
+                pass
 
     def training_scores(self, features: Features | np.ndarray | Any) -> np.ndarray:
         """The ensemble's scores of its training images: the sum of the members' standardised
