@@ -96,7 +96,7 @@ def test_plume_jobs_equal_in_process(synthetic_cache, client):
     relative, see the closing note). With the same thread count (1 here) everything is equal,
     curves included; the metrics are also checked against a default-threaded run within a
     tolerance."""
-    make_head = PlumeHead(epochs=2, dim="native", lr=1e-3, batch_size=16)
+    make_head = PlumeHead(epochs=2, min_steps=0, dim="native", lr=1e-3, batch_size=16)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

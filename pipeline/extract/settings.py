@@ -48,8 +48,9 @@ class ExtractParams:
                                       "bfloat16/float16 use autocast (the features come out float32); int8 (CPU, "
                                       "ONNX Runtime): the backbone statically quantised, calibrated on 256 training "
                                       "images of the dataset drawn with seed 0, made once and kept in "
-                                      "$FFAD_MODEL_STORE (default ~/.cache/ffad/models); 1.4-1.8x ONNX Runtime "
-                                      "float32 end to end for EfficientNet-Lite0 (2.3x for ResNet50), its features "
+                                      "$FFAD_MODEL_STORE (default ~/.cache/ffad/models); 1.9x ONNX Runtime "
+                                      "float32 end to end for EfficientNet-Lite0 on 2 idle cores (2.3x for "
+                                      "ResNet50), its features "
                                       "20% away (median relative L2): an option, not the default "
                                       "(results/bench_extraction_int8.txt). The cache "
                                       "records the one used, and int8's calibration.", choices=(AUTO, *PRECISION_NAMES))
