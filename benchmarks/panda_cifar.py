@@ -59,17 +59,20 @@ def table(out: Path, classes: list[str], about: str, timings: dict) -> str:
             path = out / name / f"{method}.json"
             if path.exists():
                 auroc.setdefault(method, {})[name] = 100 * metrics_file.read(path)["per_class"][name]["auroc"]
-    complete = [c for c in classes if all(c in auroc.get(m, {}) for m, _, _ in METHODS)]
     lines = [f"# DN2 against PANDA, one class at a time\n\n{about}\n",
              "AUROC in percent, each method on the same training and test images; the figure is the test set "
              "scored once, after the last epoch (the curves under `<class>/curves_*` hold the test AUROC at a few "
-             "fixed epochs, which peek at the test set and choose nothing). `-`: not run yet.\n",
-             "| method | " + " | ".join(classes) + f" | mean ({len(complete)} finished classes) |",
-             "|---|" + "---|" * (len(classes) + 1)]
+             "fixed epochs, which peek at the test set and choose nothing). `-`: not run yet. Each mean is over "
+             "the classes that method has finished, beside DN2's mean on the same classes.\n",
+             "| method | " + " | ".join(classes) + " | mean | classes | DN2, same classes |",
+             "|---|" + "---|" * (len(classes) + 3)]
     for method, words, _ in METHODS:
-        cells = [f"{auroc[method][c]:.1f}" if c in auroc.get(method, {}) else "-" for c in classes]
-        mean = (f"{sum(auroc[method][c] for c in complete) / len(complete):.1f}" if complete else "-")
-        lines.append(f"| {words} | " + " | ".join(cells) + f" | {mean} |")
+        done = auroc.get(method, {})
+        cells = [f"{done[c]:.1f}" if c in done else "-" for c in classes]
+        both = [c for c in done if c in auroc.get("knn", {})]
+        mean = f"{sum(done.values()) / len(done):.1f}" if done else "-"
+        knn_mean = f"{sum(auroc['knn'][c] for c in both) / len(both):.1f}" if both else "-"
+        lines.append(f"| {words} | " + " | ".join(cells) + f" | {mean} | {len(done)} | {knn_mean} |")
     seconds = {m: sum(v for k, v in timings.items() if k.endswith(f"/{m}")) for m, _, _ in METHODS}
     lines.append("\nWall time (2 shared CPU cores; each piece's time in timings.json): "
                  + ", ".join(f"{words.split(' (')[0]} {seconds[m] / 60:.1f} min" for m, words, _ in METHODS) + ".")
@@ -87,7 +90,10 @@ def table(out: Path, classes: list[str], about: str, timings: dict) -> str:
               help="Epochs after which the PANDA runs also score the test set, for the curve only.")
 @click.option("--max-classes", type=click.IntRange(min=1), default=None,
               help="Stop after this many classes have been run in this sitting (resume later).")
-def main(cache: Path, out: Path, classes: str, curve_epochs: str, max_classes: int | None) -> None:
+@click.option("--methods", default=",".join(m for m, _, _ in METHODS), show_default=True,
+              help="Comma-separated methods to run (for example knn,panda_early for every class first, "
+                   "panda_ewc later).")
+def main(cache: Path, out: Path, classes: str, curve_epochs: str, max_classes: int | None, methods: str) -> None:
     """Run DN2, PANDA-Early and PANDA-EWC per class (resumable), then write OUT/README.md."""
     from pipeline.store.cache import FeatureCache
 
@@ -103,13 +109,18 @@ def main(cache: Path, out: Path, classes: str, curve_epochs: str, max_classes: i
              f"adapts the layers after the cached trunk maps), {meta['preprocessing']['image_size']}x"
              f"{meta['preprocessing']['image_size']} input, protocol one-vs-all. "
              f"`python benchmarks/panda_cifar.py --cache {cache} --out {out}`.")
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - {m for m, _, _ in METHODS})
+    if unknown:
+        raise click.ClickException(f"no such method: {', '.join(unknown)} (known: "
+                                   f"{', '.join(m for m, _, _ in METHODS)}).")
     timing_file = out / "timings.json"
     timings = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     ran = 0
     for name in names:
         if max_classes is not None and ran >= max_classes:
             break
-        todo = [m for m in METHODS if not (out / name / f"{m[0]}.json").exists()]
+        todo = [m for m in METHODS if m[0] in chosen and not (out / name / f"{m[0]}.json").exists()]
         for method, _, arguments in todo:
             command = [sys.executable, *arguments, "--cache", str(cache), "--classes", name,
                        "--metrics", str(out / name / f"{method}.json"), "-q"]
