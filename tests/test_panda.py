@@ -277,3 +277,24 @@ def test_epoch_benchmark_runs_with_the_default_preprocessing(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "4 images from" in done.stdout and "PANDA's way" in done.stdout and "ratio" in done.stdout
     assert "padding package training epoch" in done.stdout and "package padding" in done.stdout
+
+
+def test_the_panda_cifar_table_sets_each_mean_beside_dn2_on_the_same_classes(tmp_path):
+    """benchmarks/panda_cifar.py's README table: a method run on fewer classes than DN2 is
+    compared with DN2's mean over those classes only (a plain mean, by hand)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("panda_cifar", Path(__file__).parents[1] / "benchmarks" / "panda_cifar.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    figures = {"knn": {"a": 0.80, "b": 0.90, "c": 0.70}, "panda_early": {"a": 0.70, "b": 0.95}}
+    for method, per_class in figures.items():
+        for name, auroc in per_class.items():
+            (tmp_path / name).mkdir(exist_ok=True)
+            (tmp_path / name / f"{method}.json").write_text(json.dumps({"per_class": {name: {"auroc": auroc}}}))
+    rows = {line.split(" | ")[0].lstrip("| ").split(" (")[0]: line.split(" | ")
+            for line in runner.table(tmp_path, ["a", "b", "c"], "about", {}).splitlines() if line.startswith("| ")}
+    assert rows["DN2"][1:4] == ["80.0", "90.0", "70.0"] and rows["DN2"][4:7] == ["80.0", "3", "80.0 |"]
+    assert rows["PANDA-Early"][1:4] == ["70.0", "95.0", "-"]
+    assert rows["PANDA-Early"][4:7] == ["82.5", "2", "85.0 |"]  # DN2 on a and b: (80 + 90) / 2
+    assert rows["PANDA-EWC"][4:7] == ["-", "0", "- |"]
