@@ -160,34 +160,33 @@ def main(data_dir: str, images: int, backbones: str, image_size: int, batch_size
             section.append(f"  {kind}: int8 / ONNX Runtime float32 in each round "
                            f"{', '.join(f'{r:.2f}x' for r in per_round)} (median of the ratios "
                            f"{statistics.median(per_round):.2f}x)")
-        if onnx_only:
-            print("\n".join(section), flush=True)
-            lines += section
-            continue
-        f32, ort32 = median["pipeline.extract, PyTorch float32"], median["pipeline.extract, ONNX Runtime float32"]
-        for way in ways:
-            rate = median[f"pipeline.extract, {way}"]
-            section.append(f"  end to end {way:32s} {rate / f32:5.2f}x PyTorch float32, {rate / ort32:5.2f}x ONNX "
-                           f"Runtime float32; its pipeline / its bare forward {rate / median[f'bare forward, {way}']:.2f}")
-        b32, bort = median["bare forward, PyTorch float32"], median["bare forward, ONNX Runtime float32"]
-        for way in forwards:
-            rate = median[f"bare forward, {way}"]
-            section.append(f"  bare forward {way:30s} {rate / b32:5.2f}x PyTorch float32, {rate / bort:5.2f}x ONNX "
-                           f"Runtime float32")
-        caches = {way: np.concatenate([FeatureCache.open(work / f"{backbone}-{p}-{e}.zarr").features(s)
-                                       for s in ("train", "test")]) for way, (p, e) in ways.items()}
-        exact = caches["PyTorch float32"]
-        for way in list(ways)[1:]:
-            section.append(f"  features {way} vs PyTorch float32: {errors(caches[way], exact)}")
-        section.append(f"  features ONNX Runtime int8 (static) vs ONNX Runtime float32: "
-                       f"{errors(caches['ONNX Runtime int8 (static, QDQ)'], caches['ONNX Runtime float32'])}")
-        # Dynamic quantisation's features on the subset's test images (bare forward, the same preprocessing).
-        test = [preprocessing([dataset.test.images[i] for i in range(s, min(s + batch_size, len(dataset.test.labels)))])
-                for s in range(0, len(dataset.test.labels), batch_size)]
-        ort_f32 = np.concatenate([forwards["ONNX Runtime float32"](b)["pooled"].numpy() for b in test])
-        dyn = np.concatenate([forwards["ONNX Runtime int8 (dynamic)"](b)["pooled"].numpy() for b in test])
-        section.append(f"  features ONNX Runtime int8 (dynamic) vs ONNX Runtime float32 (test images): "
-                       f"{errors(dyn, ort_f32)}")
+        if not onnx_only:  # PyTorch float32 and dynamic int8 too: ratios against both, feature errors
+            f32, ort32 = median["pipeline.extract, PyTorch float32"], median["pipeline.extract, ONNX Runtime float32"]
+            for way in ways:
+                rate = median[f"pipeline.extract, {way}"]
+                section.append(f"  end to end {way:32s} {rate / f32:5.2f}x PyTorch float32, {rate / ort32:5.2f}x "
+                               f"ONNX Runtime float32; its pipeline / its bare forward "
+                               f"{rate / median[f'bare forward, {way}']:.2f}")
+            b32, bort = median["bare forward, PyTorch float32"], median["bare forward, ONNX Runtime float32"]
+            for way in forwards:
+                rate = median[f"bare forward, {way}"]
+                section.append(f"  bare forward {way:30s} {rate / b32:5.2f}x PyTorch float32, {rate / bort:5.2f}x ONNX "
+                               f"Runtime float32")
+            caches = {way: np.concatenate([FeatureCache.open(work / f"{backbone}-{p}-{e}.zarr").features(s)
+                                           for s in ("train", "test")]) for way, (p, e) in ways.items()}
+            exact = caches["PyTorch float32"]
+            for way in list(ways)[1:]:
+                section.append(f"  features {way} vs PyTorch float32: {errors(caches[way], exact)}")
+            section.append(f"  features ONNX Runtime int8 (static) vs ONNX Runtime float32: "
+                           f"{errors(caches['ONNX Runtime int8 (static, QDQ)'], caches['ONNX Runtime float32'])}")
+            # Dynamic quantisation's features on the subset's test images (bare forward, the same preprocessing).
+            count = len(dataset.test.labels)
+            test = [preprocessing([dataset.test.images[i] for i in range(s, min(s + batch_size, count))])
+                    for s in range(0, count, batch_size)]
+            ort_f32 = np.concatenate([forwards["ONNX Runtime float32"](b)["pooled"].numpy() for b in test])
+            dyn = np.concatenate([forwards["ONNX Runtime int8 (dynamic)"](b)["pooled"].numpy() for b in test])
+            section.append(f"  features ONNX Runtime int8 (dynamic) vs ONNX Runtime float32 (test images): "
+                           f"{errors(dyn, ort_f32)}")
         print("\n".join(section), flush=True)
         lines += section
     if out:

@@ -43,17 +43,17 @@ class PreprocessParams:
 @dataclass
 class ExtractParams:
     dtype: str = param("float32", "Storage type of the pooled features.", choices=("float32", "float16"))
-    precision: str = param("float32", "Compute precision of the forward pass. auto: bfloat16 where it is native (a "
-                                      "CPU with AVX512-BF16 or AMX, a GPU that supports it), else float32; "
+    precision: str = param("float32", "Compute precision of the forward pass. auto: bfloat16 where it is native "
+                                      "(a CPU with AVX512-BF16 or AMX, a GPU that supports it), else float32; "
                                       "bfloat16/float16 use autocast (the features come out float32); int8 (CPU, "
-                                      "ONNX Runtime): the backbone statically quantised, calibrated on 256 training "
-                                      "images of the dataset drawn with seed 0, made once and kept in "
-                                      "$FFAD_MODEL_STORE (default ~/.cache/ffad/models); 1.9x ONNX Runtime "
-                                      "float32 end to end for EfficientNet-Lite0 on 2 idle cores (2.3x for "
-                                      "ResNet50), its features "
-                                      "20% away (median relative L2): an option, not the default "
-                                      "(results/bench_extraction_int8.txt). The cache "
-                                      "records the one used, and int8's calibration.", choices=(AUTO, *PRECISION_NAMES))
+                                      "ONNX Runtime): the backbone statically quantised, calibrated on 256 "
+                                      "training images of the dataset drawn with seed 0, made once and kept in "
+                                      "$FFAD_MODEL_STORE (default ~/.cache/ffad/models); 1.9x ONNX Runtime float32 "
+                                      "end to end for EfficientNet-Lite0 on 2 idle cores (2.3x for ResNet50), its "
+                                      "features 20% away (median relative L2): an option, not the default "
+                                      "(results/bench_extraction_int8.txt). The cache records the one used, and "
+                                      "int8's calibration.",
+                           choices=(AUTO, *PRECISION_NAMES))
     engine: str = param(AUTO, "What runs the forward pass: torch (PyTorch, any device and precision); onnxruntime "
                               "(the same modules exported to ONNX and run by ONNX Runtime, float32 on the CPU: 3.6x "
                               "PyTorch end to end for EfficientNet-Lite0 on a 2-core CPU, the same features to 4e-6 "

@@ -62,6 +62,25 @@ def prefix(index: int) -> str:
     return f"{PREFIX}{index}/"
 
 
+class RowsMemo:
+    """A value computed from one array of rows, given back only for that very array. It holds the
+    array weakly (it neither keeps the rows alive nor is pickled) and forgets rows that cannot
+    be weakly referenced, which are then computed again."""
+
+    def __init__(self) -> None:
+        self._rows: weakref.ref | None = None
+        self._value: Any = None
+
+    def get(self, rows: Any) -> Any:
+        return self._value if self._rows is not None and self._rows() is rows else None
+
+    def put(self, rows: Any, value: Any) -> None:
+        try:
+            self._rows, self._value = weakref.ref(rows), value
+        except TypeError:
+            self._rows, self._value = None, None
+
+
 def join(members: Sequence[Features | np.ndarray | Any]) -> Features:
     """Several caches' Features of the same rows as the one Features the ensemble head reads:
     the first's pooled vectors as ``pooled``; ``member<i>/pooled`` (i >= 1) and ``member<i>/<map>``
@@ -207,8 +226,8 @@ class EnsembleHead(EnsembleParams, Head):
         return scores
 
     def _fit(self, features: Features, labels: np.ndarray | None, callback: EpochCallback | None) -> None:
-        for name in ("_last_scored", "_fitted_on"):  # what an earlier fit scored
-            self.__dict__.pop(name, None)
+        # What this fit computed for its training rows, and the last rows scored.
+        self._training_total, self._member_scores = RowsMemo(), RowsMemo()
         members, references = [], []
         for part in split(features):
             if self.standardise == "cross-fit":
@@ -225,18 +244,15 @@ class EnsembleHead(EnsembleParams, Head):
         self.members_ = members
         if all(scores is not None for scores in references):  # the threshold's reference, computed already
             total = np.sum([m.standardised(s) for m, s in zip(members, references)], axis=0)
-            try:
-                self._fitted_on = (weakref.ref(features.pooled), total)
-            except TypeError:  # rows that cannot be weakly referenced: training_scores computes them again
-                pass
+            self._training_total.put(features.pooled, total)
 
     def training_scores(self, features: Features | np.ndarray | Any) -> np.ndarray:
         """The ensemble's scores of its training images: the sum of the members' standardised
         cross-fitted scores under ``cross-fit``, else of their own training scores (computed in
         ``fit`` for the very rows it was fitted on, else here)."""
         features = Features.of(features)
-        fitted_on, total = getattr(self, "_fitted_on", (None, None))
-        if fitted_on is not None and fitted_on() is features.pooled and len(total) == len(features):
+        total = self._memo("_training_total").get(features.pooled)
+        if total is not None and len(total) == len(features):
             return total
         parts = self._parts(features)
         if self.standardise == "cross-fit":
@@ -258,14 +274,10 @@ class EnsembleHead(EnsembleParams, Head):
         """Each member's standardised scores (remembered, weakly, for the control scores of the
         same rows)."""
         features = Features.of(features)
-        last, scores = getattr(self, "_last_scored", (None, None))
-        if last is not None and last() is features.pooled:
-            return scores
-        scores = [m.standardised(m.head.score_samples(p)) for m, p in zip(self.members_, self._parts(features))]
-        try:
-            self._last_scored = (weakref.ref(features.pooled), scores)
-        except TypeError:  # rows that cannot be weakly referenced are scored again when asked
-            pass
+        scores = self._memo("_member_scores").get(features.pooled)
+        if scores is None:
+            scores = [m.standardised(m.head.score_samples(p)) for m, p in zip(self.members_, self._parts(features))]
+            self._memo("_member_scores").put(features.pooled, scores)
         return scores
 
     def score_samples(self, features: Features | np.ndarray | Any) -> np.ndarray:
@@ -282,9 +294,15 @@ class EnsembleHead(EnsembleParams, Head):
         return {f"member{i}_{what}": value for i, m in enumerate(self.members_)
                 for what, value in (("location", m.location), ("spread", m.spread))}
 
+    _MEMOS = ("_training_total", "_member_scores")
+
+    def _memo(self, name: str) -> RowsMemo:
+        """One of the memos (a fresh one for a head made by loading or unpickling)."""
+        return self.__dict__.setdefault(name, RowsMemo())
+
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())
-        for name in ("_last_scored", "_fitted_on"):  # weak references (not picklable)
+        for name in self._MEMOS:  # weak references (not picklable)
             state.pop(name, None)
         return state
 
