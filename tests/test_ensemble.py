@@ -231,3 +231,25 @@ def test_a_refitted_ensemble_scores_with_its_new_fit():
     fresh = EnsembleHead(standardise="training").fit(join([toy(4, 40, 6) + 3, toy(5, 40, 4) - 2]))
     np.testing.assert_allclose(second, fresh.score_samples(test))
     assert not np.allclose(first, second)
+
+
+def test_remembered_scores_are_given_back_only_for_the_very_rows(monkeypatch):
+    """fit keeps the cross-fitted training total and score_samples the last rows' member scores,
+    each for that array alone: the same array is not computed again, an equal copy is (and
+    agrees), other rows get their own scores, and a pickled head carries none of it."""
+    import pickle
+
+    rows = [toy(0, 40, 6), toy(1, 40, 4)]
+    head = EnsembleHead(standardise="cross-fit", folds=4).fit(join(rows))
+    again = head.training_scores(join([r.copy() for r in rows]))  # a copy: cross-fitted again
+    monkeypatch.setattr(head, "_cross_fitted", lambda part: pytest.fail("computed again"))
+    np.testing.assert_allclose(head.training_scores(join(rows)), again)
+    test, other = join([toy(2, 10, 6), toy(3, 10, 4)]), join([toy(4, 10, 6), toy(5, 10, 4)])
+    first = head.score_samples(test)
+    assert not np.allclose(head.score_samples(other), first)
+    np.testing.assert_allclose(head.score_samples(test), head.score_samples(join([test.pooled.copy(),
+                                                                                  toy(3, 10, 4)])))
+    monkeypatch.undo()
+    unpickled = pickle.loads(pickle.dumps(head))
+    np.testing.assert_allclose(unpickled.score_samples(test), first)
+    np.testing.assert_allclose(unpickled.training_scores(join(rows)), again)
