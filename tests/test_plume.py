@@ -72,11 +72,11 @@ def test_perturbator_shapes_and_identity_parts():
 def test_near_identity_and_kl_against_plain_formulas():
     _, alpha, beta = random_inputs()
     expected = np.mean([float(((a - 1) ** 2).sum() + (b ** 2).sum()) for a, b in zip(alpha.detach(), beta.detach())])
-    assert float(near_identity_loss(alpha, beta, "sum")) == pytest.approx(expected, rel=1e-12)
+    assert near_identity_loss(alpha, beta, "sum").item() == pytest.approx(expected, rel=1e-12)
     # The authors' loss: two mse_loss terms summed, not halved (issue 17's bug was a /2 here).
     mse = (torch.nn.functional.mse_loss(alpha, torch.ones_like(alpha))
            + torch.nn.functional.mse_loss(beta, torch.zeros_like(beta)))
-    assert float(near_identity_loss(alpha, beta, "mean")) == pytest.approx(float(mse), rel=1e-12)
+    assert near_identity_loss(alpha, beta, "mean").item() == pytest.approx(mse.item(), rel=1e-12)
 
     mu, logvar, _ = random_inputs(seed=3)
     normal = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
