@@ -130,8 +130,8 @@ def main(cache: Path, out: Path, classes: str, curve_epochs: str, max_classes: i
             timing_file.parent.mkdir(parents=True, exist_ok=True)
             timing_file.write_text(json.dumps(timings, indent=1) + "\n")
         ran += bool(todo)
-        (out / "README.md").write_text(table(out, names, about, timings))
-    (out / "README.md").write_text(table(out, names, about, timings))
+        (out / "README.md").write_text(table(out, list(store.classes), about, timings))  # every class run so far
+    (out / "README.md").write_text(table(out, list(store.classes), about, timings))
     click.echo((out / "README.md").read_text())
 
 
