@@ -93,8 +93,8 @@ def test_identity_targets_against_plain_sums(target, alpha_to, beta_to):
     per_sample = [sum((a[i, j] - alpha_to) ** 2 + (b[i, j] - beta_to) ** 2 for j in range(d)) for i in range(n)]
     targets = identity_targets("linear", target)
     assert targets == (alpha_to, beta_to)
-    assert float(near_identity_loss(alpha, beta, "sum", targets)) == pytest.approx(np.mean(per_sample), rel=1e-12)
-    assert float(near_identity_loss(alpha, beta, "mean", targets)) == pytest.approx(sum(per_sample) / (n * d),
+    assert near_identity_loss(alpha, beta, "sum", targets).item() == pytest.approx(np.mean(per_sample), rel=1e-12)
+    assert near_identity_loss(alpha, beta, "mean", targets).item() == pytest.approx(sum(per_sample) / (n * d),
                                                                                      rel=1e-12)
     # alpha * x + beta: the identity is alpha = 1, beta = 0 for the paper and the authors' PLAD code alike.
     for perturbation in ("addmult", "add", "mult"):
