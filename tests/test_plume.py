@@ -127,10 +127,11 @@ def test_limit_shift_against_a_plain_loop():
     shift = shift / shift.norm(dim=1, keepdim=True) * x.norm(dim=1, keepdim=True) * scales[:, None]
     x_tilde = (x + shift).requires_grad_(True)
     limited = limit_shift(x, x_tilde, 0.5)
+    plain_x_tilde = x_tilde.detach()
     for i in range(8):
-        length, allowed = float((x_tilde[i] - x[i]).norm()), 0.5 * float(x[i].norm())
-        expected = x_tilde[i] if length <= allowed else x[i] + (x_tilde[i] - x[i]) * allowed / length
-        assert torch.allclose(limited[i], expected.detach(), atol=1e-12)
+        length, allowed = float((plain_x_tilde[i] - x[i]).norm()), 0.5 * float(x[i].norm())
+        expected = plain_x_tilde[i] if length <= allowed else x[i] + (plain_x_tilde[i] - x[i]) * allowed / length
+        assert torch.allclose(limited[i].detach(), expected, atol=1e-12)
     assert torch.equal(limit_shift(x, x_tilde, 0.0), x_tilde)
     limited.sum().backward()
     assert torch.all(torch.isfinite(x_tilde.grad)) and float(x_tilde.grad.abs().sum()) > 0
