@@ -180,6 +180,7 @@ def test_head_keeps_its_pseudo_anomalies_within_max_shift():
 
 
 def cos(a, b, tau):
+    a, b = a.detach(), b.detach()  # a plain number of the reference loop, outside the graph
     return float(a @ b / (a.norm() * b.norm())) / tau
 
 
@@ -191,7 +192,7 @@ def test_contrastive_loss_equals_equation_7_loop():
         denominator = sum(math.exp(cos(z[i], z_tilde[l], tau)) + (l != i) * math.exp(cos(z[i], z[l], tau))
                           for l in range(n))
         total += sum(-math.log(math.exp(cos(z[i], z[j], tau)) / denominator) for j in range(n) if j != i) / (n - 1)
-    assert float(contrastive_loss(z, z_tilde, tau)) == pytest.approx(total / n, rel=1e-10)
+    assert contrastive_loss(z, z_tilde, tau).item() == pytest.approx(total / n, rel=1e-10)
 
 
 def test_mean_contrastive_loss_equals_equation_9_loop():
@@ -200,7 +201,7 @@ def test_mean_contrastive_loss_equals_equation_9_loop():
     z_mean, z_tilde_mean = z.mean(0), z_tilde.mean(0)
     total = sum(-math.log(math.exp(cos(v, z_mean, tau)) / (math.exp(cos(v, z_mean, tau)) + math.exp(cos(v, z_tilde_mean, tau))))
                 for v in z)
-    assert float(mean_contrastive_loss(z, z_tilde, tau)) == pytest.approx(total / 5, rel=1e-10)
+    assert mean_contrastive_loss(z, z_tilde, tau).item() == pytest.approx(total / 5, rel=1e-10)
 
 
 def test_authors_contrastive_form_puts_each_own_pseudo_anomaly_against_all_normals():
@@ -211,8 +212,8 @@ def test_authors_contrastive_form_puts_each_own_pseudo_anomaly_against_all_norma
         denominator = sum(math.exp(cos(z[k], z_tilde[i], tau)) + (k != i) * math.exp(cos(z[i], z[k], tau))
                           for k in range(n))
         total += sum(-math.log(math.exp(cos(z[i], z[j], tau)) / denominator) for j in range(n) if j != i) / (n - 1)
-    assert float(contrastive_loss(z, z_tilde, tau, "authors")) == pytest.approx(total / n, rel=1e-10)
-    assert float(contrastive_loss(z, z_tilde, tau, "paper")) != pytest.approx(total / n, rel=1e-6)
+    assert contrastive_loss(z, z_tilde, tau, "authors").item() == pytest.approx(total / n, rel=1e-10)
+    assert contrastive_loss(z, z_tilde, tau, "paper").item() != pytest.approx(total / n, rel=1e-6)
 
 
 def test_authors_mean_form_is_a_difference_of_cosines_without_tau():
@@ -220,7 +221,7 @@ def test_authors_mean_form_is_a_difference_of_cosines_without_tau():
     z_mean, z_tilde_mean = z.mean(0), z_tilde.mean(0)
     expected = np.mean([cos(v, z_tilde_mean, 1.0) - cos(v, z_mean, 1.0) for v in z])
     for tau in (0.1, 0.5):
-        assert float(mean_contrastive_loss(z, z_tilde, tau, "authors")) == pytest.approx(expected, rel=1e-10)
+        assert mean_contrastive_loss(z, z_tilde, tau, "authors").item() == pytest.approx(expected, rel=1e-10)
     with pytest.raises(ValueError):
         mean_contrastive_loss(z, z_tilde, 0.5, "lightning")
 
@@ -587,4 +588,4 @@ def test_one_training_step_equals_the_authors_step_in_losses_and_gradients(guida
 def test_each_authors_setting_matters_to_the_step(change, term):
     """The reference test above can fail: moving any one setting off the authors' changes its term."""
     losses, _, reference, _ = head_and_reference_step("contrastive", **change)
-    assert abs(float(losses[term]) - float(reference[term])) > 1e-6
+    assert abs(losses[term].item() - reference[term].item()) > 1e-6
