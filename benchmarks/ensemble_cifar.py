@@ -49,6 +49,11 @@ def pieces(caches: dict[str, Path]) -> list[tuple[str, str, list[str], bool]]:
              ["stages.gaussian", *where, "--scales", "multi", "--combine", "sum"], True),
             (f"gaussian_multi_sum_distances_{short}", f"Gaussian per level, distances summed, {short}",
              ["stages.gaussian", *where, "--scales", "multi", "--combine", "sum-distances"], True),
+            (f"gaussian_sqrt_{short}", f"Gaussian, pooled vector, signed square root, {short}",
+             ["stages.gaussian", *where, "--scaling", "sqrt"], False),
+            (f"gaussian_multi_concatenate_sqrt_{short}", f"Gaussian, all levels concatenated, signed square root, "
+                                                         f"{short}",
+             ["stages.gaussian", *where, "--scales", "multi", "--combine", "concatenate", "--scaling", "sqrt"], True),
         ]
     first, *others = caches.values()
     joined = ["--cache", str(first), *(a for cache in others for a in ("--with-cache", str(cache)))]
@@ -74,6 +79,12 @@ def pieces(caches: dict[str, Path]) -> list[tuple[str, str, list[str], bool]]:
                                                          f"in-sample standardisation, {names}",
          ["stages.ensemble", *joined, "--member", "gaussian", "--member-settings", "scales=multi,combine=concatenate",
           "--standardise", "training"], True),
+        ("ensemble_gaussian_sqrt", f"ensemble of Gaussians (pooled), signed square root, cross-fitted, {names}",
+         ["stages.ensemble", *joined, "--member", "gaussian", "--member-settings", "scaling=sqrt"], False),
+        ("ensemble_gaussian_multi_concatenate_sqrt", f"ensemble of Gaussians on all levels concatenated, signed "
+                                                     f"square root, cross-fitted, {names}",
+         ["stages.ensemble", *joined, "--member", "gaussian", "--member-settings",
+          "scales=multi,combine=concatenate,scaling=sqrt"], True),
     ]
     return out
 

@@ -6,6 +6,7 @@ heads, the PyOD errors, and the stages' metrics and report rows."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import numpy as np
@@ -95,15 +96,17 @@ def test_multi_layer_gaussian_concatenates_the_pooled_vector_and_each_map_averag
         head.score_samples(Features(test.pooled, {"stride16": test.maps["stride16"]}))
 
 
-@pytest.mark.parametrize("scaling", ["standardise", "l2"])
+@pytest.mark.parametrize("scaling", ["standardise", "l2", "sqrt"])
 def test_scaling_is_fitted_on_the_training_rows_and_applied_before_the_gaussian(scaling):
     rng = np.random.default_rng(2)
     train, test = rng.normal(size=(60, 5)) * [1, 10, 100, 0.1, 1] + 3, rng.normal(size=(7, 5)) * 20
     if scaling == "standardise":
         mean, std = train.mean(0), train.std(0)
         scale = lambda rows: (rows - mean) / std  # noqa: E731
-    else:
+    elif scaling == "l2":
         scale = lambda rows: rows / np.linalg.norm(rows, axis=1, keepdims=True)  # noqa: E731
+    else:  # a plain loop over the values: the signed square root
+        scale = lambda rows: np.array([[math.copysign(math.sqrt(abs(v)), v) for v in row] for row in rows])  # noqa: E731
     np.testing.assert_allclose(GaussianHead(scaling=scaling).fit(train).score_samples(test),
                                reference_mahalanobis(scale(train), scale(test)), rtol=1e-8)
 

@@ -4,6 +4,9 @@
     standardise  each dimension minus its training mean, over its training standard deviation
                  (a dimension constant over the training rows is only centred)
     l2           each row divided by its L2 norm (nothing learnt; a zero row stays zero)
+    sqrt         each value's signed square root, sign(x) * sqrt(|x|) (power normalisation, Perronnin
+                 et al. 2010; nothing learnt): pooled post-ReLU features are skewed, heavy-tailed
+                 and non-negative, and the root brings them nearer a Gaussian
 
 Distance- and kernel-based detectors (OC-SVM, LOF, kNN) see every dimension in its own units
 unless standardised; the shrinkage target of Ledoit-Wolf is a multiple of the identity, so it
@@ -50,6 +53,8 @@ class Scaler:
         if self.kind == "l2":
             norms = np.linalg.norm(rows, axis=1, keepdims=True)
             return rows / np.where(norms > 0, norms, 1.0)
+        if self.kind == "sqrt":
+            return np.sign(rows) * np.sqrt(np.abs(rows))
         return rows
 
     def state(self) -> dict[str, Any]:

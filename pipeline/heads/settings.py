@@ -14,7 +14,7 @@ from pipeline.declare import param
 DEFAULT_THRESHOLD_QUANTILE = 0.95
 # Feature scalings before a detector (pipeline/heads/scaling.py, which applies them); here, numpy-free,
 # for the heads that declare a scaling parameter (gaussian, classical).
-SCALINGS = ("none", "standardise", "l2")
+SCALINGS = ("none", "standardise", "l2", "sqrt")
 
 
 @dataclass(eq=False, repr=False, kw_only=True)

@@ -34,9 +34,11 @@ class ClassicalParams(HeadParams):
                  f"(pyod:ECOD, pyod:COPOD, pyod:HBOS, ...; needs {PYOD_EXTRA}); pyod-<Name> is the same.",
         config=False)
     scaling: str = param("none", "Before the detector, fitted on the training rows: none; standardise (each dimension "
-                                 "by its training mean and standard deviation); l2 (each vector to unit length).",
+                                 "by its training mean and standard deviation); l2 (each vector to unit length); sqrt "
+                                 "(each value's signed square root, power normalisation).",
                          choices=SCALINGS, report={"none": "no scaling", "standardise": "standardised features",
-                                                   "l2": "L2-normalised features"})
+                                                   "l2": "L2-normalised features",
+                                                   "sqrt": "signed square root of the features"})
     nu: float = param(0.5, "ocsvm: upper bound on the share of training rows outside the boundary (scikit-learn's "
                            "default).", low=0, low_open=True, high=1, report="nu = {}")
     gamma: float | str = param("scale", "ocsvm: RBF kernel width: scale (1 / (n_features * X.var()), scikit-learn's "

@@ -33,7 +33,8 @@ class GaussianParams(HeadParams):
         report={"sum": "one Gaussian per level, squared distances summed",
                 "sum-distances": "one Gaussian per level, distances summed"})
     scaling: str = param("none", "Before the Gaussian: none; standardise (each dimension by its training mean and "
-                                 "standard deviation); l2 (each vector to unit length).", choices=SCALINGS)
+                                 "standard deviation); l2 (each vector to unit length); sqrt (each value's signed "
+                                 "square root, power normalisation).", choices=SCALINGS)
 
 
 PARAMS = GaussianParams

@@ -8,7 +8,8 @@ from pipeline.report.rows import Figure, Row, Run, figures
 DISPLAY_NAME = "Gaussian (Mahalanobis)"
 ORDER = 4
 ROC_CURVES = "per class"
-SCALING_WORDS = {"none": "no scaling", "standardise": "standardised", "l2": "L2-normalised"}
+SCALING_WORDS = {"none": "no scaling", "standardise": "standardised", "l2": "L2-normalised",
+                 "sqrt": "signed square root"}
 
 
 def setting(about: dict) -> str:
